@@ -1,0 +1,63 @@
+# grounding-ops — every target does its own setup; `make demo` and `make test` need nothing first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+VENV_ML := .venv-ml
+PY := $(VENV)/bin/python
+PIP_QUIET ?= -q
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-platform setup-ml services services-stop services-status images image-base image-trainer-cpu test test-fast test-ml demo bench clean
+
+setup: setup-platform setup-ml ## both environments (idempotent; a second run takes seconds)
+
+setup-platform: $(VENV)/.installed
+setup-ml: $(VENV_ML)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) wheel -c constraints.txt
+	$(VENV)/bin/pip install $(PIP_QUIET) -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(VENV_ML)/.installed: docker/trainer/requirements.txt docker/trainer/constraints.txt pyproject.toml
+	@test -x $(VENV_ML)/bin/python || $(PYTHON) -m venv $(VENV_ML)
+	$(VENV_ML)/bin/pip install $(PIP_QUIET) wheel -c docker/trainer/constraints.txt
+	$(VENV_ML)/bin/pip install $(PIP_QUIET) -r docker/trainer/requirements.txt -c docker/trainer/constraints.txt
+	$(VENV_ML)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
+	@touch $@
+
+services: setup-platform ## start S3 (moto), MLflow, Airflow and Docker on 127.0.0.1
+	$(VENV)/bin/grounding-ops services start
+
+services-stop:
+	@test -x $(VENV)/bin/grounding-ops && $(VENV)/bin/grounding-ops services stop || true
+
+services-status: setup-platform
+	$(VENV)/bin/grounding-ops services status
+
+images: image-base image-trainer-cpu
+
+image-base: setup-platform
+	$(VENV)/bin/grounding-ops images build base
+
+image-trainer-cpu: setup-platform
+	$(VENV)/bin/grounding-ops images build trainer-cpu
+
+test: setup ## the whole suite: platform tests, then ML-stack tests (slow ones included)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml $(PYTEST_ARGS)
+
+test-fast: setup ## skip the slow end-to-end tests
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not slow" $(PYTEST_ARGS)
+
+demo: setup ## the whole loop on embedded defaults
+	$(VENV)/bin/grounding-ops demo
+
+bench: setup
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: services-stop
+	rm -rf $(VENV) $(VENV_ML) .services .pytest_cache

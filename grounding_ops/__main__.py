@@ -1,0 +1,5 @@
+import sys
+
+from grounding_ops.cli import main
+
+sys.exit(main())

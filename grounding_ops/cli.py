@@ -1,0 +1,61 @@
+"""The ``grounding-ops`` command line.
+
+Each subcommand lives in the module of its concept and registers itself through an
+``add_parser(subparsers)`` function; module top levels stay light so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from grounding_ops import __version__
+
+# (module, description) for every subcommand module; each defines add_parser(subparsers).
+COMMAND_MODULES: tuple[str, ...] = (
+    "grounding_ops.data.cli",
+    "grounding_ops.training.cli",
+    "grounding_ops.evaluation.cli",
+    "grounding_ops.registry.cli",
+    "grounding_ops.tiny_models",
+    "grounding_ops.services",
+    "grounding_ops.demo",
+)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grounding-ops",
+        description="Box annotations in, better vision-language grounding models out.",
+    )
+    parser.add_argument("--version", action="version", version=f"grounding-ops {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
+                continue  # that part of the platform is not installed in this environment
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+

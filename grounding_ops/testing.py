@@ -1,0 +1,156 @@
+"""Pytest fixtures that start the REAL embedded services for a test session.
+
+Loaded by the test suites with ``pytest_plugins = ["grounding_ops.testing"]``. Each
+service runs on free 127.0.0.1 ports with its own state directory, so tests never
+touch a developer's ``make services`` instance, and each is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from grounding_ops import services
+from grounding_ops.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class S3Service:
+    settings: ServiceSettings
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.s3_endpoint
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in self.settings.client_env().items() if k.startswith("AWS_")}
+
+    def client(self) -> Any:
+        return services.s3_client(self.settings)
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+
+@dataclass(frozen=True)
+class MlflowService:
+    settings: ServiceSettings
+
+    @property
+    def uri(self) -> str:
+        return self.settings.mlflow_uri
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.settings.client_env()
+
+
+@dataclass(frozen=True)
+class AirflowService:
+    settings: ServiceSettings
+
+    @property
+    def url(self) -> str:
+        return self.settings.airflow_url
+
+    @property
+    def username(self) -> str:
+        return self.settings.airflow_admin
+
+    @property
+    def password(self) -> str:
+        return services.airflow_password(self.settings)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return services.airflow_env(self.settings)
+
+    def api_token(self) -> str:
+        return services.airflow_token(self.settings)
+
+    def api(self, method: str, path: str, body: Any | None = None) -> Any:
+        """Call Airflow's REST API (``/api/v2/...``) as the admin user; returns parsed JSON."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, method=method,
+            headers={"Authorization": f"Bearer {self.api_token()}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory: pytest.TempPathFactory) -> ServiceSettings:
+    return services.isolated_settings(Path(tmp_path_factory.mktemp("services")))
+
+
+@pytest.fixture(scope="session")
+def s3_service(service_settings: ServiceSettings) -> Iterator[S3Service]:
+    services.start_s3(service_settings)
+    try:
+        yield S3Service(service_settings)
+    finally:
+        services.s3_process(service_settings).stop()
+
+
+@pytest.fixture()
+def s3_env(s3_service: S3Service, monkeypatch: pytest.MonkeyPatch) -> S3Service:
+    """Point boto3's standard configuration (this test's environment) at the local S3."""
+    for key, value in s3_service.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_service
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(s3_service: S3Service) -> Iterator[MlflowService]:
+    settings = s3_service.settings
+    services.start_mlflow(settings)
+    try:
+        yield MlflowService(settings)
+    finally:
+        services.mlflow_process(settings).stop()
+
+
+@pytest.fixture()
+def mlflow_env(mlflow_service: MlflowService, monkeypatch: pytest.MonkeyPatch) -> MlflowService:
+    for key, value in mlflow_service.env.items():
+        monkeypatch.setenv(key, value)
+    return mlflow_service
+
+
+@pytest.fixture(scope="session")
+def airflow_service(mlflow_service: MlflowService) -> Iterator[AirflowService]:
+    settings = mlflow_service.settings
+    services.start_airflow(settings)
+    try:
+        yield AirflowService(settings)
+    finally:
+        for proc in reversed(services.airflow_processes(settings)):
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A reachable Docker daemon; started here (as root on Debian) and stopped after, if none is."""
+    host = os.environ.get("DOCKER_HOST", f"unix://{services.DOCKER_SOCKET}")
+    if services.docker_reachable():
+        yield host
+        return
+    settings = ServiceSettings(state_dir=Path(tmp_path_factory.mktemp("docker")))
+    services.start_docker(settings)  # raises with the log path when it cannot
+    try:
+        yield host
+    finally:
+        services.docker_process(settings).stop()
