@@ -1,0 +1,153 @@
+"""Named training presets: the choices offered in the Airflow form and ``--preset``.
+
+Every preset validates as is; ``--set key=value`` adjusts one for a run. GPU presets name a
+Hugging Face model id (the GPU node must reach the hub or have it cached); point ``model`` at a
+local folder or an ``s3://`` copy for air-gapped clusters.
+
+``tiny-cpu`` runs the CPU engine on a tiny random model: its ``model`` is ``tiny:<family>``,
+meaning "build one locally with ``grounding_ops.tiny_models.build_tiny_model``" (override with a
+folder or ``s3://`` URI of a model built by ``grounding-ops tiny-model``).
+"""
+
+from __future__ import annotations
+
+from grounding_ops.training.spec import TrainingSpec
+
+TINY_MODEL_SCHEME = "tiny:"
+
+
+def _presets() -> dict[str, TrainingSpec]:
+    return {
+        # Qwen2.5-VL-3B on one node of 8 GPUs, full fine-tuning.
+        "qwen2.5-vl-3b": TrainingSpec(
+            model="Qwen/Qwen2.5-VL-3B-Instruct",
+            model_family="qwen2.5-vl",
+            protocol="qwen2.5-vl",
+            rollout_n=5,
+            learning_rate=1e-6,
+            kl_coef=0.01,
+            train_batch_size=128,
+            ppo_mini_batch_size=32,  # 32*5/8 = 20 per GPU
+            micro_batch_size_per_gpu=4,
+            max_prompt_length=2048,
+            max_response_length=256,
+            total_epochs=2,
+            save_freq=20,
+            test_freq=10,
+            gpus_per_node=8,
+            nnodes=1,
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.6,
+            experiment_name="qwen2.5-vl-3b-grpo",
+        ),
+        # Qwen2.5-VL-7B on one node of 8 GPUs, full fine-tuning.
+        "qwen2.5-vl-7b": TrainingSpec(
+            model="Qwen/Qwen2.5-VL-7B-Instruct",
+            model_family="qwen2.5-vl",
+            protocol="qwen2.5-vl",
+            rollout_n=5,
+            learning_rate=1e-6,
+            kl_coef=0.01,
+            train_batch_size=128,
+            ppo_mini_batch_size=32,
+            micro_batch_size_per_gpu=2,
+            max_prompt_length=2048,
+            max_response_length=256,
+            total_epochs=2,
+            save_freq=20,
+            test_freq=10,
+            gpus_per_node=8,
+            nnodes=1,
+            tensor_parallel_size=2,
+            gpu_memory_utilization=0.5,
+            experiment_name="qwen2.5-vl-7b-grpo",
+        ),
+        # Qwen2.5-VL-7B with LoRA on the language model, 2 GPUs (set gpus_per_node=1 for one).
+        "qwen2.5-vl-7b-lora": TrainingSpec(
+            model="Qwen/Qwen2.5-VL-7B-Instruct",
+            model_family="qwen2.5-vl",
+            protocol="qwen2.5-vl",
+            rollout_n=4,
+            learning_rate=1e-5,
+            kl_coef=0.01,
+            train_batch_size=16,
+            ppo_mini_batch_size=8,  # 8*4/2 = 16 per GPU
+            micro_batch_size_per_gpu=4,
+            max_prompt_length=1536,
+            max_response_length=256,
+            total_epochs=2,
+            save_freq=20,
+            test_freq=10,
+            gpus_per_node=2,
+            nnodes=1,
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.4,
+            param_offload=True,
+            lora_rank=64,
+            lora_alpha=64,
+            max_pixels=802816,  # 1024 visual tokens
+            experiment_name="qwen2.5-vl-7b-lora-grpo",
+        ),
+        # Qwen2.5-VL-7B on two nodes of 8 GPUs (submit through Ray Jobs).
+        "qwen2.5-vl-7b-2node": TrainingSpec(
+            model="Qwen/Qwen2.5-VL-7B-Instruct",
+            model_family="qwen2.5-vl",
+            protocol="qwen2.5-vl",
+            rollout_n=5,
+            learning_rate=1e-6,
+            kl_coef=0.01,
+            train_batch_size=256,
+            ppo_mini_batch_size=64,  # 64*5/16 = 20 per GPU
+            micro_batch_size_per_gpu=2,
+            max_prompt_length=2048,
+            max_response_length=256,
+            total_epochs=2,
+            save_freq=20,
+            test_freq=10,
+            gpus_per_node=8,
+            nnodes=2,
+            tensor_parallel_size=2,
+            gpu_memory_utilization=0.5,
+            experiment_name="qwen2.5-vl-7b-2node-grpo",
+        ),
+        # CPU engine (TRL) on a tiny random Qwen2-VL: laptops, CI and the demo.
+        "tiny-cpu": TrainingSpec(
+            model=TINY_MODEL_SCHEME + "qwen2-vl",
+            model_family="qwen2-vl",
+            protocol="qwen2.5-vl",
+            engine="cpu",
+            rollout_n=4,
+            learning_rate=1e-4,
+            kl_coef=0.0,
+            temperature=1.0,
+            train_batch_size=4,
+            ppo_mini_batch_size=4,
+            micro_batch_size_per_gpu=4,
+            max_prompt_length=256,
+            max_response_length=32,
+            total_epochs=1,
+            total_steps=6,
+            save_freq=2,
+            test_freq=-1,
+            gpus_per_node=1,
+            nnodes=1,
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.5,
+            gradient_checkpointing=False,
+            min_pixels=3136,  # 56x56
+            max_pixels=12544,  # 112x112
+            experiment_name="tiny-cpu",
+            sft_warmup_steps=40,
+        ),
+    }
+
+
+PRESET_NAMES: tuple[str, ...] = tuple(_presets())
+
+
+def get_preset(name: str) -> TrainingSpec:
+    """A fresh copy of the named preset; ValueError naming the valid presets otherwise."""
+    presets = _presets()
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
+    return presets[name]

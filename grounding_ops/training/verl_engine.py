@@ -1,0 +1,218 @@
+"""The VeRL engine's commands and log reading, for the training runner.
+
+The runner (``grounding_ops.training.runner``) owns the process, the streaming and the checkpoint
+sync; this module only says *what* to run and *how to read* what VeRL prints:
+
+- ``trainer_command(overrides, python=sys.executable) -> list[str]``:
+  ``python -m verl.trainer.main_ppo <overrides...>`` (argv list; no shell).
+- ``trainer_env(base=None) -> dict[str, str]``: the environment for that process (unbuffered
+  output, full Hydra errors, no Ray usage reporting), on top of ``base`` (default ``os.environ``).
+- ``checkpoint_steps(checkpoint_dir) -> list[int]`` / ``latest_checkpoint_step(checkpoint_dir)``:
+  the ``global_step_N`` folders VeRL wrote under ``trainer.default_local_dir`` (and its
+  ``latest_checkpointed_iteration.txt`` marker).
+- ``merge_command(step_dir, target_dir, python=sys.executable) -> list[str]``:
+  ``python -m verl.model_merger merge --backend fsdp --local_dir <step_dir>/actor --target_dir <target_dir>``
+  (the verl 0.9.1 CLI), turning the FSDP shards of one ``global_step_N`` into a Hugging Face folder.
+- ``parse_log_line(line) -> StepMetrics | None``: VeRL's console logger prints one line per step,
+  ``step:N - key:value - key:value ...`` (possibly behind a Ray ``(TaskRunner pid=..)`` prefix);
+  this returns the step with reward mean, IoU, accuracy, KL, throughput and time per step.
+- ``StepMetrics.summary() -> str``: ``step 3 | reward 0.412 | IoU 0.380 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+CHECKPOINT_MARKER = "latest_checkpointed_iteration.txt"
+_STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+def trainer_command(overrides: Sequence[str], python: str | None = None) -> list[str]:
+    """argv of the VeRL GRPO trainer for the given Hydra overrides."""
+    return [python or sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+
+
+def trainer_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the trainer subprocess: readable streamed logs, no phoning home."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("HYDRA_FULL_ERROR", "1")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def checkpoint_steps(checkpoint_dir: str | Path) -> list[int]:
+    """Steps of the ``global_step_N`` folders (holding an ``actor`` folder), ascending."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / "actor").is_dir():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def latest_checkpoint_step(checkpoint_dir: str | Path) -> int | None:
+    """The step VeRL resumes from: its marker file if present and valid, else the newest folder."""
+    root = Path(checkpoint_dir)
+    steps = checkpoint_steps(root)
+    marker = root / CHECKPOINT_MARKER
+    if marker.is_file():
+        try:
+            step = int(marker.read_text().strip())
+        except ValueError:
+            step = None
+        if step is not None and step in steps:
+            return step
+    return steps[-1] if steps else None
+
+
+def step_dir(checkpoint_dir: str | Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"global_step_{step}"
+
+
+def merge_command(step_dir: str | Path, target_dir: str | Path, python: str | None = None) -> list[str]:
+    """argv that merges the FSDP actor shards of one ``global_step_N`` folder into a HF folder."""
+    return [
+        python or sys.executable,
+        "-m",
+        "verl.model_merger",
+        "merge",
+        "--backend",
+        "fsdp",
+        "--local_dir",
+        str(Path(step_dir) / "actor"),
+        "--target_dir",
+        str(target_dir),
+    ]
+
+
+# ---------------------------------------------------------------------------------------- logs
+_STEP_LINE = re.compile(r"(?:^|[\s)\]])step:(\d+)((?: - [^\s:]+:[^\n]*?)+)\s*$")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+REWARD_KEYS = ("critic/score/mean", "critic/rewards/mean")
+KL_KEYS = ("actor/kl_loss", "actor/ppo_kl", "critic/kl")
+THROUGHPUT_KEYS = ("perf/throughput",)
+TIME_KEYS = ("perf/time_per_step", "timing_s/step")
+
+
+@dataclass
+class StepMetrics:
+    """One training step as VeRL reported it; ``values`` holds every numeric metric of the line."""
+
+    step: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def _first(self, keys: Sequence[str]) -> float | None:
+        for key in keys:
+            if key in self.values:
+                return self.values[key]
+        return None
+
+    def _matching(self, name: str) -> float | None:
+        """Mean over metrics named ``.../<name>/mean...`` or ending in ``/<name>`` (training, then validation)."""
+        found = [
+            v
+            for k, v in self.values.items()
+            if re.search(rf"(^|/){name}(/mean(@\d+)?)?$", k) and not k.startswith("val-")
+        ]
+        if not found:
+            found = [v for k, v in self.values.items() if re.search(rf"/{name}/mean@\d+$", k)]
+        found = [v for v in found if not math.isnan(v)]
+        return sum(found) / len(found) if found else None
+
+    @property
+    def reward_mean(self) -> float | None:
+        return self._first(REWARD_KEYS)
+
+    @property
+    def iou(self) -> float | None:
+        return self._matching("iou")
+
+    @property
+    def acc(self) -> float | None:
+        return self._matching("acc")
+
+    @property
+    def kl(self) -> float | None:
+        return self._first(KL_KEYS)
+
+    @property
+    def throughput(self) -> float | None:
+        """Tokens per second per GPU."""
+        return self._first(THROUGHPUT_KEYS)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self._first(TIME_KEYS)
+
+    def summary(self) -> str:
+        parts = [f"step {self.step}"]
+        for label, value, fmt in (
+            ("reward", self.reward_mean, "{:.3f}"),
+            ("IoU", self.iou, "{:.3f}"),
+            ("acc", self.acc, "{:.3f}"),
+            ("KL", self.kl, "{:.4g}"),
+        ):
+            if value is not None:
+                parts.append(f"{label} {fmt.format(value)}")
+        if self.throughput is not None:
+            parts.append(f"{self.throughput:.0f} tok/s/GPU")
+        if self.seconds_per_step is not None:
+            parts.append(f"{self.seconds_per_step:.1f} s/step")
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {
+            "step": self.step,
+            "reward_mean": self.reward_mean,
+            "iou": self.iou,
+            "acc": self.acc,
+            "kl": self.kl,
+            "throughput_tokens_per_s_per_gpu": self.throughput,
+            "seconds_per_step": self.seconds_per_step,
+        }
+
+
+def _parse_number(text: str) -> float | None:
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    # numpy/torch reprs such as np.float64(0.25) or tensor(0.25)
+    match = _NUMBER.search(text.split("(", 1)[1] if "(" in text else text)
+    if match is None:
+        return None
+    try:
+        return float(match.group(0))
+    except ValueError:
+        return None
+
+
+def parse_log_line(line: str) -> StepMetrics | None:
+    """Parse one VeRL console metrics line; None for any other line."""
+    clean = _ANSI.sub("", line).rstrip()
+    match = _STEP_LINE.search(clean)
+    if match is None:
+        return None
+    values: dict[str, float] = {}
+    for item in match.group(2).split(" - ")[1:]:
+        key, sep, raw = item.partition(":")
+        if not sep:
+            continue
+        number = _parse_number(raw)
+        if number is not None:
+            values[key.strip()] = number
+    return StepMetrics(step=int(match.group(1)), values=values)
