@@ -1,0 +1,490 @@
+"""Promotion of an evaluated candidate in the MLflow Model Registry (aliases, no stages).
+
+``promote(eval_run_id)``:
+
+1. reads the candidate's evaluation run (metric value, model URI, dataset version, split);
+2. registers the model URI as a version of the registered model (the weights stay
+   where they are: the version's source is their S3 URI), or finds the version
+   registered before for this evaluation run or model URI, and tags it with lineage;
+3. points alias ``challenger`` at it;
+4. compares the metric with the current ``champion`` evaluated on the SAME dataset
+   version and split (the champion's own evaluation run when it matches, otherwise
+   another evaluation of the champion's model URI on this dataset version; with none,
+   it refuses and says what to evaluate). With no champion yet the bar is the base
+   model's evaluation (run tag ``grounding.role=base``) on the same dataset version;
+5. moves ``champion`` only when the candidate improves on the bar by at least ``min_delta``.
+
+The decision (with both numbers) is logged, stored as tags on the version and on the
+evaluation run, and returned. Promoting the same candidate again with the same metric
+and ``min_delta`` returns the stored decision and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from grounding_ops.registry.tracking import (
+    OUTPUT_TAG,
+    ROLE_TAG,
+    TAG_PREFIX,
+    mlflow_client,
+    quote_filter_value,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "grounding-model"
+DEFAULT_METRIC = "acc_at_0_5"
+DEFAULT_MIN_DELTA = 0.01
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DECISION_PREFIX = "grounding.promotion."
+EVALUATION_RUN_TAG = "grounding.evaluation_run_id"
+# Metrics copied onto each version so listings need no extra run lookups.
+LISTED_METRICS = ("acc_at_0_5", "acc_at_0_75", "mean_iou", "mean_score", "parse_failure_rate")
+METRIC_TAG_PREFIX = "grounding.metric."
+LINEAGE_TAGS = (
+    "grounding.dataset_version",
+    "grounding.dataset_uri",
+    "grounding.training_run_id",
+    "grounding.training_output_uri",
+    "grounding.image_digest",
+    "grounding.git_commit",
+    "grounding.wandb_run",
+    "grounding.wandb_eval_run",
+    "grounding.protocol",
+    "grounding.base_model_uri",
+)
+_TOLERANCE = 1e-9
+
+
+class PromotionError(RuntimeError):
+    """Promotion cannot proceed (missing run, metric, params); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What the promotion gate decided, with the numbers it compared."""
+
+    promoted: bool
+    reason: str
+    model_name: str
+    metric: str
+    min_delta: float
+    candidate_run_id: str
+    candidate_value: float
+    baseline: str  # "champion", "base" or "none" (nothing to compare with: refused)
+    baseline_value: float | None
+    baseline_run_id: str | None
+    champion_before: str | None
+    champion_after: str | None
+    version: str | None
+    dataset_version: str
+    created_version: bool
+    changed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PROMOTED" if self.promoted else "NOT PROMOTED"
+        bar = "no baseline" if self.baseline_value is None else f"{self.baseline}={self.baseline_value:.4f}"
+
+        def name(version: str | None) -> str:
+            return f"v{version}" if version else "none"
+
+        return (
+            f"{verdict}: {self.model_name} v{self.version} (eval run {self.candidate_run_id}) "
+            f"{self.metric}={self.candidate_value:.4f} vs {bar} on dataset {self.dataset_version}; "
+            f"champion: {name(self.champion_before)} -> {name(self.champion_after)}. {self.reason}"
+        )
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _get_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise PromotionError(f"no MLflow run {run_id!r} at {client.tracking_uri}: pass an evaluation run id") from exc
+        raise
+
+
+def _ensure_registered_model(client: Any, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+    try:
+        client.create_registered_model(
+            name, description="Vision-language grounding models trained with GRPO and an IoU reward."
+        )
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.get_registered_model(name)
+
+
+def _find_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
+    """The version registered before for this evaluation run, else for the same model URI."""
+    base = f"name = {quote_filter_value(name)}"
+    for clause in (f"run_id = {quote_filter_value(run_id)}", f"source_path = {quote_filter_value(source)}"):
+        found = client.search_model_versions(f"{base} and {clause}", max_results=50)
+        found = [v for v in found if (v.source == source if "source_path" in clause else v.run_id == run_id)]
+        if found:
+            return min(found, key=lambda v: int(v.version))
+    return None
+
+
+def _metric_of(run: Any, metric: str) -> float | None:
+    value = run.data.metrics.get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _recorded(version: Any, run_id: str, metric: str, min_delta: float) -> dict[str, str] | None:
+    tags = dict(version.tags or {})
+    if (
+        tags.get(DECISION_PREFIX + "eval_run_id") == run_id
+        and tags.get(DECISION_PREFIX + "metric") == metric
+        and tags.get(DECISION_PREFIX + "min_delta") == repr(float(min_delta))
+        and DECISION_PREFIX + "promoted" in tags
+    ):
+        return tags
+    return None
+
+
+def _float_or_none(text: str | None) -> float | None:
+    if text in (None, "", "None"):
+        return None
+    return float(text)
+
+
+def _search_evaluations(
+    client: Any, experiment_ids: list[str], clauses: list[str], exclude_run: str | None = None
+) -> Any | None:
+    filter_string = " and ".join([*clauses, "attributes.status = 'FINISHED'"])
+    runs = client.search_runs(
+        sorted(set(experiment_ids)), filter_string=filter_string, max_results=20, order_by=["attributes.start_time DESC"]
+    )
+    for run in runs:
+        if run.info.run_id != exclude_run:
+            return run
+    return None
+
+
+def _same_evaluation_set(run: Any, dataset_version: str, split: str) -> bool:
+    params = run.data.params
+    return params.get("dataset_version") == dataset_version and params.get("split", "val") == split
+
+
+def _lower_is_better(metric: str) -> bool:
+    from grounding_ops.evaluation.metrics import LOWER_IS_BETTER
+
+    return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+
+
+def _improvement(metric: str, candidate: float, baseline: float) -> float:
+    return baseline - candidate if _lower_is_better(metric) else candidate - baseline
+
+
+def promote(
+    candidate_run_id: str,
+    *,
+    metric: str = DEFAULT_METRIC,
+    min_delta: float = DEFAULT_MIN_DELTA,
+    model_name: str = DEFAULT_MODEL_NAME,
+    client: Any | None = None,
+) -> PromotionDecision:
+    """Register the evaluated candidate and move ``champion`` to it if it clears the bar."""
+    from mlflow.exceptions import MlflowException
+
+    if not (min_delta >= 0.0 and math.isfinite(min_delta)):
+        raise PromotionError(f"min-delta must be a finite number >= 0, got {min_delta}")
+    client = client if client is not None else mlflow_client()
+    try:
+        return _promote(client, candidate_run_id, metric, float(min_delta), model_name)
+    except MlflowException as exc:
+        raise PromotionError(f"MLflow at {client.tracking_uri} refused the promotion: {exc.message}") from exc
+
+
+def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str) -> PromotionDecision:
+    run = _get_run(client, run_id)
+    params, run_tags = run.data.params, run.data.tags
+    if run_tags.get(ROLE_TAG) == "base":
+        raise PromotionError(f"run {run_id} evaluates the base model (tag {ROLE_TAG}=base): promote a candidate's run")
+    candidate_value = _metric_of(run, metric)
+    if candidate_value is None:
+        known = ", ".join(sorted(k for k in run.data.metrics if "/" not in k and "_ci_" not in k))
+        raise PromotionError(f"run {run_id} has no metric {metric!r}; it has: {known or 'no metrics'}")
+    source = params.get("model_uri") or run_tags.get("grounding.model_uri")
+    dataset_version = params.get("dataset_version") or run_tags.get("grounding.dataset_version")
+    split = params.get("split") or "val"
+    if not source or not dataset_version:
+        raise PromotionError(
+            f"run {run_id} lacks the model_uri/dataset_version params of an evaluation run "
+            "(log evaluations with `grounding-ops evaluate` or `grounding-ops log-evaluation`)"
+        )
+
+    registered = _ensure_registered_model(client, model_name)
+    aliases = dict(registered.aliases or {})
+    version = _find_version(client, model_name, run_id, source)
+    created = version is None
+    if created:
+        lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
+        lineage.update(
+            {
+                "grounding.model_uri": source,
+                "grounding.dataset_version": dataset_version,
+                EVALUATION_RUN_TAG: run_id,
+            }
+        )
+        if run_tags.get(OUTPUT_TAG):
+            lineage["grounding.evaluation_uri"] = run_tags[OUTPUT_TAG]
+        for name in LISTED_METRICS:
+            value = _metric_of(run, name)
+            if value is not None:
+                lineage[METRIC_TAG_PREFIX + name] = repr(value)
+        version = client.create_model_version(
+            model_name,
+            source=source,
+            run_id=run_id,
+            tags=lineage,
+            description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
+        )
+        log.info("registered %s as %s version %s", source, model_name, version.version)
+    else:
+        recorded = _recorded(version, run_id, metric, min_delta)
+        if recorded is not None:
+            decision = _decision_from_tags(recorded, model_name, version.version, aliases.get(CHAMPION))
+            log.info("already decided, nothing changed: %s", decision.summary())
+            return decision
+    number = str(version.version)
+
+    if aliases.get(CHALLENGER) != number:
+        client.set_registered_model_alias(model_name, CHALLENGER, number)
+    champion_before = aliases.get(CHAMPION)
+    experiments = [run.info.experiment_id]
+
+    baseline, baseline_value, baseline_run_id, note = "none", None, None, ""
+    if champion_before == number:
+        decision = PromotionDecision(
+            promoted=True,
+            reason=f"version {number} is already the champion",
+            model_name=model_name, metric=metric, min_delta=min_delta, candidate_run_id=run_id,
+            candidate_value=candidate_value, baseline="champion", baseline_value=candidate_value,
+            baseline_run_id=run_id, champion_before=number, champion_after=number, version=number,
+            dataset_version=dataset_version, created_version=created, changed=created,
+        )
+        log.info(decision.summary())
+        return decision
+    if champion_before is not None:
+        baseline = "champion"
+        champion = client.get_model_version(model_name, champion_before)
+        champion_run_id = (champion.tags or {}).get(EVALUATION_RUN_TAG) or champion.run_id
+        champion_run = None
+        if champion_run_id:
+            try:
+                champion_run = client.get_run(champion_run_id)
+                experiments.append(champion_run.info.experiment_id)
+            except MlflowException as exc:
+                if not _is_missing(exc):
+                    raise
+        if champion_run is not None and _same_evaluation_set(champion_run, dataset_version, split):
+            bar_run = champion_run
+        else:
+            champion_dataset = (
+                champion_run.data.params.get("dataset_version") if champion_run is not None else None
+            ) or (champion.tags or {}).get("grounding.dataset_version", "unknown")
+            bar_run = _search_evaluations(
+                client,
+                experiments,
+                [
+                    f"params.model_uri = {quote_filter_value(champion.source)}",
+                    f"params.dataset_version = {quote_filter_value(dataset_version)}",
+                    f"params.split = {quote_filter_value(split)}",
+                ],
+                exclude_run=run_id,
+            )
+            if bar_run is None:
+                reason = (
+                    f"champion v{champion_before} was evaluated on dataset {champion_dataset}, the candidate on "
+                    f"{dataset_version}, and no evaluation of the champion ({champion.source}) on {dataset_version} "
+                    f"({split}) exists: evaluate it there (grounding-ops evaluate --model {champion.source} "
+                    f"--dataset <{dataset_version} URI> --split {split} ...) and promote again; champion unchanged"
+                )
+                return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
+                               champion_before, number, dataset_version, created)
+            note = (
+                f" (champion v{champion_before} was evaluated on dataset {champion_dataset}; compared with its "
+                f"evaluation run {bar_run.info.run_id} on {dataset_version})"
+            )
+    else:
+        baseline = "base"
+        clauses = [
+            f"tags.`{ROLE_TAG}` = 'base'",
+            f"params.dataset_version = {quote_filter_value(dataset_version)}",
+            f"params.split = {quote_filter_value(split)}",
+        ]
+        bar_run = None
+        base_model = run_tags.get("grounding.base_model_uri")
+        if base_model:
+            # prefer the evaluation of the very model the candidate was trained from
+            bar_run = _search_evaluations(
+                client, experiments, [*clauses, f"params.model_uri = {quote_filter_value(base_model)}"],
+                exclude_run=run_id,
+            )
+        if bar_run is None:
+            bar_run = _search_evaluations(client, experiments, clauses, exclude_run=run_id)
+        if bar_run is not None:
+            note = f" (base model {bar_run.data.params.get('model_uri')}, evaluation run {bar_run.info.run_id})"
+        if bar_run is None:
+            reason = (
+                f"no champion yet and no base-model evaluation on dataset {dataset_version} ({split}): evaluate "
+                f"the base model first (grounding-ops evaluate --role base --model <base model> --dataset "
+                f"<{dataset_version} URI> --split {split} ...) so the first champion has a bar to beat"
+            )
+            return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
+                           None, number, dataset_version, created)
+
+    baseline_value = _metric_of(bar_run, metric)
+    baseline_run_id = bar_run.info.run_id
+    if baseline_value is None:
+        reason = f"the {baseline} evaluation run {baseline_run_id} has no metric {metric!r}; champion unchanged"
+        return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
+                       champion_before, number, dataset_version, created)
+
+    improvement = _improvement(metric, candidate_value, baseline_value)
+    what = f"champion v{champion_before}" if baseline == "champion" else "the base model"
+    direction = " (lower is better)" if _lower_is_better(metric) else ""
+    promoted = improvement + _TOLERANCE >= min_delta
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, number)
+        if not created:
+            # a version registered before for the same weights: its evaluation is now this run
+            _retag_evaluation(client, model_name, number, run, dataset_version)
+        reason = (
+            f"{metric}{direction} {candidate_value:.4f} vs {what} {baseline_value:.4f}: improvement "
+            f"{improvement:+.4f} >= min-delta {min_delta} on dataset {dataset_version} ({split}); "
+            f"v{number} is the new champion{note}"
+        )
+    else:
+        reason = (
+            f"{metric}{direction} {candidate_value:.4f} vs {what} {baseline_value:.4f}: improvement "
+            f"{improvement:+.4f} < min-delta {min_delta} on dataset {dataset_version} ({split}); "
+            f"champion {'stays v' + champion_before if champion_before else 'not set'}{note}"
+        )
+    decision = PromotionDecision(
+        promoted=promoted, reason=reason, model_name=model_name, metric=metric, min_delta=min_delta,
+        candidate_run_id=run_id, candidate_value=candidate_value, baseline=baseline,
+        baseline_value=baseline_value, baseline_run_id=baseline_run_id, champion_before=champion_before,
+        champion_after=number if promoted else champion_before, version=number,
+        dataset_version=dataset_version, created_version=created, changed=True,
+    )
+    _record(client, decision)
+    log.info(decision.summary())
+    return decision
+
+
+def _retag_evaluation(client: Any, model_name: str, number: str, run: Any, dataset_version: str) -> None:
+    client.set_model_version_tag(model_name, number, EVALUATION_RUN_TAG, run.info.run_id)
+    client.set_model_version_tag(model_name, number, "grounding.dataset_version", dataset_version)
+    for name in LISTED_METRICS:
+        value = _metric_of(run, name)
+        if value is not None:
+            client.set_model_version_tag(model_name, number, METRIC_TAG_PREFIX + name, repr(value))
+
+
+def _refuse(
+    client: Any, run_id: str, reason: str, model_name: str, metric: str, min_delta: float,
+    candidate_value: float, champion: str | None, number: str, dataset_version: str, created: bool,
+) -> PromotionDecision:
+    """A decision without a comparison: not recorded, so a later call (after the missing
+    evaluation exists) decides afresh."""
+    decision = PromotionDecision(
+        promoted=False, reason=reason, model_name=model_name, metric=metric, min_delta=min_delta,
+        candidate_run_id=run_id, candidate_value=candidate_value, baseline="none", baseline_value=None,
+        baseline_run_id=None, champion_before=champion, champion_after=champion, version=number,
+        dataset_version=dataset_version, created_version=created, changed=created,
+    )
+    client.set_tag(run_id, DECISION_PREFIX + "reason", reason[:5000])
+    log.info(decision.summary())
+    return decision
+
+
+def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
+    return {
+        DECISION_PREFIX + "eval_run_id": decision.candidate_run_id,
+        DECISION_PREFIX + "metric": decision.metric,
+        DECISION_PREFIX + "min_delta": repr(float(decision.min_delta)),
+        DECISION_PREFIX + "candidate_value": repr(decision.candidate_value),
+        DECISION_PREFIX + "baseline": decision.baseline,
+        DECISION_PREFIX + "baseline_value": repr(decision.baseline_value),
+        DECISION_PREFIX + "baseline_run_id": decision.baseline_run_id or "",
+        DECISION_PREFIX + "champion_before": decision.champion_before or "",
+        DECISION_PREFIX + "reason": decision.reason[:5000],
+        DECISION_PREFIX + "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # written last: its presence marks a complete record
+        DECISION_PREFIX + "promoted": "true" if decision.promoted else "false",
+    }
+
+
+def _record(client: Any, decision: PromotionDecision) -> None:
+    for key, value in _decision_tags(decision).items():
+        if key != DECISION_PREFIX + "promoted":
+            client.set_tag(decision.candidate_run_id, key, value)
+        client.set_model_version_tag(decision.model_name, decision.version, key, value)
+    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "promoted", "true" if decision.promoted else "false")
+    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "version", str(decision.version))
+
+
+def _decision_from_tags(tags: dict[str, str], model_name: str, version: str, champion: str | None) -> PromotionDecision:
+    return PromotionDecision(
+        promoted=tags[DECISION_PREFIX + "promoted"] == "true",
+        reason="already decided: " + tags.get(DECISION_PREFIX + "reason", ""),
+        model_name=model_name,
+        metric=tags[DECISION_PREFIX + "metric"],
+        min_delta=float(tags[DECISION_PREFIX + "min_delta"]),
+        candidate_run_id=tags[DECISION_PREFIX + "eval_run_id"],
+        candidate_value=float(tags[DECISION_PREFIX + "candidate_value"]),
+        baseline=tags.get(DECISION_PREFIX + "baseline", "none"),
+        baseline_value=_float_or_none(tags.get(DECISION_PREFIX + "baseline_value")),
+        baseline_run_id=tags.get(DECISION_PREFIX + "baseline_run_id") or None,
+        champion_before=tags.get(DECISION_PREFIX + "champion_before") or None,
+        champion_after=champion,
+        version=str(version),
+        dataset_version=tags.get("grounding.dataset_version", ""),
+        created_version=False,
+        changed=False,
+    )
+
+
+def select_best(run_ids: list[str], *, metric: str = DEFAULT_METRIC, client: Any | None = None) -> str:
+    """The evaluation run with the best ``metric`` (ties: the first in ``run_ids``).
+
+    The training DAG evaluates every checkpoint and promotes only the best one.
+    """
+    if not run_ids:
+        raise PromotionError("no evaluation runs to choose from")
+    client = client if client is not None else mlflow_client()
+    scored = []
+    for position, run_id in enumerate(run_ids):
+        value = _metric_of(_get_run(client, run_id), metric)
+        if value is None:
+            raise PromotionError(f"evaluation run {run_id} has no metric {metric!r}")
+        scored.append((-value if not _lower_is_better(metric) else value, position, run_id))
+    return min(scored)[2]
+
+
+__all__ = ["PromotionDecision", "PromotionError", "promote", "select_best", "CHAMPION", "CHALLENGER", "TAG_PREFIX"]

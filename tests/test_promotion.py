@@ -1,0 +1,305 @@
+"""Promotion against a real MLflow server whose artifacts live in the local S3 (moto).
+
+Evaluation outputs are built from constructed predictions with known IoUs (no model
+needed), logged with the real ``log_evaluation`` and promoted with the real gate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from grounding_ops.evaluation.evaluate import EvalSample, Prediction, training_lineage, write_outputs
+from grounding_ops.registry.models import list_model_versions
+from grounding_ops.registry.promotion import CHALLENGER, CHAMPION, PromotionError, promote
+from grounding_ops.registry.tracking import log_evaluation, mlflow_client
+from grounding_ops.storage import open_store
+
+N = 200  # samples per evaluation: Acc@0.5 moves in steps of 0.005
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 180, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
+
+
+@pytest.fixture()
+def registry(mlflow_env, s3_service, monkeypatch, tmp_path):
+    """A fresh experiment and model name on the session's MLflow server, W&B off."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    token = uuid.uuid4().hex[:8]
+    return {
+        "client": mlflow_client(mlflow_env.uri),
+        "experiment": f"eval-{token}",
+        "model": f"grounding-{token}",
+        "prefix": f"test-{token}",
+        "s3": s3_service,
+    }
+
+
+def _evaluate(reg, name: str, *, acc: float, dataset_version: str = "v1", role: str = "candidate",
+              model_uri: str | None = None) -> str:
+    """Write an evaluation output with Acc@0.5 == acc to S3 and log it; return the run id."""
+    output = _write(reg, name, acc=acc, dataset_version=dataset_version, role=role, model_uri=model_uri)
+    return log_evaluation(output, client=reg["client"], experiment=reg["experiment"])
+
+
+def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model_uri: str | None) -> str:
+    s3 = reg["s3"]
+    hits = round(acc * N)
+    samples, predictions = [], []
+    for i in range(N):
+        iou = 0.8 if i < hits else 0.2
+        samples.append(EvalSample(f"s{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG,
+                                  [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28)))
+        predictions.append(Prediction(f"s{i}", "synthetic", "the red circle", "[...]", [[4.0, 4.0, 20.0, 20.0]],
+                                      [[4.0, 4.0, 20.0, 20.0]], iou, iou, iou, True, "", 1, 1))
+    model_uri = model_uri or s3.uri(reg["prefix"], "train", name, "final")
+    info = {
+        "model_uri": model_uri,
+        "dataset_uri": s3.uri(reg["prefix"], "datasets", dataset_version),
+        "dataset_version": dataset_version,
+        "split": "val",
+        "protocol": "qwen2.5-vl",
+        "engine": "transformers",
+        "batch_size": 8,
+        "max_new_tokens": 64,
+        "max_samples": None,
+        "role": role,
+        "tags": {},
+        "lineage": training_lineage(model_uri),
+    }
+    output = s3.uri(reg["prefix"], "evaluations", f"{name}-{dataset_version}")
+    write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=2.0)
+    return output
+
+
+def _aliases(reg) -> dict[str, str]:
+    return dict(reg["client"].get_registered_model(reg["model"]).aliases)
+
+
+def _versions(reg) -> list:
+    return list(reg["client"].search_model_versions(f"name = '{reg['model']}'"))
+
+
+def _promote(reg, run_id: str, **kwargs):
+    return promote(run_id, model_name=reg["model"], client=reg["client"], **kwargs)
+
+
+def test_better_candidate_becomes_champion_worse_or_equal_does_not(registry):
+    _evaluate(registry, "base", acc=0.20, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    first = _promote(registry, _evaluate(registry, "c1", acc=0.50))
+    assert first.promoted and first.baseline == "base"
+    assert (first.candidate_value, first.baseline_value) == pytest.approx((0.50, 0.20))
+    assert _aliases(registry) == {CHAMPION: first.version, CHALLENGER: first.version}
+
+    for name, acc in (("worse", 0.40), ("equal", 0.50), ("too-small", 0.505)):
+        decision = _promote(registry, _evaluate(registry, name, acc=acc))
+        assert not decision.promoted, decision
+        assert decision.baseline == "champion" and decision.baseline_value == pytest.approx(0.50)
+        assert decision.candidate_value == pytest.approx(acc)
+        assert decision.champion_after == first.version
+        assert _aliases(registry) == {CHAMPION: first.version, CHALLENGER: decision.version}
+        assert "min-delta" in decision.reason and f"{acc:.4f}" in decision.reason
+
+    better = _promote(registry, _evaluate(registry, "better", acc=0.515))
+    assert better.promoted and better.champion_before == first.version
+    assert better.baseline_value == pytest.approx(0.50)
+    assert _aliases(registry) == {CHAMPION: better.version, CHALLENGER: better.version}
+    assert len(_versions(registry)) == 5
+    # the decision is also stored on the evaluation run
+    tags = registry["client"].get_run(better.candidate_run_id).data.tags
+    assert tags["grounding.promotion.promoted"] == "true"
+    assert float(tags["grounding.promotion.baseline_value"]) == pytest.approx(0.50)
+
+
+def test_rerun_is_a_no_op(registry):
+    _evaluate(registry, "base", acc=0.1, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    output = _write(registry, "cand", acc=0.6, dataset_version="v1", role="candidate", model_uri=None)
+    run_id = log_evaluation(output, client=registry["client"], experiment=registry["experiment"])
+    # logging the same output twice gives one run
+    assert log_evaluation(output, client=registry["client"], experiment=registry["experiment"]) == run_id
+    first = _promote(registry, run_id)
+    # a later challenger must not be moved back by re-promoting the first candidate
+    loser = _promote(registry, _evaluate(registry, "loser", acc=0.2))
+    aliases = _aliases(registry)
+    versions = [(v.version, dict(v.tags)) for v in _versions(registry)]
+
+    again = _promote(registry, run_id)
+    assert again.promoted == first.promoted is True
+    assert again.version == first.version and not again.changed and not again.created_version
+    assert (again.candidate_value, again.baseline_value) == (first.candidate_value, first.baseline_value)
+    assert _aliases(registry) == aliases == {CHAMPION: first.version, CHALLENGER: loser.version}
+    assert [(v.version, dict(v.tags)) for v in _versions(registry)] == versions
+    assert not _promote(registry, loser.candidate_run_id).changed
+
+
+def test_first_champion_must_beat_the_base_model(registry):
+    candidate = _evaluate(registry, "cand", acc=0.30)
+    refused = _promote(registry, candidate)
+    assert not refused.promoted and refused.baseline == "none"
+    assert "base-model evaluation" in refused.reason and "--role base" in refused.reason
+    assert _aliases(registry) == {CHALLENGER: refused.version}
+
+    # a base evaluation on ANOTHER dataset version does not count
+    _evaluate(registry, "base", acc=0.10, role="base", dataset_version="v0",
+              model_uri=registry["s3"].uri("base-models", "tiny"))
+    assert _promote(registry, candidate).baseline == "none"
+
+    _evaluate(registry, "base", acc=0.30, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    equal = _promote(registry, candidate)  # the refusal was not recorded: decided afresh now
+    assert not equal.promoted and equal.baseline == "base"
+    assert (equal.candidate_value, equal.baseline_value) == pytest.approx((0.30, 0.30))
+    assert CHAMPION not in _aliases(registry)
+    assert len(_versions(registry)) == 1  # still the one version
+
+    better = _promote(registry, _evaluate(registry, "cand2", acc=0.35))
+    assert better.promoted and better.baseline == "base"
+    assert _aliases(registry)[CHAMPION] == better.version
+
+
+def test_champion_from_another_dataset_version(registry):
+    s3 = registry["s3"]
+    _evaluate(registry, "base", acc=0.1, role="base", model_uri=s3.uri("base-models", "tiny"))
+    champion = _promote(registry, _evaluate(registry, "champ", acc=0.5))
+    assert champion.promoted
+
+    candidate = _evaluate(registry, "new", acc=0.45, dataset_version="v2")
+    refused = _promote(registry, candidate)
+    assert not refused.promoted and refused.baseline == "none"
+    assert "evaluated on dataset v1" in refused.reason and "v2" in refused.reason
+    assert _aliases(registry)[CHAMPION] == champion.version
+
+    # evaluate the champion's model on v2: the gate now compares on v2
+    champion_model = registry["client"].get_model_version(registry["model"], champion.version).source
+    bar = _evaluate(registry, "champ", acc=0.40, dataset_version="v2", model_uri=champion_model)
+    decision = _promote(registry, candidate)
+    assert decision.promoted and decision.baseline_run_id == bar
+    assert (decision.candidate_value, decision.baseline_value) == pytest.approx((0.45, 0.40))
+    assert "compared with its evaluation run" in decision.reason
+
+    # the old champion's v2 evaluation reuses its version (same weights): no third version
+    old = _promote(registry, bar)
+    assert old.version == champion.version and not old.created_version and not old.promoted
+    assert (old.candidate_value, old.baseline_value) == pytest.approx((0.40, 0.45))
+    assert len(_versions(registry)) == 2
+
+
+def test_lineage_tags_source_and_artifacts_in_s3(registry):
+    s3 = registry["s3"]
+    client = s3.client()
+    train_prefix = f"{registry['prefix']}/train/lineage"
+    run_json = {
+        "dataset_version": "v1", "dataset_uri": s3.uri(registry["prefix"], "datasets", "v1"),
+        "image": "sha256:" + "ab" * 32, "git_commit": "0123456789abcdef", "steps_done": 4,
+        "wandb_url": "https://wandb.ai/team/grounding/runs/xyz", "checkpoints": [],
+    }
+    client.put_object(Bucket=s3.bucket, Key=f"{train_prefix}/run.json", Body=json.dumps(run_json).encode())
+    model_uri = s3.uri(train_prefix, "final")
+    _evaluate(registry, "base", acc=0.1, role="base", model_uri=s3.uri("base-models", "tiny"))
+    run_id = _evaluate(registry, "lineage", acc=0.7, model_uri=model_uri)
+    decision = _promote(registry, run_id)
+
+    version = registry["client"].get_model_version(registry["model"], decision.version)
+    assert version.source == model_uri and version.run_id == run_id
+    tags = version.tags
+    assert tags["grounding.dataset_version"] == "v1"
+    assert tags["grounding.dataset_uri"] == s3.uri(registry["prefix"], "datasets", "v1")
+    assert tags["grounding.training_run_id"] == s3.uri(train_prefix)
+    assert tags["grounding.image_digest"] == run_json["image"]
+    assert tags["grounding.git_commit"] == run_json["git_commit"]
+    assert tags["grounding.wandb_run"] == run_json["wandb_url"]
+    assert tags["grounding.evaluation_run_id"] == run_id
+    assert float(tags["grounding.metric.acc_at_0_5"]) == pytest.approx(0.7)
+
+    run = registry["client"].get_run(run_id)
+    assert run.data.params["model_uri"] == model_uri and run.data.params["protocol"] == "qwen2.5-vl"
+    assert run.data.metrics["acc_at_0_5"] == pytest.approx(0.7)
+    assert run.data.metrics["acc_at_0_5_ci_low"] <= 0.7 <= run.data.metrics["acc_at_0_5_ci_high"]
+    assert run.data.metrics["source/synthetic/acc_at_0_5"] == pytest.approx(0.7)
+    keys = [o.key for o in open_store(s3.uri("mlflow"), s3_client=client).list("")]
+    for name in ("metrics.json", "predictions.parquet", "report.html"):
+        assert any(k.endswith(f"{run_id}/artifacts/{name}") for k in keys), (name, keys[:20])
+
+
+def test_model_listing_is_paginated_with_metrics_and_aliases(registry):
+    _evaluate(registry, "base", acc=0.1, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    decisions = [_promote(registry, _evaluate(registry, f"m{i}", acc=acc)) for i, acc in enumerate((0.3, 0.6, 0.4))]
+    page = list_model_versions(registry["model"], page_size=2, client=registry["client"])
+    assert [r.version for r in page.rows] == ["3", "2"] and page.next_page_token
+    assert page.champion == decisions[1].version == "2"
+    champion_row = page.rows[1]
+    assert champion_row.is_champion and champion_row.aliases == [CHAMPION]
+    assert champion_row.metrics["acc_at_0_5"] == pytest.approx(0.6)
+    assert champion_row.dataset_version == "v1" and champion_row.mlflow_url.endswith("/versions/2")
+    assert page.rows[0].aliases == [CHALLENGER]
+    rest = list_model_versions(registry["model"], page_size=2, page_token=page.next_page_token,
+                               client=registry["client"])
+    assert [r.version for r in rest.rows] == ["1"] and rest.next_page_token is None
+    json.dumps(rest.to_dict())
+    assert list_model_versions("no-such-model", client=registry["client"]).rows == []
+
+
+def test_errors_name_what_to_fix(registry):
+    with pytest.raises(PromotionError, match="no MLflow run"):
+        _promote(registry, "0" * 32)
+    run_id = _evaluate(registry, "cand", acc=0.3)
+    with pytest.raises(PromotionError, match="no metric 'nope'.*acc_at_0_5"):
+        _promote(registry, run_id, metric="nope")
+    base = _evaluate(registry, "base", acc=0.1, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    with pytest.raises(PromotionError, match="base model"):
+        _promote(registry, base)
+
+
+def test_cli_prints_the_decision_and_exit_codes(registry, capsys):
+    from grounding_ops.cli import main
+
+    _evaluate(registry, "base", acc=0.2, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
+    run_id = _evaluate(registry, "cand", acc=0.2)
+    assert main(["promote", "--candidate", run_id, "--model-name", registry["model"]]) == 0
+    out = capsys.readouterr().out
+    assert "NOT PROMOTED" in out and "acc_at_0_5=0.2000" in out and "base=0.2000" in out
+    assert main(["promote", "--candidate", "f" * 32, "--model-name", registry["model"]]) == 2
+
+
+def test_wandb_offline_run_folder_without_key(registry, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_id = _evaluate(registry, "wandb", acc=0.25)
+    reference = registry["client"].get_run(run_id).data.tags["grounding.wandb_eval_run"]
+    assert reference.startswith("offline:")
+    assert list(Path(tmp_path, "wandb").glob("offline-run-*")), "no offline W&B run folder"
+
+
+def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):
+    s3 = registry["s3"]
+    base_a, base_b = s3.uri("base-models", "a"), s3.uri("base-models", "b")
+    train_prefix = f"{registry['prefix']}/train/from-a"
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{train_prefix}/run.json",
+                           Body=json.dumps({"dataset_version": "v1", "spec": {"model": base_a}}).encode())
+    _evaluate(registry, "base-a", acc=0.10, role="base", model_uri=base_a)
+    _evaluate(registry, "base-b", acc=0.50, role="base", model_uri=base_b)  # logged later, not our base
+    decision = _promote(registry, _evaluate(registry, "cand", acc=0.30, model_uri=s3.uri(train_prefix, "final")))
+    assert decision.promoted and decision.baseline_value == pytest.approx(0.10)
+    assert base_a in decision.reason
+
+
+def test_select_best_checkpoint(registry):
+    from grounding_ops.registry.promotion import select_best
+
+    runs = [_evaluate(registry, f"step{i}", acc=acc) for i, acc in enumerate((0.3, 0.55, 0.55, 0.4))]
+    assert select_best(runs, client=registry["client"]) == runs[1]
+    assert select_best(runs, metric="parse_failure_rate", client=registry["client"]) == runs[0]
+    with pytest.raises(PromotionError, match="no evaluation runs"):
+        select_best([], client=registry["client"])
