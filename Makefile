@@ -56,8 +56,13 @@ test-fast: setup ## skip the slow end-to-end tests
 demo: setup ## the whole loop on embedded defaults
 	$(VENV)/bin/grounding-ops demo
 
-bench: setup
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+# Benchmarks that need torch run in the ML environment; the rest in the platform one.
+BENCH_ML := benchmarks/evaluate.py benchmarks/train_cpu.py
+BENCH_PLATFORM := $(filter-out $(BENCH_ML),$(wildcard benchmarks/*.py))
+
+bench: setup ## print every benchmark's figures next to its baseline
+	set -e; for b in $(BENCH_PLATFORM); do echo "== $$b"; $(PY) $$b; done
+	set -e; for b in $(BENCH_ML); do echo "== $$b"; $(VENV_ML)/bin/python $$b; done
 
 clean: services-stop
 	rm -rf $(VENV) $(VENV_ML) .services .pytest_cache

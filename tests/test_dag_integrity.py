@@ -18,7 +18,7 @@ HEAVY_MODULES = ("torch", "verl", "vllm", "transformers", "great_expectations", 
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS_DIR), include_examples=False)
+    return DagBag(dag_folder=str(DAGS_DIR))
 
 
 def test_dag_files_exist():

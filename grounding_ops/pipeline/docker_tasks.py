@@ -1,0 +1,307 @@
+"""DockerOperator settings for the trainer images, and the two container tasks of ``grounding_train``.
+
+``docker_kwargs()`` is the single place that decides how a trainer container runs: the image by
+engine (overridable by an Airflow Variable), all GPUs only on the gpu engine, host networking, a
+container name unique per try, removal afterwards, the command as an argument list, credentials
+as private environment (never in the command or the rendered templates), a non-root user, nothing
+privileged, no Docker socket and no temporary host mount. It is a plain function, testable without
+Airflow running.
+
+``TrainContainerOperator`` and ``EvaluateContainerOperator`` are DockerOperators that receive a
+``plan`` (built by :mod:`grounding_ops.pipeline.train_tasks`) at run time, apply ``docker_kwargs``,
+run the container, then read what it wrote (``run.json`` / ``metrics.json``) and return a summary.
+They carry the W&B / MLflow / dataset manifest extra links and report OpenLineage inputs/outputs.
+``on_kill`` is DockerOperator's: it stops the container (and removes it, auto_remove="force").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Mapping, Sequence
+
+from airflow.providers.docker.operators.docker import DockerOperator
+
+from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
+from grounding_ops.pipeline.lineage import operator_lineage
+
+DEFAULT_IMAGES: dict[str, str] = {
+    "cpu": "grounding-ops/trainer-cpu:latest",
+    "gpu": "grounding-ops/trainer-verl:latest",
+}
+# Airflow Variables that override the image per engine (e.g. a registry path with a digest).
+IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": "grounding_trainer_image_gpu"}
+S3_CONN_ID = "grounding_s3"
+WANDB_VARIABLE = "grounding_wandb_api_key"
+CONTAINER_USER = "1000:1000"
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_MAX_NAME = 120
+# Keys that must never be passed as plain (rendered, logged) environment.
+_SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION")
+
+
+def container_name(dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
+    """A Docker container name unique per DAG run, task, map index and try.
+
+    Docker names allow ``[a-zA-Z0-9][a-zA-Z0-9_.-]*``; anything else becomes ``-``. Long names are
+    shortened with a hash of the full identity so two tries never collide.
+    """
+    parts = [dag_id, run_id, task_id]
+    if map_index >= 0:
+        parts.append(f"m{map_index}")
+    parts.append(f"t{try_number}")
+    raw = "-".join(parts)
+    name = _NAME_BAD.sub("-", raw).strip("-.") or "task"
+    if not name[0].isalnum():
+        name = "g" + name
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        name = f"{name[: _MAX_NAME - 13].rstrip('-.')}-{digest}"
+    return name
+
+
+def resolve_image(engine: str, override: str | None = None) -> str:
+    """The trainer image for ``engine`` (``gpu``/``cpu``), or ``override`` (an Airflow Variable's value)."""
+    if engine not in DEFAULT_IMAGES:
+        raise ValueError(f"engine {engine!r} is unknown: use one of {', '.join(DEFAULT_IMAGES)}")
+    image = (override or "").strip() or DEFAULT_IMAGES[engine]
+    if any(c.isspace() for c in image) or image.startswith("-"):
+        raise ValueError(f"image {image!r} is not a Docker image reference; fix Variable {IMAGE_VARIABLES[engine]}")
+    return image
+
+
+def s3_environment(login: str | None, password: str | None, extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """boto3/MLflow environment variables from an Airflow AWS connection's fields."""
+    extra = dict(extra or {})
+    env: dict[str, str] = {}
+    if login:
+        env["AWS_ACCESS_KEY_ID"] = login
+    if password:
+        env["AWS_SECRET_ACCESS_KEY"] = password
+    if extra.get("aws_session_token"):
+        env["AWS_SESSION_TOKEN"] = str(extra["aws_session_token"])
+    endpoint = extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = str(endpoint)
+        env["MLFLOW_S3_ENDPOINT_URL"] = str(endpoint)
+    region = extra.get("region_name")
+    if region:
+        env["AWS_DEFAULT_REGION"] = str(region)
+    return env
+
+
+def check_command(command: Sequence[str]) -> list[str]:
+    """The command as a list of plain strings (refuses a shell string and control characters)."""
+    if isinstance(command, str) or not isinstance(command, Sequence) or not command:
+        raise ValueError("the container command must be a non-empty list of arguments, not a shell string")
+    out = []
+    for arg in command:
+        if not isinstance(arg, str):
+            raise ValueError(f"container command argument {arg!r} is not a string")
+        if any(c in arg for c in "\x00\n\r"):
+            raise ValueError(f"container command argument {arg!r} contains a control character")
+        out.append(arg)
+    return out
+
+
+def docker_kwargs(
+    *,
+    engine: str,
+    command: Sequence[str],
+    container_name: str,
+    private_environment: Mapping[str, str],
+    environment: Mapping[str, str] | None = None,
+    image: str | None = None,
+    docker_url: str | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``DockerOperator`` running a trainer image."""
+    from docker.types import DeviceRequest
+
+    env = dict(environment or {})
+    leaked = [k for k in env if any(h in k.upper() for h in _SECRET_HINTS)]
+    if leaked:
+        raise ValueError(f"{leaked} look like credentials: pass them as private_environment")
+    kwargs: dict[str, Any] = {
+        "image": resolve_image(engine, image),
+        "command": check_command(command),
+        "container_name": container_name,
+        "environment": env,
+        "private_environment": dict(private_environment),
+        "network_mode": "host",
+        "auto_remove": "force",
+        "retrieve_output": False,
+        "mount_tmp_dir": False,
+        "mounts": [],
+        "user": CONTAINER_USER,
+        "privileged": False,
+        "cap_add": None,
+        "tty": False,
+        "force_pull": False,
+        "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if engine == "gpu" else None,
+        "shm_size": 8 * 1024**3 if engine == "gpu" else None,
+    }
+    if docker_url:
+        kwargs["docker_url"] = docker_url
+    return kwargs
+
+
+# --------------------------------------------------------------------------- runtime lookups
+
+
+def airflow_private_environment(s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE) -> dict[str, str]:
+    """Credentials for the container from the Airflow S3 connection and the W&B Variable."""
+    from airflow.sdk import BaseHook, Variable
+
+    conn = BaseHook.get_connection(s3_conn_id)
+    env = s3_environment(conn.login, conn.password, conn.extra_dejson)
+    key = Variable.get(wandb_variable, default=None)
+    if key:
+        env["WANDB_API_KEY"] = key
+    return env
+
+
+def image_override(engine: str) -> str | None:
+    from airflow.sdk import Variable
+
+    return Variable.get(IMAGE_VARIABLES[engine], default=None)
+
+
+def s3_client(s3_conn_id: str = S3_CONN_ID) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=s3_conn_id).get_conn()
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def _map_index(ti: Any) -> int:
+    index = getattr(ti, "map_index", None)
+    return -1 if index is None else int(index)
+
+
+class GroundingContainerOperator(DockerOperator):
+    """A trainer-image container whose image, command and settings come from a run-time ``plan``.
+
+    ``plan`` keys: ``engine`` (gpu/cpu), ``command`` (list), ``environment`` (non-secret), and what
+    the subclass reads back (``output_uri`` ...). ``links`` keys: ``wandb``, ``mlflow``, ``manifest``.
+    """
+
+    template_fields: Sequence[str] = (*DockerOperator.template_fields, "plan")
+    operator_extra_links = (WandbRunLink(), MlflowRunLink(), DatasetManifestLink())
+    ui_color = "#d6eaf8"
+
+    def __init__(self, *, plan: Any, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE,
+                 **kwargs: Any) -> None:
+        # The real image is set from the plan at run time; this only names the default.
+        kwargs.setdefault("image", DEFAULT_IMAGES["cpu"])
+        kwargs.setdefault("network_mode", "host")
+        kwargs.setdefault("auto_remove", "force")
+        kwargs.setdefault("mount_tmp_dir", False)
+        kwargs.setdefault("user", CONTAINER_USER)
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.s3_conn_id = s3_conn_id
+        self.wandb_variable = wandb_variable
+        self.links: dict[str, str] = {}
+        self.lineage_inputs: list[str] = []
+        self.lineage_outputs: list[str] = []
+
+    def apply_plan(self, context: Any) -> None:
+        plan = dict(self.plan or {})
+        if "engine" not in plan or "command" not in plan:
+            raise ValueError(f"task {self.task_id}: the plan needs 'engine' and 'command', got keys {sorted(plan)}")
+        ti = context["ti"]
+        engine = plan["engine"]
+        kwargs = docker_kwargs(
+            engine=engine,
+            command=plan["command"],
+            container_name=container_name(ti.dag_id, ti.run_id, ti.task_id, ti.try_number, _map_index(ti)),
+            private_environment=airflow_private_environment(self.s3_conn_id, self.wandb_variable),
+            environment=plan.get("environment"),
+            image=image_override(engine),
+        )
+        for key, value in kwargs.items():
+            attr = "_private_environment" if key == "private_environment" else key
+            setattr(self, attr, value)
+        self.links = {k: v for k, v in (plan.get("links") or {}).items() if isinstance(v, str)}
+        self.lineage_inputs = list(plan.get("inputs") or [])
+        self.lineage_outputs = list(plan.get("outputs") or [])
+
+    def execute(self, context: Any) -> Any:
+        self.apply_plan(context)
+        self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
+                      " ".join(self.command))
+        super().execute(context)
+        return self.after_container(context)
+
+    def after_container(self, context: Any) -> Any:  # pragma: no cover - overridden
+        return None
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        return operator_lineage(self.lineage_inputs, [])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return operator_lineage(self.lineage_inputs, self.lineage_outputs)
+
+
+class TrainContainerOperator(GroundingContainerOperator):
+    """``grounding-ops train`` in the trainer image; returns the run summary read from ``run.json``.
+
+    With more than one node the same command is submitted to the Ray cluster of the
+    ``grounding_ray`` connection (Ray Jobs API) instead; killing the task stops that job.
+    """
+
+    def execute(self, context: Any) -> Any:
+        nodes = int(dict(self.plan or {}).get("nodes") or 1)
+        if nodes <= 1:
+            return super().execute(context)
+        from grounding_ops.training import ray_jobs
+
+        self.apply_plan(context)
+        self._ray_address = ray_jobs.resolve_address()
+        self._ray_job = self.container_name
+        ray_jobs.run_training_job(self._ray_address, list(self.command), env_vars=self._private_environment,
+                                  submission_id=self.container_name, on_log=self.log.info)
+        return self.after_container(context)
+
+    def on_kill(self) -> None:
+        if getattr(self, "_ray_job", None):
+            from grounding_ops.training import ray_jobs
+
+            self.log.info("stopping Ray job %s", self._ray_job)
+            ray_jobs.stop_job(self._ray_address, self._ray_job)
+            return
+        super().on_kill()
+
+    def after_container(self, context: Any) -> Any:
+        from grounding_ops.pipeline import train_tasks
+        from grounding_ops.storage import open_store
+
+        plan = dict(self.plan)
+        store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
+        summary = train_tasks.read_training_result(store, plan)
+        if summary.get("wandb_url"):
+            self.links["wandb"] = summary["wandb_url"]
+        self.lineage_outputs = [plan["output_uri"]]
+        self.log.info(train_tasks.training_summary_line(summary))
+        return summary
+
+
+class EvaluateContainerOperator(GroundingContainerOperator):
+    """``grounding-ops evaluate`` in the trainer image, then the evaluation is logged to MLflow."""
+
+    def after_container(self, context: Any) -> Any:
+        from grounding_ops.pipeline import train_tasks
+        from grounding_ops.storage import open_store
+
+        plan = dict(self.plan)
+        store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
+        result = train_tasks.record_evaluation(store, plan, tracking_uri=train_tasks.mlflow_tracking_uri())
+        if result.get("mlflow_url"):
+            self.links["mlflow"] = result["mlflow_url"]
+        self.lineage_outputs = [plan["output_uri"]]
+        if result.get("mlflow_model_uri"):
+            self.lineage_outputs.append(result["mlflow_model_uri"])
+        self.log.info(train_tasks.evaluation_summary_line(result))
+        return result

@@ -1,0 +1,675 @@
+"""The logic of the ``grounding_train`` DAG as plain functions; the DAG file only wires them.
+
+resolve dataset -> decide (skip when nothing changed) -> plan + train (container) -> list checkpoints
+-> plan + evaluate each (container, mapped) -> pick the best -> promote.
+
+Functions named ``*_task`` take the Airflow context and do the Airflow lookups (connections,
+Variables, asset events); everything else takes plain values and is tested without Airflow.
+Each task returns a dict with a one-line ``summary`` (also logged) and, where it reads or writes
+data, a ``lineage`` entry that becomes its OpenLineage inputs/outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, mlflow_model_ref, model_name
+from grounding_ops.pipeline.train_params import (
+    EVAL_ENGINE,
+    PROMOTION_METRICS,
+    TRAIN_ENGINE,
+    TRAINING_PARAM_KEYS,
+    VERSION_PATTERN,
+    spec_overrides,
+)
+from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
+
+log = logging.getLogger(__name__)
+
+MLFLOW_CONN_ID = "grounding_mlflow"
+BUCKET_VARIABLE = "grounding_bucket"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+TAG_DATASET_VERSION = "grounding.dataset_version"
+TAG_FINGERPRINT = "grounding.train_fingerprint"
+TAG_AIRFLOW_RUN = "grounding.airflow_run"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STEP = re.compile(r"global_step_(\d+)")
+
+
+class PipelineError(RuntimeError):
+    """A pipeline step cannot go on; the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    version: str
+    uri: str  # the version folder
+    manifest_uri: str
+    source: str  # "asset event", "param" or "latest.json"
+
+
+def default_bucket() -> str:
+    return os.environ.get("GROUNDING_OPS_BUCKET") or "grounding-ops"
+
+
+def datasets_root(bucket: str, name: str | None = None) -> str:
+    return dataset_asset_uri(bucket, name or dataset_name())
+
+
+def resolve_dataset(
+    requested: str,
+    *,
+    store: ObjectStore,
+    asset_event_extras: Sequence[Mapping[str, Any]] = (),
+) -> DatasetRef:
+    """The dataset version to train on.
+
+    ``requested`` is a version id or ``latest``; ``latest`` means the newest asset event of the
+    dataset Asset (its extra carries ``version``), else ``latest.json`` under the datasets root
+    (``store``). The version's ``manifest.json`` must exist (it is written last, so it proves the
+    version is complete).
+    """
+    if not re.fullmatch(VERSION_PATTERN, requested or ""):
+        raise PipelineError(f"dataset version {requested!r} is not a version id; use 'latest' or e.g. 20250101T000000-abc")
+    source = "param"
+    version = requested
+    if requested == "latest":
+        version = ""
+        for extra in reversed(list(asset_event_extras)):
+            candidate = str((extra or {}).get("version") or "")
+            if candidate:
+                version, source = candidate, "asset event"
+                break
+        if not version:
+            try:
+                latest = json.loads(store.get_bytes("latest.json"))
+            except (StorageError, ValueError) as exc:
+                raise PipelineError(
+                    f"no dataset version has been published under {store.uri} yet: run the grounding_data DAG "
+                    f"first, or set dataset_version ({exc})"
+                ) from exc
+            version, source = str(latest.get("version") or ""), "latest.json"
+        if not re.fullmatch(VERSION_PATTERN, version) or version == "latest":
+            raise PipelineError(f"the published dataset version {version!r} is not a valid version id")
+    manifest_key = f"{version}/manifest.json"
+    if not store.exists(manifest_key):
+        raise PipelineError(
+            f"dataset version {version!r} has no manifest at {store.url(manifest_key)}: it was not published "
+            "(completely); pick a published version or run grounding_data"
+        )
+    return DatasetRef(version=version, uri=join_uri(store.uri, version), manifest_uri=store.url(manifest_key),
+                      source=source)
+
+
+# ----------------------------------------------------------------------------- skip decision
+
+
+def training_fingerprint(params: Mapping[str, Any]) -> str:
+    """A short hash of the form values that change what is trained (not the dataset version)."""
+    chosen = {key: params.get(key) for key in TRAINING_PARAM_KEYS}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What a registered model version was trained from (read from its evaluation run's tags)."""
+
+    alias: str
+    version: str
+    dataset_version: str | None
+    fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    train: bool
+    reason: str
+
+
+def decide_training(
+    dataset_version: str,
+    fingerprint: str,
+    champion: ModelState | None,
+    challenger: ModelState | None = None,
+    *,
+    force: bool = False,
+) -> Decision:
+    """Train only when the dataset version or the training settings differ from the champion's
+    (and from the last challenger's, so a rejected candidate is not retrained every night)."""
+    if force:
+        return Decision(True, f"forced by the form (dataset {dataset_version}, settings {fingerprint})")
+    if champion is None:
+        return Decision(True, f"no champion yet: training on dataset {dataset_version}")
+    for state in (champion, challenger):
+        if state is None:
+            continue
+        if state.dataset_version == dataset_version and state.fingerprint == fingerprint:
+            what = "the champion" if state.alias == "champion" else "the last candidate (not promoted)"
+            return Decision(
+                False,
+                f"nothing changed: {what}, version {state.version}, was trained on dataset {dataset_version} "
+                f"with the same settings ({fingerprint}); publish a new dataset version, change a setting "
+                "or trigger with force=true to train anyway",
+            )
+    if champion.dataset_version != dataset_version:
+        return Decision(True, f"new dataset version {dataset_version} (champion v{champion.version} was "
+                              f"trained on {champion.dataset_version or 'an unknown version'})")
+    return Decision(True, f"training settings changed ({champion.fingerprint or 'unknown'} -> {fingerprint}) "
+                          f"on dataset {dataset_version}")
+
+
+def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, ModelState | None]:
+    """The champion's and the challenger's :class:`ModelState` (None where the alias is unset)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    states: list[ModelState | None] = []
+    for alias in ("champion", "challenger"):
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                states.append(None)
+                continue
+            raise
+        tags = dict(version.tags or {})
+        run_id = tags.get("grounding.evaluation_run_id") or version.run_id
+        if run_id:
+            try:
+                tags = {**client.get_run(run_id).data.tags, **tags}
+            except MlflowException:
+                pass
+        states.append(ModelState(
+            alias=alias,
+            version=str(version.version),
+            dataset_version=tags.get(TAG_DATASET_VERSION) or tags.get("dataset_version"),
+            fingerprint=tags.get(TAG_FINGERPRINT),
+        ))
+    return states[0], states[1]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def safe_segment(text: str) -> str:
+    return _SAFE.sub("_", text).strip("._") or "run"
+
+
+def run_root(bucket: str, dag_id: str, run_id: str) -> str:
+    """Where a DAG run writes: ``s3://bucket/runs/<dag>/<run>`` (the same for every try: resume)."""
+    return f"s3://{bucket}/runs/{safe_segment(dag_id)}/{safe_segment(run_id)}"
+
+
+def s3_http_url(uri: str, endpoint_url: str | None) -> str:
+    """A browser link for an object: the endpoint's path-style URL, or the AWS console."""
+    if not uri.startswith("s3://"):
+        return ""
+    bucket, key = split_s3_uri(uri)
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
+    return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
+
+
+def mlflow_model_url(tracking_uri: str, name: str, version: str | None = None) -> str:
+    if not tracking_uri.startswith(("http://", "https://")):
+        return ""
+    base = f"{tracking_uri.rstrip('/')}/#/models/{name}"
+    return f"{base}/versions/{version}" if version else base
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    if not tracking_uri.startswith(("http://", "https://")):
+        return ""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def plan_training(
+    params: Mapping[str, Any],
+    dataset: DatasetRef,
+    *,
+    output_uri: str,
+    fingerprint: str,
+    airflow_run: str,
+    s3_endpoint: str | None = None,
+    tracking_uri: str = "",
+) -> dict[str, Any]:
+    """The training container's plan: engine, argument-list command, lineage and links."""
+    engine = params["engine"]
+    if engine not in TRAIN_ENGINE:
+        raise PipelineError(f"engine {engine!r} is unknown: use one of {', '.join(TRAIN_ENGINE)}")
+    command = [
+        "grounding-ops", "train",
+        "--engine", TRAIN_ENGINE[engine],
+        "--preset", str(params["preset"]),
+        "--dataset", dataset.uri,
+        "--output", output_uri,
+    ]
+    for assignment in spec_overrides(params):
+        command += ["--set", assignment]
+    return {
+        "engine": engine,
+        "command": command,
+        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+        "output_uri": output_uri,
+        "dataset_version": dataset.version,
+        "dataset_uri": dataset.uri,
+        "fingerprint": fingerprint,
+        "nodes": params.get("nodes") or 1,
+        "links": {
+            "manifest": s3_http_url(dataset.manifest_uri, s3_endpoint),
+            "mlflow": mlflow_model_url(tracking_uri, model_name()),
+        },
+        "inputs": [dataset.uri],
+        "outputs": [output_uri],
+    }
+
+
+def read_training_result(store: ObjectStore, plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Summary of a finished training from its ``run.json`` (written last by the container)."""
+    try:
+        run = json.loads(store.get_bytes(RUN_FILE))
+    except (StorageError, ValueError) as exc:
+        raise PipelineError(
+            f"the training container exited 0 but {store.url(RUN_FILE)} is missing or unreadable ({exc}); "
+            "see the container log above"
+        ) from exc
+    steps = int(run.get("steps_done") or 0)
+    if steps <= 0:
+        raise PipelineError(f"training at {store.uri} reports {steps} steps done: nothing was trained")
+    spec = run.get("spec") or {}
+    return {
+        "output_uri": store.uri,
+        "dataset_version": str(run.get("dataset_version") or plan.get("dataset_version") or ""),
+        "dataset_uri": str(run.get("dataset_uri") or plan.get("dataset_uri") or ""),
+        "steps_done": steps,
+        "final_metrics": run.get("final_metrics") or {},
+        "wandb_url": str(run.get("wandb_url") or ""),
+        "checkpoints": [str(c) for c in run.get("checkpoints") or []],
+        "base_model": str(run.get("base_model_uri") or run.get("base_model") or spec.get("model") or ""),
+        "engine": str(run.get("engine") or plan.get("engine") or ""),
+        "image": str(run.get("image") or ""),
+        "git_commit": str(run.get("git_commit") or ""),
+        "fingerprint": str(plan.get("fingerprint") or ""),
+    }
+
+
+def training_summary_line(summary: Mapping[str, Any]) -> str:
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                        for k, v in sorted((summary.get("final_metrics") or {}).items())[:6])
+    return (f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
+            f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else ""))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _is_model_folder(store: ObjectStore, prefix: str) -> bool:
+    return store.exists(f"{prefix.strip('/')}/config.json")
+
+
+def _step_of(name: str) -> int:
+    match = _STEP.search(name)
+    return int(match.group(1)) if match else -1
+
+
+def list_checkpoints(store: ObjectStore, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Evaluable models of a training run: each Hugging Face checkpoint, ``final``, and the base model.
+
+    ``store`` is the training output. A checkpoint is evaluable when its folder (or its
+    ``huggingface/`` sub-folder) holds ``config.json``; FSDP-only shards are skipped with a log line.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    names = sorted({obj.key.split("/")[1] for obj in store.list("checkpoints/")
+                    if obj.key.count("/") >= 2 and _STEP.fullmatch(obj.key.split("/")[1])}, key=_step_of)
+    for name in names:
+        for sub in (f"checkpoints/{name}", f"checkpoints/{name}/huggingface"):
+            if _is_model_folder(store, sub):
+                found[name] = {"name": name, "uri": store.url(sub), "step": _step_of(name), "role": "candidate"}
+                break
+        else:
+            log.info("checkpoint %s has no Hugging Face folder (config.json); not evaluated", store.url(f"checkpoints/{name}"))
+    if _is_model_folder(store, "final"):
+        last = max([int(summary.get("steps_done") or 0), *(c["step"] for c in found.values())])
+        found["final"] = {"name": "final", "uri": store.url("final"), "step": last + 1, "role": "candidate"}
+    if not found:
+        raise PipelineError(f"no evaluable checkpoint under {store.uri} (expected final/ or checkpoints/*/ "
+                            "with config.json): see the train task's log")
+    candidates = sorted(found.values(), key=lambda c: c["step"])
+    base = str(summary.get("base_model") or "")
+    if base.startswith("s3://") or base.startswith("/") or base.startswith("file://"):
+        candidates.append({"name": "base", "uri": base, "step": -1, "role": "base"})
+    else:
+        log.info("base model %r is not a folder or s3:// URI; it is not evaluated (the champion is the bar)", base)
+    return candidates
+
+
+def plan_evaluations(
+    params: Mapping[str, Any],
+    training: Mapping[str, Any],
+    candidates: Sequence[Mapping[str, Any]],
+    *,
+    run_uri: str,
+    airflow_run: str,
+    s3_endpoint: str | None = None,
+) -> list[dict[str, Any]]:
+    """One evaluation-container plan per candidate (the list ``.expand`` maps over)."""
+    engine = params["engine"]
+    plans = []
+    for candidate in candidates:
+        output_uri = join_uri(run_uri, "eval", safe_segment(candidate["name"]))
+        command = [
+            "grounding-ops", "evaluate",
+            "--model", candidate["uri"],
+            "--dataset", training["dataset_uri"],
+            "--split", "val",
+            "--engine", EVAL_ENGINE[engine],
+            "--output", output_uri,
+            "--role", candidate["role"],
+            "--no-mlflow",
+            "--tag", f"{TAG_DATASET_VERSION}={training['dataset_version']}",
+            "--tag", f"{TAG_FINGERPRINT}={training['fingerprint']}",
+            "--tag", f"{TAG_AIRFLOW_RUN}={airflow_run}",
+            "--tag", f"grounding.checkpoint={candidate['name']}",
+        ]
+        if params.get("max_eval_samples"):
+            command += ["--max-samples", str(int(params["max_eval_samples"]))]
+        manifest = join_uri(training["dataset_uri"], "manifest.json")
+        plans.append({
+            "engine": engine,
+            "command": command,
+            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+            "output_uri": output_uri,
+            "candidate": dict(candidate),
+            "dataset_version": training["dataset_version"],
+            "fingerprint": training["fingerprint"],
+            "links": {"wandb": training.get("wandb_url") or "", "manifest": s3_http_url(manifest, s3_endpoint)},
+            "inputs": [training["dataset_uri"], candidate["uri"]],
+            "outputs": [output_uri],
+        })
+    return plans
+
+
+# ----------------------------------------------------------------------------- evaluation results
+
+
+def _metric_summary(flat: Mapping[str, Any]) -> dict[str, float]:
+    keys = (*PROMOTION_METRICS, "parse_failure_rate", "n_samples", "samples_per_s")
+    return {k: float(flat[k]) for k in keys if isinstance(flat.get(k), (int, float))}
+
+
+def record_evaluation(store: ObjectStore, plan: Mapping[str, Any], *, tracking_uri: str) -> dict[str, Any]:
+    """Log a finished evaluation (its ``metrics.json``) as an MLflow run; the result for ``pick_best``."""
+    try:
+        document = json.loads(store.get_bytes(METRICS_FILE))
+    except (StorageError, ValueError) as exc:
+        raise PipelineError(f"the evaluation container exited 0 but {store.url(METRICS_FILE)} is missing "
+                            f"({exc}); see the container log above") from exc
+    run_id, experiment_id = log_to_mlflow(store.uri, tracking_uri, s3_client=getattr(store, "client", None))
+    candidate = dict(plan["candidate"])
+    return {
+        "candidate": candidate["name"],
+        "role": candidate["role"],
+        "step": candidate.get("step", -1),
+        "model_uri": candidate["uri"],
+        "eval_uri": store.uri,
+        "dataset_version": str(document.get("dataset_version") or plan.get("dataset_version") or ""),
+        "metrics": _metric_summary(document.get("flat_metrics") or {}),
+        "mlflow_run_id": run_id,
+        "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id),
+    }
+
+
+def log_to_mlflow(output_uri: str, tracking_uri: str, *, s3_client: Any | None = None) -> tuple[str, str]:
+    """``grounding_ops.registry.tracking.log_evaluation`` for ``output_uri``; (run id, experiment id)."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.registry import tracking
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        run_id = str(tracking.log_evaluation(output_uri, client=client, s3_client=s3_client))
+    except tracking.TrackingError as exc:
+        raise PipelineError(str(exc)) from exc
+    return run_id, str(client.get_run(run_id).info.experiment_id)
+
+
+def evaluation_summary_line(result: Mapping[str, Any]) -> str:
+    metrics = result.get("metrics") or {}
+    shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in PROMOTION_METRICS if k in metrics)
+    return (f"evaluated {result['role']} {result['candidate']} ({result['model_uri']}) on dataset "
+            f"{result['dataset_version']}: {shown}; MLflow run {result['mlflow_run_id']}")
+
+
+def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    """The best candidate by ``metric`` (ties: the later step), and the base model's result if any."""
+    if metric not in PROMOTION_METRICS:
+        raise PipelineError(f"promotion metric {metric!r} is unknown: use one of {', '.join(PROMOTION_METRICS)}")
+    results = [dict(r) for r in results if r]
+    candidates = [r for r in results if r.get("role") != "base" and metric in (r.get("metrics") or {})]
+    if not candidates:
+        raise PipelineError(f"no evaluated checkpoint has the metric {metric!r}: see the evaluate tasks")
+    best = max(candidates, key=lambda r: (r["metrics"][metric], r.get("step", -1)))
+    base = next((r for r in results if r.get("role") == "base"), None)
+    table = "; ".join(f"{r['candidate']}={r['metrics'].get(metric, float('nan')):.4f}"
+                      for r in sorted(results, key=lambda r: r.get("step", -1)))
+    summary = (f"best by {metric}: {best['candidate']} = {best['metrics'][metric]:.4f} "
+               f"(MLflow run {best['mlflow_run_id']}); all: {table}")
+    return {"best": best, "base": base, "metric": metric, "summary": summary}
+
+
+# ----------------------------------------------------------------------------- promotion
+
+
+def promote_best(
+    choice: Mapping[str, Any],
+    *,
+    min_delta: float,
+    tracking_uri: str,
+    name: str | None = None,
+    airflow_run: str = "",
+) -> dict[str, Any]:
+    """Register the best candidate and let the registry's gate decide on ``champion``."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.registry import promotion
+
+    name = name or model_name()
+    best = choice["best"]
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        decision = promotion.promote(best["mlflow_run_id"], metric=choice["metric"], min_delta=float(min_delta),
+                                     model_name=name, client=client)
+    except promotion.PromotionError as exc:
+        raise PipelineError(str(exc)) from exc
+    data = _as_dict(decision)
+    version = str(data.get("version") or "")
+    if version and airflow_run:
+        client.set_model_version_tag(name, version, TAG_AIRFLOW_RUN, airflow_run)
+    summary = decision.summary() if hasattr(decision, "summary") else str(data)
+    return {
+        "model_name": name,
+        "version": version,
+        "promoted": bool(data.get("promoted")),
+        "decision": data,
+        "metric": choice["metric"],
+        "summary": summary,
+        "model_url": mlflow_model_url(tracking_uri, name, version or None),
+        "lineage": {
+            "inputs": [best["eval_uri"], best["model_uri"]],
+            "outputs": [mlflow_model_ref(tracking_uri, name, version)] if version else [],
+        },
+    }
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if hasattr(value, "to_dict"):
+        return dict(value.to_dict())
+    try:
+        return asdict(value)
+    except TypeError:
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+
+
+# ----------------------------------------------------------------------------- Airflow glue
+
+
+def mlflow_tracking_uri() -> str:
+    """The MLflow tracking URI: the ``grounding_mlflow`` connection, else ``MLFLOW_TRACKING_URI``."""
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(MLFLOW_CONN_ID)
+    except Exception:  # connection not defined
+        conn = None
+    if conn is not None and conn.host:
+        host = conn.host.rstrip("/")
+        if "://" not in host:
+            host = f"{conn.schema or 'http'}://{host}"
+        if conn.port and host.count(":") < 2:
+            host = f"{host}:{conn.port}"
+        return host
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise PipelineError(f"no MLflow server configured: define the Airflow connection {MLFLOW_CONN_ID!r} "
+                            "(type http, host http://host:port) or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def bucket() -> str:
+    from airflow.sdk import Variable
+
+    return Variable.get(BUCKET_VARIABLE, default=None) or default_bucket()
+
+
+def s3_endpoint(s3_conn_id: str) -> str | None:
+    from airflow.sdk import BaseHook
+
+    try:
+        extra = BaseHook.get_connection(s3_conn_id).extra_dejson
+    except Exception:
+        return None
+    return extra.get("endpoint_url")
+
+
+def airflow_run_ref(context: Mapping[str, Any]) -> str:
+    ti = context["ti"]
+    return f"{ti.dag_id}/{ti.run_id}"
+
+
+def asset_event_extras(context: Mapping[str, Any], asset: Any) -> list[dict[str, Any]]:
+    """Extras of the dataset asset's events, oldest first: the events that triggered this run, then
+    the newest event of the asset overall (declared as the task's inlet)."""
+    extras: list[dict[str, Any]] = []
+    for events in (context.get("triggering_asset_events") or {}).values():
+        extras.extend(dict(e.extra or {}) for e in events)
+    try:
+        events = context["inlet_events"][asset]
+        if len(events):
+            extras.append(dict(events[-1].extra or {}))
+    except (KeyError, IndexError, TypeError):
+        pass
+    return extras
+
+
+def _s3_store(uri: str) -> ObjectStore:
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
+    from grounding_ops.storage import open_store
+
+    return open_store(uri, s3_client=s3_client(S3_CONN_ID) if uri.startswith("s3://") else None)
+
+
+def _emit(summary: str) -> str:
+    log.info("%s", summary)
+    print(summary, flush=True)  # the task log shows it even where logging is configured quietly
+    return summary
+
+
+def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, Any]:
+    params = context["params"]
+    root = datasets_root(bucket())
+    dataset = resolve_dataset(str(params["dataset_version"]), store=_s3_store(root),
+                              asset_event_extras=asset_event_extras(context, asset))
+    summary = _emit(f"dataset version {dataset.version} ({dataset.source}) at {dataset.uri}")
+    return {**asdict(dataset), "summary": summary, "lineage": {"inputs": [dataset.manifest_uri], "outputs": []}}
+
+
+def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
+
+    params = dict(context["params"])
+    ref = DatasetRef(**{k: dataset[k] for k in ("version", "uri", "manifest_uri", "source")})
+    fingerprint = training_fingerprint(params)
+    tracking = mlflow_tracking_uri()
+    champion, challenger = model_states(tracking, model_name())
+    decision = decide_training(ref.version, fingerprint, champion, challenger, force=bool(params.get("force")))
+    if not decision.train:
+        _emit(f"SKIP training: {decision.reason}")
+        raise AirflowSkipException(decision.reason)
+    ti = context["ti"]
+    plan = plan_training(
+        params, ref,
+        output_uri=join_uri(run_root(bucket(), ti.dag_id, ti.run_id), "train"),
+        fingerprint=fingerprint,
+        airflow_run=airflow_run_ref(context),
+        s3_endpoint=s3_endpoint(S3_CONN_ID),
+        tracking_uri=tracking,
+    )
+    plan["summary"] = _emit(f"TRAIN: {decision.reason}; preset {params['preset']} on the {params['engine']} engine "
+                            f"-> {plan['output_uri']}")
+    plan["lineage"] = {"inputs": [ref.uri], "outputs": []}
+    return plan
+
+
+def list_checkpoints_task(context: Mapping[str, Any], training: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
+
+    params = dict(context["params"])
+    store = _s3_store(training["output_uri"])
+    candidates = list_checkpoints(store, training)
+    ti = context["ti"]
+    plans = plan_evaluations(
+        params, training, candidates,
+        run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
+        airflow_run=airflow_run_ref(context),
+        s3_endpoint=s3_endpoint(S3_CONN_ID),
+    )
+    _emit(f"{len(plans)} models to evaluate: " + ", ".join(f"{c['name']} ({c['role']})" for c in candidates))
+    for plan in plans:
+        plan["lineage"] = {"inputs": [training["output_uri"]], "outputs": [plan["candidate"]["uri"]]}
+    return plans
+
+
+def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    choice = pick_best(results, str(context["params"]["promotion_metric"]))
+    _emit(choice["summary"])
+    choice["lineage"] = {"inputs": [r["eval_uri"] for r in results if r], "outputs": []}
+    return choice
+
+
+def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], asset: Any) -> dict[str, Any]:
+    params = context["params"]
+    result = promote_best(choice, min_delta=float(params["min_delta"]), tracking_uri=mlflow_tracking_uri(),
+                          airflow_run=airflow_run_ref(context))
+    _emit(result["summary"])
+    context["outlet_events"][asset].extra = {
+        "model_name": result["model_name"],
+        "version": result["version"],
+        "promoted": result["promoted"],
+        "metric": result["metric"],
+    }
+    return result

@@ -1,0 +1,641 @@
+"""grounding_train: schedule, form validation, skip decision, container settings and lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAG_FILE = REPO / "dags" / "grounding_train.py"
+HEAVY = ("torch", "verl", "vllm", "transformers", "great_expectations", "mlflow")
+
+
+def _dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(DAG_FILE))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return _dagbag().dags["grounding_train"]
+
+
+@pytest.fixture(scope="module")
+def serialized(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    data = DagSerialization.to_dict(dag)
+    return data, DagSerialization.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- parsing and schedule
+
+
+def test_dag_file_imports_no_heavy_module():
+    code = (
+        "import runpy, sys, json; runpy.run_path(sys.argv[1]); "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(DAG_FILE)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_schedule_is_nightly_cron_or_dataset_asset(serialized):
+    data, dag = serialized
+    timetable = data["dag"]["timetable"]
+    assert timetable["__type"] == "airflow.timetables.assets.AssetOrTimeSchedule"
+    cron = timetable["__var"]["timetable"]
+    assert cron["__type"] == "airflow.timetables.trigger.CronTriggerTimetable"
+    assert cron["__var"]["expression"] == "0 2 * * *"
+    assert cron["__var"]["timezone"] == "UTC"
+    asset = timetable["__var"]["asset_condition"]
+    bucket = os.environ.get("GROUNDING_OPS_BUCKET") or "grounding-ops"
+    assert asset["__type"] == "asset" and asset["uri"] == f"s3://{bucket}/datasets/grounding"
+    # the deserialized DAG (what the scheduler uses) agrees
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    deps = data["dag"]["dag_dependencies"]
+    assert any(d["dependency_type"] == "asset" and d["target"] == "grounding_train"
+               and d["label"] == asset["uri"] for d in deps), deps
+    # the promotion publishes the registered-model asset
+    promote = next(t for t in data["dag"]["tasks"] if t["__var"]["task_id"] == "promote")["__var"]
+    assert any(o["__var"]["uri"].startswith("mlflow://registry/models/") for o in promote["outlets"])
+
+
+def test_cron_and_timezone_come_from_the_environment():
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GROUNDING_OPS_TRAIN_CRON": "30 3 * * 1-5",
+           "GROUNDING_OPS_TRAIN_TIMEZONE": "Europe/Berlin"}
+    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; b = DagBag(sys.argv[1]); "
+            "t = b.dags['grounding_train'].timetable.timetable; print(t.expression, t.timezone)")
+    out = subprocess.run([sys.executable, "-c", code, str(DAG_FILE)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "30 3 * * 1-5 Europe/Berlin"
+
+
+def test_every_task_has_doc_retries_and_timeout(dag):
+    assert dag.doc_md and dag.owner == "grounding-ops" and dag.tags
+    for task in dag.tasks:
+        assert task.doc_md, f"{task.task_id} has no doc"
+        assert task.execution_timeout is not None, task.task_id
+        assert task.retries >= 1, task.task_id
+    train = dag.get_task("train")
+    assert train.retry_exponential_backoff
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "resolve_dataset", "decide", "train", "list_checkpoints", "evaluate", "pick_best", "promote"]
+
+
+def test_extra_links_on_train_and_evaluate(serialized):
+    data, _ = serialized
+    tasks = {t["__var"]["task_id"]: t["__var"] for t in data["dag"]["tasks"]}
+    for task_id in ("train", "evaluate"):
+        links = tasks[task_id].get("_operator_extra_links")
+        assert set(links) == {"W&B run", "MLflow run", "Dataset manifest"}, (task_id, links)
+
+
+# ----------------------------------------------------------------------------- the form
+
+
+GOOD = {"preset": "tiny-cpu", "engine": "cpu", "dataset_version": "20250101T000000-ab12", "learning_rate": 1e-5,
+        "rollout_n": 4, "kl_coef": 0.0, "total_steps": 10, "epochs": 1, "gpus_per_node": 1, "nodes": 1,
+        "lora_rank": 0, "promotion_metric": "mean_iou", "min_delta": 0.0, "force": True, "max_eval_samples": 8}
+
+
+def _validate(dag, conf):
+    # exactly what the api-server does before it creates a run (SerializedDAG.create_dagrun)
+    return dag.params.deep_merge(conf).validate()
+
+
+def test_form_fields_have_title_description_and_bounds(dag):
+    for name, param in dag.params.items():
+        schema = param.schema
+        assert schema.get("title") and param.description, name
+        assert "type" in schema, name
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if "string" in kinds:
+            assert "enum" in schema or "pattern" in schema, f"{name}: strings need an enum or a pattern"
+        if set(kinds) & {"number", "integer"}:
+            assert "minimum" in schema and "maximum" in schema, name
+
+
+def test_form_accepts_good_input_and_defaults(serialized):
+    _, dag = serialized
+    resolved = _validate(dag, GOOD)
+    assert resolved["learning_rate"] == 1e-5 and resolved["engine"] == "cpu"
+    defaults = _validate(dag, {})
+    assert defaults["dataset_version"] == "latest" and defaults["learning_rate"] is None
+
+
+@pytest.mark.parametrize("key,value", [
+    ("learning_rate", -1e-5), ("learning_rate", 0.5), ("learning_rate", "fast"),
+    ("rollout_n", 1), ("rollout_n", 2.5), ("rollout_n", "8"), ("kl_coef", -0.1),
+    ("total_steps", 0), ("epochs", 10_000), ("gpus_per_node", 0), ("nodes", 1000), ("lora_rank", -8),
+    ("engine", "tpu"), ("preset", "qwen9-vl"), ("promotion_metric", "parse_failure_rate"),
+    ("min_delta", 2), ("min_delta", "0.1"), ("force", "yes"), ("max_eval_samples", 0),
+    ("dataset_version", "latest; rm -rf /"), ("dataset_version", "../../etc/passwd"),
+    ("dataset_version", "$(id)"), ("dataset_version", "v1\n--privileged"), ("dataset_version", ""),
+    ("dataset_version", "-rf"), ("dataset_version", "x" * 101),
+])
+def test_form_refuses_bad_input(serialized, key, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    _, dag = serialized
+    with pytest.raises(ParamValidationError):
+        _validate(dag, {**GOOD, key: value})
+
+
+# ----------------------------------------------------------------------------- dataset resolution
+
+
+def test_resolve_dataset_prefers_newest_asset_event_then_latest_json(tmp_path):
+    from grounding_ops.pipeline.train_tasks import PipelineError, resolve_dataset
+    from grounding_ops.storage import open_store
+
+    store = open_store(tmp_path)
+    with pytest.raises(PipelineError, match="run the grounding_data DAG"):
+        resolve_dataset("latest", store=store)
+    for version in ("v1", "v2"):
+        store.put_bytes(f"{version}/manifest.json", b"{}")
+    store.put_bytes("latest.json", json.dumps({"version": "v1"}).encode())
+    assert resolve_dataset("latest", store=store).version == "v1"
+    ref = resolve_dataset("latest", store=store, asset_event_extras=[{"version": "v1"}, {"version": "v2"}])
+    assert (ref.version, ref.source) == ("v2", "asset event")
+    assert ref.uri == str(tmp_path / "v2") and ref.manifest_uri.endswith("v2/manifest.json")
+    assert resolve_dataset("v1", store=store).source == "param"
+    with pytest.raises(PipelineError, match="no manifest"):
+        resolve_dataset("v3", store=store)
+    with pytest.raises(PipelineError, match="not a version id"):
+        resolve_dataset("../v1", store=store)
+
+
+# ----------------------------------------------------------------------------- skip decision
+
+
+def test_decide_training_cases():
+    from grounding_ops.pipeline.train_tasks import ModelState, decide_training
+
+    champ = ModelState("champion", "3", "v1", "fp1")
+    assert decide_training("v1", "fp1", None).train
+    skip = decide_training("v1", "fp1", champ)
+    assert not skip.train and "nothing changed" in skip.reason and "force=true" in skip.reason
+    assert decide_training("v1", "fp1", champ, force=True).train
+    new_data = decide_training("v2", "fp1", champ)
+    assert new_data.train and "new dataset version v2" in new_data.reason
+    new_spec = decide_training("v1", "fp2", champ)
+    assert new_spec.train and "settings changed" in new_spec.reason
+    rejected = ModelState("challenger", "4", "v2", "fp1")
+    again = decide_training("v2", "fp1", champ, rejected)
+    assert not again.train and "not promoted" in again.reason
+
+
+def test_fingerprint_tracks_training_settings_only():
+    from grounding_ops.pipeline.train_tasks import training_fingerprint
+
+    base = dict(GOOD)
+    assert training_fingerprint(base) == training_fingerprint({**base, "min_delta": 0.5, "dataset_version": "x",
+                                                               "force": False, "promotion_metric": "acc_at_0_5"})
+    assert training_fingerprint(base) != training_fingerprint({**base, "learning_rate": 2e-5})
+    assert training_fingerprint(base) != training_fingerprint({**base, "engine": "gpu"})
+
+
+def _register(client, name, dataset_version, fingerprint, alias, *, metric=0.5):
+    run = client.create_run(client.create_experiment(f"exp-{time.time_ns()}"), tags={
+        "grounding.dataset_version": dataset_version, "grounding.train_fingerprint": fingerprint})
+    client.log_metric(run.info.run_id, "acc_at_0_5", metric)
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except Exception:
+        pass
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def test_model_states_read_from_the_real_registry(mlflow_service):
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.pipeline.train_tasks import decide_training, model_states
+
+    client = MlflowClient(mlflow_service.uri)
+    name = f"states-{time.time_ns()}"
+    assert model_states(mlflow_service.uri, name) == (None, None)
+    _register(client, name, "v1", "fp1", "champion")
+    champion, challenger = model_states(mlflow_service.uri, name)
+    assert (champion.version, champion.dataset_version, champion.fingerprint) == ("1", "v1", "fp1")
+    assert challenger is None
+    assert not decide_training("v1", "fp1", champion, challenger).train
+    assert decide_training("v2", "fp1", champion, challenger).train
+
+
+def _put_dataset(s3, bucket, version):
+    prefix = f"datasets/grounding/{version}"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=json.dumps({"version": version}).encode())
+    s3.put_object(Bucket=bucket, Key="datasets/grounding/latest.json",
+                  Body=json.dumps({"version": version, "manifest": f"s3://{bucket}/{prefix}/manifest.json"}).encode())
+
+
+_RUN_DAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+run = bag.dags["grounding_train"].test(run_conf={})
+print("STATES " + json.dumps({"run": str(run.state), **{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}))
+"""
+
+
+@pytest.mark.slow
+def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, mlflow_service, tmp_path):
+    """A real run (dag.test, in its own process) against the local S3 and MLflow: the champion was trained
+    on the published dataset version with the default settings, so the run skips before the container.
+    The OpenLineage provider writes the task events through the file transport."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.pipeline.train_params import param_schemas
+    from grounding_ops.pipeline.train_tasks import training_fingerprint
+
+    s3 = s3_service.client()
+    version = f"v{time.time_ns()}"
+    _put_dataset(s3, s3_service.bucket, version)
+    model = f"skip-model-{time.time_ns()}"
+    defaults = {k: v["default"] for k, v in param_schemas().items()}
+    _register(MlflowClient(mlflow_service.uri), model, version, training_fingerprint(defaults), "champion")
+
+    events_file = tmp_path / "openlineage.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "GROUNDING_OPS_MODEL_NAME": model,
+        "GROUNDING_OPS_BUCKET": s3_service.bucket,
+        "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
+            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(events_file), "append": True}),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "grounding-test",
+    }
+    out = subprocess.run([sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
+    states = json.loads(lines[-1][len("STATES "):])
+    assert states["resolve_dataset"] == "success", states
+    assert states["decide"] == "skipped", states
+    for task_id in ("train", "list_checkpoints", "pick_best", "promote"):
+        assert states[task_id] == "skipped", states
+    assert states["run"] == "success"
+    assert "SKIP training: nothing changed" in out.stdout + out.stderr
+
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    resolved = [e for e in events if e["job"]["name"] == "grounding_train.resolve_dataset"
+                and e["eventType"] == "COMPLETE"]
+    assert resolved, [(e["job"]["name"], e["eventType"]) for e in events]
+    inputs = [(d["namespace"], d["name"]) for d in resolved[-1]["inputs"]]
+    assert (f"s3://{s3_service.bucket}", f"datasets/grounding/{version}/manifest.json") in inputs
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+def test_container_names_are_unique_and_valid():
+    from grounding_ops.pipeline.docker_tasks import container_name
+
+    valid = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
+    run_id = "manual__2025-01-01T02:00:00.123456+00:00"
+    names = {container_name("grounding_train", run_id, "evaluate", t, m) for t in (1, 2, 3) for m in (-1, 0, 1, 2)}
+    assert len(names) == 12 and all(valid.match(n) and len(n) <= 120 for n in names)
+    long_a = container_name("d" * 200, "r" * 200, "t", 1)
+    long_b = container_name("d" * 200, "r" * 199 + "x", "t", 1)
+    assert long_a != long_b and len(long_a) <= 120 and valid.match(long_a)
+    assert valid.match(container_name("--weird", "$(id); rm -rf /", "t", 1))
+
+
+def test_docker_kwargs_are_locked_down():
+    from docker.types import DeviceRequest
+
+    from grounding_ops.pipeline.docker_tasks import docker_kwargs
+
+    cpu = docker_kwargs(engine="cpu", command=["grounding-ops", "train"], container_name="c1",
+                        private_environment={"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, environment={"A": "1"})
+    assert cpu["image"] == "grounding-ops/trainer-cpu:latest"
+    assert cpu["network_mode"] == "host" and cpu["privileged"] is False and cpu["user"] == "1000:1000"
+    assert cpu["auto_remove"] in ("success", "force") and cpu["retrieve_output"] is False
+    assert cpu["mount_tmp_dir"] is False and cpu["mounts"] == [] and cpu["device_requests"] is None
+    assert cpu["command"] == ["grounding-ops", "train"] and cpu["private_environment"] == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    assert "s3cr3t" not in json.dumps([cpu["command"], cpu["environment"]])
+    gpu = docker_kwargs(engine="gpu", command=["x"], container_name="c2", private_environment={},
+                        image="registry.local/trainer@sha256:abc")
+    assert gpu["image"] == "registry.local/trainer@sha256:abc"
+    assert len(gpu["device_requests"]) == 1
+    request = gpu["device_requests"][0]
+    assert isinstance(request, DeviceRequest) and request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    with pytest.raises(ValueError, match="not a shell string"):
+        docker_kwargs(engine="cpu", command="grounding-ops train; curl evil", container_name="c",
+                      private_environment={})
+    with pytest.raises(ValueError, match="private_environment"):
+        docker_kwargs(engine="cpu", command=["x"], container_name="c", private_environment={},
+                      environment={"WANDB_API_KEY": "k"})
+    with pytest.raises(ValueError, match="engine"):
+        docker_kwargs(engine="tpu", command=["x"], container_name="c", private_environment={})
+
+
+def _context(task_id="train", try_number=1, map_index=-1):
+    ti = SimpleNamespace(dag_id="grounding_train", run_id="manual__2025-01-01T00:00:00+00:00", task_id=task_id,
+                         try_number=try_number, map_index=map_index)
+    return {"ti": ti}
+
+
+@pytest.fixture()
+def airflow_connections(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_S3", json.dumps({
+        "conn_type": "aws", "login": "AKIDEXAMPLE", "password": "very-secret-key",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}))
+    monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_WANDB_API_KEY", "wandb-secret-key")
+
+
+def _plan(**extra):
+    plan = {"engine": "cpu", "command": ["grounding-ops", "train", "--dataset", "s3://b/datasets/grounding/v1"],
+            "environment": {"PYTHONUNBUFFERED": "1"}, "output_uri": "s3://b/runs/x/train",
+            "links": {"manifest": "http://127.0.0.1:9/b/datasets/grounding/v1/manifest.json",
+                      "wandb": "javascript:alert(1)"},
+            "inputs": ["s3://b/datasets/grounding/v1"], "outputs": ["s3://b/runs/x/train"]}
+    plan.update(extra)
+    return plan
+
+
+def test_operator_applies_the_plan_with_private_credentials(airflow_connections):
+    from grounding_ops.pipeline.docker_tasks import TrainContainerOperator
+    from grounding_ops.pipeline.links import DatasetManifestLink, WandbRunLink
+
+    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu"))
+    assert "private_environment" not in op.template_fields and "plan" in op.template_fields
+    op.apply_plan(_context(try_number=3))
+    assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests
+    assert op.network_mode == "host" and op.privileged is False and op.user == "1000:1000"
+    assert op.auto_remove == "force" and op.mount_tmp_dir is False and op.retrieve_output is False
+    assert op.container_name.endswith("-t3") and "manual" in op.container_name
+    assert op._private_environment["AWS_SECRET_ACCESS_KEY"] == "very-secret-key"
+    assert op._private_environment["WANDB_API_KEY"] == "wandb-secret-key"
+    assert op._private_environment["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    rendered = json.dumps([op.command, op.environment, op.container_name, op.image])
+    assert "secret" not in rendered
+    assert DatasetManifestLink().get_link(op, ti_key=None).endswith("/manifest.json")
+    assert WandbRunLink().get_link(op, ti_key=None) == ""  # only http(s) links are shown
+
+
+def test_operator_reports_openlineage_inputs_and_outputs(airflow_connections):
+    from grounding_ops.pipeline.docker_tasks import EvaluateContainerOperator
+    from grounding_ops.pipeline.lineage import mlflow_model_ref, operator_lineage
+
+    op = EvaluateContainerOperator(task_id="evaluate", plan=_plan(
+        inputs=["s3://b/datasets/grounding/v1", "s3://b/runs/x/train/final"], outputs=["s3://b/runs/x/eval/final"]))
+    op.apply_plan(_context("evaluate", 1, 2))
+    assert op.container_name.endswith("-m2-t1")
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [
+        ("s3://b", "datasets/grounding/v1"), ("s3://b", "runs/x/train/final")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "runs/x/eval/final")]
+    model = operator_lineage([], [mlflow_model_ref("http://127.0.0.1:5000/", "grounding-model", 7)]).outputs[0]
+    assert (model.namespace, model.name) == ("http://127.0.0.1:5000", "models/grounding-model/versions/7")
+
+
+def test_python_tasks_report_lineage_from_their_result():
+    from airflow.sdk import DAG
+
+    from grounding_ops.pipeline.lineage import LineagePythonOperator, lineage_task
+
+    with DAG("lineage_probe", schedule=None):
+        @lineage_task(task_id="probe")
+        def probe():
+            return {"summary": "x", "lineage": {"inputs": ["s3://b/in/manifest.json"],
+                                                 "outputs": [{"namespace": "http://m:5000", "name": "models/g/versions/1"}]}}
+
+        op = probe().operator
+    assert isinstance(op, LineagePythonOperator)
+    op.execute({"ti": _context()["ti"], "params": {}})
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://b", "in/manifest.json")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("http://m:5000", "models/g/versions/1")]
+
+
+def test_plans_are_argument_lists_with_no_credentials():
+    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_evaluations, plan_training
+
+    dataset = DatasetRef("v1", "s3://b/datasets/grounding/v1", "s3://b/datasets/grounding/v1/manifest.json", "param")
+    params = {**GOOD, "engine": "gpu", "learning_rate": 1e-6, "epochs": None}
+    plan = plan_training(params, dataset, output_uri="s3://b/runs/r/train", fingerprint="fp",
+                         airflow_run="grounding_train/r", s3_endpoint="http://127.0.0.1:9310")
+    cmd = plan["command"]
+    assert cmd[:4] == ["grounding-ops", "train", "--engine", "verl"]
+    assert ["--set", "learning_rate=1e-06"] == cmd[cmd.index("learning_rate=1e-06") - 1: cmd.index("learning_rate=1e-06") + 1]
+    assert "total_epochs" not in " ".join(cmd)  # empty fields keep the preset's values
+    assert plan["links"]["manifest"] == "http://127.0.0.1:9310/b/datasets/grounding/v1/manifest.json"
+    training = {"dataset_uri": dataset.uri, "dataset_version": "v1", "fingerprint": "fp", "wandb_url": ""}
+    plans = plan_evaluations(params, training, [
+        {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 11, "role": "candidate"},
+        {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"}],
+        run_uri="s3://b/runs/r", airflow_run="grounding_train/r")
+    assert [p["output_uri"] for p in plans] == ["s3://b/runs/r/eval/final", "s3://b/runs/r/eval/base"]
+    assert plans[1]["command"][plans[1]["command"].index("--role") + 1] == "base"
+    assert all(isinstance(a, str) for p in plans for a in p["command"])
+
+
+def test_list_checkpoints_and_pick_best(tmp_path):
+    from grounding_ops.pipeline.train_tasks import PipelineError, list_checkpoints, pick_best
+    from grounding_ops.storage import open_store
+
+    store = open_store(tmp_path / "train")
+    with pytest.raises(PipelineError, match="no evaluable checkpoint"):
+        list_checkpoints(store, {})
+    for key in ("checkpoints/global_step_10/config.json", "checkpoints/global_step_2/huggingface/config.json",
+                "checkpoints/global_step_5/actor/model_world_size_1_rank_0.pt", "final/config.json"):
+        store.put_bytes(key, b"{}")
+    base = tmp_path / "base"
+    found = list_checkpoints(store, {"steps_done": 10, "base_model": str(base)})
+    assert [c["name"] for c in found] == ["global_step_2", "global_step_10", "final", "base"]
+    assert found[0]["uri"].endswith("global_step_2/huggingface") and found[-1]["role"] == "base"
+    assert [c["name"] for c in list_checkpoints(store, {"base_model": "tiny:qwen2-vl"})][-1] == "final"
+
+    results = [
+        {"candidate": "global_step_10", "role": "candidate", "step": 10, "metrics": {"acc_at_0_5": 0.4},
+         "mlflow_run_id": "a", "eval_uri": "e1"},
+        {"candidate": "final", "role": "candidate", "step": 11, "metrics": {"acc_at_0_5": 0.4},
+         "mlflow_run_id": "b", "eval_uri": "e2"},
+        {"candidate": "base", "role": "base", "step": -1, "metrics": {"acc_at_0_5": 0.9},
+         "mlflow_run_id": "c", "eval_uri": "e3"},
+    ]
+    choice = pick_best(results, "acc_at_0_5")
+    assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
+    assert "final = 0.4000" in choice["summary"]
+    with pytest.raises(PipelineError, match="unknown"):
+        pick_best(results, "loss")
+
+
+@pytest.mark.docker
+def test_on_kill_stops_and_removes_the_container(docker_daemon, airflow_connections, monkeypatch):
+    """DockerOperator.on_kill (what Airflow calls when a task is killed) stops the real container."""
+    import docker
+
+    from grounding_ops.pipeline.docker_tasks import GroundingContainerOperator
+
+    base = os.environ.get("GROUNDING_OPS_TEST_IMAGE", "grounding-ops/base:latest")
+    client = docker.DockerClient(base_url=docker_daemon)
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{base} is not built: run `grounding-ops images build base`")
+    monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU", base)
+    op = GroundingContainerOperator(task_id="killme", plan={"engine": "cpu", "command": ["sleep", "300"]},
+                                    docker_url=docker_daemon)
+    context = _context("killme", try_number=int(time.time()))
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            op.execute(context)
+        except BaseException as exc:  # noqa: BLE001 - the killed container makes execute fail
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not op.container:
+        time.sleep(0.2)
+    assert op.container, "the container did not start"
+    name = op.container_name
+    container = client.containers.get(name)
+    for _ in range(100):
+        container.reload()
+        if container.status == "running":
+            break
+        time.sleep(0.1)
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.attrs["HostConfig"]["Privileged"] is False
+    assert container.attrs["Config"]["User"] == "1000:1000"
+    assert not container.attrs["HostConfig"].get("Binds") and not container.attrs["Mounts"]
+    env = container.attrs["Config"]["Env"]
+    assert "AWS_SECRET_ACCESS_KEY=very-secret-key" in env
+    op.on_kill()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors, "execute should fail once the container is stopped"
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(name)
+
+
+@pytest.mark.slow
+def test_api_server_refuses_bad_conf_before_any_run(airflow_service):
+    """The real api-server validates a trigger's conf against the Params: nothing is created."""
+    import urllib.error
+
+    deadline = time.time() + 240
+    while True:
+        try:
+            airflow_service.api("GET", "/api/v2/dags/grounding_train")
+            break
+        except urllib.error.HTTPError:
+            assert time.time() < deadline, "the dag-processor did not parse grounding_train"
+            time.sleep(3)
+    before = airflow_service.api("GET", "/api/v2/dags/grounding_train/dagRuns")["total_entries"]
+    for conf in ({"learning_rate": "fast"}, {"dataset_version": "latest; rm -rf /"}, {"rollout_n": 1},
+                 {"engine": "tpu"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            airflow_service.api("POST", "/api/v2/dags/grounding_train/dagRuns", {"logical_date": None, "conf": conf})
+        assert refused.value.code == 400, conf
+    assert airflow_service.api("GET", "/api/v2/dags/grounding_train/dagRuns")["total_entries"] == before
+
+
+def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_service):
+    """The platform side of evaluate -> pick_best -> promote with real S3 and MLflow; then the skip rule
+    reads back what the promotion left in the registry."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.pipeline.train_tasks import (
+        decide_training, model_states, pick_best, plan_evaluations, promote_best, record_evaluation,
+    )
+    from grounding_ops.storage import open_store
+
+    s3 = s3_service.client()
+    run_uri = s3_service.uri("runs", f"grounding_train-{time.time_ns()}")
+    dataset_uri = s3_service.uri("datasets", "grounding", "v7")
+    training = {"dataset_uri": dataset_uri, "dataset_version": "v7", "fingerprint": "fp-7", "wandb_url": ""}
+    candidates = [
+        {"name": "global_step_1", "uri": f"{run_uri}/train/checkpoints/global_step_1", "step": 1, "role": "candidate"},
+        {"name": "final", "uri": f"{run_uri}/train/final", "step": 2, "role": "candidate"},
+        {"name": "base", "uri": s3_service.uri("models", "base"), "step": -1, "role": "base"},
+    ]
+    plans = plan_evaluations({"engine": "cpu"}, training, candidates, run_uri=run_uri,
+                             airflow_run="grounding_train/manual__x")
+    scores = {"global_step_1": 0.30, "final": 0.60, "base": 0.20}
+    results = []
+    for plan in plans:
+        candidate = plan["candidate"]
+        # what `grounding-ops evaluate ... --tag ...` writes (metrics.json, written last)
+        tags = dict(arg.split("=", 1) for arg in plan["command"][plan["command"].index("--tag") + 1::2]
+                    if "=" in arg and arg.startswith("grounding."))
+        document = {
+            "schema": 1, "model_uri": candidate["uri"], "dataset_uri": dataset_uri, "dataset_version": "v7",
+            "split": "val", "protocol": "qwen2.5-vl", "engine": "transformers", "role": candidate["role"],
+            "tags": tags, "n_samples": 10,
+            "flat_metrics": {"acc_at_0_5": scores[candidate["name"]], "acc_at_0_75": scores[candidate["name"]] / 2,
+                             "mean_iou": scores[candidate["name"]] * 0.9, "n_samples": 10.0},
+        }
+        store = open_store(plan["output_uri"], s3_client=s3)
+        store.put_bytes("metrics.json", json.dumps(document).encode())
+        results.append(record_evaluation(store, plan, tracking_uri=mlflow_service.uri))
+    assert all(r["mlflow_url"].startswith(mlflow_service.uri) for r in results)
+
+    choice = pick_best(results, "acc_at_0_5")
+    assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
+    name = f"promote-{time.time_ns()}"
+    first = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
+                         airflow_run="grounding_train/manual__x")
+    assert first["promoted"] and first["version"] == "1"
+    assert "PROMOTED" in first["summary"] and "0.6000" in first["summary"] and "0.2000" in first["summary"]
+    assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
+    again = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    assert again["version"] == "1" and again["decision"]["changed"] is False
+    version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")
+    assert version.tags["grounding.airflow_run"] == "grounding_train/manual__x"
+
+    champion, challenger = model_states(mlflow_service.uri, name)
+    assert (champion.dataset_version, champion.fingerprint) == ("v7", "fp-7")
+    assert not decide_training("v7", "fp-7", champion, challenger).train
+    assert decide_training("v8", "fp-7", champion, challenger).train
+
+
+def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
+    from grounding_ops.pipeline.train_tasks import PipelineError, read_training_result, training_summary_line
+    from grounding_ops.storage import open_store
+
+    store = open_store(tmp_path)
+    plan = {"dataset_version": "v1", "dataset_uri": "s3://b/datasets/grounding/v1", "engine": "cpu",
+            "fingerprint": "fp"}
+    with pytest.raises(PipelineError, match="run.json is missing"):
+        read_training_result(store, plan)
+    store.put_bytes("run.json", json.dumps({"steps_done": 0}).encode())
+    with pytest.raises(PipelineError, match="nothing was trained"):
+        read_training_result(store, plan)
+    store.put_bytes("run.json", json.dumps({
+        "steps_done": 12, "dataset_version": "v1", "wandb_url": "https://wandb.ai/x/y/runs/z", "engine": "cpu",
+        "spec": {"model": "tiny:qwen2-vl"}, "final_metrics": {"reward_mean": 0.42}}).encode())
+    summary = read_training_result(store, plan)
+    assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
+    assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
