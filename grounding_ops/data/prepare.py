@@ -1,0 +1,526 @@
+"""``prepare``: annotations in, a validated, versioned VeRL dataset out.
+
+Two stages, so the Airflow DAG can run them as separate tasks:
+
+* :func:`validate_inputs` streams the inputs through the readers in batches, checks the
+  images, runs the Great Expectations suite on each batch and writes ``valid.jsonl``,
+  ``quarantine.jsonl`` and the validation results into a work folder;
+* :func:`export_and_publish` splits the valid rows, writes the VeRL parquet files in
+  row groups, computes the content version and publishes it atomically.
+
+:func:`prepare` runs both. Memory stays bounded: one batch of records, one parquet row
+group and an 8-byte hash per id (duplicate detection) are held at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from grounding_ops import __version__
+from grounding_ops.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache, ImageResolver
+from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
+from grounding_ops.data.readers import SkippedRow, read_records
+from grounding_ops.data.schema import FORMATS, CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
+from grounding_ops.data.split import assign_split, fallback_val_group
+from grounding_ops.data.validation import SuiteConfig
+from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
+from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
+
+log = logging.getLogger(__name__)
+
+VALID = "valid.jsonl"
+QUARANTINE = "quarantine.jsonl"
+VALIDATION_DIR = "validation"
+SUMMARY = "summary.json"
+TRAIN = "train.parquet"
+VAL = "val.parquet"
+
+
+class PrepareError(ValueError):
+    """A problem with the inputs or settings the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    protocol: str = "qwen2.5-vl"
+    input_format: str | None = None  # None: detected per input from its name
+    val_fraction: float = 0.1
+    max_quarantine_fraction: float = 0.05
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    split_salt: str = ""
+    batch_rows: int = 50_000
+    row_group_rows: int = 512
+    allowed_buckets: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        from grounding_ops.protocols import get_protocol
+
+        try:
+            get_protocol(self.protocol)
+        except ValueError as exc:
+            raise PrepareError(str(exc)) from None
+        if self.input_format is not None and self.input_format not in FORMATS:
+            raise PrepareError(f"unknown --format {self.input_format!r}; choose one of: {', '.join(FORMATS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PrepareError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            raise PrepareError(f"--max-quarantine-fraction must be in [0, 1], got {self.max_quarantine_fraction}")
+        if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
+            raise PrepareError(f"need 0 < --min-pixels <= --max-pixels, got {self.min_pixels} and {self.max_pixels}")
+        if self.max_image_pixels <= 0 or self.batch_rows <= 0 or self.row_group_rows <= 0:
+            raise PrepareError("--max-image-pixels, the batch size and the row group size must be positive")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["suite"] = self.suite.to_json()
+        data["allowed_buckets"] = list(self.allowed_buckets)
+        return data
+
+    def content_json(self) -> dict[str, Any]:
+        """The settings that change the dataset's content (part of the version)."""
+        data = self.to_json()
+        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction"):
+            data.pop(key)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PrepareSettings":
+        data = dict(data)
+        suite = data.pop("suite", {}) or {}
+        return cls(
+            suite=SuiteConfig(
+                max_phrase_chars=int(suite.get("max_phrase_chars", 512)),
+                min_box_area=float(suite.get("min_box_area", 1.0)),
+                allowed_sources=tuple(suite.get("allowed_sources", ())),
+                max_aspect_ratio=float(suite.get("max_aspect_ratio", 200.0)),
+            ),
+            allowed_buckets=tuple(data.pop("allowed_buckets", ()) or ()),
+            **data,
+        )
+
+
+@dataclass
+class ValidationSummary:
+    """What :func:`validate_inputs` wrote into ``work_dir`` (also saved as summary.json)."""
+
+    work_dir: Path
+    counts: dict[str, int]
+    reasons: dict[str, int]
+    inputs: list[dict[str, Any]]
+    settings: dict[str, Any]
+    images_root: str
+    gx_success: bool
+    batches: int
+
+    @property
+    def quarantine_fraction(self) -> float:
+        received = self.counts["received"]
+        return self.counts["quarantined"] / received if received else 0.0
+
+    def top_reasons(self, n: int = 5) -> list[tuple[str, int]]:
+        return Counter(self.reasons).most_common(n)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["work_dir"] = None
+        return data
+
+    @classmethod
+    def load(cls, work_dir: Path) -> "ValidationSummary":
+        data = json.loads((Path(work_dir) / SUMMARY).read_text())
+        data["work_dir"] = Path(work_dir)
+        return cls(**data)
+
+
+@dataclass
+class PrepareResult:
+    version: str
+    dataset_uri: str  # the version folder
+    manifest_uri: str
+    output_uri: str
+    quarantine_uri: str
+    counts: dict[str, int]
+    top_reasons: list[tuple[str, int]]
+    quarantine_fraction: float
+    max_quarantine_fraction: float
+    accepted: bool
+    reused: bool
+    bytes_uploaded: int
+    files_uploaded: list[str]
+
+    def summary_lines(self) -> list[str]:
+        c = self.counts
+        lines = [
+            f"dataset {self.version}: received {c['received']}, valid {c['valid']}, quarantined {c['quarantined']} "
+            f"({self.quarantine_fraction:.1%}; limit {self.max_quarantine_fraction:.1%}), "
+            f"train {c['train']}, val {c['val']}" + (f", skipped {c['skipped']}" if c.get("skipped") else ""),
+        ]
+        if self.top_reasons:
+            lines.append("top quarantine reasons: " + ", ".join(f"{r} ({n})" for r, n in self.top_reasons))
+        lines.append(f"quarantine: {self.quarantine_uri}")
+        lines.append("uploaded nothing (unchanged version)" if self.reused and not self.bytes_uploaded
+                     else f"uploaded {len(self.files_uploaded)} files, {self.bytes_uploaded} bytes")
+        return lines
+
+
+# --------------------------------------------------------------------------- duplicate ids
+
+
+class SeenIds:
+    """Which ids were seen before, as sorted 64-bit hashes (8 bytes per id)."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._seen = np.empty(0, dtype=np.uint64)
+
+    def first_occurrences(self, ids: Sequence[str]) -> list[bool]:
+        np = self._np
+        hashes = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "big") for i in ids),
+            dtype=np.uint64, count=len(ids),
+        )
+        first = np.zeros(len(ids), dtype=bool)
+        _, first_index = np.unique(hashes, return_index=True)
+        first[first_index] = True
+        if self._seen.size:
+            pos = np.searchsorted(self._seen, hashes)
+            pos = np.minimum(pos, self._seen.size - 1)
+            first &= self._seen[pos] != hashes
+        self._seen = np.union1d(self._seen, hashes)
+        return first.tolist()
+
+
+# --------------------------------------------------------------------------- stage 1: validate
+
+
+def _local_inputs(inputs: Sequence[str], work_dir: Path, s3_client: Any | None) -> list[tuple[str, Path]]:
+    located: list[tuple[str, Path]] = []
+    for index, uri in enumerate(inputs):
+        text = str(uri)
+        if text.startswith("s3://"):
+            store = open_store(text.rsplit("/", 1)[0], s3_client=s3_client)
+            name = text.rsplit("/", 1)[1]
+            local = work_dir / "inputs" / f"{index:03d}" / name
+            try:
+                store.download_file(name, local)
+            except StorageError as exc:
+                raise PrepareError(f"cannot read input {text}: {exc}") from exc
+            located.append((text, local))
+        else:
+            path = Path(text.removeprefix("file://")).expanduser()
+            if not path.is_file():
+                raise PrepareError(f"input {text} does not exist or is not a file")
+            located.append((text, path))
+    if not located:
+        raise PrepareError("no input files given")
+    return located
+
+
+def _detail(reason: str, feats: dict[str, Any], image: ImageCheck) -> str:
+    if reason.startswith("image_") and image.detail:
+        return image.detail
+    details = {
+        "unique_id": f"id {feats['id']!r} appeared earlier in the input",
+        "phrase_not_null": "the phrase is missing",
+        "phrase_length": f"phrase has {len(feats['phrase'] or '')} characters",
+        "has_box": "no boxes",
+        "boxes_four_finite_numbers": "every box must be four finite numbers [x1, y1, x2, y2]",
+        "box_x1_nonnegative": f"smallest x1 is {feats['box_min_x1']}",
+        "box_y1_nonnegative": f"smallest y1 is {feats['box_min_y1']}",
+        "box_x1_lt_x2": f"a box has x2 - x1 = {feats['box_min_width']}",
+        "box_y1_lt_y2": f"a box has y2 - y1 = {feats['box_min_height']}",
+        "box_x2_within_width": f"largest x2 is {feats['box_max_x2']} but the image is {feats['image_width']:g} wide",
+        "box_y2_within_height": f"largest y2 is {feats['box_max_y2']} but the image is {feats['image_height']:g} high",
+        "box_positive_area": f"smallest box area is {feats['box_min_area']}",
+        "declared_width_matches_image": f"declared width {feats['declared_width']:g}, image is {feats['image_width']:g}",
+        "declared_height_matches_image": f"declared height {feats['declared_height']:g}, image is "
+                                         f"{feats['image_height']:g}",
+        "image_aspect_ratio": f"aspect ratio {feats['image_aspect_ratio']:.1f}",
+        "source_allowed": f"source {feats['source']!r} is not allowed",
+    }
+    return details.get(reason, reason)
+
+
+def valid_row(record: CanonicalRecord, boxes: list[Any], image: ImageCheck) -> dict[str, Any]:
+    """The line of ``valid.jsonl`` for a record that passed validation (boxes in pixels)."""
+    return {
+        "id": record.id, "image": record.image, "phrase": record.phrase,
+        "boxes": [[float(v) for v in box] for box in boxes],
+        "source": record.source, "group": record.group_key,
+        "width": image.width, "height": image.height, "image_sha256": image.sha256,
+    }
+
+
+class _Writers:
+    def __init__(self, work_dir: Path) -> None:
+        self.valid = open(work_dir / VALID, "w", encoding="utf-8")
+        self.quarantine = open(work_dir / QUARANTINE, "w", encoding="utf-8")
+        self.reasons: Counter[str] = Counter()
+        self.counts = Counter({"received": 0, "valid": 0, "quarantined": 0, "skipped": 0})
+
+    def reject(self, entry: QuarantineEntry) -> None:
+        self.quarantine.write(entry.to_line() + "\n")
+        self.reasons[entry.reason] += 1
+        self.counts["received"] += 1
+        self.counts["quarantined"] += 1
+
+    def accept(self, row: dict[str, Any]) -> None:
+        self.valid.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        self.counts["received"] += 1
+        self.counts["valid"] += 1
+
+    def close(self) -> None:
+        self.valid.close()
+        self.quarantine.close()
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: PrepareSettings, work_dir: str | Path,
+                    s3_client: Any | None = None) -> ValidationSummary:
+    """Read, check and validate ``inputs``; write valid rows, quarantine and GX results to ``work_dir``."""
+    import pandas as pd
+
+    from grounding_ops.data.validation import SuiteRunner, pixel_boxes, row_features
+
+    settings.check()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir = work / VALIDATION_DIR / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    located = _local_inputs(inputs, work, s3_client)
+    fingerprints = [{"uri": uri, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+                    for uri, path in located]
+    resolver = ImageResolver(images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
+    images = ImageCheckCache(resolver, settings.max_image_pixels)
+    runner = SuiteRunner(settings.suite)
+    seen = SeenIds()
+    writers = _Writers(work)
+    gx_success = True
+    batches = 0
+
+    def stream() -> Iterator[Any]:
+        for _, path in located:
+            try:
+                yield from read_records(path, settings.input_format)
+            except ValueError as exc:
+                raise PrepareError(str(exc)) from None
+
+    try:
+        for batch in _batches(stream(), settings.batch_rows):
+            records: list[CanonicalRecord] = []
+            for item in batch:
+                if isinstance(item, ParseFailure):
+                    writers.reject(QuarantineEntry(item.id, item.position, item.reason, item.detail, item.raw))
+                elif isinstance(item, SkippedRow):
+                    writers.counts["skipped"] += 1
+                else:
+                    records.append(item)
+            if not records:
+                continue
+            firsts = seen.first_occurrences([r.id for r in records])
+            checks = [images.get(r.image) for r in records]
+            boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]
+            feats = [row_features(r, b, c, f, i) for i, (r, b, c, f) in enumerate(zip(records, boxes, checks, firsts))]
+            outcome = runner.validate(pd.DataFrame(feats))
+            gx_success &= outcome.success
+            (results_dir / f"batch-{batches:05d}.json").write_text(strict_json(outcome.result))
+            batches += 1
+            for i, record in enumerate(records):
+                reasons = outcome.failures.get(i)
+                if reasons:
+                    writers.reject(QuarantineEntry(record.id, record.position, reasons[0],
+                                                   _detail(reasons[0], feats[i], checks[i]), record.raw_row(),
+                                                   reasons))
+                    continue
+                writers.accept(valid_row(record, boxes[i], checks[i]))
+            log.info("validated batch %d: %d records, %d quarantined so far", batches, len(records),
+                     writers.counts["quarantined"])
+    finally:
+        writers.close()
+    if writers.counts["received"] == 0:
+        raise PrepareError("the inputs hold no annotation rows; check the files and --format")
+    if batches:
+        runner.build_docs(work / VALIDATION_DIR / "docs")
+    summary = ValidationSummary(
+        work_dir=work, counts=dict(writers.counts), reasons=dict(writers.reasons), inputs=fingerprints,
+        settings=settings.to_json(), images_root=str(images_root), gx_success=gx_success, batches=batches,
+    )
+    (work / VALIDATION_DIR / "summary.json").write_text(json.dumps(
+        {"counts": summary.counts, "reasons": summary.reasons, "gx_success": gx_success, "batches": batches,
+         "suite": settings.suite.to_json()}, indent=2, sort_keys=True))
+    (work / SUMMARY).write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    log.info("validation: received %d, valid %d, quarantined %d; top reasons: %s", summary.counts["received"],
+             summary.counts["valid"], summary.counts["quarantined"], summary.top_reasons())
+    return summary
+
+
+# --------------------------------------------------------------------------- stage 2: export + publish
+
+
+class _ImageBytes:
+    """Re-reads images for export with a small byte-bounded LRU, checking they did not change."""
+
+    def __init__(self, resolver: ImageResolver, budget: int = 64 * 1024 * 1024) -> None:
+        self.resolver = resolver
+        self.budget = budget
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, ref: str, sha256: str) -> bytes:
+        data = self._cache.get(ref)
+        if data is None:
+            data = self.resolver.read(ref)
+            if data is None or hashlib.sha256(data).hexdigest() != sha256:
+                raise PrepareError(f"image {ref!r} changed or disappeared while preparing; run prepare again")
+            self._cache[ref] = data
+            self._size += len(data)
+            while self._size > self.budget and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._size -= len(old)
+        else:
+            self._cache.move_to_end(ref)
+        return data
+
+
+def _content_version(work: Path, settings: PrepareSettings, summary: ValidationSummary, accepted: bool) -> str:
+    """Hash of the valid rows (with their image checksums), the quarantine, the content settings
+    and the verdict: a rejected run never overwrites the manifest of an accepted version."""
+    digest = hashlib.sha256()
+    digest.update(b"accepted" if accepted else b"rejected")
+    digest.update(json.dumps(settings.content_json(), sort_keys=True).encode())
+    digest.update(json.dumps({"received": summary.counts["received"], "skipped": summary.counts.get("skipped", 0)},
+                             sort_keys=True).encode())
+    for name in (VALID, QUARANTINE):
+        digest.update(name.encode())
+        digest.update(sha256_file(work / name).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver) -> dict[str, int]:
+    """Split ``valid.jsonl`` and write train/val parquet into ``out_dir``; return the row counts."""
+    from grounding_ops.data.export import RowGroupWriter, build_row
+    from grounding_ops.protocols import build_prompt
+
+    images = _ImageBytes(resolver)
+    counts = {"train": 0, "val": 0}
+    with open(work / VALID, encoding="utf-8") as handle:
+        extra_val = fallback_val_group((json.loads(line)["group"] for line in handle), settings.val_fraction,
+                                       settings.split_salt)
+    with RowGroupWriter(out_dir / TRAIN, max_rows=settings.row_group_rows) as train, \
+            RowGroupWriter(out_dir / VAL, max_rows=settings.row_group_rows) as val:
+        writers = {"train": train, "val": val}
+        with open(work / VALID, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                split = "val" if row["group"] == extra_val else assign_split(row["group"], settings.val_fraction,
+                                                                              settings.split_salt)
+                size = (int(row["width"]), int(row["height"]))
+                resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
+                                       max_pixels=settings.max_pixels)
+                writers[split].add(build_row(
+                    record_id=row["id"], source=row["source"], phrase=row["phrase"], boxes=row["boxes"],
+                    image_bytes=images.get(row["image"], row["image_sha256"]), image_size=size,
+                    resized_size=resized, prompt=build_prompt(row["phrase"], settings.protocol),
+                    protocol=settings.protocol, split=split, index=counts[split],
+                    min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,
+                ))
+                counts[split] += 1
+    return counts
+
+
+def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
+                       store: Any | None = None, created_at: str | None = None) -> PrepareResult:
+    """Write the parquet files for the validated rows in ``work_dir`` and publish the version."""
+    work = Path(work_dir)
+    summary = ValidationSummary.load(work)
+    settings = PrepareSettings.from_json(summary.settings)
+    resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
+    accepted = summary.quarantine_fraction <= settings.max_quarantine_fraction
+    version = _content_version(work, settings, summary, accepted)
+    out = work / "export"
+    out.mkdir(exist_ok=True)
+    split_counts = write_parquet(work, out, settings, resolver)
+    counts = {**summary.counts, **split_counts}
+    local_files = {TRAIN: out / TRAIN, VAL: out / VAL, QUARANTINE: work / QUARANTINE}
+    validation_root = work / VALIDATION_DIR
+    for path in sorted(validation_root.rglob("*")):
+        if path.is_file():
+            local_files[f"{VALIDATION_DIR}/{path.relative_to(validation_root).as_posix()}"] = path
+    store = store if store is not None else open_store(output_uri, s3_client=s3_client)
+    manifest = {
+        "version": version,
+        "counts": counts,
+        "accepted": accepted,
+        "quarantine_fraction": summary.quarantine_fraction,
+        "top_reasons": summary.top_reasons(10),
+        "protocol": settings.protocol,
+        "settings": settings.to_json(),
+        "inputs": summary.inputs,
+        "images_root": summary.images_root,
+        "validation": {
+            "success": summary.gx_success,
+            "results": f"{VALIDATION_DIR}/results/",
+            "docs": f"{VALIDATION_DIR}/docs/index.html",
+            "summary": f"{VALIDATION_DIR}/summary.json",
+        },
+        "tool_version": __version__,
+        "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    report: PublishReport = publish_version(store, version, local_files, manifest, update_latest=accepted)
+    version_uri = report.version_uri
+    log.info("published %s: %s (%d bytes uploaded, %d files skipped)", version, version_uri,
+             report.bytes_uploaded, len(report.skipped))
+    return PrepareResult(
+        version=version,
+        dataset_uri=version_uri,
+        manifest_uri=report.manifest_uri,
+        output_uri=store.uri,
+        quarantine_uri=join_uri(version_uri, QUARANTINE),
+        counts=counts,
+        top_reasons=summary.top_reasons(),
+        quarantine_fraction=summary.quarantine_fraction,
+        max_quarantine_fraction=settings.max_quarantine_fraction,
+        accepted=accepted,
+        reused=report.reused,
+        bytes_uploaded=report.bytes_uploaded,
+        files_uploaded=report.uploaded,
+    )
+
+
+def prepare(inputs: Sequence[str], *, images_root: str, output_uri: str, settings: PrepareSettings | None = None,
+            s3_client: Any | None = None, work_dir: str | Path | None = None) -> PrepareResult:
+    """Validate ``inputs`` and publish a dataset version under ``output_uri``."""
+    settings = settings or PrepareSettings()
+    with tempfile.TemporaryDirectory(prefix="grounding-prepare-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        validate_inputs(inputs, images_root=images_root, settings=settings, work_dir=work, s3_client=s3_client)
+        return export_and_publish(work, output_uri=output_uri, s3_client=s3_client)
+
+
+__all__ = [
+    "LATEST", "PrepareError", "PrepareResult", "PrepareSettings", "ValidationSummary", "export_and_publish",
+    "prepare", "validate_inputs",
+]
