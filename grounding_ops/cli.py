@@ -58,4 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, unwritable folder, file size limit: no traceback, say what to fix
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}: check free disk space and that the output and "
+              "temporary folders (TMPDIR) are writable", file=sys.stderr)
+        return 1
 

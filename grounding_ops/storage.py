@@ -56,7 +56,8 @@ class ObjectStore(Protocol):
     def size(self, key: str) -> int | None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
-    def upload_file(self, key: str, path: str | Path) -> None: ...
+    def upload_file(self, key: str, path: str | Path, *, sha256: str | None = None) -> None: ...
+    def checksum(self, key: str) -> str | None: ...
     def download_file(self, key: str, path: str | Path) -> None: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
@@ -111,12 +112,17 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(key, lambda handle: handle.write(data))
 
-    def upload_file(self, key: str, path: str | Path) -> None:
+    def upload_file(self, key: str, path: str | Path, *, sha256: str | None = None) -> None:
         def copy(handle: Any) -> None:
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, handle, MULTIPART_CHUNK)
 
         self._atomic_write(key, copy)
+
+    def checksum(self, key: str) -> str | None:
+        """The object's sha256 (computed: local files are cheap to read), or None if absent."""
+        path = self._path(key)
+        return sha256_file(path) if path.is_file() else None
 
     def download_file(self, key: str, path: str | Path) -> None:
         source = self._path(key)
@@ -163,10 +169,13 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
+        except (S3UploadFailedError, S3TransferFailedError) as exc:  # upload_file/download_file wrap ClientError
+            raise StorageError(f"S3 {what} of {self.url(key)} failed: {exc}") from exc
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             raise StorageError(f"S3 {what} of {self.url(key)} failed: {code}") from exc
@@ -201,11 +210,27 @@ class S3Store:
 
         return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK)
 
-    def upload_file(self, key: str, path: str | Path) -> None:
+    def upload_file(self, key: str, path: str | Path, *, sha256: str | None = None) -> None:
+        """Upload (multipart above 64 MiB); ``sha256`` is kept as object metadata for :meth:`checksum`."""
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else None
         self._call(
             "upload", key, self.client.upload_file, str(path), self.bucket, self._key(key),
-            Config=self._transfer_config(),
+            ExtraArgs=extra, Config=self._transfer_config(),
         )
+
+    def checksum(self, key: str) -> str | None:
+        """The sha256 recorded at upload (object metadata), or None if absent or not recorded."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
+        except Exception as exc:  # endpoint down, DNS, ...
+            raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
+        return (head.get("Metadata") or {}).get("sha256")
 
     def download_file(self, key: str, path: str | Path) -> None:
         destination = Path(path)

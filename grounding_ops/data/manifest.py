@@ -74,9 +74,10 @@ def publish_version(store: ObjectStore, version: str, local_files: dict[str, Pat
                     update_latest: bool, before_manifest: Callable[[], None] | None = None) -> PublishReport:
     """Upload ``local_files`` under ``<version>/``, then ``manifest.json``, then ``latest.json``.
 
-    ``manifest["files"]`` is filled in here with each file's sha256 and size. Files that
-    the version's existing manifest already lists with the same checksum and size are
-    not uploaded again; when nothing changed, nothing is written at all.
+    ``manifest["files"]`` is filled in here with each file's sha256 and size. Files already
+    under ``<version>/`` with the same size and sha256 (recorded at upload) are not uploaded
+    again, so a retry after an interrupted publish sends only what is missing; when nothing
+    changed, nothing is written at all.
     """
     entries = {name: file_entry(path) for name, path in sorted(local_files.items())}
     version_uri = join_uri(store.uri, version)
@@ -89,13 +90,13 @@ def publish_version(store: ObjectStore, version: str, local_files: dict[str, Pat
         report.skipped = sorted(existing.get("files", {}))
         log.info("version %s is already published with the same content; uploading nothing", version)
     else:
-        old_files = (existing or {}).get("files") or {}
         for name, entry in entries.items():
             key = f"{version}/{name}"
-            if old_files.get(name) == entry and store.size(key) == entry["size"]:
+            # Already there (an earlier, interrupted publish of this version): keep it.
+            if store.size(key) == entry["size"] and store.checksum(key) == entry["sha256"]:
                 report.skipped.append(name)
                 continue
-            store.upload_file(key, local_files[name])
+            store.upload_file(key, local_files[name], sha256=entry["sha256"])
             report.uploaded.append(name)
             report.bytes_uploaded += entry["size"]
         if before_manifest is not None:

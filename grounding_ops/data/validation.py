@@ -13,6 +13,8 @@ files import this module's callers at parse time and must stay light.
 
 from __future__ import annotations
 
+import logging
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +265,17 @@ class SuiteRunner:
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }
         self.context.add_data_docs_site(site_name="dataset", site_config=site)
-        self.context.build_data_docs(site_names=["dataset"])
+        # GX catches a failed write (disk full, unwritable folder) and logs its own traceback:
+        # keep that out of the user's terminal and report the failure once, below.
+        gx_logger = logging.getLogger("great_expectations")
+        previous = gx_logger.level
+        gx_logger.setLevel(logging.CRITICAL + 1)
+        try:
+            self.context.build_data_docs(site_names=["dataset"])
+        finally:
+            gx_logger.setLevel(previous)
+        if not (out_dir / "index.html").is_file():
+            raise OSError(f"could not write the validation Data Docs to {out_dir}")
         # Keep the pages and the stylesheet; Data Docs' bundled fonts and images are megabytes.
         kept = []
         for path in sorted(out_dir.rglob("*")):

@@ -261,7 +261,9 @@ class TrainContainerOperator(GroundingContainerOperator):
         self.apply_plan(context)
         self._ray_address = ray_jobs.resolve_address()
         self._ray_job = self.container_name
-        ray_jobs.run_training_job(self._ray_address, list(self.command), env_vars=self._private_environment,
+        # Container commands are arguments of the image's `grounding-ops` entrypoint.
+        ray_jobs.run_training_job(self._ray_address, ["grounding-ops", *self.command],
+                                  env_vars=self._private_environment,
                                   submission_id=self.container_name, on_log=self.log.info)
         return self.after_container(context)
 

@@ -20,7 +20,7 @@ TRAIN_ENGINE: dict[str, str] = {"gpu": "verl", "cpu": "cpu"}
 EVAL_ENGINE: dict[str, str] = {"gpu": "vllm", "cpu": "transformers"}
 # Higher is better for all of these (see grounding_ops.evaluation.metrics).
 PROMOTION_METRICS: tuple[str, ...] = ("acc_at_0_5", "acc_at_0_75", "mean_iou", "mean_score")
-VERSION_PATTERN = r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
+VERSION_PATTERN = r"^(?!.*\s)(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
 
 # Params whose value changes what is trained (their fingerprint decides "nothing changed").
 TRAINING_PARAM_KEYS: tuple[str, ...] = (

@@ -249,7 +249,7 @@ def plan_training(
     if engine not in TRAIN_ENGINE:
         raise PipelineError(f"engine {engine!r} is unknown: use one of {', '.join(TRAIN_ENGINE)}")
     command = [
-        "grounding-ops", "train",
+        "train",  # arguments of the image ENTRYPOINT `grounding-ops`
         "--engine", TRAIN_ENGINE[engine],
         "--preset", str(params["preset"]),
         "--dataset", dataset.uri,
@@ -369,7 +369,7 @@ def plan_evaluations(
     for candidate in candidates:
         output_uri = join_uri(run_uri, "eval", safe_segment(candidate["name"]))
         command = [
-            "grounding-ops", "evaluate",
+            "evaluate",  # arguments of the image ENTRYPOINT `grounding-ops`
             "--model", candidate["uri"],
             "--dataset", training["dataset_uri"],
             "--split", "val",

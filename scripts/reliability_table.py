@@ -1,0 +1,215 @@
+"""Generate docs/reliability.md from the bad-input corpus index and the fault/security test list.
+
+    python scripts/reliability_table.py          # rewrite docs/reliability.md
+    python scripts/reliability_table.py --check  # exit 1 when the file is stale
+
+tests/test_reliability_doc.py runs the check and verifies that every test named here exists,
+so the document cannot drift from the corpus or the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INDEX = REPO / "tests" / "data" / "bad" / "index.json"
+DOC = REPO / "docs" / "reliability.md"
+
+# (fault, what happens, test) — the test is "file::function".
+FAULTS: list[tuple[str, str, str]] = [
+    ("S3 endpoint lost in the middle of an export",
+     "export fails with a StorageError naming the URI (fast, no hang); no manifest.json or latest.json is "
+     "visible; a retry after the endpoint returns publishes the version and uploads only the missing files; "
+     "a third run uploads nothing",
+     "tests/test_faults.py::test_s3_endpoint_lost_mid_export_then_retry_uploads_only_missing"),
+    ("S3 endpoint down for `grounding-ops prepare`",
+     "exit 2 with one `error:` line naming the output URI, no traceback",
+     "tests/test_faults.py::test_s3_endpoint_down_cli_prepare_one_line_error"),
+    ("S3 refuses an upload (e.g. no such bucket)",
+     "StorageError (one-line CLI error), not boto3's S3UploadFailedError",
+     "tests/test_faults.py::test_s3_upload_refused_by_server_is_a_storage_error"),
+    ("MLflow server stopped during promotion (after the version was created)",
+     "PromotionError naming the tracking URI; after a restart the retry finds the version, sets the aliases; "
+     "exactly one model version, champion == challenger == that version; a further retry changes nothing",
+     "tests/test_faults.py::test_mlflow_down_during_promotion_then_retry_is_consistent"),
+    ("MLflow server down for `grounding-ops promote`",
+     "non-zero exit with one `error:` line naming the tracking URI, no traceback",
+     "tests/test_faults.py::test_mlflow_down_cli_promote_one_line_error"),
+    ("Disk full while preparing (RLIMIT_FSIZE)",
+     "non-zero exit with one `error:` line, no traceback; no manifest, no latest.json, no temporary files left",
+     "tests/test_faults.py::test_disk_full_during_prepare_clean_error_no_corrupt_files"),
+    ("Output path unwritable (its parent is a regular file)",
+     "exit 2 with one `error:` line naming the path; nothing overwritten",
+     "tests/test_faults.py::test_output_under_a_regular_file_is_a_clean_error"),
+    ("Write cut short in a local store",
+     "StorageError; the previous object stays intact (temporary name, then rename)",
+     "tests/test_faults.py::test_local_store_write_past_limit_leaves_old_object_intact"),
+    ("Training container SIGKILLed after its first S3 checkpoint",
+     "no run.json; the rerun resumes from the last complete checkpoint in S3 and ends with steps_done == target; "
+     "a third run with nothing left to train fails",
+     "tests/test_faults.py::test_training_container_sigkill_resumes_to_target"),
+    ("Train task's command vs the trainer image's ENTRYPOINT",
+     "the DAG's argument list appended to the image entrypoint is a valid `grounding-ops train` call",
+     "tests/test_faults.py::test_train_task_command_matches_the_image_entrypoint"),
+    ("Task killed from Airflow (mark failed / timeout)",
+     "DockerOperator.on_kill stops the container, execute() fails, the container is removed",
+     "tests/test_faults.py::test_on_kill_stops_and_removes_the_container"),
+    ("Retry while the previous try's container is still there",
+     "container names are unique per DAG run, task, map index and try; the retry runs, the leftover is untouched",
+     "tests/test_faults.py::test_retry_never_collides_with_a_leftover_container"),
+    ("Scheduler restarted in the middle of a DAG run",
+     "not automated yet (see the note below)", ""),
+]
+
+SECURITY: list[tuple[str, str, str]] = [
+    ("Credentials in export outputs and CLI output",
+     "fake S3/W&B/MLflow secrets in the environment never appear in stdout/stderr or any object written "
+     "(manifest, quarantine, parquet, validation results)",
+     "tests/test_security.py::test_export_never_writes_or_prints_credentials"),
+    ("Credentials in MLflow, W&B files, logs and the plugin",
+     "no secret in run params/tags, model version tags, artifacts, W&B offline files, captured logs, "
+     "the plugin's JSON and HTML",
+     "tests/test_security.py::test_evaluation_logging_and_plugin_never_expose_credentials"),
+    ("Credentials reach containers only as private environment",
+     "secrets only in DockerOperator's private_environment (not templated); a secret-looking plain env var is "
+     "refused", "tests/test_security.py::test_container_credentials_only_as_private_environment"),
+    ("Credentials in the training plan and lineage facets",
+     "the plan (template field, XCom) and OpenLineage facets hold no secret",
+     "tests/test_security.py::test_training_plan_and_lineage_carry_no_credentials"),
+    ("Training container lockdown",
+     "non-root user, not privileged, no capabilities, no mounts (no Docker socket), argument list, host network",
+     "tests/test_security.py::test_training_container_is_locked_down"),
+    ("Trainer image default user", "non-root",
+     "tests/test_security.py::test_trainer_image_runs_as_non_root"),
+    ("Image references escaping a local images root",
+     "'..', absolute paths, backslashes, other schemes and buckets are refused",
+     "tests/test_security.py::test_image_refs_cannot_escape_the_local_root"),
+    ("Image references escaping an S3 images root", "other prefixes, buckets and '..' are refused",
+     "tests/test_security.py::test_image_refs_cannot_escape_the_s3_root"),
+    ("Symlink out of the images root", "refused", "tests/test_security.py::test_symlink_out_of_the_root_is_refused"),
+    ("Object keys escaping a store root/prefix", "StorageError",
+     "tests/test_security.py::test_store_keys_cannot_escape"),
+    ("Checkpoint marker naming files outside the checkpoint",
+     "the trainer must not write outside its checkpoint folder",
+     "tests/test_security.py::test_checkpoint_marker_cannot_write_outside_the_checkpoint"),
+    ("Tampered dataset before training", "the runner's dataset fetch refuses it (checksum)",
+     "tests/test_security.py::test_training_fetch_verifies_the_manifest"),
+    ("Tampered dataset before evaluation", "evaluation refuses it (checksum)",
+     "tests/test_bad_inputs.py::test_evaluation_refuses_tampered_dataset"),
+    ("Plugin page and JSON without an authenticated user", "401 for JSON, redirect to login for the page",
+     "tests/test_plugin.py::test_unauthenticated_requests_are_refused"),
+]
+
+KIND_TEST = {
+    "annotation": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
+    "image": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
+    "params": "tests/test_bad_inputs.py::test_params_refuse_bad_values",
+    "reward": "tests/test_bad_inputs.py::test_reward_never_raises",
+    "manifest": "tests/test_bad_inputs.py::test_manifest_refused",
+}
+
+EXTRA_BAD_INPUT: list[tuple[str, str, str]] = [
+    ("All annotation cases in one run", "counts reconcile across files and readers",
+     "tests/test_bad_inputs.py::test_all_bad_cases_in_one_run_reconcile"),
+    ("quarantine.jsonl syntax", "strict JSON (no bare NaN/Infinity)",
+     "tests/test_bad_inputs.py::test_quarantine_lines_are_strict_json"),
+    ("dataset_version with a trailing newline", "refused by the form",
+     "tests/test_bad_inputs.py::test_dataset_version_refuses_trailing_newline"),
+    ("Control characters / shell string as container command", "refused before Docker",
+     "tests/test_bad_inputs.py::test_container_command_refuses_control_characters"),
+    ("Hostile value that passes the form", "stays one argv element, never shell-parsed",
+     "tests/test_bad_inputs.py::test_hostile_values_stay_single_arguments"),
+    ("`grounding-ops prepare` over the quarantine threshold", "exit 1, one `error:` line with the quarantine path",
+     "tests/test_bad_inputs.py::test_cli_rows_over_threshold_exit_1_with_summary"),
+    ("`grounding-ops prepare` on a missing / empty / unknown-format / unparseable input",
+     "exit 2 (exit 1 for the unparseable document, all rows quarantined), one `error:` line, no traceback",
+     "tests/test_bad_inputs.py::test_cli_missing_input_is_one_line_error"),
+]
+
+
+def _outcome(cases: list[dict]) -> str:
+    kind = cases[0]["kind"]
+    if kind in ("annotation", "image"):
+        reasons: Counter[str] = Counter()
+        for case in cases:
+            expect = case["expect"]
+            if "error" in expect:
+                reasons[f"error: {expect['error']}"] += 1
+            elif not expect["quarantine"]:
+                reasons["accepted" + (" (skipped, counted)" if expect.get("skipped") else "")] += 1
+            for q in expect.get("quarantine", []):
+                reasons[f"quarantined: `{q['reason']}`"] += 1
+        return "; ".join(f"{r} ×{n}" if n > 1 else r for r, n in sorted(reasons.items()))
+    if kind == "params":
+        return "refused by the form (ParamValidationError) before any task runs"
+    if kind == "reward":
+        return "score 0, never raises (every protocol, score_response and VeRL compute_score)"
+    return "; ".join(sorted({f"DatasetVerificationError: \"{c['expect']['error']}\"" for c in cases}))
+
+
+def render() -> str:
+    cases = json.loads(INDEX.read_text())["cases"]
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for case in cases:
+        groups.setdefault(case["class"], []).append(case)
+    lines = [
+        "# Reliability and security",
+        "",
+        "Generated by `scripts/reliability_table.py` from `tests/data/bad/index.json` and the test list in",
+        "the script; `tests/test_reliability_doc.py` fails when this file is stale or names a missing test.",
+        "",
+        "## Faults",
+        "",
+        "| Fault | What happens | Test |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {f} | {w} | {f'`{t}`' if t else '—'} |" for f, w, t in FAULTS]
+    lines += [
+        "",
+        "Scheduler restart mid-run is not automated: it needs the session's Airflow services restarted",
+        "between two tasks of one DAG run; tasks are written to be idempotent (content-addressed dataset",
+        "versions, resume from S3 checkpoints, idempotent promotion), which the tests above check one by one.",
+        "",
+        f"## Bad input ({len(cases)} cases in `tests/data/bad/`)",
+        "",
+        "| Class | Cases | Examples | What happens | Test |",
+        "|---|---|---|---|---|",
+    ]
+    for cls, members in groups.items():
+        examples = ", ".join(c["what"] for c in members[:4]) + (", ..." if len(members) > 4 else "")
+        lines.append(f"| {cls} | {len(members)} | {examples} | {_outcome(members)} | "
+                     f"`{KIND_TEST[members[0]['kind']]}` |")
+    lines += ["", "| Check | What happens | Test |", "|---|---|---|"]
+    lines += [f"| {c} | {w} | `{t}` |" for c, w, t in EXTRA_BAD_INPUT]
+    lines += ["", "## Security", "", "| Property | What happens | Test |", "|---|---|---|"]
+    lines += [f"| {p} | {w} | `{t}` |" for p, w, t in SECURITY]
+    lines += ["", "Regenerate the corpus with `python tests/data/bad/make_cases.py` and this file with",
+              "`python scripts/reliability_table.py`.", ""]
+    return "\n".join(lines)
+
+
+def referenced_tests() -> list[str]:
+    return sorted({t for _, _, t in FAULTS + SECURITY + EXTRA_BAD_INPUT if t} | set(KIND_TEST.values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail when docs/reliability.md is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not DOC.exists() or DOC.read_text() != text:
+            print(f"{DOC.relative_to(REPO)} is stale: run python scripts/reliability_table.py", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
