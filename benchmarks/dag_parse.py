@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,8 +42,9 @@ print(json.dumps({"seconds": elapsed, "errors": len(bag.import_errors), "dags": 
 """
 
 
-def parse_once(path: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True)
+def parse_once(path: Path, env: dict[str, str]) -> dict:
+    result = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True,
+                            env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -54,11 +56,13 @@ def main() -> int:
         baseline = Path(tmp) / "empty_baseline.py"
         baseline.write_text(EMPTY_DAG)
         files = [baseline, *sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))]
+        env = {**os.environ, "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
+               "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
         samples: dict[str, list[float]] = {f.name: [] for f in files}
         errors: dict[str, int] = {}
         for _ in range(args.repeats):  # interleaved so drift hits every file alike
             for path in files:
-                outcome = parse_once(path)
+                outcome = parse_once(path, env)
                 samples[path.name].append(outcome["seconds"])
                 errors[path.name] = outcome["errors"]
     base = statistics.median(samples[baseline.name])
