@@ -1,0 +1,235 @@
+"""Checkpoint discovery and synchronisation between a local folder and the run's output store.
+
+Local layout (both engines; VeRL's own convention)::
+
+    <local>/global_step_N/...                 one checkpoint per saved step
+    <local>/latest_checkpointed_iteration.txt the last step whose checkpoint is fully written
+
+A local ``global_step_N`` counts as complete once the tracker file says N or more: engines
+write the tracker after the checkpoint, so a folder still being written is never uploaded.
+
+Remote layout::
+
+    <output>/checkpoints/global_step_N/...                   the files, uploaded one by one
+    <output>/checkpoints/global_step_N/checkpoint.complete.json   written LAST
+
+Only a checkpoint with its marker is a checkpoint: an upload cut short leaves files without a
+marker, which discovery ignores (and the next upload of that step overwrites). The marker lists
+every file with its size, and a download checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from grounding_ops.storage import ObjectStore, StorageError, join_key
+
+STEP_PREFIX = "global_step_"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+MARKER_FILE = "checkpoint.complete.json"
+CHECKPOINTS_PREFIX = "checkpoints"
+_STEP_RE = re.compile(r"^global_step_(\d+)$")
+
+
+def step_of(name: str) -> int | None:
+    match = _STEP_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def read_tracker(local_dir: str | Path) -> int | None:
+    path = Path(local_dir) / TRACKER_FILE
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_tracker(local_dir: str | Path, step: int) -> None:
+    path = Path(local_dir) / TRACKER_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(int(step)))
+    tmp.replace(path)
+
+
+def local_complete_steps(local_dir: str | Path) -> list[int]:
+    """Steps of the fully written ``global_step_N`` folders under ``local_dir``, ascending."""
+    root = Path(local_dir)
+    tracked = read_tracker(root)
+    if tracked is None or not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        step = step_of(child.name)
+        if step is not None and child.is_dir() and step <= tracked:
+            steps.append(step)
+    return sorted(steps)
+
+
+def latest_local_checkpoint(local_dir: str | Path) -> tuple[int, Path] | None:
+    steps = local_complete_steps(local_dir)
+    if not steps:
+        return None
+    return steps[-1], Path(local_dir) / f"{STEP_PREFIX}{steps[-1]}"
+
+
+def _remote_dir(step: int) -> str:
+    return join_key(CHECKPOINTS_PREFIX, f"{STEP_PREFIX}{step}")
+
+
+def remote_complete_steps(store: ObjectStore) -> list[int]:
+    """Steps with a completion marker under ``checkpoints/``, ascending."""
+    steps = set()
+    for info in store.list(CHECKPOINTS_PREFIX + "/"):
+        parts = info.key.split("/")
+        if len(parts) >= 3 and parts[-1] == MARKER_FILE and parts[-3] == CHECKPOINTS_PREFIX:
+            step = step_of(parts[-2])
+            if step is not None:
+                steps.add(step)
+    return sorted(steps)
+
+
+def checkpoint_uri(store: ObjectStore, step: int) -> str:
+    return store.url(_remote_dir(step))
+
+
+def upload_checkpoint(store: ObjectStore, local_dir: str | Path, step: int) -> str:
+    """Upload ``global_step_<step>`` file by file, then its marker; return its URI."""
+    folder = Path(local_dir) / f"{STEP_PREFIX}{step}"
+    if not folder.is_dir():
+        raise StorageError(f"no checkpoint folder {folder}")
+    files: dict[str, int] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MARKER_FILE:
+            continue
+        store.upload_file(join_key(_remote_dir(step), rel), path)
+        files[rel] = path.stat().st_size
+    marker = {
+        "step": step,
+        "files": files,
+        "bytes": sum(files.values()),
+        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.put_bytes(join_key(_remote_dir(step), MARKER_FILE), json.dumps(marker, indent=2, sort_keys=True).encode())
+    return checkpoint_uri(store, step)
+
+
+def _check_relative(rel: Any, where: str) -> None:
+    """A file name from a marker must stay inside the checkpoint folder."""
+    parts = PurePosixPath(str(rel)).parts if isinstance(rel, str) else ()
+    if not parts or str(rel).startswith(("/", "\\")) or ".." in parts or "\\" in str(rel) or ":" in str(rel):
+        raise StorageError(
+            f"the completion marker of {where} names {rel!r}, which is not a file inside the checkpoint: "
+            "the checkpoint was tampered with; delete it from the output"
+        )
+
+
+def download_checkpoint(store: ObjectStore, step: int, local_dir: str | Path) -> Path:
+    """Download the complete checkpoint ``step`` into ``<local_dir>/global_step_<step>``; check
+    sizes against its marker; write the tracker file. Returns the folder."""
+    remote = _remote_dir(step)
+    try:
+        marker = json.loads(store.get_bytes(join_key(remote, MARKER_FILE)))
+    except (StorageError, ValueError) as exc:
+        raise StorageError(f"checkpoint {store.url(remote)} has no readable completion marker: {exc}") from exc
+    folder = Path(local_dir) / f"{STEP_PREFIX}{step}"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict):
+        raise StorageError(f"the completion marker of {store.url(remote)} lists no files: the checkpoint is damaged")
+    for rel in files:
+        _check_relative(rel, store.url(remote))
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, size in sorted(files.items()):
+        target = folder / rel
+        store.download_file(join_key(remote, rel), target)
+        if target.stat().st_size != int(size):
+            raise StorageError(
+                f"{store.url(join_key(remote, rel))} has {target.stat().st_size} bytes, its marker says {size}: "
+                "the checkpoint is damaged; delete it from the output to resume from an earlier one"
+            )
+    if (read_tracker(local_dir) or -1) < step:
+        write_tracker(local_dir, step)
+    return folder
+
+
+@dataclass
+class CheckpointUploader:
+    """Uploads every newly completed local checkpoint in a background thread.
+
+    ``start()`` begins polling ``local_dir``; ``finish()`` makes a last pass, waits for the
+    uploads to end and returns the uploaded URIs (raises if any upload failed). Training is
+    never blocked: the engine writes, this thread reads and uploads.
+    """
+
+    store: ObjectStore
+    local_dir: Path
+    already_uploaded: set[int] = field(default_factory=set)
+    interval: float = 1.0
+    retries: int = 3
+    log: Callable[[str], None] = print
+    uploaded: dict[int, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "CheckpointUploader":
+        self._thread = threading.Thread(target=self._loop, name="checkpoint-uploader", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sync_once()
+            self._stop.wait(self.interval)
+
+    def sync_once(self) -> None:
+        for step in local_complete_steps(self.local_dir):
+            if step in self.already_uploaded or step in self.uploaded:
+                continue
+            self._upload(step)
+
+    def _upload(self, step: int) -> None:
+        last_error = ""
+        for attempt in range(1, self.retries + 1):
+            started = time.perf_counter()
+            try:
+                uri = upload_checkpoint(self.store, self.local_dir, step)
+            except (StorageError, OSError) as exc:
+                last_error = str(exc)
+                self.log(f"checkpoint upload of step {step} failed (attempt {attempt}/{self.retries}): {exc}")
+                if attempt < self.retries:
+                    time.sleep(min(2.0 * attempt, 10.0))
+                continue
+            self.uploaded[step] = uri
+            self.log(f"uploaded checkpoint step {step} to {uri} in {time.perf_counter() - started:.1f}s")
+            return
+        self.errors.append(f"checkpoint step {step}: {last_error}")
+        self.already_uploaded.add(step)  # do not retry forever; reported by finish()
+
+    def finish(self) -> dict[int, str]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sync_once()
+        if self.errors:
+            raise StorageError("could not upload " + "; ".join(self.errors))
+        return dict(self.uploaded)
+
+    def stop(self) -> None:
+        """Stop without a last pass (used when the run fails)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def describe(store: ObjectStore) -> dict[str, Any]:
+    """What the output holds: complete checkpoint steps and their URIs."""
+    steps = remote_complete_steps(store)
+    return {"steps": steps, "uris": [checkpoint_uri(store, s) for s in steps]}
