@@ -171,4 +171,10 @@ def build_trainer_cpu_image() -> str:
         "README.md": REPO_ROOT / "README.md",
         "grounding_ops": REPO_ROOT / "grounding_ops",
     })
-    return docker_build(context, TRAINER_CPU_IMAGE, build_args={"DEPS_IMAGE": deps_tag})
+    return docker_build(context, TRAINER_CPU_IMAGE, build_args={"DEPS_IMAGE": deps_tag, "GIT_COMMIT": git_commit()})
+
+
+def git_commit() -> str:
+    """The checkout's commit (recorded in training runs), or "unknown" outside a git checkout."""
+    result = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"

@@ -124,10 +124,10 @@ def _presets() -> dict[str, TrainingSpec]:
             ppo_mini_batch_size=4,
             micro_batch_size_per_gpu=4,
             max_prompt_length=256,
-            max_response_length=32,
+            max_response_length=48,  # a JSON box answer is ~25 tokens
             total_epochs=1,
-            total_steps=6,
-            save_freq=2,
+            total_steps=30,
+            save_freq=10,
             test_freq=-1,
             gpus_per_node=1,
             nnodes=1,
@@ -137,7 +137,7 @@ def _presets() -> dict[str, TrainingSpec]:
             min_pixels=3136,  # 56x56
             max_pixels=12544,  # 112x112
             experiment_name="tiny-cpu",
-            sft_warmup_steps=40,
+            sft_warmup_steps=100,  # fewer leave almost no parseable answer: zero reward, no GRPO signal
         ),
     }
 

@@ -51,6 +51,7 @@ from grounding_ops.training import checkpoints as ckpt
 
 RUN_JSON = "run.json"
 FINAL_PREFIX = "final"
+BASE_PREFIX = "base"
 IMAGE_ENV = "GROUNDING_OPS_IMAGE"
 GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
@@ -346,6 +347,28 @@ def upload_folder(store: ObjectStore, prefix: str, folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the run
+def publish_base_model(out: ObjectStore, spec: Any, *, engine: str, checkpoint_dir: Path) -> str | None:
+    """The URI of the model GRPO started from, uploaded to ``OUTPUT/base/`` where needed.
+
+    CPU engine: the supervised warm-up's model (GRPO's true starting point), uploaded once.
+    VeRL: ``spec.model`` itself when it is a folder or ``s3://`` URI (a hub id is not evaluable).
+    """
+    if engine == "cpu":
+        from grounding_ops.training.cpu_engine import WARMUP_DIR
+
+        if out.exists(f"{BASE_PREFIX}/config.json"):
+            return out.url(BASE_PREFIX)
+        warmup = checkpoint_dir / WARMUP_DIR
+        if not (warmup / "config.json").is_file():
+            _log("no warm-up model to publish as the base model")
+            return None
+        files = upload_folder(out, BASE_PREFIX, warmup)
+        _log(f"uploaded the warm-started base model ({len(files)} files) to {out.url(BASE_PREFIX)}")
+        return out.url(BASE_PREFIX)
+    model = str(spec.model)
+    return model if model.startswith("s3://") or Path(model).is_dir() else None
+
+
 def run_training(
     spec: Any,
     *,
@@ -473,6 +496,9 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             timings["final_s"] = time.perf_counter() - t0
             _log(f"uploaded the final model ({len(files)} files) to {out.url(FINAL_PREFIX)}")
 
+        # 5b. the base model the run started from (what promotion must beat when there is no champion)
+        base_model_uri = publish_base_model(out, spec, engine=engine, checkpoint_dir=checkpoint_dir)
+
         # 6. run.json, last
         timings["total_s"] = time.perf_counter() - started
         all_steps = ckpt.remote_complete_steps(out)
@@ -493,6 +519,7 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             "engine": engine,
             "checkpoints": [ckpt.checkpoint_uri(out, s) for s in all_steps],
             "final_uri": out.url(FINAL_PREFIX),
+            "base_model_uri": base_model_uri,
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "finished_at": _now(),
         }
