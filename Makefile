@@ -58,7 +58,7 @@ demo: setup ## the whole loop on embedded defaults
 
 # Benchmarks that need torch run in the ML environment; the rest in the platform one.
 BENCH_ML := benchmarks/evaluate.py benchmarks/train_cpu.py
-BENCH_PLATFORM := $(filter-out $(BENCH_ML),$(wildcard benchmarks/*.py))
+BENCH_PLATFORM := $(filter-out $(BENCH_ML) benchmarks/_%.py,$(wildcard benchmarks/*.py))
 
 bench: setup ## print every benchmark's figures next to its baseline
 	set -e; for b in $(BENCH_PLATFORM); do echo "== $$b"; $(PY) $$b; done

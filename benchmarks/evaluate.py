@@ -11,52 +11,28 @@ it re-runs itself with ``.venv-ml/bin/python`` when that exists.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _ensure_ml_python() -> None:
-    if importlib.util.find_spec("torch") is not None:
-        return
-    ml_python = REPO / ".venv-ml" / "bin" / "python"
-    if ml_python.exists() and Path(sys.prefix).resolve() != ml_python.parent.parent.resolve():
-        os.execv(str(ml_python), [str(ml_python), *sys.argv])
-    sys.exit("this benchmark needs torch: run it with the ML environment (.venv-ml/bin/python, `make setup-ml`)")
+from _ml_env import ensure_ml_python  # noqa: E402 (benchmarks/ is the script folder)
 
 
 def _requests(work: Path, n: int) -> list:
-    from grounding_ops.data.images import ImageResolver
-    from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
-    from grounding_ops.data.readers import read_records
-    from grounding_ops.data.synthetic import generate_synthetic
+    from grounding_ops.data.synthetic import publish_synthetic_version
     from grounding_ops.evaluation.evaluate import build_requests, read_samples
-    from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
-    data = generate_synthetic(work / "syn", n_images=max(8, n), seed=1, min_size=48, max_size=140)
-    settings = PrepareSettings(protocol="qwen2.5-vl", val_fraction=0.5, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    resolver = ImageResolver(data.images_root)
-    (work / "work").mkdir()
-    with open(work / "work" / VALID, "w") as handle:
-        for record in read_records(data.annotations):
-            check = resolver.check(record.image, settings.max_image_pixels)
-            handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
-    (work / "export").mkdir()
-    write_parquet(work / "work", work / "export", settings, resolver)
+    uri, _ = publish_synthetic_version(work / "data", version="bench", n_images=max(8, n), seed=1,
+                                       val_fraction=0.5, min_size=48)
     samples = []
     for split in ("val", "train"):
-        samples += read_samples(work / "export" / f"{split}.parquet")
+        samples += read_samples(Path(uri) / "bench" / f"{split}.parquet")
     return build_requests(samples[:n])
 
 
 def main() -> int:
-    _ensure_ml_python()
+    ensure_ml_python()
     import torch
 
     from grounding_ops.evaluation.generate import DEFAULT_BATCH_SIZE, generate_transformers

@@ -13,9 +13,7 @@ environment; started with another Python it re-runs itself with ``.venv-ml/bin/p
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,47 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _ml_env import ensure_ml_python  # noqa: E402 (benchmarks/ is the script folder)
+
 TRAINER_IMAGE = "grounding-ops/trainer-cpu:latest"
 
 
-def _ensure_ml_python() -> None:
-    if importlib.util.find_spec("torch") is not None:
-        return
-    ml_python = REPO / ".venv-ml" / "bin" / "python"
-    if ml_python.exists() and Path(sys.prefix).resolve() != ml_python.parent.parent.resolve():
-        os.execv(str(ml_python), [str(ml_python), *sys.argv])
-    sys.exit("this benchmark needs torch: run it with the ML environment (.venv-ml/bin/python, `make setup-ml`)")
-
-
 def _publish_dataset(base: Path) -> str:
-    from grounding_ops.data.images import ImageResolver
-    from grounding_ops.data.manifest import publish_version
-    from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
-    from grounding_ops.data.readers import read_records
-    from grounding_ops.data.synthetic import generate_synthetic
-    from grounding_ops.storage import open_store
-    from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
+    from grounding_ops.data.synthetic import publish_synthetic_version
 
-    data = generate_synthetic(base / "syn", n_images=32, seed=7, min_size=56, max_size=140)
-    settings = PrepareSettings(protocol="qwen2.5-vl", val_fraction=0.2, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    resolver = ImageResolver(data.images_root)
-    work = base / "work"
-    work.mkdir()
-    with open(work / VALID, "w") as handle:
-        for record in read_records(data.annotations):
-            check = resolver.check(record.image, settings.max_image_pixels)
-            handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
-    export = base / "export"
-    export.mkdir()
-    counts = write_parquet(work, export, settings, resolver)
-    (work / "quarantine.jsonl").write_text("")
-    manifest = {"version": "bench", "counts": counts, "accepted": True, "protocol": settings.protocol,
-                "settings": settings.to_json()}
-    files = {"train.parquet": export / "train.parquet", "val.parquet": export / "val.parquet",
-             "quarantine.jsonl": work / "quarantine.jsonl"}
-    publish_version(open_store(base / "published"), "bench", files, manifest, update_latest=True)
-    return str(base / "published")
+    uri, _ = publish_synthetic_version(base, version="bench", n_images=32, seed=7, val_fraction=0.2)
+    return uri
 
 
 def _container_start_seconds() -> float | None:
@@ -87,7 +54,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--save-freq", type=int, default=5)
     args = parser.parse_args()
-    _ensure_ml_python()
+    ensure_ml_python()
     from grounding_ops.training.presets import get_preset
     from grounding_ops.training.runner import run_training
 

@@ -197,6 +197,7 @@ def demo_data_conf(input_dir: Path) -> dict[str, Any]:
         "images_root": str(input_dir),
         "format": "jsonl",
         "protocol": "qwen2.5-vl",
+        "val_fraction": 0.25,  # enough held-out rows for the promotion gate to mean something
         "min_pixels": MIN_PIXELS,
         "max_pixels": MAX_PIXELS,
     }

@@ -220,15 +220,19 @@ def s3_process(settings: ServiceSettings) -> ManagedProcess:
     )
 
 
-def start_s3(settings: ServiceSettings, timeout: float = 60.0) -> None:
-    proc = s3_process(settings)
-    if proc.pid() is None and port_in_use(settings.host, settings.s3_port):
-        raise ServiceError(
-            f"port {settings.s3_port} is taken by another program; set GROUNDING_OPS_S3_PORT to a free port"
-        )
+def _start_http_service(proc: ManagedProcess, *, host: str, port: int, port_variable: str, health_url: str,
+                        what: str, timeout: float) -> None:
+    """Start ``proc`` unless it runs already, refusing a port that a stranger holds, and await health."""
+    if proc.pid() is None and port_in_use(host, port):
+        raise ServiceError(f"port {port} is taken by another program; set {port_variable} to a free port")
     proc.start()
-    wait_until(lambda: http_ok(f"{settings.s3_endpoint}/moto-api/"), timeout=timeout,
-               what="S3 endpoint (moto)", logfile=proc.logfile, process=proc)
+    wait_until(lambda: http_ok(health_url), timeout=timeout, what=what, logfile=proc.logfile, process=proc)
+
+
+def start_s3(settings: ServiceSettings, timeout: float = 60.0) -> None:
+    _start_http_service(s3_process(settings), host=settings.host, port=settings.s3_port,
+                        port_variable="GROUNDING_OPS_S3_PORT", health_url=f"{settings.s3_endpoint}/moto-api/",
+                        what="S3 endpoint (moto)", timeout=timeout)
     ensure_bucket(settings)
 
 
@@ -276,14 +280,9 @@ def mlflow_process(settings: ServiceSettings) -> ManagedProcess:
 
 
 def start_mlflow(settings: ServiceSettings, timeout: float = 120.0) -> None:
-    proc = mlflow_process(settings)
-    if proc.pid() is None and port_in_use(settings.host, settings.mlflow_port):
-        raise ServiceError(
-            f"port {settings.mlflow_port} is taken by another program; set GROUNDING_OPS_MLFLOW_PORT"
-        )
-    proc.start()
-    wait_until(lambda: http_ok(f"{settings.mlflow_uri}/health"), timeout=timeout,
-               what="MLflow tracking server", logfile=proc.logfile, process=proc)
+    _start_http_service(mlflow_process(settings), host=settings.host, port=settings.mlflow_port,
+                        port_variable="GROUNDING_OPS_MLFLOW_PORT", health_url=f"{settings.mlflow_uri}/health",
+                        what="MLflow tracking server", timeout=timeout)
 
 
 # ---------------------------------------------------------------------- Airflow

@@ -182,18 +182,22 @@ class S3Store:
         except BotoCoreError as exc:
             raise StorageError(f"S3 {what} of {self.url(key)} failed: {exc}") from exc
 
-    def size(self, key: str) -> int | None:
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD response, or None when there is no such object."""
         from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
         except Exception as exc:  # endpoint down, DNS, ...
             raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
-        return int(head["ContentLength"])
+
+    def size(self, key: str) -> int | None:
+        head = self._head(key)
+        return None if head is None else int(head["ContentLength"])
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
@@ -220,16 +224,9 @@ class S3Store:
 
     def checksum(self, key: str) -> str | None:
         """The sha256 recorded at upload (object metadata), or None if absent or not recorded."""
-        from botocore.exceptions import ClientError
-
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
-        except Exception as exc:  # endpoint down, DNS, ...
-            raise StorageError(f"S3 head of {self.url(key)} failed: {exc}") from exc
+        head = self._head(key)
+        if head is None:
+            return None
         return (head.get("Metadata") or {}).get("sha256")
 
     def download_file(self, key: str, path: str | Path) -> None:

@@ -4,7 +4,6 @@ answer in their protocol score 1.0 through VeRL's entry point ``compute_score``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest

@@ -105,7 +105,7 @@ def param_schemas() -> dict[str, dict[str, Any]]:
         ),
         "lora_rank": _nullable_number("LoRA rank", "0 = full fine-tuning; e.g. 64 for LoRA.", "integer", 0, 1024),
         "promotion_metric": {
-            "default": "acc_at_0_5",
+            "default": "mean_iou",  # the product promotes the best-IoU model
             "type": "string",
             "enum": list(PROMOTION_METRICS),
             "title": "Promotion metric",

@@ -220,6 +220,8 @@ def promote(
 
 
 def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str) -> PromotionDecision:
+    from mlflow.exceptions import MlflowException
+
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
     if run_tags.get(ROLE_TAG) == "base":

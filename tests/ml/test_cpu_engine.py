@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from grounding_ops.data.images import ImageResolver
-from grounding_ops.data.manifest import publish_version
-from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
-from grounding_ops.data.readers import read_records
-from grounding_ops.data.synthetic import generate_synthetic
+from grounding_ops.data.synthetic import publish_synthetic_version
 from grounding_ops.storage import open_store
-from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 from grounding_ops.training import checkpoints as ckpt
 from grounding_ops.training.presets import get_preset
 from grounding_ops.training.runner import run_training
@@ -36,32 +31,11 @@ STEP_LINE = re.compile(
 
 
 def _publish_dataset(base: Path, store_uri: str, s3_client=None) -> str:
-    """Export the synthetic shapes set with the real export code and publish it with a manifest.
-
-    (The Great Expectations stage of ``prepare`` runs in the platform environment; the rows
-    it accepts are built the same way here.)
-    """
-    data = generate_synthetic(base / "syn", n_images=24, seed=11, min_size=56, max_size=140)
-    settings = PrepareSettings(protocol="qwen2.5-vl", val_fraction=0.2, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    resolver = ImageResolver(data.images_root)
-    work = base / "work"
-    work.mkdir()
-    with open(work / VALID, "w") as handle:
-        for record in read_records(data.annotations):
-            check = resolver.check(record.image, settings.max_image_pixels)
-            assert check.ok, check.detail
-            handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
-    export = base / "export"
-    export.mkdir()
-    counts = write_parquet(work, export, settings, resolver)
+    """The synthetic shapes set, exported and published (manifest with checksums) by the real code."""
+    uri, counts = publish_synthetic_version(base, version="v-train-test", n_images=24, seed=11, val_fraction=0.2,
+                                            store_uri=store_uri, s3_client=s3_client)
     assert counts["train"] >= 8, counts
-    (work / "quarantine.jsonl").write_text("")
-    manifest = {"version": "v-train-test", "counts": counts, "accepted": True, "protocol": settings.protocol,
-                "settings": settings.to_json()}
-    files = {"train.parquet": export / "train.parquet", "val.parquet": export / "val.parquet",
-             "quarantine.jsonl": work / "quarantine.jsonl"}
-    publish_version(open_store(store_uri, s3_client=s3_client), "v-train-test", files, manifest, update_latest=True)
-    return store_uri
+    return uri
 
 
 def _spec(total_steps: int, save_freq: int = 2):

@@ -3,16 +3,12 @@ is the image grid its processor produces."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from grounding_ops.data.images import ImageResolver
-from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
-from grounding_ops.data.readers import read_records
-from grounding_ops.data.synthetic import generate_synthetic
-from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS, build_tiny_model
+from grounding_ops.data.synthetic import publish_synthetic_version
+from grounding_ops.tiny_models import build_tiny_model
 
 pytestmark = pytest.mark.ml
 
@@ -29,21 +25,12 @@ def processor(tmp_path_factory: pytest.TempPathFactory):
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("data")
     # Sizes on both sides of the pixel bounds: upscaled (small), downscaled (large), odd aspect ratios.
-    data = generate_synthetic(base / "syn", n_images=12, seed=3, min_size=40, max_size=300)
-    settings = PrepareSettings(protocol="qwen2.5-vl", val_fraction=0.25, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    # The Great Expectations stage runs in the platform environment (tested there); here the rows it
-    # accepts are built the same way, and the export path under test is the real one.
-    resolver = ImageResolver(data.images_root)
-    work = base / "work"
-    work.mkdir()
-    with open(work / VALID, "w") as handle:
-        for record in read_records(data.annotations):
-            check = resolver.check(record.image, settings.max_image_pixels)
-            assert check.ok, check.detail
-            handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
-    counts = write_parquet(work, base, settings, resolver)
+    # The Great Expectations stage runs in the platform environment (tested there); the export
+    # path under test here is the real one.
+    uri, counts = publish_synthetic_version(base, version="v-verl", n_images=12, seed=3, val_fraction=0.25,
+                                            min_size=40, max_size=300)
     assert counts["train"] > 0 and counts["val"] > 0
-    return base
+    return Path(uri) / "v-verl"
 
 
 def test_rlhf_dataset_loads_rows_and_resized_size_matches_processor(dataset: Path, processor, tmp_path: Path) -> None:

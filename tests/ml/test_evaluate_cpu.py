@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grounding_ops.data.images import ImageResolver
-from grounding_ops.data.manifest import publish_version
-from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
-from grounding_ops.data.readers import read_records
-from grounding_ops.data.synthetic import generate_synthetic
-from grounding_ops.storage import open_store
-from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS, build_tiny_model
+from grounding_ops.data.synthetic import publish_synthetic_version
+from grounding_ops.tiny_models import build_tiny_model
 
 pytestmark = pytest.mark.ml
 
@@ -33,28 +28,10 @@ def dataset_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     it accepts are built the same way here and exported and published by the real code.
     """
     base = tmp_path_factory.mktemp("data")
-    data = generate_synthetic(base / "syn", n_images=16, seed=5, min_size=48, max_size=140)
-    settings = PrepareSettings(protocol="qwen2.5-vl", val_fraction=0.4, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    resolver = ImageResolver(data.images_root)
-    work = base / "work"
-    work.mkdir()
-    with open(work / VALID, "w") as handle:
-        for record in read_records(data.annotations):
-            check = resolver.check(record.image, settings.max_image_pixels)
-            assert check.ok, check.detail
-            handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
-    export = base / "export"
-    export.mkdir()
-    counts = write_parquet(work, export, settings, resolver)
+    uri, counts = publish_synthetic_version(base, version="v-test", n_images=16, seed=5, val_fraction=0.4,
+                                            min_size=48)
     assert counts["val"] >= 4, counts
-    (work / "quarantine.jsonl").write_text("")
-    manifest = {"version": "v-test", "counts": counts, "accepted": True, "protocol": settings.protocol,
-                "settings": settings.to_json()}
-    files = {"train.parquet": export / "train.parquet", "val.parquet": export / "val.parquet",
-             "quarantine.jsonl": work / "quarantine.jsonl"}
-    store = open_store(base / "published")
-    publish_version(store, "v-test", files, manifest, update_latest=True)
-    return str(base / "published")  # the dataset folder: latest.json picks the version
+    return uri  # the dataset folder: latest.json picks the version
 
 
 def test_cpu_evaluation_writes_all_files(tiny_model: Path, dataset_uri: str, tmp_path: Path) -> None:
