@@ -154,3 +154,19 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield host
     finally:
         services.docker_process(settings).stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_daemon: str) -> str:
+    """The project's base image, built (offline) once per session; cached rebuilds take seconds."""
+    from grounding_ops.images import build_base_image
+
+    return build_base_image()
+
+
+@pytest.fixture(scope="session")
+def trainer_cpu_image(docker_daemon: str) -> str:
+    """The CPU trainer image with this checkout's code (its pinned-deps layer is cached by pin hash)."""
+    from grounding_ops.images import build_trainer_cpu_image
+
+    return build_trainer_cpu_image()

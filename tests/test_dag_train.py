@@ -490,18 +490,14 @@ def test_list_checkpoints_and_pick_best(tmp_path):
 
 
 @pytest.mark.docker
-def test_on_kill_stops_and_removes_the_container(docker_daemon, airflow_connections, monkeypatch):
+def test_on_kill_stops_and_removes_the_container(docker_daemon, base_image, airflow_connections, monkeypatch):
     """DockerOperator.on_kill (what Airflow calls when a task is killed) stops the real container."""
     import docker
 
     from grounding_ops.pipeline.docker_tasks import GroundingContainerOperator
 
-    base = os.environ.get("GROUNDING_OPS_TEST_IMAGE", "grounding-ops/base:latest")
+    base = base_image
     client = docker.DockerClient(base_url=docker_daemon)
-    try:
-        client.images.get(base)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"{base} is not built: run `grounding-ops images build base`")
     monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU", base)
     op = GroundingContainerOperator(task_id="killme", plan={"engine": "cpu", "command": ["sleep", "300"]},
                                     docker_url=docker_daemon)

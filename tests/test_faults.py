@@ -462,12 +462,10 @@ def _entry_args(image: str, subcommand: str) -> list[str]:
 
 
 @pytest.mark.docker
-def test_train_task_command_matches_the_image_entrypoint(docker_daemon) -> None:
+def test_train_task_command_matches_the_image_entrypoint(trainer_cpu_image) -> None:
     """The DAG's container command, appended to the image's ENTRYPOINT, must be a valid CLI call."""
     from grounding_ops.pipeline.train_tasks import DatasetRef, plan_training
 
-    if _docker("image", "inspect", TRAINER_IMAGE, check=False).returncode != 0:
-        pytest.skip(f"{TRAINER_IMAGE} is not built: `make image-trainer-cpu`")
     ref = DatasetRef("v1", "s3://b/datasets/d/v1", "s3://b/datasets/d/v1/manifest.json", "param")
     plan = plan_training({"engine": "cpu", "preset": "tiny-cpu"}, ref, output_uri="s3://b/runs/r1",
                          fingerprint="f", airflow_run="r")
@@ -480,17 +478,16 @@ def test_train_task_command_matches_the_image_entrypoint(docker_daemon) -> None:
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_training_container_sigkill_resumes_to_target(docker_daemon, s3_service, tmp_path: Path) -> None:
+def test_training_container_sigkill_resumes_to_target(trainer_cpu_image, s3_service, tmp_path: Path) -> None:
     from grounding_ops.data.prepare import PrepareSettings, prepare
     from grounding_ops.data.synthetic import generate_synthetic
     from grounding_ops.training.checkpoints import remote_complete_steps
 
-    if not _image_has_runner(TRAINER_IMAGE):
-        pytest.skip(f"{TRAINER_IMAGE} with grounding_ops.training.runner is not built: `make image-trainer-cpu`")
+    assert _image_has_runner(TRAINER_IMAGE)
     from grounding_ops.training.presets import get_preset
 
     preset = get_preset("tiny-cpu")
-    target = 6
+    target = 30  # enough steps (~0.3 s each) that the kill lands mid-run
     prefix = f"fault-train-{uuid.uuid4().hex[:8]}"
     client = s3_service.client()
     data = generate_synthetic(tmp_path / "synthetic", n_images=16)
@@ -522,7 +519,7 @@ def test_training_container_sigkill_resumes_to_target(docker_daemon, s3_service,
                 pytest.fail(f"the first training run ended before its first checkpoint reached S3:\n"
                             f"{(logs.stdout + logs.stderr)[-4000:]}")
             assert time.monotonic() < deadline, "no checkpoint reached S3 within 15 minutes"
-            time.sleep(2)
+            time.sleep(0.5)
         _docker("kill", "--signal", "KILL", first)
         killed_at = max(remote_complete_steps(store))
         assert killed_at < target, "the kill must land mid-run (raise total_steps if training got faster)"
@@ -567,11 +564,9 @@ def _context(run_id: str, try_number: int) -> dict[str, Any]:
 
 
 @pytest.mark.docker
-def test_on_kill_stops_and_removes_the_container(docker_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_kill_stops_and_removes_the_container(base_image, monkeypatch: pytest.MonkeyPatch) -> None:
     from grounding_ops.pipeline.docker_tasks import container_name
 
-    if _docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
-        pytest.skip(f"{BASE_IMAGE} is not built: `make image-base`")
     run_id = f"manual__fault-{uuid.uuid4().hex[:8]}"
     name = container_name("grounding_train", run_id, "train", 1)
     op = _operator(monkeypatch, ["sleep", "600"])
@@ -606,11 +601,9 @@ def test_on_kill_stops_and_removes_the_container(docker_daemon, monkeypatch: pyt
 
 
 @pytest.mark.docker
-def test_retry_never_collides_with_a_leftover_container(docker_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_never_collides_with_a_leftover_container(base_image, monkeypatch: pytest.MonkeyPatch) -> None:
     from grounding_ops.pipeline.docker_tasks import container_name
 
-    if _docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
-        pytest.skip(f"{BASE_IMAGE} is not built: `make image-base`")
     run_id = f"scheduled__2026-01-01T02:00:00+00:00-{uuid.uuid4().hex[:6]}"
     names = {container_name("grounding_train", run_id, "train", t, m) for t in (1, 2, 3) for m in (-1, 0, 1)}
     assert len(names) == 9

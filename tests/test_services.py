@@ -50,12 +50,9 @@ def test_airflow_rest_api_lists_the_dags(airflow_service):
 
 
 @pytest.mark.docker
-def test_container_runs_python_in_the_base_image(docker_daemon):
-    from grounding_ops.images import BASE_IMAGE, build_base_image
-
-    build_base_image()
+def test_container_runs_python_in_the_base_image(base_image):
     result = subprocess.run(
-        ["docker", "run", "--rm", "--network", "host", BASE_IMAGE, "python", "-c",
+        ["docker", "run", "--rm", "--network", "host", base_image, "python", "-c",
          "import sys; print('py', sys.version_info[:2])"],
         capture_output=True, text=True, timeout=120,
     )
