@@ -62,7 +62,10 @@ FAULTS: list[tuple[str, str, str]] = [
      "container names are unique per DAG run, task, map index and try; the retry runs, the leftover is untouched",
      "tests/test_faults.py::test_retry_never_collides_with_a_leftover_container"),
     ("Scheduler restarted in the middle of a DAG run",
-     "not automated yet (see the note below)", ""),
+     "the scheduler (and the task it was running) is stopped after the first task finished and started again: "
+     "the interrupted task is failed by the heartbeat timeout and retried, the run succeeds, and the finished "
+     "task is not run again (try_number stays 1)",
+     "tests/test_faults.py::test_scheduler_restart_mid_run_completes_without_repeating_finished_work"),
 ]
 
 SECURITY: list[tuple[str, str, str]] = [
@@ -169,10 +172,6 @@ def render() -> str:
     ]
     lines += [f"| {f} | {w} | {f'`{t}`' if t else '—'} |" for f, w, t in FAULTS]
     lines += [
-        "",
-        "Scheduler restart mid-run is not automated: it needs the session's Airflow services restarted",
-        "between two tasks of one DAG run; tasks are written to be idempotent (content-addressed dataset",
-        "versions, resume from S3 checkpoints, idempotent promotion), which the tests above check one by one.",
         "",
         f"## Bad input ({len(cases)} cases in `tests/data/bad/`)",
         "",

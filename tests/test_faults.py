@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -620,3 +621,48 @@ def test_retry_never_collides_with_a_leftover_container(base_image, monkeypatch:
         assert _container_exists(leftover)
     finally:
         _docker("rm", "-f", leftover, check=False)
+
+
+# --------------------------------------------------------------------------- 6. scheduler restarted
+
+
+@pytest.mark.slow
+def test_scheduler_restart_mid_run_completes_without_repeating_finished_work(airflow_service) -> None:
+    """Stop the scheduler (and with it the tasks it runs) once the first task has finished, start it
+    again: the DAG run still succeeds, and the finished task is not run a second time."""
+    from grounding_ops import services
+
+    dag_id = "grounding_data"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            airflow_service.api("GET", f"/api/v2/dags/{dag_id}")
+            break
+        except Exception:
+            time.sleep(3)
+    airflow_service.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    run = airflow_service.api("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                              {"logical_date": None, "conf": {"input_uri": "demo"}})
+    run_path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+
+    def task(task_id: str) -> dict[str, Any]:
+        return airflow_service.api("GET", f"{run_path}/taskInstances/{task_id}")
+
+    deadline = time.monotonic() + 300
+    while task("locate").get("state") != "success":
+        assert time.monotonic() < deadline, "the first task did not finish within 5 minutes"
+        time.sleep(1)
+    scheduler = next(p for p in services.airflow_processes(airflow_service.settings) if p.name == "airflow-scheduler")
+    assert scheduler.stop(), "the scheduler was not running"
+    time.sleep(3)
+    scheduler.start()
+
+    deadline = time.monotonic() + 600
+    state = ""
+    while time.monotonic() < deadline:
+        state = airflow_service.api("GET", run_path)["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(3)
+    assert state == "success", {t: task(t).get("state") for t in ("locate", "validate", "export", "publish")}
+    assert task("locate")["try_number"] == 1, "the finished task ran again after the restart"
