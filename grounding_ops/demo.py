@@ -127,13 +127,10 @@ def _champion_summary(settings: ServiceSettings, model_name: str) -> str:
     from grounding_ops.registry.models import list_model_versions
 
     page = list_model_versions(model_name, page_size=50)
-    rows = page.rows if hasattr(page, "rows") else page[0]
-    for row in rows:
-        data = row if isinstance(row, dict) else row.__dict__
-        if "champion" in (data.get("aliases") or []):
-            metrics = {k: data.get(k) for k in ("acc_at_0_5", "acc_at_0_75", "mean_iou")}
-            shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-            return f"{model_name} version {data.get('version')} ({shown})"
+    for row in page.rows:
+        if row.is_champion:
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in row.metrics.items() if isinstance(v, float))
+            return f"{model_name} version {row.version} ({shown}; dataset {row.dataset_version})"
     return f"{model_name}: no champion yet"
 
 
@@ -176,7 +173,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"Dataset version   {dataset.get('version', '?')}  {dataset.get('uri', '')}")
     print(f"Training run      grounding_train / {train_run}: {state}")
     if isinstance(decision, dict):
-        print(f"Promotion         {decision.get('reason', decision)}")
+        print(f"Promotion         {decision.get('summary') or decision.get('reason') or decision}")
+    elif state == "success":
+        print("Promotion         skipped: nothing changed since the current champion")
     print(f"Champion          {_champion_summary(settings, args.model_name)}")
     print(f"MLflow            {settings.mlflow_uri}")
     print(f"Lineage events    {settings.state_dir / 'lineage' / 'openlineage-events.jsonl'}")

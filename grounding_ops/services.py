@@ -471,11 +471,22 @@ def start_docker(settings: ServiceSettings, timeout: float = 60.0) -> None:
 
 def start(settings: ServiceSettings, names: Iterable[str] = SERVICE_NAMES) -> None:
     wanted = list(names)
+    # The local S3 endpoint keeps objects in memory: when it starts empty, the MLflow registry's
+    # model versions and artifacts would point at objects that no longer exist, so it starts empty too.
+    if "s3" in wanted and s3_process(settings).pid() is None and mlflow_process(settings).pid() is None:
+        reset_mlflow_store(settings)
     starters = {"docker": start_docker, "s3": start_s3, "mlflow": start_mlflow, "airflow": start_airflow}
     for name in ("docker", "s3", "mlflow", "airflow"):
         if name in wanted:
             print(f"starting {name} ...", flush=True)
             starters[name](settings)
+
+
+def reset_mlflow_store(settings: ServiceSettings) -> None:
+    db = settings.state_dir / "mlflow" / "mlflow.db"
+    if db.exists():
+        print(f"the local S3 starts empty: starting MLflow with an empty store too ({db} removed)", flush=True)
+        db.unlink()
 
 
 def stop(settings: ServiceSettings) -> list[str]:

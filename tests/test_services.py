@@ -79,3 +79,15 @@ def test_port_taken_by_a_stranger_is_reported(tmp_path):
         settings = services.ServiceSettings(state_dir=tmp_path, s3_port=sock.getsockname()[1])
         with pytest.raises(services.ServiceError, match="GROUNDING_OPS_S3_PORT"):
             services.start_s3(settings)
+
+
+def test_a_fresh_in_memory_s3_starts_mlflow_with_an_empty_store_too(tmp_path):
+    settings = services.isolated_settings(tmp_path)
+    stale = settings.state_dir / "mlflow" / "mlflow.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"registry rows pointing at objects of a previous S3 process")
+    try:
+        services.start(settings, ["s3"])
+        assert not stale.exists()
+    finally:
+        services.stop(settings)
