@@ -72,6 +72,9 @@ class EngineConfig:
     total_steps: int
     result_path: str | None = None
     val_files: list[str] = field(default_factory=list)
+    # Recompute the (deterministic) warm-up on resume too, so the runner can publish the base
+    # model when the run that first made it died before doing so.
+    need_warmup_model: bool = False
 
     @classmethod
     def load(cls, path: str | Path) -> "EngineConfig":
@@ -450,7 +453,7 @@ def run(config: EngineConfig) -> dict[str, Any]:
 
     # Warm-up (skipped on resume unless the KL reference needs it).
     warmup_dir = checkpoint_dir / WARMUP_DIR
-    if latest and not spec.use_kl_loss:
+    if latest and not spec.use_kl_loss and not config.need_warmup_model:
         start_model = str(config.model_dir)
     elif (warmup_dir / "config.json").is_file():
         start_model = str(warmup_dir)

@@ -244,7 +244,7 @@ def _cpu_engine_env() -> dict[str, str]:
 
 def run_cpu_engine(
     spec: Any, *, model_dir: str, train: Path, val: Path | None, checkpoint_dir: Path, total: int, work: Path,
-    terminator: _Terminator,
+    terminator: _Terminator, need_warmup_model: bool = False,
 ) -> EngineOutcome:
     from grounding_ops.training.cpu_engine import EngineConfig
 
@@ -259,6 +259,7 @@ def run_cpu_engine(
         checkpoint_dir=str(checkpoint_dir),
         total_steps=total,
         result_path=str(result_path),
+        need_warmup_model=need_warmup_model,
     ).save(config_path)
     command = [sys.executable, "-m", "grounding_ops.training.cpu_engine", "--config", str(config_path)]
     rc = stream_process(command, env=_cpu_engine_env(), on_line=lambda line: print(line, flush=True), terminator=terminator)
@@ -455,6 +456,7 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
                         outcome = run_cpu_engine(
                             spec, model_dir=model_dir, train=train, val=val, checkpoint_dir=checkpoint_dir,
                             total=total, work=work, terminator=terminator,
+                            need_warmup_model=not out.exists(f"{BASE_PREFIX}/config.json"),
                         )
                     else:
                         overrides = verl_overrides(spec, model_dir=model_dir, train=train, val=val, checkpoint_dir=checkpoint_dir)
