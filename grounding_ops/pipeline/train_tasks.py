@@ -29,13 +29,12 @@ from grounding_ops.pipeline.train_params import (
     spec_overrides,
 )
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
+from grounding_ops.training.runner import RUN_JSON as RUN_FILE
 
 log = logging.getLogger(__name__)
 
 MLFLOW_CONN_ID = "grounding_mlflow"
 BUCKET_VARIABLE = "grounding_bucket"
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
 TAG_DATASET_VERSION = "grounding.dataset_version"
 TAG_FINGERPRINT = "grounding.train_fingerprint"
 TAG_AIRFLOW_RUN = "grounding.airflow_run"
@@ -410,6 +409,8 @@ def _metric_summary(flat: Mapping[str, Any]) -> dict[str, float]:
 
 def record_evaluation(store: ObjectStore, plan: Mapping[str, Any], *, tracking_uri: str) -> dict[str, Any]:
     """Log a finished evaluation (its ``metrics.json``) as an MLflow run; the result for ``pick_best``."""
+    from grounding_ops.evaluation.evaluate import METRICS_FILE
+
     try:
         document = json.loads(store.get_bytes(METRICS_FILE))
     except (StorageError, ValueError) as exc:

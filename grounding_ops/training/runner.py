@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 
 from grounding_ops.storage import ObjectStore, StorageError, join_key, open_store
 from grounding_ops.training import checkpoints as ckpt
+from grounding_ops.training.presets import TINY_MODEL_SCHEME
 
 RUN_JSON = "run.json"
 FINAL_PREFIX = "final"
@@ -55,7 +56,6 @@ BASE_PREFIX = "base"
 IMAGE_ENV = "GROUNDING_OPS_IMAGE"
 GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
-TINY_MODEL_SCHEME = "tiny:"
 _WANDB_URL = re.compile(r"View run at (https?://\S+)")
 # Files of a CPU-engine checkpoint that are trainer state rather than the model folder.
 _TRAINER_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|trainer_state\.json|training_args\.bin|rng_state.*\.pth)$")
