@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from grounding_ops import __version__
 
@@ -23,6 +23,30 @@ COMMAND_MODULES: tuple[str, ...] = (
     "grounding_ops.services",
     "grounding_ops.demo",
 )
+
+
+def number_type(kind: type[int] | type[float], *, minimum: float | None = None,
+                maximum: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses an int or float within [minimum, maximum] (NaN refused)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            low = "" if minimum is None else f">= {minimum:g}"
+            high = "" if maximum is None else f"<= {maximum:g}"
+            raise argparse.ArgumentTypeError(f"{value} must be {' and '.join(b for b in (low, high) if b)}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" messages
+    return parse
+
+
+FRACTION = number_type(float, minimum=0.0, maximum=1.0)
+POSITIVE_INT = number_type(int, minimum=1)
 
 
 class UserError(Exception):

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any
 
+from grounding_ops.cli import FRACTION, POSITIVE_INT
 from grounding_ops.data.schema import FORMATS
 
 
@@ -16,26 +17,6 @@ def _protocol_names() -> tuple[str, ...]:
     from grounding_ops.protocols import PROTOCOL_NAMES
 
     return PROTOCOL_NAMES
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a fraction in [0, 1]")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -56,15 +37,15 @@ def add_parser(subparsers: Any) -> None:
                         help="input format (default: from the file name: .jsonl canonical, .json COCO, .csv VinDr/MS-CXR)")
     parser.add_argument("--protocol", default="qwen2.5-vl", choices=_protocol_names(),
                         help="answer format the prompts ask for (default: qwen2.5-vl)")
-    parser.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of groups in val (default 0.1)")
-    parser.add_argument("--max-quarantine-fraction", type=_fraction, default=0.05,
+    parser.add_argument("--val-fraction", type=FRACTION, default=0.1, help="share of groups in val (default 0.1)")
+    parser.add_argument("--max-quarantine-fraction", type=FRACTION, default=0.05,
                         help="fail when more than this share of rows is quarantined (default 0.05)")
-    parser.add_argument("--min-pixels", type=_positive_int, default=DEFAULT_MIN_PIXELS,
+    parser.add_argument("--min-pixels", type=POSITIVE_INT, default=DEFAULT_MIN_PIXELS,
                         help=f"smallest resized image the model sees, in pixels (default {DEFAULT_MIN_PIXELS})")
-    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=POSITIVE_INT, default=DEFAULT_MAX_PIXELS,
                         help=f"largest resized image the model sees, in pixels (default {DEFAULT_MAX_PIXELS}); "
                              "keep it at most the processor's max_pixels")
-    parser.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+    parser.add_argument("--max-image-pixels", type=POSITIVE_INT, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help=f"refuse images with more pixels than this (default {DEFAULT_MAX_IMAGE_PIXELS})")
     parser.add_argument("--allowed-source", action="append", default=[], metavar="SOURCE",
                         help="accept only rows from these sources (repeatable; default: any)")
@@ -77,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
         description="Draw coloured shapes on backgrounds and write OUTPUT/images/ and OUTPUT/annotations.jsonl.",
     )
     synthetic.add_argument("--output", required=True, help="folder to write")
-    synthetic.add_argument("--images", type=_positive_int, default=24, help="number of images (default 24)")
+    synthetic.add_argument("--images", type=POSITIVE_INT, default=24, help="number of images (default 24)")
     synthetic.add_argument("--invalid", type=int, default=0, help="deliberately broken rows to add (default 0)")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(func=run_synthetic)

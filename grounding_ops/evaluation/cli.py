@@ -8,6 +8,8 @@ import logging
 import sys
 from typing import Any
 
+from grounding_ops.cli import POSITIVE_INT
+
 ENGINE_CHOICES = ("transformers", "vllm")
 
 
@@ -16,16 +18,6 @@ def _tag(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"--tag expects KEY=VALUE, got {text!r}")
     return key.strip(), value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,10 +33,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
                         help="vllm on GPU nodes, transformers on CPU (default: transformers)")
-    parser.add_argument("--max-samples", type=_positive, default=None, help="evaluate only the first N samples")
-    parser.add_argument("--batch-size", type=_positive, default=None,
+    parser.add_argument("--max-samples", type=POSITIVE_INT, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=None,
                         help="generation batch size (default: 8 for transformers, 256 for vllm)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=None, help="answer length limit (default: 128)")
+    parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None, help="answer length limit (default: 128)")
     parser.add_argument("--output", required=True, help="folder or s3:// prefix for the evaluation files")
     parser.add_argument("--role", choices=("candidate", "base"), default="candidate",
                         help="'base' marks the untrained base model the first champion must beat")

@@ -7,15 +7,7 @@ import json
 import logging
 from typing import Any
 
-
-def _min_delta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"min-delta must be >= 0, got {value}")
-    return value
+from grounding_ops.cli import number_type
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
     )
     promote.add_argument("--candidate", required=True, metavar="EVAL_RUN_ID", help="MLflow run id of the evaluation")
     promote.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric to compare (default: {DEFAULT_METRIC})")
-    promote.add_argument("--min-delta", type=_min_delta, default=DEFAULT_MIN_DELTA,
+    promote.add_argument("--min-delta", type=number_type(float, minimum=0.0), default=DEFAULT_MIN_DELTA,
                          help=f"smallest improvement that promotes (default: {DEFAULT_MIN_DELTA})")
     promote.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                          help=f"registered model name (default: {DEFAULT_MODEL_NAME})")
