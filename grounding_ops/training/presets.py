@@ -11,75 +11,58 @@ folder or ``s3://`` URI of a model built by ``grounding-ops tiny-model``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from grounding_ops.training.spec import TrainingSpec
 
 TINY_MODEL_SCHEME = "tiny:"
 
 
 def _presets() -> dict[str, TrainingSpec]:
+    # Qwen2.5-VL-3B on one node of 8 GPUs, full fine-tuning.
+    qwen25_3b = TrainingSpec(
+        model="Qwen/Qwen2.5-VL-3B-Instruct",
+        model_family="qwen2.5-vl",
+        protocol="qwen2.5-vl",
+        rollout_n=5,
+        learning_rate=1e-6,
+        kl_coef=0.01,
+        train_batch_size=128,
+        ppo_mini_batch_size=32,  # 32*5/8 = 20 per GPU
+        micro_batch_size_per_gpu=4,
+        max_prompt_length=2048,
+        max_response_length=256,
+        total_epochs=2,
+        save_freq=20,
+        test_freq=10,
+        gpus_per_node=8,
+        nnodes=1,
+        tensor_parallel_size=1,
+        gpu_memory_utilization=0.6,
+        experiment_name="qwen2.5-vl-3b-grpo",
+    )
+    # Qwen2.5-VL-7B on one node of 8 GPUs, full fine-tuning.
+    qwen25_7b = replace(
+        qwen25_3b,
+        model="Qwen/Qwen2.5-VL-7B-Instruct",
+        micro_batch_size_per_gpu=2,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.5,
+        experiment_name="qwen2.5-vl-7b-grpo",
+    )
     return {
-        # Qwen2.5-VL-3B on one node of 8 GPUs, full fine-tuning.
-        "qwen2.5-vl-3b": TrainingSpec(
-            model="Qwen/Qwen2.5-VL-3B-Instruct",
-            model_family="qwen2.5-vl",
-            protocol="qwen2.5-vl",
-            rollout_n=5,
-            learning_rate=1e-6,
-            kl_coef=0.01,
-            train_batch_size=128,
-            ppo_mini_batch_size=32,  # 32*5/8 = 20 per GPU
-            micro_batch_size_per_gpu=4,
-            max_prompt_length=2048,
-            max_response_length=256,
-            total_epochs=2,
-            save_freq=20,
-            test_freq=10,
-            gpus_per_node=8,
-            nnodes=1,
-            tensor_parallel_size=1,
-            gpu_memory_utilization=0.6,
-            experiment_name="qwen2.5-vl-3b-grpo",
-        ),
-        # Qwen2.5-VL-7B on one node of 8 GPUs, full fine-tuning.
-        "qwen2.5-vl-7b": TrainingSpec(
-            model="Qwen/Qwen2.5-VL-7B-Instruct",
-            model_family="qwen2.5-vl",
-            protocol="qwen2.5-vl",
-            rollout_n=5,
-            learning_rate=1e-6,
-            kl_coef=0.01,
-            train_batch_size=128,
-            ppo_mini_batch_size=32,
-            micro_batch_size_per_gpu=2,
-            max_prompt_length=2048,
-            max_response_length=256,
-            total_epochs=2,
-            save_freq=20,
-            test_freq=10,
-            gpus_per_node=8,
-            nnodes=1,
-            tensor_parallel_size=2,
-            gpu_memory_utilization=0.5,
-            experiment_name="qwen2.5-vl-7b-grpo",
-        ),
+        "qwen2.5-vl-3b": qwen25_3b,
+        "qwen2.5-vl-7b": qwen25_7b,
         # Qwen2.5-VL-7B with LoRA on the language model, 2 GPUs (set gpus_per_node=1 for one).
-        "qwen2.5-vl-7b-lora": TrainingSpec(
-            model="Qwen/Qwen2.5-VL-7B-Instruct",
-            model_family="qwen2.5-vl",
-            protocol="qwen2.5-vl",
+        "qwen2.5-vl-7b-lora": replace(
+            qwen25_7b,
             rollout_n=4,
             learning_rate=1e-5,
-            kl_coef=0.01,
             train_batch_size=16,
             ppo_mini_batch_size=8,  # 8*4/2 = 16 per GPU
             micro_batch_size_per_gpu=4,
             max_prompt_length=1536,
-            max_response_length=256,
-            total_epochs=2,
-            save_freq=20,
-            test_freq=10,
             gpus_per_node=2,
-            nnodes=1,
             tensor_parallel_size=1,
             gpu_memory_utilization=0.4,
             param_offload=True,
@@ -89,25 +72,11 @@ def _presets() -> dict[str, TrainingSpec]:
             experiment_name="qwen2.5-vl-7b-lora-grpo",
         ),
         # Qwen2.5-VL-7B on two nodes of 8 GPUs (submit through Ray Jobs).
-        "qwen2.5-vl-7b-2node": TrainingSpec(
-            model="Qwen/Qwen2.5-VL-7B-Instruct",
-            model_family="qwen2.5-vl",
-            protocol="qwen2.5-vl",
-            rollout_n=5,
-            learning_rate=1e-6,
-            kl_coef=0.01,
+        "qwen2.5-vl-7b-2node": replace(
+            qwen25_7b,
             train_batch_size=256,
             ppo_mini_batch_size=64,  # 64*5/16 = 20 per GPU
-            micro_batch_size_per_gpu=2,
-            max_prompt_length=2048,
-            max_response_length=256,
-            total_epochs=2,
-            save_freq=20,
-            test_freq=10,
-            gpus_per_node=8,
             nnodes=2,
-            tensor_parallel_size=2,
-            gpu_memory_utilization=0.5,
             experiment_name="qwen2.5-vl-7b-2node-grpo",
         ),
         # CPU engine (TRL) on a tiny random Qwen2-VL: laptops, CI and the demo.
