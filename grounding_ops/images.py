@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import subprocess
 import sys
@@ -60,14 +61,8 @@ def docker_build(context: Path, tag: str, dockerfile: Path | None = None,
     for key, value in (build_args or {}).items():
         argv += ["--build-arg", f"{key}={value}"]
     argv.append(str(context))
-    _run(argv, env={**_environ(), "DOCKER_BUILDKIT": "0"})
+    _run(argv, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return tag
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def build_rootfs_image(mirror: str = DEBIAN_MIRROR) -> str:

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from grounding_ops.settings import REPO_ROOT, ServiceSettings
 
@@ -587,10 +587,3 @@ def _free_port_pair() -> int:
         if port < 65000 and not any(port_in_use("127.0.0.1", port + i) for i in (1, 2)):
             return port
     raise ServiceError("could not find three consecutive free ports for Airflow")
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
-    parser = argparse.ArgumentParser(prog="grounding-ops")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
