@@ -11,6 +11,9 @@ The run fails, naming the quarantine file, when more rows than `max_quarantine_f
 quarantined (the version and its quarantine are still written, `latest.json` is not moved).
 Re-running on unchanged input publishes the same version and uploads nothing.
 
+Inputs and images must lie under a configured input root (`GROUNDING_OPS_INPUT_ROOTS` on the workers;
+default `s3://<bucket>/incoming`); keys the form does not declare are refused.
+
 Configuration: connection `grounding_s3` (aws), Variable `grounding_bucket`.
 The logic lives in `grounding_ops.pipeline.data_tasks`; this file only wires it.
 """
@@ -20,14 +23,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Asset, dag
 
+from grounding_ops.pipeline import data_params
 from grounding_ops.pipeline import data_tasks as dt
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task
 
 DATASET_ASSET = Asset(dataset_asset_uri(dt.default_bucket(), dataset_name()))
-FORMATS = ["auto", "jsonl", "coco", "vindr-csv", "mscxr", "normalized"]
-PROTOCOLS = ["qwen2.5-vl", "qwen2-vl", "qwen3-vl", "click-xywh", "normalized-xyxy"]
 
 default_args = {
     "owner": "grounding-ops",
@@ -47,21 +49,7 @@ default_args = {
     default_args=default_args,
     tags=["grounding", "data"],
     doc_md=__doc__,
-    params={
-        "input_uri": Param(dt.DEMO_INPUT, type="string", minLength=1, title="Annotations",
-                           description="An annotation file or folder (s3://bucket/key or a path on the workers); "
-                                       "'demo' uploads and uses the synthetic demo set."),
-        "images_root": Param("", type="string", title="Images root",
-                             description="Folder or s3:// prefix the image paths are relative to "
-                                         "(empty for the demo)."),
-        "format": Param("auto", enum=FORMATS, title="Input format"),
-        "protocol": Param("qwen2.5-vl", enum=PROTOCOLS, title="Answer protocol"),
-        "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9, title="Validation share"),
-        "max_quarantine_fraction": Param(0.05, type="number", minimum=0, maximum=1,
-                                         title="Maximum quarantined share"),
-        "min_pixels": Param(3136, type="integer", minimum=1, title="Smallest resized image (pixels)"),
-        "max_pixels": Param(1003520, type="integer", minimum=1, title="Largest resized image (pixels)"),
-    },
+    params=data_params.build_params(),
 )
 def grounding_data():
     @lineage_task(task_id="locate", retries=3, doc_md="Finds the input files (uploads the demo set for 'demo').")

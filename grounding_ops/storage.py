@@ -46,6 +46,40 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+def local_path_for_key(dest: str | Path, key: str) -> Path:
+    """The path under ``dest`` for the object ``key``, refusing anything that would land
+    outside it: absolute keys, empty segments (``a//b``), ``.``/``..`` segments, NUL bytes.
+
+    Every download of a listed tree goes through this helper, so a hostile or odd key in a
+    bucket can never write outside the destination folder.
+    """
+    parts = key.split("/")
+    if not key or "\x00" in key or "\\" in key or any(part in ("", ".", "..") for part in parts):
+        raise StorageError(f"refusing object key {key!r}: it is absolute or has empty, '.' or '..' segments, "
+                           "so it cannot be placed under the destination folder")
+    root = Path(dest).resolve()
+    path = (root / PurePosixPath(*parts)).resolve()
+    if root not in path.parents:
+        raise StorageError(f"refusing object key {key!r}: it resolves to {path}, outside {root}")
+    return path
+
+
+def download_tree(store: "ObjectStore", dest: str | Path, prefix: str = "") -> list[Path]:
+    """Download every object under the folder ``prefix`` of ``store`` into ``dest``, keeping
+    the keys' relative layout (keys are relative to ``prefix``). Returns the local paths.
+
+    Keys are checked with :func:`local_path_for_key` before anything is written.
+    """
+    base = prefix.strip("/")
+    pairs: list[tuple[str, Path]] = []
+    for info in store.list(base):
+        relative = info.key[len(base) + 1:] if base else info.key
+        pairs.append((info.key, local_path_for_key(dest, relative)))
+    for key, path in pairs:
+        store.download_file(key, path)
+    return [path for _, path in pairs]
+
+
 class ObjectStore(Protocol):
     """What every store offers. Keys are relative, ``/``-separated."""
 
@@ -135,10 +169,9 @@ class LocalStore:
         os.replace(tmp, destination)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The files under the folder ``prefix`` (the whole store for ``""``), keys relative
+        to the store; the same folder semantics as :meth:`S3Store.list`."""
         base = self._path(prefix) if prefix else self.root
-        if base.is_file():
-            yield ObjectInfo(prefix, base.stat().st_size)
-            return
         if not base.is_dir():
             return
         for path in sorted(base.rglob("*")):
@@ -240,17 +273,24 @@ class S3Store:
         os.replace(tmp, destination)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._key(prefix)
-        if full and prefix.endswith("/"):
-            full += "/"
+        """The objects under the folder ``prefix`` (the whole store for ``""``), keys relative
+        to the store. Only keys inside the folder are returned: ``global_step_10`` never
+        lists ``global_step_100``'s objects."""
+        folder = self._key(prefix)
+        query = folder + "/" if folder else ""
+        base = self.prefix + "/" if self.prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=query):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"][strip:], int(item["Size"]))
+                    key = item["Key"]
+                    if not key.startswith(query) or not key.startswith(base):
+                        continue  # an endpoint that ignores Prefix must not leak other folders
+                    yield ObjectInfo(key[len(base):], int(item["Size"]))
+        except StorageError:
+            raise
         except Exception as exc:
-            raise StorageError(f"S3 list of s3://{self.bucket}/{full} failed: {exc}") from exc
+            raise StorageError(f"S3 list of s3://{self.bucket}/{query} failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))

@@ -100,7 +100,7 @@ def test_annotation_case_is_quarantined_with_its_reason(case: dict[str, Any], im
     for key in ("received", "valid", "quarantined"):
         assert counts[key] == expect[key], (key, counts, result.top_reasons)
     assert counts.get("skipped", 0) == expect.get("skipped", 0)
-    assert counts["train"] + counts["val"] == counts["valid"]
+    assert counts["train"] + counts["val"] + counts["test"] == counts["valid"]
 
     version_dir = Path(result.dataset_uri)
     manifest = json.loads((version_dir / "manifest.json").read_text())

@@ -15,7 +15,7 @@ from PIL import Image
 
 from grounding_ops.data.images import ImageResolver, UnsafeImagePath, decode_image
 from grounding_ops.data.prepare import PrepareSettings, prepare
-from grounding_ops.data.split import assign_split, fallback_val_group
+from grounding_ops.data.split import assign_split, plan_small_splits
 from grounding_ops.data.synthetic import generate_synthetic
 from grounding_ops.data.validation import REASONS, SuiteConfig
 from grounding_ops.data.vision import smart_resize
@@ -122,7 +122,7 @@ def test_counts_reconcile(prepared) -> None:
     c = result.counts
     assert c["received"] == 63 == c["valid"] + c["quarantined"]
     assert c["quarantined"] == len(quarantine) == len(FAILING) + 2
-    assert c["valid"] == c["train"] + c["val"] == 41
+    assert c["valid"] == c["train"] + c["val"] + c["test"] == 41
     manifest = json.loads(Path(result.manifest_uri).read_text())
     assert manifest["counts"] == c and manifest["accepted"] is True
     assert any(name.startswith("validation/results/") for name in manifest["files"])
@@ -190,9 +190,31 @@ def test_split_is_deterministic_and_order_free() -> None:
     assert first == {g: assign_split(g, 0.2) for g in reversed(groups)}
     share = sum(v == "val" for v in first.values()) / len(groups)
     assert 0.17 < share < 0.23
-    assert fallback_val_group(["a", "a", "b"], 1e-9) in {"a", "b"}
-    assert fallback_val_group(["a", "a"], 0.5) is None or assign_split("a", 0.5) == "val"
-    assert fallback_val_group(["only"], 1e-9) is None
+    # a three-way split keeps val as it was and carves test out of train
+    three = {g: assign_split(g, 0.2, test_fraction=0.1) for g in groups}
+    assert {g for g, s in three.items() if s == "val"} == {g for g, s in first.items() if s == "val"}
+    assert 0.07 < sum(v == "test" for v in three.values()) / len(groups) < 0.13
+    assert set(three.values()) == {"train", "val", "test"}
+
+
+def test_small_datasets_keep_every_held_out_split_non_empty_when_they_can() -> None:
+    # tiny fractions: the hash puts every group in train; the plan moves whole groups out
+    plan = plan_small_splits(["a", "a", "b", "c", "c"], 1e-9, test_fraction=1e-9)
+    assert sorted(plan.moved.values()) == ["test", "val"] and not plan.notes
+    splits = {g: plan.split_of(g, 1e-9, test_fraction=1e-9) for g in "abc"}
+    assert sorted(splits.values()) == ["test", "train", "val"]
+    assert plan_small_splits(["a", "b", "c"], 1e-9, test_fraction=1e-9).moved == plan.moved  # deterministic
+    two = plan_small_splits(["a", "b"], 1e-9, test_fraction=1e-9)
+    assert list(two.moved.values()) == ["val"] and "test split is empty" in two.notes[0]
+    assert plan_small_splits(["only"], 1e-9, test_fraction=1e-9).moved == {}
+    # the hash puts the only group in a held-out split: it trains instead
+    lone = plan_small_splits(["only"], 0.45, test_fraction=0.54)
+    assert lone.split_of("only", 0.45, test_fraction=0.54) == "train"
+    assert plan_small_splits(["a", "b"], 0.0, test_fraction=0.0).moved == {}  # nothing asked for
+    with pytest.raises(ValueError, match="below 1"):
+        plan_small_splits(["a"], 0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        assign_split("a", 0.1, test_fraction=float("nan"))
 
 
 def test_same_input_gives_same_version_and_bytes(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
         "prepare",
         help="validate box annotations and publish a versioned VeRL dataset",
         description="Read annotations, validate them with Great Expectations (rejected rows go to "
-                    "quarantine.jsonl with a reason), split by group and publish train/val parquet for VeRL "
+                    "quarantine.jsonl with a reason), split by group and publish train/val/test parquet for VeRL "
                     "under OUTPUT/<version>/. Prints the dataset version URI.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="annotation files (local paths or s3:// URIs)")
@@ -37,7 +37,10 @@ def add_parser(subparsers: Any) -> None:
                         help="input format (default: from the file name: .jsonl canonical, .json COCO, .csv VinDr/MS-CXR)")
     parser.add_argument("--protocol", default="qwen2.5-vl", choices=_protocol_names(),
                         help="answer format the prompts ask for (default: qwen2.5-vl)")
-    parser.add_argument("--val-fraction", type=FRACTION, default=0.1, help="share of groups in val (default 0.1)")
+    parser.add_argument("--val-fraction", type=FRACTION, default=0.1,
+                        help="share of groups in val, where checkpoints are chosen (default 0.1)")
+    parser.add_argument("--test-fraction", type=FRACTION, default=0.1,
+                        help="share of groups in test, where the promotion decision is taken (default 0.1)")
     parser.add_argument("--max-quarantine-fraction", type=FRACTION, default=0.05,
                         help="fail when more than this share of rows is quarantined (default 0.05)")
     parser.add_argument("--min-pixels", type=POSITIVE_INT, default=DEFAULT_MIN_PIXELS,
@@ -74,6 +77,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         input_format=args.input_format,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         max_quarantine_fraction=args.max_quarantine_fraction,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,

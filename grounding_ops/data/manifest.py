@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from grounding_ops.storage import ObjectStore, StorageError, join_uri, open_store, sha256_file
+from grounding_ops.storage import ObjectStore, StorageError, join_uri, local_path_for_key, open_store, sha256_file
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -175,7 +175,11 @@ def load_verified_dataset(uri: str, dest_dir: str | Path, *, s3_client: Any | No
     dest.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name in wanted:
-        target = dest / name
+        try:
+            target = local_path_for_key(dest, str(name))
+        except StorageError as exc:
+            raise DatasetVerificationError(f"{join_uri(version_uri, MANIFEST)} names a file that is not inside the "
+                                           f"version folder: {exc}; the manifest was tampered with") from exc
         try:
             store.download_file(name, target)
         except StorageError as exc:

@@ -29,7 +29,7 @@ from grounding_ops.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, Imag
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
 from grounding_ops.data.readers import SkippedRow, read_records
 from grounding_ops.data.schema import FORMATS, CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
-from grounding_ops.data.split import assign_split, fallback_val_group
+from grounding_ops.data.split import SPLITS, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
 from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
@@ -42,6 +42,8 @@ VALIDATION_DIR = "validation"
 SUMMARY = "summary.json"
 TRAIN = "train.parquet"
 VAL = "val.parquet"
+TEST = "test.parquet"
+SPLIT_FILES: dict[str, str] = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
 class PrepareError(ValueError):
@@ -53,6 +55,7 @@ class PrepareSettings:
     protocol: str = "qwen2.5-vl"
     input_format: str | None = None  # None: detected per input from its name
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
     max_quarantine_fraction: float = 0.05
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -72,8 +75,11 @@ class PrepareSettings:
             raise PrepareError(str(exc)) from None
         if self.input_format is not None and self.input_format not in FORMATS:
             raise PrepareError(f"unknown --format {self.input_format!r}; choose one of: {', '.join(FORMATS)}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise PrepareError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        try:
+            check_fractions(self.val_fraction, self.test_fraction)
+        except ValueError as exc:
+            raise PrepareError(str(exc).replace("val_fraction", "--val-fraction")
+                               .replace("test_fraction", "--test-fraction")) from None
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
             raise PrepareError(f"--max-quarantine-fraction must be in [0, 1], got {self.max_quarantine_fraction}")
         if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
@@ -158,14 +164,17 @@ class PrepareResult:
     reused: bool
     bytes_uploaded: int
     files_uploaded: list[str]
+    split_notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         c = self.counts
         lines = [
             f"dataset {self.version}: received {c['received']}, valid {c['valid']}, quarantined {c['quarantined']} "
             f"({self.quarantine_fraction:.1%}; limit {self.max_quarantine_fraction:.1%}), "
-            f"train {c['train']}, val {c['val']}" + (f", skipped {c['skipped']}" if c.get("skipped") else ""),
+            f"train {c['train']}, val {c['val']}, test {c.get('test', 0)}"
+            + (f", skipped {c['skipped']}" if c.get("skipped") else ""),
         ]
+        lines.extend(self.split_notes)
         if self.top_reasons:
             lines.append("top quarantine reasons: " + ", ".join(f"{r} ({n})" for r, n in self.top_reasons))
         lines.append(f"quarantine: {self.quarantine_uri}")
@@ -419,24 +428,31 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
     return digest.hexdigest()[:16]
 
 
-def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver) -> dict[str, int]:
-    """Split ``valid.jsonl`` and write train/val parquet into ``out_dir``; return the row counts."""
+def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver,
+                  notes: list[str] | None = None) -> dict[str, int]:
+    """Split ``valid.jsonl`` and write train/val/test parquet into ``out_dir``; return the row
+    counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
+    from contextlib import ExitStack
+
     from grounding_ops.data.export import RowGroupWriter, build_row
     from grounding_ops.protocols import build_prompt
 
     images = _ImageBytes(resolver)
-    counts = {"train": 0, "val": 0}
+    counts = {name: 0 for name in SPLITS}
     with open(work / VALID, encoding="utf-8") as handle:
-        extra_val = fallback_val_group((json.loads(line)["group"] for line in handle), settings.val_fraction,
-                                       settings.split_salt)
-    with RowGroupWriter(out_dir / TRAIN, max_rows=settings.row_group_rows) as train, \
-            RowGroupWriter(out_dir / VAL, max_rows=settings.row_group_rows) as val:
-        writers = {"train": train, "val": val}
+        plan = plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
+                                 settings.split_salt, settings.test_fraction)
+    if notes is not None:
+        notes.extend(plan.notes)
+    with ExitStack() as stack:
+        writers = {name: stack.enter_context(RowGroupWriter(out_dir / SPLIT_FILES[name],
+                                                            max_rows=settings.row_group_rows))
+                   for name in SPLITS}
         with open(work / VALID, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
-                split = "val" if row["group"] == extra_val else assign_split(row["group"], settings.val_fraction,
-                                                                              settings.split_salt)
+                split = plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
+                                      settings.test_fraction)
                 size = (int(row["width"]), int(row["height"]))
                 resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
@@ -462,9 +478,12 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
     version = _content_version(work, settings, summary, accepted)
     out = work / "export"
     out.mkdir(exist_ok=True)
-    split_counts = write_parquet(work, out, settings, resolver)
+    split_notes: list[str] = []
+    split_counts = write_parquet(work, out, settings, resolver, split_notes)
+    for note in split_notes:
+        log.warning("%s", note)
     counts = {**summary.counts, **split_counts}
-    local_files = {TRAIN: out / TRAIN, VAL: out / VAL, QUARANTINE: work / QUARANTINE}
+    local_files = {**{name: out / name for name in SPLIT_FILES.values()}, QUARANTINE: work / QUARANTINE}
     validation_root = work / VALIDATION_DIR
     for path in sorted(validation_root.rglob("*")):
         if path.is_file():
@@ -476,6 +495,7 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         "accepted": accepted,
         "quarantine_fraction": summary.quarantine_fraction,
         "top_reasons": summary.top_reasons(10),
+        "split_notes": split_notes,
         "protocol": settings.protocol,
         "settings": settings.to_json(),
         "inputs": summary.inputs,
@@ -507,6 +527,7 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         reused=report.reused,
         bytes_uploaded=report.bytes_uploaded,
         files_uploaded=report.uploaded,
+        split_notes=split_notes,
     )
 
 

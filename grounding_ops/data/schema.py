@@ -76,14 +76,38 @@ class QuarantineEntry:
 
     def to_line(self) -> str:
         payload = {
-            "id": self.id,
+            "id": bounded_text(self.id) if isinstance(self.id, str) else self.id,
             "line": self.position,
             "reason": self.reason,
             "reasons": self.reasons or [self.reason],
-            "detail": self.detail,
-            "raw": self.raw,
+            "detail": bounded_text(self.detail),
+            "raw": bounded_raw(self.raw),
         }
         return strict_json(payload)
+
+
+# The quarantine is published with the dataset: it may show what a row looked like, never an
+# unbounded copy of whatever file was read.
+MAX_QUARANTINE_RAW_CHARS = 2000
+MAX_QUARANTINE_TEXT_CHARS = 500
+
+
+def bounded_text(text: str, limit: int = MAX_QUARANTINE_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"...<{len(text) - limit} more characters>"
+
+
+def bounded_raw(raw: Any, limit: int = MAX_QUARANTINE_RAW_CHARS) -> Any:
+    """``raw`` itself when its JSON form is at most ``limit`` characters, else a short
+    preview with the full length and the sha256 of the JSON form (to find the row again)."""
+    if raw is None:
+        return None
+    text = raw if isinstance(raw, str) else strict_json(raw)
+    if len(text) <= limit:
+        return raw
+    import hashlib
+
+    return {"truncated": True, "chars": len(text), "sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
+            "preview": text[:200]}
 
 
 def strict_json(value: Any) -> str:

@@ -129,7 +129,7 @@ def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0
 
 
 def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, seed: int, val_fraction: float,
-                              min_size: int = 56, max_size: int = 140, protocol: str = "qwen2.5-vl",
+                              test_fraction: float = 0.0, min_size: int = 56, max_size: int = 140, protocol: str = "qwen2.5-vl",
                               store_uri: str | None = None, s3_client: Any | None = None) -> tuple[str, dict[str, int]]:
     """Generate, export and publish a synthetic dataset version for the tiny models, without GX.
 
@@ -141,14 +141,15 @@ def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, 
     """
     from grounding_ops.data.images import ImageResolver
     from grounding_ops.data.manifest import publish_version
-    from grounding_ops.data.prepare import VALID, PrepareSettings, valid_row, write_parquet
+    from grounding_ops.data.prepare import SPLIT_FILES, VALID, PrepareSettings, valid_row, write_parquet
     from grounding_ops.data.readers import read_records
     from grounding_ops.storage import open_store
     from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
     base = Path(base)
     data = generate_synthetic(base / "syn", n_images=n_images, seed=seed, min_size=min_size, max_size=max_size)
-    settings = PrepareSettings(protocol=protocol, val_fraction=val_fraction, min_pixels=MIN_PIXELS,
+    settings = PrepareSettings(protocol=protocol, val_fraction=val_fraction, test_fraction=test_fraction,
+                               min_pixels=MIN_PIXELS,
                                max_pixels=MAX_PIXELS)
     resolver = ImageResolver(data.images_root)
     work, export = base / "work", base / "export"
@@ -164,8 +165,8 @@ def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, 
     (work / "quarantine.jsonl").write_text("")
     manifest = {"version": version, "counts": counts, "accepted": True, "protocol": settings.protocol,
                 "settings": settings.to_json()}
-    files = {"train.parquet": export / "train.parquet", "val.parquet": export / "val.parquet",
-             "quarantine.jsonl": work / "quarantine.jsonl"}
+    files = {name: export / name for name in SPLIT_FILES.values()}
+    files["quarantine.jsonl"] = work / "quarantine.jsonl"
     uri = store_uri or str(base / "published")
     publish_version(open_store(uri, s3_client=s3_client), version, files, manifest, update_latest=True)
     return uri, counts

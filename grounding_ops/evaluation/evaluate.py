@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from grounding_ops import __version__
 from grounding_ops.evaluation.metrics import MetricsReport, compute_metrics
-from grounding_ops.storage import StorageError, join_uri, open_store
+from grounding_ops.storage import StorageError, download_tree, join_uri, open_store
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ def fetch_model(model_uri: str, dest_dir: Path, *, s3_client: Any | None = None)
     objects = list(store.list(""))
     if not any(o.key == "config.json" for o in objects):
         raise EvaluationError(f"{text} holds no config.json: point --model at a Hugging Face model folder")
-    for obj in objects:
-        store.download_file(obj.key, dest_dir / obj.key)
+    download_tree(store, dest_dir)
     return dest_dir
 
 

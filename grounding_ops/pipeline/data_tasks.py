@@ -17,15 +17,16 @@ import os
 import re
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from grounding_ops.storage import ObjectStore, StorageError, join_uri, open_store, split_s3_uri
+from grounding_ops.pipeline.data_params import DEMO_INPUT, UndeclaredParams, check_declared
+from grounding_ops.pipeline.input_roots import InputLocationRefused, InputRoot, check_location, configured_roots
+from grounding_ops.storage import ObjectStore, StorageError, download_tree, join_uri, open_store, split_s3_uri
 
 log = logging.getLogger(__name__)
 
 S3_CONN_ID = "grounding_s3"
 BUCKET_VARIABLE = "grounding_bucket"
-DEMO_INPUT = "demo"
 DEMO_PREFIX = "incoming/demo"
 DEMO_IMAGES = 40
 DEMO_INVALID = 1  # one broken row, to show the quarantine in the demo
@@ -92,11 +93,30 @@ def locate_inputs(input_uri: str, *, s3_client: Any | None = None) -> list[str]:
     return sorted(found)
 
 
-def locate(params: Mapping[str, Any], *, bucket: str, s3_client: Any | None = None) -> dict[str, Any]:
+def locate(params: Mapping[str, Any], *, bucket: str, s3_client: Any | None = None,
+           input_roots: tuple[InputRoot, ...] | None = None, conf_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Check the form's values and find the input files.
+
+    Undeclared keys (in ``params`` or the run's ``conf_keys``) are refused; the input and the
+    images root must lie under ``input_roots`` (default: :func:`configured_roots`), checked
+    before anything is read.
+    """
     from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name
 
+    try:
+        check_declared([*params, *conf_keys])
+    except UndeclaredParams as exc:
+        raise DataPipelineError(str(exc)) from None
+    roots = input_roots if input_roots is not None else configured_roots(bucket)
     input_uri = str(params.get("input_uri") or DEMO_INPUT).strip()
     images_root = str(params.get("images_root") or "").strip()
+    try:
+        if input_uri != DEMO_INPUT:
+            input_uri = check_location(input_uri, roots, "input_uri")
+        if images_root:
+            images_root = check_location(images_root, roots, "images_root")
+    except InputLocationRefused as exc:
+        raise DataPipelineError(str(exc)) from None
     if input_uri == DEMO_INPUT:
         with tempfile.TemporaryDirectory(prefix="grounding-demo-") as tmp:
             input_uri, demo_root = ensure_demo_input(f"s3://{bucket}", s3_client=s3_client, work_dir=Path(tmp))
@@ -105,7 +125,7 @@ def locate(params: Mapping[str, Any], *, bucket: str, s3_client: Any | None = No
         raise DataPipelineError("set the images_root parameter: the folder or s3:// prefix the image paths in "
                                 f"{input_uri} are relative to")
     inputs = locate_inputs(input_uri, s3_client=s3_client)
-    output = dataset_asset_uri(bucket, str(params.get("dataset_name") or dataset_name()))
+    output = dataset_asset_uri(bucket, dataset_name())
     summary = _emit(f"located {len(inputs)} input file(s) at {input_uri}; images under {images_root}; "
                     f"dataset {output}")
     return {"inputs": inputs, "images_root": images_root, "output": output, "summary": summary,
@@ -124,6 +144,7 @@ def settings_from_params(params: Mapping[str, Any]) -> Any:
         protocol=str(params.get("protocol") or "qwen2.5-vl"),
         input_format=None if fmt == "auto" else fmt,
         val_fraction=float(params.get("val_fraction", 0.1)),
+        test_fraction=float(params.get("test_fraction", 0.1)),
         max_quarantine_fraction=float(params.get("max_quarantine_fraction", 0.05)),
         min_pixels=int(params.get("min_pixels") or DEFAULT_MIN_PIXELS),
         max_pixels=int(params.get("max_pixels") or DEFAULT_MAX_PIXELS),
@@ -138,11 +159,6 @@ def _upload_tree(store: ObjectStore, local: Path) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file() and "inputs" not in path.relative_to(local).parts[:1]:
             store.upload_file(path.relative_to(local).as_posix(), path)
-
-
-def _download_tree(store: ObjectStore, local: Path) -> None:
-    for info in store.list():
-        store.download_file(info.key, local / info.key)
 
 
 def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str,
@@ -184,7 +200,7 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
 
     stage_store = open_store(str(validated["staging"]), s3_client=s3_client)
     with tempfile.TemporaryDirectory(prefix="grounding-export-") as tmp:
-        _download_tree(stage_store, Path(tmp))
+        download_tree(stage_store, Path(tmp))
         result = export_and_publish(tmp, output_uri=str(located["output"]), s3_client=s3_client)
     for info in list(stage_store.list()):
         try:
@@ -238,9 +254,15 @@ def bucket() -> str:
     return Variable.get(BUCKET_VARIABLE, default=None) or default_bucket()
 
 
+def _conf_keys(context: Mapping[str, Any]) -> list[str]:
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    return list(conf) if isinstance(conf, Mapping) else []
+
+
 def locate_task(context: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return locate(context["params"], bucket=bucket(), s3_client=s3_client())
+        return locate(context["params"], bucket=bucket(), s3_client=s3_client(), conf_keys=_conf_keys(context))
     except DataPipelineError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from grounding_ops.storage import ObjectStore, StorageError, join_key
+from grounding_ops.storage import ObjectStore, StorageError, join_key, local_path_for_key
 
 STEP_PREFIX = "global_step_"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -147,7 +147,7 @@ def download_checkpoint(store: ObjectStore, step: int, local_dir: str | Path) ->
         _check_relative(rel, store.url(remote))
     folder.mkdir(parents=True, exist_ok=True)
     for rel, size in sorted(files.items()):
-        target = folder / rel
+        target = local_path_for_key(folder, rel)
         store.download_file(join_key(remote, rel), target)
         if target.stat().st_size != int(size):
             raise StorageError(

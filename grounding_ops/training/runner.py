@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from grounding_ops.storage import ObjectStore, StorageError, join_key, open_store
+from grounding_ops.storage import ObjectStore, StorageError, download_tree, join_key, open_store
 from grounding_ops.training import checkpoints as ckpt
 from grounding_ops.training.presets import TINY_MODEL_SCHEME
 
@@ -132,10 +132,10 @@ def resolve_model(spec: Any, engine: str, dest: Path, s3_client: Any | None) -> 
             raise RunError(f"model {model!r}: {exc}", code=2) from exc
     if model.startswith("s3://"):
         store = open_store(model, s3_client=s3_client)
-        count = 0
-        for info in store.list():
-            store.download_file(info.key, dest / info.key)
-            count += 1
+        try:
+            count = len(download_tree(store, dest))
+        except StorageError as exc:
+            raise RunError(f"cannot download model {model}: {exc}", code=2) from exc
         if not (dest / "config.json").is_file():
             raise RunError(f"model {model} holds no config.json ({count} objects): upload a Hugging Face folder", code=2)
         return str(dest)
