@@ -107,6 +107,53 @@ SECURITY: list[tuple[str, str, str]] = [
      "tests/test_plugin.py::test_unauthenticated_requests_are_refused"),
 ]
 
+# Trust boundaries: (bucket prefix, who writes it, who reads it, what a foreign writer could do / what stops it).
+PREFIXES: list[tuple[str, str, str, str]] = [
+    ("`incoming/` (the default input root)", "data producers (uploaders of annotations and images)",
+     "the `grounding_data` workers", "rows are validated and quarantined; image references stay inside the images "
+     "root; nothing outside the configured input roots (`GROUNDING_OPS_INPUT_ROOTS`) is read"),
+    ("`datasets/<name>/_staging/<run>/`", "the `validate` task only", "the `export` task",
+     "export downloads only the objects `validate` staged and checks each against the sha256 it recorded (passed "
+     "through XCom, not read back from the bucket); extra objects are ignored"),
+    ("`datasets/<name>/<version>/`", "the `export` task only", "trainers, evaluators, the models page",
+     "every file is checked against the manifest's sha256 before use; manifest names must stay inside the "
+     "version folder"),
+    ("`runs/<run>/checkpoints/`", "the training container only", "the trainer on resume, the evaluators",
+     "VeRL unpickles resumed checkpoints (`torch.load(weights_only=False)`): a resume verifies every file's "
+     "sha256 recorded by the trainer at upload and refuses markers without checksums; the prefix must be writable "
+     "by the trainer alone"),
+    ("`runs/<run>/` (run.json, final/, evaluations)", "the training and evaluation containers",
+     "the platform's promotion task", "promotion registers only what the gate decided on; the alias is moved by "
+     "the platform, never by a container"),
+    ("`mlflow/` (MLflow artifacts)", "the MLflow server and the platform's tasks", "MLflow clients", "—"),
+]
+
+TRUST: list[tuple[str, str, str]] = [
+    ("The data form's input and images root",
+     "must lie under a configured input root (S3 bucket/prefix or local folder in `GROUNDING_OPS_INPUT_ROOTS`; "
+     "default `s3://<bucket>/incoming`), symlinks resolved; `/proc/self/environ`, `/etc/passwd` and other buckets "
+     "are refused before a byte is read",
+     "tests/test_trust_boundaries.py::test_the_form_refuses_locations_outside_the_input_roots"),
+    ("Keys the data form does not declare", "refused (a conf key such as `dataset_name` cannot steer the run)",
+     "tests/test_trust_boundaries.py::test_the_form_refuses_undeclared_conf_keys"),
+    ("Raw input echoed into the published quarantine",
+     "bounded: at most 2,000 characters of a row, else a preview with its length and sha256",
+     "tests/test_trust_boundaries.py::test_quarantine_never_echoes_unbounded_raw_input"),
+    ("S3 listings of a folder", "only keys inside the folder: `global_step_10` never lists `global_step_100`",
+     "tests/test_trust_boundaries.py::test_listing_a_step_never_returns_a_longer_steps_objects"),
+    ("Object keys that would land outside a download folder",
+     "absolute keys (`a//b`), `.`/`..` segments, backslashes and NUL are refused before anything is written",
+     "tests/test_trust_boundaries.py::test_download_tree_refuses_keys_that_leave_the_destination"),
+    ("Manifest names outside the version folder", "DatasetVerificationError",
+     "tests/test_trust_boundaries.py::test_a_manifest_naming_a_file_outside_its_version_is_refused"),
+    ("Staging objects changed after validation", "export refuses them (sha256 recorded by validate)",
+     "tests/test_trust_boundaries.py::test_export_refuses_staging_objects_changed_after_validation"),
+    ("Checkpoint files changed after upload (same size)", "refused before resume (sha256 recorded by the trainer)",
+     "tests/test_training_checkpoints.py::test_same_size_tampering_is_caught_by_the_recorded_checksum"),
+    ("Checkpoint markers without checksums", "refused before resume",
+     "tests/test_training_checkpoints.py::test_a_marker_without_checksums_is_refused_before_resume"),
+]
+
 KIND_TEST = {
     "annotation": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
     "image": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
@@ -186,13 +233,19 @@ def render() -> str:
     lines += [f"| {c} | {w} | `{t}` |" for c, w, t in EXTRA_BAD_INPUT]
     lines += ["", "## Security", "", "| Property | What happens | Test |", "|---|---|---|"]
     lines += [f"| {p} | {w} | `{t}` |" for p, w, t in SECURITY]
+    lines += ["", "## Trust boundaries", "",
+              "Who may write which bucket prefix, and what stops a foreign writer:", "",
+              "| Prefix | Written by | Read by | A foreign writer |", "|---|---|---|---|"]
+    lines += [f"| {p} | {w} | {r} | {f} |" for p, w, r, f in PREFIXES]
+    lines += ["", "| Boundary | What happens | Test |", "|---|---|---|"]
+    lines += [f"| {p} | {w} | `{t}` |" for p, w, t in TRUST]
     lines += ["", "Regenerate the corpus with `python tests/data/bad/make_cases.py` and this file with",
               "`python scripts/reliability_table.py`.", ""]
     return "\n".join(lines)
 
 
 def referenced_tests() -> list[str]:
-    return sorted({t for _, _, t in FAULTS + SECURITY + EXTRA_BAD_INPUT if t} | set(KIND_TEST.values()))
+    return sorted({t for _, _, t in FAULTS + SECURITY + TRUST + EXTRA_BAD_INPUT if t} | set(KIND_TEST.values()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ file; a folder still being written locally (tracker file not yet advanced) is ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_upload_download_roundtrip(store, tmp_path: Path) -> None:
     uri = ckpt.upload_checkpoint(store, local, 3)
     assert uri.endswith("checkpoints/global_step_3")
     marker = json.loads(store.get_bytes(f"checkpoints/global_step_3/{ckpt.MARKER_FILE}"))
-    assert marker["files"] == {"actor/model.pt": 21, "data.pt": 12}
+    assert {rel: entry["size"] for rel, entry in marker["files"].items()} == {"actor/model.pt": 21, "data.pt": 12}
+    assert marker["files"]["data.pt"]["sha256"] == hashlib.sha256((local / "global_step_3" / "data.pt").read_bytes()).hexdigest()
     assert ckpt.remote_complete_steps(store) == [3]
 
     fresh = tmp_path / "fresh"
@@ -81,6 +83,25 @@ def test_damaged_checkpoint_is_refused(store, tmp_path: Path) -> None:
     store.put_bytes("checkpoints/global_step_5/actor/model.pt", b"truncated")
     with pytest.raises(StorageError, match="damaged"):
         ckpt.download_checkpoint(store, 5, tmp_path / "fresh")
+
+
+def test_same_size_tampering_is_caught_by_the_recorded_checksum(store, tmp_path: Path) -> None:
+    local = tmp_path / "ckpt"
+    _write_checkpoint(local, 5)
+    ckpt.upload_checkpoint(store, local, 5)
+    original = store.get_bytes("checkpoints/global_step_5/data.pt")
+    store.put_bytes("checkpoints/global_step_5/data.pt", b"X" * len(original))  # a forged pickle, same size
+    with pytest.raises(StorageError, match="changed after upload"):
+        ckpt.download_checkpoint(store, 5, tmp_path / "fresh")
+    assert not (tmp_path / "fresh" / "global_step_5" / "data.pt").exists()
+
+
+def test_a_marker_without_checksums_is_refused_before_resume(store, tmp_path: Path) -> None:
+    store.put_bytes("checkpoints/global_step_1/data.pt", b"pickle")
+    store.put_bytes(f"checkpoints/global_step_1/{ckpt.MARKER_FILE}",
+                    json.dumps({"step": 1, "files": {"data.pt": 6}}).encode())
+    with pytest.raises(StorageError, match="records no sha256"):
+        ckpt.download_checkpoint(store, 1, tmp_path / "fresh")
 
 
 def test_uploader_uploads_in_the_background_once_complete(store, tmp_path: Path) -> None:

@@ -174,3 +174,44 @@ def test_quarantine_never_echoes_unbounded_raw_input(tmp_path: Path) -> None:
     entries = [json.loads(row) for row in text.splitlines()]
     assert len(entries) == 2 and all(len(row) < 3000 for row in text.splitlines())
     assert entries[0]["raw"]["truncated"] is True and entries[0]["raw"]["chars"] > 2000
+
+
+# --------------------------------------------------------------------------- export trusts only what validate staged
+
+
+def _validated(tmp_path: Path) -> tuple[dict, dict]:
+    from grounding_ops.data.synthetic import generate_synthetic
+    from grounding_ops.pipeline.data_tasks import validate
+
+    data = generate_synthetic(tmp_path / "syn", n_images=6, seed=3)
+    located = {"inputs": [str(data.annotations)], "images_root": str(data.images_root),
+               "output": str(tmp_path / "out")}
+    validated = validate(located, {"max_quarantine_fraction": 1.0, "min_pixels": 3136, "max_pixels": 112 * 112},
+                         run_id="manual__1")
+    return located, validated
+
+
+def test_export_refuses_staging_objects_changed_after_validation(tmp_path: Path) -> None:
+    from grounding_ops.pipeline.data_tasks import export
+
+    located, validated = _validated(tmp_path)
+    stage = Path(validated["staging"])
+    summary = json.loads((stage / "summary.json").read_text())
+    summary["images_root"] = "/"  # a writer of the staging prefix points export at the whole disk
+    (stage / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(DataPipelineError, match="changed after validation"):
+        export(validated, located)
+    assert not any((tmp_path / "out").rglob("manifest.json"))
+
+
+def test_export_ignores_objects_added_to_staging_and_publishes_what_was_validated(tmp_path: Path) -> None:
+    from grounding_ops.pipeline.data_tasks import export
+
+    located, validated = _validated(tmp_path)
+    stage = Path(validated["staging"])
+    (stage / "validation").mkdir(exist_ok=True)
+    (stage / "validation" / "planted.html").write_text("<script>alert(1)</script>")
+    exported = export(validated, located)
+    manifest = json.loads(Path(exported["manifest"]).read_text())
+    assert "validation/planted.html" not in manifest["files"]
+    assert exported["counts"]["received"] == exported["counts"]["valid"] + exported["counts"]["quarantined"]

@@ -468,10 +468,17 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
 
 
 def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
-                       store: Any | None = None, created_at: str | None = None) -> PrepareResult:
-    """Write the parquet files for the validated rows in ``work_dir`` and publish the version."""
+                       store: Any | None = None, created_at: str | None = None,
+                       images_root: str | None = None) -> PrepareResult:
+    """Write the parquet files for the validated rows in ``work_dir`` and publish the version.
+
+    ``images_root``, when given, is the root the caller validated against; the summary read
+    from ``work_dir`` must name the same one (export embeds files from that root)."""
     work = Path(work_dir)
     summary = ValidationSummary.load(work)
+    if images_root is not None and str(summary.images_root) != str(images_root):
+        raise PrepareError(f"the validation summary names images root {summary.images_root!r}, but the run validated "
+                           f"{images_root!r}: refusing to embed images from a root nobody checked")
     settings = PrepareSettings.from_json(summary.settings)
     resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
     accepted = summary.quarantine_fraction <= settings.max_quarantine_fraction

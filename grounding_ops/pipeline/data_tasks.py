@@ -21,7 +21,15 @@ from typing import Any, Iterable, Mapping
 
 from grounding_ops.pipeline.data_params import DEMO_INPUT, UndeclaredParams, check_declared
 from grounding_ops.pipeline.input_roots import InputLocationRefused, InputRoot, check_location, configured_roots
-from grounding_ops.storage import ObjectStore, StorageError, download_tree, join_uri, open_store, split_s3_uri
+from grounding_ops.storage import (
+    ObjectStore,
+    StorageError,
+    join_uri,
+    local_path_for_key,
+    open_store,
+    sha256_file,
+    split_s3_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +163,31 @@ def staging_uri(output: str, run_id: str) -> str:
     return join_uri(output, STAGING, _SAFE.sub("-", run_id).strip("-") or "run")
 
 
-def _upload_tree(store: ObjectStore, local: Path) -> None:
+def _upload_tree(store: ObjectStore, local: Path) -> dict[str, str]:
+    """Upload the validation output; return ``{key: sha256}`` of every staged object."""
+    staged: dict[str, str] = {}
     for path in sorted(local.rglob("*")):
         if path.is_file() and "inputs" not in path.relative_to(local).parts[:1]:
-            store.upload_file(path.relative_to(local).as_posix(), path)
+            key = path.relative_to(local).as_posix()
+            digest = sha256_file(path)
+            store.upload_file(key, path, sha256=digest)
+            staged[key] = digest
+    return staged
+
+
+def _download_staged(store: ObjectStore, staged: Mapping[str, str], local: Path) -> None:
+    """Download exactly the objects ``validate`` staged and check each against the digest it
+    recorded (carried in XCom, not read back from the bucket): a writer of the staging prefix
+    cannot change what export embeds, nor add files to it."""
+    for key, expected in sorted(staged.items()):
+        target = local_path_for_key(local, key)
+        store.download_file(key, target)
+        digest = sha256_file(target)
+        if digest != expected:
+            raise DataPipelineError(
+                f"staged object {store.url(key)} changed after validation (sha256 {digest[:12]}..., validate "
+                f"recorded {expected[:12]}...): something else writes to the staging prefix; re-run the DAG and "
+                "restrict write access to the dataset prefix to the platform")
 
 
 def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str,
@@ -174,14 +203,14 @@ def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: s
                                       settings=settings, work_dir=tmp, s3_client=s3_client)
         except PrepareError as exc:
             raise DataPipelineError(str(exc)) from None
-        _upload_tree(open_store(stage, s3_client=s3_client), Path(tmp))
+        staged = _upload_tree(open_store(stage, s3_client=s3_client), Path(tmp))
     counts = summary.counts
     top = summary.top_reasons()
     reasons = ", ".join(f"{r} ({n})" for r, n in top) or "none"
     summary_line = _emit(
         f"validated: received {counts['received']}, valid {counts['valid']}, quarantined {counts['quarantined']} "
         f"({summary.quarantine_fraction:.1%}); top quarantine reasons: {reasons}")
-    return {"staging": stage, "counts": counts, "top_reasons": top, "summary": summary_line,
+    return {"staging": stage, "staged": staged, "counts": counts, "top_reasons": top, "summary": summary_line,
             "quarantine_fraction": summary.quarantine_fraction,
             "lineage": {"inputs": list(located["inputs"]), "outputs": [join_uri(stage, "quarantine.jsonl")]}}
 
@@ -196,12 +225,20 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
     Raises :class:`QuarantineThresholdExceeded` (after publishing the version with its
     quarantine and manifest) when too many rows were quarantined.
     """
-    from grounding_ops.data.prepare import export_and_publish
+    from grounding_ops.data.prepare import PrepareError, export_and_publish
 
     stage_store = open_store(str(validated["staging"]), s3_client=s3_client)
     with tempfile.TemporaryDirectory(prefix="grounding-export-") as tmp:
-        download_tree(stage_store, Path(tmp))
-        result = export_and_publish(tmp, output_uri=str(located["output"]), s3_client=s3_client)
+        staged = validated.get("staged")
+        if not isinstance(staged, Mapping) or not staged:
+            raise DataPipelineError("the validate task's result names no staged objects: re-run the whole DAG run "
+                                    "(validate, then export)")
+        _download_staged(stage_store, staged, Path(tmp))
+        try:
+            result = export_and_publish(tmp, output_uri=str(located["output"]), s3_client=s3_client,
+                                        images_root=str(located["images_root"]))
+        except PrepareError as exc:
+            raise DataPipelineError(str(exc)) from None
     for info in list(stage_store.list()):
         try:
             stage_store.delete(info.key)

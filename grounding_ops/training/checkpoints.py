@@ -15,7 +15,9 @@ Remote layout::
 
 Only a checkpoint with its marker is a checkpoint: an upload cut short leaves files without a
 marker, which discovery ignores (and the next upload of that step overwrites). The marker lists
-every file with its size, and a download checks them.
+every file with its size and the sha256 the trainer computed before uploading it; a download
+(before any resume: VeRL unpickles resumed checkpoints) checks both and refuses markers without
+checksums. The checkpoint prefix must be writable by the trainer only (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from grounding_ops.storage import ObjectStore, StorageError, join_key, local_path_for_key
+from grounding_ops.storage import ObjectStore, StorageError, join_key, local_path_for_key, sha256_file
 
 STEP_PREFIX = "global_step_"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -104,17 +106,18 @@ def upload_checkpoint(store: ObjectStore, local_dir: str | Path, step: int) -> s
     folder = Path(local_dir) / f"{STEP_PREFIX}{step}"
     if not folder.is_dir():
         raise StorageError(f"no checkpoint folder {folder}")
-    files: dict[str, int] = {}
+    files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel == MARKER_FILE:
             continue
-        store.upload_file(join_key(_remote_dir(step), rel), path)
-        files[rel] = path.stat().st_size
+        digest = sha256_file(path)  # computed by the trainer before upload, checked before any resume
+        store.upload_file(join_key(_remote_dir(step), rel), path, sha256=digest)
+        files[rel] = {"size": path.stat().st_size, "sha256": digest}
     marker = {
         "step": step,
         "files": files,
-        "bytes": sum(files.values()),
+        "bytes": sum(entry["size"] for entry in files.values()),
         "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.put_bytes(join_key(_remote_dir(step), MARKER_FILE), json.dumps(marker, indent=2, sort_keys=True).encode())
@@ -146,13 +149,21 @@ def download_checkpoint(store: ObjectStore, step: int, local_dir: str | Path) ->
     for rel in files:
         _check_relative(rel, store.url(remote))
     folder.mkdir(parents=True, exist_ok=True)
-    for rel, size in sorted(files.items()):
+    for rel, entry in sorted(files.items()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise StorageError(
+                f"the completion marker of {store.url(remote)} records no sha256 for {rel!r} (written by an older "
+                "version, or forged): resuming would load unverified files; delete the checkpoint from the output "
+                "to resume from an earlier one or start the run afresh")
         target = local_path_for_key(folder, rel)
         store.download_file(join_key(remote, rel), target)
-        if target.stat().st_size != int(size):
+        size, digest = target.stat().st_size, sha256_file(target)
+        if size != int(entry.get("size", -1)) or digest != entry["sha256"]:
+            target.unlink(missing_ok=True)
             raise StorageError(
-                f"{store.url(join_key(remote, rel))} has {target.stat().st_size} bytes, its marker says {size}: "
-                "the checkpoint is damaged; delete it from the output to resume from an earlier one"
+                f"{store.url(join_key(remote, rel))} ({size} bytes, sha256 {digest[:12]}...) does not match its "
+                f"marker ({entry.get('size')} bytes, sha256 {str(entry['sha256'])[:12]}...): the checkpoint is "
+                "damaged or was changed after upload; delete it from the output to resume from an earlier one"
             )
     if (read_tracker(local_dir) or -1) < step:
         write_tracker(local_dir, step)
