@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-platform setup-ml services services-stop services-status images image-base image-trainer-cpu test test-fast test-ml demo bench clean
+.PHONY: setup setup-platform setup-ml services services-stop services-status images image-base image-trainer-cpu test test-fast test-unit test-ml lint format typecheck demo bench clean
+
+# Code the linter and formatter look at.
+PY_SOURCES := grounding_ops dags plugins tests benchmarks scripts
 
 setup: setup-platform setup-ml ## both environments (idempotent; a second run takes seconds)
 
@@ -19,6 +22,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(VENV)/bin/pip install $(PIP_QUIET) wheel -c constraints.txt
 	$(VENV)/bin/pip install $(PIP_QUIET) -r requirements.txt -c constraints.txt
 	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-build-isolation -e ".[test,test-platform,lint]" -c constraints.txt
 	@touch $@
 
 $(VENV_ML)/.installed: docker/trainer/requirements.txt docker/trainer/constraints.txt pyproject.toml
@@ -26,6 +30,7 @@ $(VENV_ML)/.installed: docker/trainer/requirements.txt docker/trainer/constraint
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) wheel -c docker/trainer/constraints.txt
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) -r docker/trainer/requirements.txt -c docker/trainer/constraints.txt
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
+	$(VENV_ML)/bin/pip install $(PIP_QUIET) --no-build-isolation -e ".[test]" -c docker/trainer/constraints.txt
 	@touch $@
 
 services: setup-platform ## start S3 (moto), MLflow, Airflow and Docker on 127.0.0.1
@@ -52,6 +57,21 @@ test: setup ## the whole suite: platform tests, then ML-stack tests (slow ones i
 test-fast: setup ## skip the slow end-to-end tests
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not slow" $(PYTEST_ARGS)
+
+test-unit: setup ## the tests that start no service, no Docker and no Airflow (a few minutes on 2 cores)
+	$(VENV)/bin/python -m pytest -m "not slow and not services and not docker" $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not slow and not services and not docker" $(PYTEST_ARGS)
+
+lint: setup-platform ## ruff's checks and the formatter's verdict (no changes)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+
+format: setup-platform ## apply the formatter and ruff's safe fixes
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+
+typecheck: setup-platform ## mypy on the modules opted in (pyproject.toml [tool.mypy] files)
+	$(VENV)/bin/mypy
 
 demo: setup ## the whole loop on embedded defaults
 	$(VENV)/bin/grounding-ops demo

@@ -20,6 +20,28 @@ from grounding_ops import services
 from grounding_ops.settings import ServiceSettings
 
 
+# Fixtures that start a real process, by the marker a test using them gets (see
+# :func:`pytest_collection_modifyitems`): `make test-unit` deselects them, so it needs no service.
+SERVICE_FIXTURES: dict[str, str] = {
+    "s3_service": "services", "s3_env": "services", "mlflow_service": "services", "mlflow_env": "services",
+    "airflow_service": "services", "airflow_db": "services", "ray_head": "services",
+    "docker_daemon": "docker", "base_image": "docker", "trainer_cpu_image": "docker",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "services: starts a real local service (S3, MLflow, Airflow, Ray); "
+                                       "added automatically from the fixtures a test uses")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it really starts, from the fixtures it uses (directly or not)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for marker in sorted({SERVICE_FIXTURES[name] for name in names & set(SERVICE_FIXTURES)}):
+            item.add_marker(marker)
+
+
 @dataclass(frozen=True)
 class S3Service:
     settings: ServiceSettings
