@@ -309,6 +309,7 @@ def airflow_env(settings: ServiceSettings) -> dict[str, str]:
     lineage_log = settings.state_dir / "lineage" / "openlineage-events.jsonl"
     env.update({
         "AIRFLOW_HOME": str(home),
+        "GROUNDING_OPS_INPUT_ROOTS": settings.input_roots,
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",

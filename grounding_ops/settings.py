@@ -67,6 +67,12 @@ class ServiceSettings:
         return f"http://{self.host}:{self.airflow_port}"
 
     @property
+    def input_roots(self) -> str:
+        """Where the embedded Airflow's data form may read (``GROUNDING_OPS_INPUT_ROOTS``): the
+        bucket's ``incoming/`` prefix and the demo's local folder, unless set in the environment."""
+        return _env("GROUNDING_OPS_INPUT_ROOTS", f"s3://{self.bucket}/incoming,{self.state_dir / 'demo'}")
+
+    @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
 
