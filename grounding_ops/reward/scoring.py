@@ -1,8 +1,9 @@
 """The grounding reward: optimal one-to-one IoU between answer and ground truth.
 
-``score = sum of matched IoUs / max(n_gt, n_pred)`` — every predicted box must
-pay for itself, so printing a grid of boxes, duplicating a box or adding
-extras can only lower the score.
+``score = sum of matched IoUs / max(n_gt, n_pred)`` where ``n_pred`` counts every box
+entry of the final answer, valid or not — every entry must pay for itself, so printing
+a grid of boxes, duplicating a box, adding extras or padding with invalid entries can
+only lower the score.
 """
 
 from __future__ import annotations
@@ -65,6 +66,63 @@ def _size(value: Any) -> tuple[float, float] | None:
     return vals[0], vals[1]
 
 
+def _format_weight(value: Any) -> float:
+    w = float(value)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"format_weight must be between 0 and 1, got {value!r}")
+    return w
+
+
+def _score(
+    proto: _protocols.Protocol,
+    frame: tuple[float, float, float, float],
+    gt: Sequence[tuple[float, float, float, float]],
+    response: Any,
+    max_boxes: int,
+    format_weight: float,
+    max_answer_chars: int | None,
+    fast: bool = True,
+) -> dict[str, Any]:
+    boxes, n_pred, format_ok, reason, too_many = proto.read(response, frame, max_boxes, max_answer_chars, fast=fast)
+    n_gt = len(gt)
+    if too_many:
+        return {"score": 0.0, "iou": 0.0, "acc": 0.0, "format_ok": format_ok, "n_pred": max_boxes + 1,
+                "n_gt": n_gt, "reason": reason}
+    iou = 0.0
+    if n_gt == 0:
+        # nothing to find: only an explicit, well-formed empty answer is right
+        match_score = acc = 1.0 if (n_pred == 0 and format_ok) else 0.0
+    elif n_pred == 1 and n_gt == 1 and boxes:
+        # one box against one box (most rows): box_iou, inlined
+        (a1, b1, a2, b2), (g1, h1, g2, h2) = boxes[0], gt[0]
+        iw = (a2 if a2 < g2 else g2) - (a1 if a1 > g1 else g1)
+        ih = (b2 if b2 < h2 else h2) - (b1 if b1 > h1 else h1)
+        match_score = 0.0
+        if iw > 0 and ih > 0:
+            inter = iw * ih
+            union = (a2 - a1) * (b2 - b1) + (g2 - g1) * (h2 - h1) - inter
+            if union > 0:
+                match_score = inter / union
+                match_score = 0.0 if match_score < 0.0 else (1.0 if match_score > 1.0 else match_score)
+        iou = round(match_score, SCORE_DECIMALS)
+        acc = 1.0 if match_score >= ACC_IOU_THRESHOLD else 0.0
+        if not format_weight:
+            return {"score": iou, "iou": iou, "acc": acc, "format_ok": format_ok, "n_pred": 1, "n_gt": 1,
+                    "reason": reason}
+    else:
+        # invalid entries have no box but count in the denominator all the same
+        ious = [p[2] for p in match_boxes(boxes, gt).pairs]
+        match_score = sum(ious) / max(n_gt, n_pred)
+        if ious:
+            iou = round(sum(ious) / len(ious), SCORE_DECIMALS)
+        ok = n_pred == n_gt == len(ious) and all(v >= ACC_IOU_THRESHOLD for v in ious)
+        acc = 1.0 if ok else 0.0
+    if format_weight:
+        match_score = (1.0 - format_weight) * match_score + format_weight * (1.0 if format_ok else 0.0)
+    return {"score": min(max(round(match_score, SCORE_DECIMALS), 0.0), 1.0), "iou": iou, "acc": acc,
+            "format_ok": format_ok, "n_pred": n_pred, "n_gt": n_gt, "reason": reason}
+
+
 def score_response(
     response: str,
     gt_boxes: Any,
@@ -78,68 +136,58 @@ def score_response(
 ) -> dict[str, Any]:
     """Score one response against pixel-xyxy ground-truth boxes of the original image.
 
+    Only the final answer is read: reasoning up to the last ``</think>`` is ignored, and
+    the last complete ``<answer>…</answer>`` after it is the answer (see
+    :func:`grounding_ops.reward.parsing.extract_answer`).
+
     Returns ``score`` (in [0, 1]), ``iou`` (mean IoU of matched pairs),
     ``acc`` (1.0 when predictions and ground truth match one-to-one with every
-    pair at IoU >= 0.5 and no extra box), ``format_ok``, ``n_pred``, ``n_gt``
-    and ``reason`` ("" or the first problem found in the answer).
+    pair at IoU >= 0.5 and no extra or invalid entry), ``format_ok``, ``n_pred``
+    (box entries the answer emitted, valid or not), ``n_gt`` and ``reason`` ("" or
+    the first problem found in the answer, including recovered forms).
 
+    ``score = sum of matched IoUs / max(n_gt, n_pred)``: every entry must pay for itself.
     With ``format_weight`` w > 0, ``score = (1 - w) * match + w * format_ok``.
-    More than ``max_boxes`` predicted boxes score 0 (reason ``too_many_boxes``),
+    More than ``max_boxes`` entries score 0 (reason ``too_many_boxes``),
     so does an answer longer than ``max_answer_chars`` (``answer_too_long``).
     Never raises on the response; raises ValueError for invalid ground truth,
     sizes or protocol (a data or configuration error).
     """
     proto = _protocols.get_protocol(protocol)
     gt = normalize_boxes(gt_boxes)
-    if not 0.0 <= float(format_weight) <= 1.0:
-        raise ValueError(f"format_weight must be between 0 and 1, got {format_weight!r}")
-    parsed = proto.parse(
-        response, image_size, resized_size, max_boxes=max_boxes, max_answer_chars=max_answer_chars
-    )
-    n_pred, n_gt = len(parsed.boxes), len(gt)
-    result: dict[str, Any] = {
-        "score": 0.0,
-        "iou": 0.0,
-        "acc": 0.0,
-        "format_ok": parsed.format_ok,
-        "n_pred": n_pred,
-        "n_gt": n_gt,
-        "reason": parsed.reason,
-    }
-    if parsed.too_many:
-        result["n_pred"] = int(max_boxes) + 1
-        return result
-    if n_gt == 0:
-        # nothing to find: only an explicit, well-formed empty answer is right
-        match_score = 1.0 if (n_pred == 0 and parsed.format_ok) else 0.0
-        result["acc"] = match_score
-    else:
-        match = match_boxes(parsed.boxes, gt)
-        ious = [p[2] for p in match.pairs]
-        match_score = sum(ious) / max(n_gt, n_pred)
-        result["iou"] = round(sum(ious) / len(ious), SCORE_DECIMALS) if ious else 0.0
-        result["acc"] = 1.0 if (n_pred == n_gt and all(v >= ACC_IOU_THRESHOLD for v in ious)) else 0.0
-    w = float(format_weight)
-    score = (1.0 - w) * match_score + w * (1.0 if parsed.format_ok else 0.0)
-    result["score"] = min(max(round(float(score), SCORE_DECIMALS), 0.0), 1.0)
-    return result
+    return _score(proto, proto.frame_of(image_size, resized_size), gt, response, max(int(max_boxes), 0),
+                  _format_weight(format_weight), max_answer_chars)
 
 
-def compute_score(
-    data_source: Any = None,
-    solution_str: str = "",
-    ground_truth: Any = None,
-    extra_info: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """VeRL 0.9.1 custom reward: ``reward.custom_reward_function.{path,name}``.
+# -- compute_score: VeRL's entry point --------------------------------------------------------
 
-    ``ground_truth`` is ``reward_model.ground_truth`` of the exported row:
-    ``{"boxes", "protocol", "image_size", "resized_size"}`` as a dict (values
-    may be numpy arrays) or JSON text; protocol and sizes fall back to
-    ``extra_info``. Optional ``reward_kwargs``: ``protocol`` (used when the row
-    names none), ``max_boxes``, ``format_weight``, ``max_answer_chars``.
-    """
+# The ground truth of one row, read once: VeRL hands the same dict object to every rollout
+# of a prompt. Keyed by identity, holding the object (so its id is not reused) and a copy
+# of its contents (so a dict changed in place is read again).
+_TARGET_CACHE: dict[int, tuple[Any, tuple, tuple]] = {}
+_TARGET_CACHE_SIZE = 8192
+_GT_KEYS = ("boxes", "protocol", "image_size", "resized_size")
+
+
+def _is_plain_numbers(value: Any, n: int | None = None) -> bool:
+    return (type(value) is list or type(value) is tuple) and (n is None or len(value) == n) and all(
+        type(v) is float or type(v) is int for v in value)
+
+
+def _snapshot(gt: dict) -> tuple | None:
+    """A copy of the fields of ``gt`` that decide its target, or None when they are not
+    plain lists and strings (numpy values are read every time)."""
+    boxes, protocol, image_size, resized_size = (gt.get(k) for k in _GT_KEYS)
+    if not (type(boxes) is list and all(type(b) is list and _is_plain_numbers(b) for b in boxes)
+            and type(protocol) is str and _is_plain_numbers(image_size, 2) and _is_plain_numbers(resized_size, 2)):
+        return None
+    return ([list(b) for b in boxes], protocol, type(image_size)(image_size), type(resized_size)(resized_size))
+
+
+def _read_target(
+    data_source: Any, ground_truth: Any, extra_info: Any, kwargs: Mapping[str, Any]
+) -> tuple[_protocols.Protocol, tuple[float, float, float, float], list[tuple[float, float, float, float]]]:
+    """``(protocol, frame, gt boxes)`` from an exported row's ground truth."""
     gt = _plain(ground_truth)
     if isinstance(gt, (str, bytes)):
         gt = json.loads(gt)
@@ -165,13 +213,52 @@ def compute_score(
         )
     if isinstance(protocol, bytes):
         protocol = protocol.decode()
-    return score_response(
-        solution_str if isinstance(solution_str, str) else ("" if solution_str is None else str(solution_str)),
-        boxes,
-        image_size=image_size,
-        protocol=str(protocol),
-        resized_size=_size(fields.get("resized_size")),
-        max_boxes=int(kwargs.get("max_boxes", _protocols.DEFAULT_MAX_BOXES)),
-        format_weight=float(kwargs.get("format_weight", 0.0)),
-        max_answer_chars=kwargs.get("max_answer_chars", _protocols.DEFAULT_MAX_ANSWER_CHARS),
-    )
+    proto = _protocols.get_protocol(str(protocol))
+    return proto, proto.frame_of(image_size, _size(fields.get("resized_size"))), normalize_boxes(boxes)
+
+
+def _target(data_source: Any, ground_truth: Any, extra_info: Any, kwargs: Mapping[str, Any]) -> tuple:
+    if type(ground_truth) is dict:
+        entry = _TARGET_CACHE.get(id(ground_truth))
+        if entry is not None and entry[0] is ground_truth:
+            try:
+                if entry[1] == (ground_truth.get("boxes"), ground_truth.get("protocol"),
+                                ground_truth.get("image_size"), ground_truth.get("resized_size")):
+                    return entry[2]
+            except ValueError:  # a field replaced by an array since: read it again
+                pass
+        target = _read_target(data_source, ground_truth, extra_info, kwargs)
+        snapshot = _snapshot(ground_truth)
+        if snapshot is not None:  # the row carries everything itself: extra_info cannot matter
+            if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
+                _TARGET_CACHE.clear()
+            _TARGET_CACHE[id(ground_truth)] = (ground_truth, snapshot, target)
+        return target
+    return _read_target(data_source, ground_truth, extra_info, kwargs)
+
+
+def compute_score(
+    data_source: Any = None,
+    solution_str: str = "",
+    ground_truth: Any = None,
+    extra_info: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """VeRL 0.9.1 custom reward: ``reward.custom_reward_function.{path,name}``.
+
+    ``ground_truth`` is ``reward_model.ground_truth`` of the exported row:
+    ``{"boxes", "protocol", "image_size", "resized_size"}`` as a dict (values
+    may be numpy arrays) or JSON text; protocol and sizes fall back to
+    ``extra_info``. Optional ``reward_kwargs``: ``protocol`` (used when the row
+    names none), ``max_boxes``, ``format_weight``, ``max_answer_chars``.
+    The same result as :func:`score_response`; a row's ground truth is read once
+    per dict object (VeRL passes one object to all rollouts of a prompt).
+    """
+    proto, frame, gt = _target(data_source, ground_truth, extra_info, kwargs)
+    if kwargs:
+        return _score(proto, frame, gt, solution_str,
+                      max(int(kwargs.get("max_boxes", _protocols.DEFAULT_MAX_BOXES)), 0),
+                      _format_weight(kwargs.get("format_weight", 0.0)),
+                      kwargs.get("max_answer_chars", _protocols.DEFAULT_MAX_ANSWER_CHARS))
+    return _score(proto, frame, gt, solution_str, _protocols.DEFAULT_MAX_BOXES, 0.0,
+                  _protocols.DEFAULT_MAX_ANSWER_CHARS)
