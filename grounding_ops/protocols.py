@@ -17,7 +17,10 @@ name                      answer syntax                                   coordi
 ========================  ==============================================  ==========================
 
 Any protocol may be wrapped as ``<think>…</think><answer>…</answer>``: only
-the answer is parsed.
+the final answer is parsed (reasoning up to the last ``</think>`` never is), and
+every box entry of it counts, valid or not. ``qwen2-vl`` also reads plain
+``(x1,y1,x2,y2)`` / ``[x1,y1,x2,y2]`` on its grid, flagged ``bare_box`` (see
+docs/reward.md).
 
 This module is imported by the data export, the trainers and evaluation:
 keep it free of heavy imports.
@@ -111,16 +114,8 @@ class Protocol:
     # -- coordinate frames ----------------------------------------------
     def _scale(self, image_size: Sequence[float], resized_size: Sequence[float] | None) -> tuple[float, float]:
         """Multipliers from protocol coordinates to original pixels."""
-        w, h = _size(image_size, "image_size")
-        if self.frame == "pixels":
-            return 1.0, 1.0
-        if self.frame == "unit":
-            return w, h
-        if self.frame == "grid1000":
-            return w / 1000.0, h / 1000.0
-        # resized: absolute pixels of the image the processor fed the model
-        rw, rh = _size(resized_size, "resized_size") if resized_size is not None else (w, h)
-        return w / rw, h / rh
+        sx, sy, _, _ = self.frame_of(image_size, resized_size)
+        return sx, sy
 
     def format_answer(
         self,
@@ -178,9 +173,16 @@ class Protocol:
     ) -> tuple[float, float, float, float]:
         """``(sx, sy, w, h)``: multipliers from protocol coordinates to original pixels, and
         the original image size (validated; ValueError names the bad size)."""
-        sx, sy = self._scale(image_size, resized_size)
         w, h = _size(image_size, "image_size")
-        return sx, sy, w, h
+        if self.frame == "pixels":
+            return 1.0, 1.0, w, h
+        if self.frame == "unit":
+            return w, h, w, h
+        if self.frame == "grid1000":
+            return w / 1000.0, h / 1000.0, w, h
+        # resized: absolute pixels of the image the processor fed the model
+        rw, rh = _size(resized_size, "resized_size") if resized_size is not None else (w, h)
+        return w / rw, h / rh, w, h
 
     def read(
         self,
@@ -229,7 +231,7 @@ class Protocol:
                     y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
                 )], 1, format_ok, reason, False
         raw, n_entries, format_ok, reason, too_many = parsing.scan_general(text, self.syntax, max_boxes)
-        if not wrapper_ok:  # the wrapper is the first problem in the text
+        if not wrapper_ok and not too_many:  # the wrapper is the first problem in the text
             format_ok, reason = False, wrapper_reason
         boxes: list[Box] = []
         for a, b, c, d in raw:
@@ -321,6 +323,8 @@ assert tuple(_PROTOCOLS) == PROTOCOL_NAMES
 
 def get_protocol(name: str | Protocol) -> Protocol:
     """The protocol called ``name``; ValueError naming the valid ones otherwise."""
+    if type(name) is str and name in _PROTOCOLS:
+        return _PROTOCOLS[name]
     if isinstance(name, Protocol):
         return name
     try:

@@ -265,13 +265,33 @@ def test_adversarial_megabyte_responses_are_cheap_and_score_zero(protocol):
     gt = [(1.0, 2.0, 3.0, 4.0)]
     for name, text in adversarial_responses(1 << 20).items():
         for limit in (65_536, None):  # the default answer limit, and none at all
-            start = time.perf_counter()
+            start = time.process_time()
             r = score_response(text, gt, image_size=(100, 100), protocol=protocol, max_answer_chars=limit)
-            elapsed = time.perf_counter() - start
+            elapsed = time.process_time() - start
             # precise figures live in benchmarks/reward.py; this only catches super-linear blow-ups
             assert elapsed < 0.5, (protocol, name, limit, elapsed)
             assert 0.0 <= r["score"] <= 1.0
             assert set(r) == KEYS
+
+
+def _best_of_3(text: str, protocol: str) -> float:
+    """CPU seconds of this process (a busy machine does not count against it)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        score_response(text, [(1.0, 2.0, 3.0, 4.0)], image_size=(100, 100), protocol=protocol, max_answer_chars=None)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+@pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
+def test_adversarial_cost_grows_linearly(protocol):
+    """8x the text costs about 8x the time, not 64x (no answer-length limit: the parser alone)."""
+    small, big = adversarial_responses(1 << 17), adversarial_responses(1 << 20)
+    for name in big:
+        t_small, t_big = _best_of_3(small[name], protocol), _best_of_3(big[name], protocol)
+        # 16x allows for caches and a noisy machine; quadratic growth would be 64x
+        assert t_big < 16 * t_small + 0.05, (protocol, name, t_small, t_big)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOL_NAMES)

@@ -177,7 +177,7 @@ class _Entries:
         was recovered). False once the entry limit is passed."""
         if self.n >= self.max_boxes:
             self.too_many = True
-            self.fail("too_many_boxes")
+            self.ok, self.reason = False, "too_many_boxes"  # what decides the score, whatever came first
             return False
         self.n += 1
         if box is not None:

@@ -39,19 +39,22 @@ def normalize_boxes(boxes: Any) -> list[tuple[float, float, float, float]]:
     items = list(boxes)
     if len(items) == 4 and all(isinstance(_plain(v), (int, float)) for v in items):
         items = [items]  # a single flat box
-    out = []
-    for item in items:
-        if type(item) not in (list, tuple):
-            item = _plain(item)
-        try:
-            vals = [float(v) for v in item]
-        except (TypeError, ValueError):
-            vals = []
-        if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
-            raise ValueError(f"ground-truth box {item!r} is not four finite numbers x1, y1, x2, y2")
-        x1, y1, x2, y2 = vals
-        out.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
-    return out
+    return [_gt_box(item) for item in items]
+
+
+def _gt_box(item: Any) -> tuple[float, float, float, float]:
+    if type(item) is not list and type(item) is not tuple:
+        item = _plain(item)
+    if isinstance(item, (str, bytes)):
+        raise ValueError(f"ground-truth box {item!r} is not four finite numbers x1, y1, x2, y2")
+    try:
+        x1, y1, x2, y2 = item
+        x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+    except (TypeError, ValueError):
+        x1 = y1 = x2 = y2 = math.nan
+    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+        raise ValueError(f"ground-truth box {item!r} is not four finite numbers x1, y1, x2, y2")
+    return (x1 if x1 < x2 else x2, y1 if y1 < y2 else y2, x2 if x2 > x1 else x1, y2 if y2 > y1 else y1)
 
 
 def _size(value: Any) -> tuple[float, float] | None:
@@ -169,19 +172,35 @@ _TARGET_CACHE_SIZE = 8192
 _GT_KEYS = ("boxes", "protocol", "image_size", "resized_size")
 
 
-def _is_plain_numbers(value: Any, n: int | None = None) -> bool:
-    return (type(value) is list or type(value) is tuple) and (n is None or len(value) == n) and all(
-        type(v) is float or type(v) is int for v in value)
-
-
-def _snapshot(gt: dict) -> tuple | None:
-    """A copy of the fields of ``gt`` that decide its target, or None when they are not
-    plain lists and strings (numpy values are read every time)."""
-    boxes, protocol, image_size, resized_size = (gt.get(k) for k in _GT_KEYS)
-    if not (type(boxes) is list and all(type(b) is list and _is_plain_numbers(b) for b in boxes)
-            and type(protocol) is str and _is_plain_numbers(image_size, 2) and _is_plain_numbers(resized_size, 2)):
+def _read_plain_target(gt: dict) -> tuple[tuple, tuple] | None:
+    """``(target, snapshot)`` for a row that carries its protocol, sizes and boxes as plain
+    lists (the exported form, as ``datasets`` hands it over); None for any other form.
+    The snapshot is a copy of those fields, compared on every cache hit."""
+    boxes, protocol, image_size, resized_size = gt.get("boxes"), gt.get("protocol"), gt.get("image_size"), gt.get(
+        "resized_size")
+    if not (type(boxes) is list and type(protocol) is str and protocol
+            and (type(image_size) is list or type(image_size) is tuple) and len(image_size) == 2
+            and (type(resized_size) is list or type(resized_size) is tuple) and len(resized_size) == 2):
         return None
-    return ([list(b) for b in boxes], protocol, type(image_size)(image_size), type(resized_size)(resized_size))
+    copies = []
+    gt_boxes = []
+    isfinite = math.isfinite
+    for box in boxes:
+        if type(box) is not list or len(box) != 4:
+            return None  # the general reader raises the error that names it
+        copies.append(box.copy())
+        try:
+            x1, y1, x2, y2 = box
+            x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+        except (TypeError, ValueError):
+            return None
+        if not (isfinite(x1) and isfinite(y1) and isfinite(x2) and isfinite(y2)):
+            return None
+        # _gt_box, inlined
+        gt_boxes.append((x1 if x1 < x2 else x2, y1 if y1 < y2 else y2, x2 if x2 > x1 else x1, y2 if y2 > y1 else y1))
+    proto = _protocols.get_protocol(protocol)
+    target = (proto, proto.frame_of(image_size, resized_size), gt_boxes)
+    return target, (copies, protocol, type(image_size)(image_size), type(resized_size)(resized_size))
 
 
 def _read_target(
@@ -227,13 +246,12 @@ def _target(data_source: Any, ground_truth: Any, extra_info: Any, kwargs: Mappin
                     return entry[2]
             except ValueError:  # a field replaced by an array since: read it again
                 pass
-        target = _read_target(data_source, ground_truth, extra_info, kwargs)
-        snapshot = _snapshot(ground_truth)
-        if snapshot is not None:  # the row carries everything itself: extra_info cannot matter
+        plain = _read_plain_target(ground_truth)
+        if plain is not None:  # the row carries everything itself: extra_info cannot matter
             if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
                 _TARGET_CACHE.clear()
-            _TARGET_CACHE[id(ground_truth)] = (ground_truth, snapshot, target)
-        return target
+            _TARGET_CACHE[id(ground_truth)] = (ground_truth, plain[1], plain[0])
+            return plain[0]
     return _read_target(data_source, ground_truth, extra_info, kwargs)
 
 
