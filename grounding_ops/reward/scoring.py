@@ -165,17 +165,17 @@ def score_response(
 # -- compute_score: VeRL's entry point --------------------------------------------------------
 
 # The ground truth of one row, read once: VeRL hands the same dict object to every rollout
-# of a prompt. Keyed by identity, holding the object (so its id is not reused) and a copy
-# of its contents (so a dict changed in place is read again).
-_TARGET_CACHE: dict[int, tuple[Any, tuple, tuple]] = {}
-_TARGET_CACHE_SIZE = 8192
-_GT_KEYS = ("boxes", "protocol", "image_size", "resized_size")
+# of a prompt, and the rollouts of a prompt are adjacent in its batches. Keyed by identity,
+# an entry holds the object (so its id is not reused while cached) and a copy of its fields
+# (compared on every hit, so a dict changed in place is read again). Small on purpose:
+# entries die young, which keeps the garbage collector's work per call small.
+_TARGET_CACHE: dict[int, tuple] = {}
+_TARGET_CACHE_SIZE = 256
 
 
-def _read_plain_target(gt: dict) -> tuple[tuple, tuple] | None:
-    """``(target, snapshot)`` for a row that carries its protocol, sizes and boxes as plain
-    lists (the exported form, as ``datasets`` hands it over); None for any other form.
-    The snapshot is a copy of those fields, compared on every cache hit."""
+def _cache_plain_target(gt: dict) -> tuple | None:
+    """The target of a row that carries its protocol, sizes and boxes as plain lists (the
+    exported form, as ``datasets`` hands it over), cached; None for any other form."""
     boxes, protocol, image_size, resized_size = gt.get("boxes"), gt.get("protocol"), gt.get("image_size"), gt.get(
         "resized_size")
     if not (type(boxes) is list and type(protocol) is str and protocol
@@ -200,7 +200,15 @@ def _read_plain_target(gt: dict) -> tuple[tuple, tuple] | None:
         gt_boxes.append((x1 if x1 < x2 else x2, y1 if y1 < y2 else y2, x2 if x2 > x1 else x1, y2 if y2 > y1 else y1))
     proto = _protocols.get_protocol(protocol)
     target = (proto, proto.frame_of(image_size, resized_size), gt_boxes)
-    return target, (copies, protocol, type(image_size)(image_size), type(resized_size)(resized_size))
+    if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
+        _TARGET_CACHE.clear()
+    _TARGET_CACHE[id(gt)] = (
+        gt,
+        (copies, protocol, image_size.copy() if type(image_size) is list else image_size,
+         resized_size.copy() if type(resized_size) is list else resized_size),
+        target,
+    )
+    return target
 
 
 def _read_target(
@@ -236,25 +244,6 @@ def _read_target(
     return proto, proto.frame_of(image_size, _size(fields.get("resized_size"))), normalize_boxes(boxes)
 
 
-def _target(data_source: Any, ground_truth: Any, extra_info: Any, kwargs: Mapping[str, Any]) -> tuple:
-    if type(ground_truth) is dict:
-        entry = _TARGET_CACHE.get(id(ground_truth))
-        if entry is not None and entry[0] is ground_truth:
-            try:
-                if entry[1] == (ground_truth.get("boxes"), ground_truth.get("protocol"),
-                                ground_truth.get("image_size"), ground_truth.get("resized_size")):
-                    return entry[2]
-            except ValueError:  # a field replaced by an array since: read it again
-                pass
-        plain = _read_plain_target(ground_truth)
-        if plain is not None:  # the row carries everything itself: extra_info cannot matter
-            if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
-                _TARGET_CACHE.clear()
-            _TARGET_CACHE[id(ground_truth)] = (ground_truth, plain[1], plain[0])
-            return plain[0]
-    return _read_target(data_source, ground_truth, extra_info, kwargs)
-
-
 def compute_score(
     data_source: Any = None,
     solution_str: str = "",
@@ -272,7 +261,21 @@ def compute_score(
     The same result as :func:`score_response`; a row's ground truth is read once
     per dict object (VeRL passes one object to all rollouts of a prompt).
     """
-    proto, frame, gt = _target(data_source, ground_truth, extra_info, kwargs)
+    target = None
+    if type(ground_truth) is dict:
+        entry = _TARGET_CACHE.get(id(ground_truth))
+        if entry is not None and entry[0] is ground_truth:
+            try:
+                if entry[1] == (ground_truth.get("boxes"), ground_truth.get("protocol"),
+                                ground_truth.get("image_size"), ground_truth.get("resized_size")):
+                    target = entry[2]
+            except ValueError:  # a field replaced by an array since: read it again
+                pass
+        if target is None:
+            target = _cache_plain_target(ground_truth)
+    if target is None:
+        target = _read_target(data_source, ground_truth, extra_info, kwargs)
+    proto, frame, gt = target
     if kwargs:
         return _score(proto, frame, gt, solution_str,
                       max(int(kwargs.get("max_boxes", _protocols.DEFAULT_MAX_BOXES)), 0),
