@@ -246,7 +246,12 @@ class Protocol:
                     format_ok, reason = False, "reversed_coordinates"
                 x1, x2 = min(x1, x2), max(x1, x2)
                 y1, y2 = min(y1, y2), max(y1, y2)
-            boxes.append((min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)))
+            boxes.append((  # clipped to the image
+                x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
+                y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
+                x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
+                y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
+            ))
         return boxes, n_entries, format_ok, reason, too_many
 
     def parse(

@@ -192,10 +192,12 @@ class _Entries:
 
 def _finite4(values) -> BoxTuple | None:
     try:
-        a, b, c, d = (float(v) for v in values)
+        a, b, c, d = values
+        a, b, c, d = float(a), float(b), float(c), float(d)
     except (TypeError, ValueError, OverflowError):
         return None
-    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(d)):
+    isfinite = math.isfinite
+    if not (isfinite(a) and isfinite(b) and isfinite(c) and isfinite(d)):
         return None
     return (a, b, c, d)
 
@@ -206,11 +208,15 @@ def _regex_entries(matches, entries: _Entries, invalid: str, flags: dict[int, st
     for m in matches:
         groups = m.groups()
         box, flag = None, invalid
-        for first in range(0, len(groups), 4):
-            if groups[first] is not None:
-                box = _finite4(groups[first : first + 4])
-                flag = (flags or {}).get(first, "") if box is not None else "non_finite_coordinates"
-                break
+        if groups[0] is not None:  # the protocol's own form
+            box = _finite4(groups[:4])
+            flag = "" if box is not None else "non_finite_coordinates"
+        else:
+            for first in range(4, len(groups), 4):
+                if groups[first] is not None:
+                    box = _finite4(groups[first : first + 4])
+                    flag = (flags or {}).get(first, "") if box is not None else "non_finite_coordinates"
+                    break
         if not entries.add(box, flag):
             return False
     return True
