@@ -1,10 +1,10 @@
 """Reward cost: ours vs the draft guide's max-IoU regex reward, measured side by side.
 
 1. Single-box responses, the VeRL path: µs per response of ``compute_score`` with the
-   exported ground-truth dict (one dict object per prompt, shared by its rollouts as
-   VeRL's ``repeat`` shares it; and a fresh dict per response, every call a cache miss)
-   for every protocol, next to the guide's regex reward on the same boxes written as
-   ``<click>``. Min of interleaved rounds; the ratio to the guide is printed.
+   exported ground-truth dict (one dict object per prompt shared by its rollouts, an
+   equal copy per rollout, or a different row per response) for every protocol, next
+   to the guide's regex reward on the same boxes written as ``<click>``. CPU time, min
+   of interleaved rounds; the ratio to the guide is printed.
 2. 10k mixed ``click-xywh`` responses (the guide's only format): exact, jittered,
    multi-box, think-wrapped, grids, prose, garbage; ours through ``score_response`` and
    ``compute_score``, the guide on the same responses; the ratio is printed.
@@ -135,6 +135,10 @@ def single_box_cases(n: int, seed: int = 1) -> list[dict]:
 
 
 def single_box_section(n: int, rounds: int) -> None:
+    """The VeRL path on single-box answers, for the ways VeRL hands over the ground truth:
+    one dict object per prompt (a batch, ``repeat`` shares it), an equal copy per rollout
+    (sample-by-sample scoring unpickles each), and a different row per response (no reuse:
+    ``rollout.n = 1``)."""
     cases = single_box_cases(n)
     click = [get_protocol("click-xywh").format_answer([c["pred"]], c["size"]) for c in cases]
     gts = [[c["gt"]] for c in cases]
@@ -143,30 +147,28 @@ def single_box_section(n: int, rounds: int) -> None:
         proto = get_protocol(protocol)
         texts = [proto.format_answer([c["pred"]], c["size"], c["resized"], label="object") for c in cases]
         shared: dict[int, dict] = {}
-        rows = [shared.setdefault(c["group"], _exported_truth(protocol, c["gt"], c["size"], c["resized"]))
-                for c in cases]
-
-        def run(texts=texts, rows=rows):
-            return [compute_score("grounding/bench", t, r, None) for t, r in zip(texts, rows)]
-
-        contenders[f"compute_score {protocol}"] = run
+        rows = {"shared dict": [shared.setdefault(c["group"], _exported_truth(protocol, c["gt"], c["size"],
+                                                                              c["resized"])) for c in cases]}
         if protocol in ("qwen2.5-vl", "click-xywh"):
-            fresh = [_exported_truth(protocol, c["gt"], c["size"], c["resized"]) for c in cases]
-
-            def run_fresh(texts=texts, rows=fresh):
+            rows["equal copy"] = [_exported_truth(protocol, c["gt"], c["size"], c["resized"]) for c in cases]
+            rng = random.Random(2)
+            rows["no reuse"] = [_exported_truth(protocol, _jitter(rng, c["gt"], 0.01), c["size"], c["resized"])
+                                for c in cases]
+        for how, these in rows.items():
+            def run(texts=texts, rows=these):
                 return [compute_score("grounding/bench", t, r, None) for t, r in zip(texts, rows)]
 
-            contenders[f"compute_score {protocol}, dict per call"] = run_fresh
+            contenders[f"compute_score {protocol}, {how}"] = run
     for fn in contenders.values():  # imports, caches of the regex module
         fn()
     best = _interleaved(contenders, rounds, before=_scoring._TARGET_CACHE.clear)
     guide = best["guide max-IoU regex (click)"]
     us = 1e6 / n
-    print(f"== {n} single-box responses, VeRL path (min of {rounds} interleaved rounds; "
-          f"ground-truth dict shared by {ROLLOUTS} rollouts unless 'per call')")
-    print(f"{'reward':<46}{'us/response':>12}{'x guide':>9}")
+    print(f"== {n} single-box responses, the VeRL path (CPU time, min of {rounds} interleaved rounds; "
+          f"{ROLLOUTS} rollouts per prompt)")
+    print(f"{'reward':<48}{'us/response':>12}{'x guide':>9}")
     for name, t in best.items():
-        print(f"{name:<46}{t * us:>12.2f}{t / guide:>9.2f}")
+        print(f"{name:<48}{t * us:>12.2f}{t / guide:>9.2f}")
 
 
 def profile_single_box(n: int) -> None:
@@ -218,12 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                         before=_scoring._TARGET_CACHE.clear)
     g_scores, o_scores = run_guide(), run_ours()
     us = 1e6 / args.n
-    print(f"\n== {args.n} mixed click-xywh responses (min of {args.rounds} interleaved rounds)")
+    print(f"\n== {args.n} mixed click-xywh responses (CPU time, min of {args.rounds} interleaved rounds)")
     print(f"{'reward':<46}{'us/response':>12}{'x guide':>9}{'mean reward':>13}")
     print(f"{'guide max-IoU regex':<46}{best['guide'] * us:>12.2f}{1.0:>9.2f}{statistics.fmean(g_scores):>13.3f}")
     print(f"{'ours, score_response':<46}{best['ours'] * us:>12.2f}{best['ours'] / best['guide']:>9.2f}"
           f"{statistics.fmean(o_scores):>13.3f}")
-    print(f"{'ours, compute_score (dict per row)':<46}{best['verl'] * us:>12.2f}"
+    print(f"{'ours, compute_score (a dict per row)':<46}{best['verl'] * us:>12.2f}"
           f"{best['verl'] / best['guide']:>9.2f}")
     grid = [i for i, c in enumerate(cases) if c["kind"] == "grid"]
     print(f"grid responses ({len(grid)}): guide mean {statistics.fmean(g_scores[i] for i in grid):.3f}, "

@@ -190,7 +190,6 @@ class Protocol:
         frame: tuple[float, float, float, float],
         max_boxes: int = DEFAULT_MAX_BOXES,
         max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
-        *,
         fast: bool = True,
     ) -> tuple[list[Box], int, bool, str, bool]:
         """``(boxes, n_entries, format_ok, reason, too_many)`` for ``response``: clipped
@@ -209,7 +208,7 @@ class Protocol:
         xywh = self.xywh
         if fast and max_boxes >= 1:
             # one well-formed entry (most answers): the same steps as below, unrolled
-            box = parsing.scan_fast(text, self.syntax)
+            box = parsing.FAST_READERS[self.syntax](text)
             if box is not None:
                 a, b, c, d = box
                 format_ok, reason = wrapper_ok, wrapper_reason

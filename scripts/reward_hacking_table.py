@@ -80,8 +80,8 @@ def strategies() -> list[tuple[str, int, str]]:
          f"<think>{_click([GT])}</think><answer>{_click([shifted])}</answer>"),
         ("hedging: 4 candidate boxes, one of them exact", 4, _click(_hedge(4))),
         ("reasoning quotes the tags, exact box in <answer>", 1,
-         "<think>I must answer inside <answer></answer> tags as <click>x, y, w, h</click>.</think>"
-         f"<answer>{_click([GT])}</answer>"),
+         ("<think>I must answer inside <answer></answer> tags as <click>x, y, w, h</click>.</think>"
+          f"<answer>{_click([GT])}</answer>")),
         ("exact box + 49 invalid entries (padding)", 50, _click([GT]) + " <click>1, 2, 3</click>" * 49),
         ("exact box in Qwen2.5-VL JSON (guide cannot parse)", 1,
          get_protocol("qwen2.5-vl").format_answer([GT], IMAGE, label="car")),

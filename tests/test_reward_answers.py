@@ -256,3 +256,18 @@ def test_compute_score_equals_score_response_on_shared_and_fresh_dicts():
         want = score(response, gt=(G, H))
         assert compute_score("grounding/x", response, shared, None) == want
         assert compute_score("grounding/x", response, _truth((G, H)), {"protocol": "click-xywh"}) == want
+
+
+def test_the_ground_truth_cache_cannot_confuse_rows():
+    two = {**_truth(), "boxes": [[1, 2, 3, 4], [5, 6, 7, 8]]}
+    assert compute_score("grounding/x", "", two, None)["n_gt"] == 2
+    # the same numbers as one eight-value box: a data error, not the two-box row's target
+    with pytest.raises(ValueError, match="four finite numbers"):
+        compute_score("grounding/x", "", {**_truth(), "boxes": [[1, 2, 3, 4, 5, 6, 7, 8]]}, None)
+    with pytest.raises(ValueError, match="four finite numbers"):
+        compute_score("grounding/x", "", {**_truth(), "boxes": [[1, 2, [3], 4]]}, None)  # unhashable
+    # the same contents in a fresh dict (VeRL scoring sample by sample) give the same result
+    answer = native("qwen2.5-vl", G)
+    assert compute_score("grounding/x", answer, _truth(), None) == compute_score("grounding/x", answer, _truth(), {})
+    sizes_as_tuples = {**_truth(), "image_size": IMAGE, "resized_size": RESIZED}
+    assert compute_score("grounding/x", answer, sizes_as_tuples, None)["score"] == 1.0

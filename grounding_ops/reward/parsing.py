@@ -347,18 +347,39 @@ def scan_general(text: str, syntax: str, max_boxes: int) -> Scan:
     return entries.result()
 
 
+def _fast_reader(syntax: str):
+    fullmatch = _FAST[syntax].fullmatch
+    if syntax == "json":
+        def read(text: str) -> BoxTuple | None:
+            m = fullmatch(text)
+            if m is None:
+                return None
+            _, a, b, c, d = m.groups()
+            return (float(a), float(b), float(c), float(d))
+    elif syntax == "pairs":
+        def read(text: str) -> BoxTuple | None:
+            m = fullmatch(strip_special_tokens(text) if "<|" in text else text)
+            if m is None:
+                return None
+            a, b, c, d = m.groups()
+            return (float(a), float(b), float(c), float(d))
+    else:
+        def read(text: str) -> BoxTuple | None:
+            m = fullmatch(text)
+            if m is None:
+                return None
+            a, b, c, d = m.groups()
+            return (float(a), float(b), float(c), float(d))
+    return read
+
+
+# syntax -> the fast path's reader: the box of an answer that is one well-formed entry, else None
+FAST_READERS = {syntax: _fast_reader(syntax) for syntax in _FAST}
+
+
 def scan_fast(text: str, syntax: str) -> BoxTuple | None:
     """The box of an answer that is exactly one well-formed entry, else None."""
-    if syntax == "pairs" and "<|" in text:
-        text = strip_special_tokens(text)
-    m = _FAST[syntax].fullmatch(text)
-    if m is None:
-        return None
-    if syntax == "json":
-        a, b, c, d = m.group(2, 3, 4, 5)
-    else:
-        a, b, c, d = m.groups()
-    return (float(a), float(b), float(c), float(d))
+    return FAST_READERS[syntax](text)
 
 
 def scan(text: str, syntax: str, max_boxes: int) -> Scan:

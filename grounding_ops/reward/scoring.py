@@ -86,7 +86,7 @@ def _score(
     max_answer_chars: int | None,
     fast: bool = True,
 ) -> dict[str, Any]:
-    boxes, n_pred, format_ok, reason, too_many = proto.read(response, frame, max_boxes, max_answer_chars, fast=fast)
+    boxes, n_pred, format_ok, reason, too_many = proto.read(response, frame, max_boxes, max_answer_chars, fast)
     n_gt = len(gt)
     if too_many:
         return {"score": 0.0, "iou": 0.0, "acc": 0.0, "format_ok": format_ok, "n_pred": max_boxes + 1,
@@ -164,51 +164,55 @@ def score_response(
 
 # -- compute_score: VeRL's entry point --------------------------------------------------------
 
-# The ground truth of one row, read once: VeRL hands the same dict object to every rollout
-# of a prompt, and the rollouts of a prompt are adjacent in its batches. Keyed by identity,
-# an entry holds the object (so its id is not reused while cached) and a copy of its fields
-# (compared on every hit, so a dict changed in place is read again). Small on purpose:
-# entries die young, which keeps the garbage collector's work per call small.
-_TARGET_CACHE: dict[int, tuple] = {}
-_TARGET_CACHE_SIZE = 256
+# The ground truth of a row, read once per distinct contents: the rollouts of a prompt carry
+# equal ground truth (VeRL hands them the same dict, or, when it scores sample by sample,
+# equal copies). Keyed by the contents themselves (protocol, sizes, box coordinates), so a
+# dict changed in place can never hit a stale entry; bounded, and cleared when full.
+_TARGET_CACHE: dict[tuple, tuple] = {}
+_PROTOCOLS_BY_NAME = {name: _protocols.get_protocol(name) for name in _protocols.PROTOCOL_NAMES}
+_TARGET_CACHE_SIZE = 4096
 
 
-def _cache_plain_target(gt: dict) -> tuple | None:
-    """The target of a row that carries its protocol, sizes and boxes as plain lists (the
-    exported form, as ``datasets`` hands it over), cached; None for any other form."""
+def _content_key(gt: dict) -> tuple | None:
+    """A hashable copy of what decides a row's target, for a row that carries its protocol,
+    sizes and boxes itself as lists (the exported form); None for any other form."""
     boxes, protocol, image_size, resized_size = gt.get("boxes"), gt.get("protocol"), gt.get("image_size"), gt.get(
         "resized_size")
     if not (type(boxes) is list and type(protocol) is str and protocol
             and (type(image_size) is list or type(image_size) is tuple) and len(image_size) == 2
             and (type(resized_size) is list or type(resized_size) is tuple) and len(resized_size) == 2):
         return None
-    copies = []
+    if len(boxes) == 1:  # most rows: one object
+        box = boxes[0]
+        if type(box) is not list or len(box) != 4:
+            return None
+        return (protocol, *image_size, *resized_size, *box)
+    key = [protocol, *image_size, *resized_size]
+    for box in boxes:  # every box four values: the length of the key gives the number of boxes
+        if type(box) is not list or len(box) != 4:
+            return None
+        key += box
+    return tuple(key)
+
+
+def _read_exported_target(gt: dict) -> tuple | None:
+    """:func:`_read_target` for a row with a content key (the exported form: protocol,
+    sizes and four-value boxes as lists), without its conversions; None on any bad
+    value, for :func:`_read_target` to name."""
     gt_boxes = []
     isfinite = math.isfinite
-    for box in boxes:
-        if type(box) is not list or len(box) != 4:
-            return None  # the general reader raises the error that names it
-        copies.append(box.copy())
+    for x1, y1, x2, y2 in gt["boxes"]:
         try:
-            x1, y1, x2, y2 = box
             x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
         except (TypeError, ValueError):
             return None
         if not (isfinite(x1) and isfinite(y1) and isfinite(x2) and isfinite(y2)):
             return None
-        # _gt_box, inlined
         gt_boxes.append((x1 if x1 < x2 else x2, y1 if y1 < y2 else y2, x2 if x2 > x1 else x1, y2 if y2 > y1 else y1))
-    proto = _protocols.get_protocol(protocol)
-    target = (proto, proto.frame_of(image_size, resized_size), gt_boxes)
-    if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
-        _TARGET_CACHE.clear()
-    _TARGET_CACHE[id(gt)] = (
-        gt,
-        (copies, protocol, image_size.copy() if type(image_size) is list else image_size,
-         resized_size.copy() if type(resized_size) is list else resized_size),
-        target,
-    )
-    return target
+    proto = _PROTOCOLS_BY_NAME.get(gt["protocol"])
+    if proto is None:
+        return None
+    return proto, proto.frame_of(gt["image_size"], gt["resized_size"]), gt_boxes
 
 
 def _read_target(
@@ -258,23 +262,36 @@ def compute_score(
     may be numpy arrays) or JSON text; protocol and sizes fall back to
     ``extra_info``. Optional ``reward_kwargs``: ``protocol`` (used when the row
     names none), ``max_boxes``, ``format_weight``, ``max_answer_chars``.
-    The same result as :func:`score_response`; a row's ground truth is read once
-    per dict object (VeRL passes one object to all rollouts of a prompt).
+    The same result as :func:`score_response`; a row's ground truth is read once per
+    distinct contents (all rollouts of a prompt carry the same).
     """
-    target = None
+    key = None
     if type(ground_truth) is dict:
-        entry = _TARGET_CACHE.get(id(ground_truth))
-        if entry is not None and entry[0] is ground_truth:
-            try:
-                if entry[1] == (ground_truth.get("boxes"), ground_truth.get("protocol"),
-                                ground_truth.get("image_size"), ground_truth.get("resized_size")):
-                    target = entry[2]
-            except ValueError:  # a field replaced by an array since: read it again
-                pass
-        if target is None:
-            target = _cache_plain_target(ground_truth)
+        boxes = ground_truth.get("boxes")
+        if type(boxes) is list and len(boxes) == 1 and type(boxes[0]) is list and len(boxes[0]) == 4:
+            # one object (most rows): _content_key, inlined
+            protocol, image_size, resized_size = (ground_truth.get("protocol"), ground_truth.get("image_size"),
+                                                  ground_truth.get("resized_size"))
+            if (type(protocol) is str and protocol and type(image_size) is list and len(image_size) == 2
+                    and type(resized_size) is list and len(resized_size) == 2):
+                key = (protocol, *image_size, *resized_size, *boxes[0])
+        else:
+            key = _content_key(ground_truth)
+    target = None
+    if key is not None:
+        try:
+            target = _TARGET_CACHE.get(key)
+        except TypeError:  # an unhashable value: read the row every time
+            key = None
     if target is None:
-        target = _read_target(data_source, ground_truth, extra_info, kwargs)
+        if key is not None:
+            target = _read_exported_target(ground_truth)
+        if target is None:
+            target = _read_target(data_source, ground_truth, extra_info, kwargs)
+        if key is not None:
+            if len(_TARGET_CACHE) >= _TARGET_CACHE_SIZE:
+                _TARGET_CACHE.clear()
+            _TARGET_CACHE[key] = target
     proto, frame, gt = target
     if kwargs:
         return _score(proto, frame, gt, solution_str,
