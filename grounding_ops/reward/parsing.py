@@ -5,7 +5,7 @@ Two steps, both on untrusted text of any size, neither ever raises:
 1. :func:`extract_answer` cuts the answer out of the response: reasoning (anything up to
    the last ``</think>``) is never parsed, and within what follows the last complete
    ``<answer>…</answer>`` block is the answer.
-2. :func:`scan` reads every box *entry* the answer emits, in the protocol's syntax.
+2. :func:`scan_general` reads every box *entry* the answer emits, in the protocol's syntax.
    An entry is anything the model wrote as one box (a ``{"bbox_2d": ...}`` object, a
    ``<click>`` tag, a coordinate pair or list), valid or not: the score divides by the
    number of entries, so invalid entries can only lower it. Forms that are clearly a box
@@ -14,10 +14,11 @@ Two steps, both on untrusted text of any size, neither ever raises:
 
 The scanners are built from ``str.find`` and regular expressions that start with a
 literal and use only possessive or bounded quantifiers, so the regex engine never
-backtracks. JSON answers are read value by value with the C decoder: every JSON value
-(JSON lines, several arrays or objects, one per fenced block) counts, and the text
-between values is scanned loosely for box entries of truncated or malformed JSON. A
-failed decode resumes where the decoder stopped, so the whole answer costs one pass.
+backtracks (the fast path's expressions are anchored: one attempt each). JSON answers
+are read value by value with the C decoder: every JSON value (JSON lines, several
+arrays or objects, one per fenced block) counts, and the text between values is
+scanned loosely for box entries of truncated or malformed JSON. A failed decode
+resumes where the decoder stopped, so the whole answer costs about one pass.
 
 A single-box fast path (one regular expression per syntax that matches the whole
 answer) answers the common case; ``tests/test_reward_fastpath.py`` checks that it gives
@@ -380,12 +381,3 @@ FAST_READERS = {syntax: _fast_reader(syntax) for syntax in _FAST}
 def scan_fast(text: str, syntax: str) -> BoxTuple | None:
     """The box of an answer that is exactly one well-formed entry, else None."""
     return FAST_READERS[syntax](text)
-
-
-def scan(text: str, syntax: str, max_boxes: int) -> Scan:
-    """:func:`scan_general`, answered by :func:`scan_fast` when the answer is one entry."""
-    if max_boxes >= 1:
-        box = scan_fast(text, syntax)
-        if box is not None:
-            return [box], 1, True, "", False
-    return scan_general(text, syntax, max_boxes)

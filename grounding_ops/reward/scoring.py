@@ -268,13 +268,12 @@ def compute_score(
     key = None
     if type(ground_truth) is dict:
         boxes = ground_truth.get("boxes")
-        if type(boxes) is list and len(boxes) == 1 and type(boxes[0]) is list and len(boxes[0]) == 4:
-            # one object (most rows): _content_key, inlined
-            protocol, image_size, resized_size = (ground_truth.get("protocol"), ground_truth.get("image_size"),
-                                                  ground_truth.get("resized_size"))
-            if (type(protocol) is str and protocol and type(image_size) is list and len(image_size) == 2
-                    and type(resized_size) is list and len(resized_size) == 2):
-                key = (protocol, *image_size, *resized_size, *boxes[0])
+        protocol, image_size, resized_size = (ground_truth.get("protocol"), ground_truth.get("image_size"),
+                                              ground_truth.get("resized_size"))
+        if (type(boxes) is list and len(boxes) == 1 and type(boxes[0]) is list and len(boxes[0]) == 4
+                and type(protocol) is str and protocol and type(image_size) is list and len(image_size) == 2
+                and type(resized_size) is list and len(resized_size) == 2):
+            key = (protocol, *image_size, *resized_size, *boxes[0])  # one object (most rows): _content_key, inlined
         else:
             key = _content_key(ground_truth)
     target = None
