@@ -107,7 +107,7 @@ _SPECIAL_TOKENS = (
 
 # Bounds that keep pathological inputs cheap.
 MAX_JSON_CHARS = 256 * 1024  # longer answers are only scanned loosely
-MAX_JSON_VALUES = 1_000  # JSON values decoded per answer
+MAX_JSON_VALUES = 1_000  # decode attempts per answer (failed ones too)
 MAX_JSON_NODES = 20_000  # nodes walked over all of them
 MAX_JSON_DEPTH = 64
 
