@@ -68,7 +68,7 @@ def _size(size: Sequence[float] | None, what: str) -> tuple[float, float]:
         w, h = float(size[0]), float(size[1])  # type: ignore[index]
     except (TypeError, ValueError, IndexError, KeyError) as exc:
         raise ValueError(f"{what} must be (width, height), got {size!r}") from exc
-    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+    if not (0.0 < w < math.inf and 0.0 < h < math.inf):  # NaN fails both
         raise ValueError(f"{what} must be positive finite (width, height), got {size!r}")
     return w, h
 
