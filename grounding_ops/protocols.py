@@ -17,7 +17,10 @@ name                      answer syntax                                   coordi
 ========================  ==============================================  ==========================
 
 Any protocol may be wrapped as ``<think>…</think><answer>…</answer>``: only
-the answer is parsed.
+the final answer is parsed (reasoning up to the last ``</think>`` never is), and
+every box entry of it counts, valid or not. ``qwen2-vl`` also reads plain
+``(x1,y1,x2,y2)`` / ``[x1,y1,x2,y2]`` on its grid, flagged ``bare_box`` (see
+docs/reward.md).
 
 This module is imported by the data export, the trainers and evaluation:
 keep it free of heavy imports.
@@ -29,7 +32,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 PROTOCOL_NAMES: tuple[str, ...] = ("qwen2.5-vl", "qwen2-vl", "qwen3-vl", "click-xywh", "normalized-xyxy")
 DEFAULT_MAX_BOXES = 50
@@ -49,13 +51,16 @@ class ParseResult:
     ``boxes`` are clipped to the image (at most ``max_boxes`` of them);
     ``format_ok`` is true when the answer follows the protocol exactly;
     ``reason`` names the first problem found ("" when none); ``too_many``
-    is set when the response holds more than ``max_boxes`` boxes.
+    is set when the response holds more than ``max_boxes`` box entries;
+    ``n_invalid`` counts the entries that were not a readable box (they count
+    against the score all the same).
     """
 
     boxes: tuple[Box, ...]
     format_ok: bool
     reason: str = ""
     too_many: bool = False
+    n_invalid: int = 0
 
 
 def _size(size: Sequence[float] | None, what: str) -> tuple[float, float]:
@@ -63,7 +68,7 @@ def _size(size: Sequence[float] | None, what: str) -> tuple[float, float]:
         w, h = float(size[0]), float(size[1])  # type: ignore[index]
     except (TypeError, ValueError, IndexError, KeyError) as exc:
         raise ValueError(f"{what} must be (width, height), got {size!r}") from exc
-    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+    if not (0.0 < w < math.inf and 0.0 < h < math.inf):  # NaN fails both
         raise ValueError(f"{what} must be positive finite (width, height), got {size!r}")
     return w, h
 
@@ -109,16 +114,8 @@ class Protocol:
     # -- coordinate frames ----------------------------------------------
     def _scale(self, image_size: Sequence[float], resized_size: Sequence[float] | None) -> tuple[float, float]:
         """Multipliers from protocol coordinates to original pixels."""
-        w, h = _size(image_size, "image_size")
-        if self.frame == "pixels":
-            return 1.0, 1.0
-        if self.frame == "unit":
-            return w, h
-        if self.frame == "grid1000":
-            return w / 1000.0, h / 1000.0
-        # resized: absolute pixels of the image the processor fed the model
-        rw, rh = _size(resized_size, "resized_size") if resized_size is not None else (w, h)
-        return w / rw, h / rh
+        sx, sy, _, _ = self.frame_of(image_size, resized_size)
+        return sx, sy
 
     def format_answer(
         self,
@@ -171,6 +168,91 @@ class Protocol:
         return lists[0] if len(lists) == 1 else "[" + ", ".join(lists) + "]"
 
     # -- parsing ---------------------------------------------------------
+    def frame_of(
+        self, image_size: Sequence[float], resized_size: Sequence[float] | None = None
+    ) -> tuple[float, float, float, float]:
+        """``(sx, sy, w, h)``: multipliers from protocol coordinates to original pixels, and
+        the original image size (validated; ValueError names the bad size)."""
+        w, h = _size(image_size, "image_size")
+        if self.frame == "pixels":
+            return 1.0, 1.0, w, h
+        if self.frame == "unit":
+            return w, h, w, h
+        if self.frame == "grid1000":
+            return w / 1000.0, h / 1000.0, w, h
+        # resized: absolute pixels of the image the processor fed the model
+        rw, rh = _size(resized_size, "resized_size") if resized_size is not None else (w, h)
+        return w / rw, h / rh, w, h
+
+    def read(
+        self,
+        response: object,
+        frame: tuple[float, float, float, float],
+        max_boxes: int = DEFAULT_MAX_BOXES,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        fast: bool = True,
+    ) -> tuple[list[Box], int, bool, str, bool]:
+        """``(boxes, n_entries, format_ok, reason, too_many)`` for ``response``: clipped
+        pixel-xyxy boxes of the valid entries, and how many box entries the answer emitted
+        (valid or not). ``frame`` comes from :meth:`frame_of`; ``fast=False`` skips the
+        single-box fast path (same result, for tests). The tuple form of :meth:`parse`."""
+        if type(response) is not str:
+            response = "" if response is None else str(response)
+        if "think>" in response or "answer>" in response:
+            text, wrapper_ok, wrapper_reason = parsing.extract_answer(response)
+        else:
+            text, wrapper_ok, wrapper_reason = response, True, ""
+        if max_answer_chars is not None and len(text) > max_answer_chars:
+            return [], 0, False, "answer_too_long", False
+        sx, sy, w, h = frame
+        xywh = self.xywh
+        if fast and max_boxes >= 1:
+            # one well-formed entry (most answers): the same steps as below, unrolled
+            box = parsing.FAST_READERS[self.syntax](text)
+            if box is not None:
+                a, b, c, d = box
+                format_ok, reason = wrapper_ok, wrapper_reason
+                if xywh:
+                    if (c < 0 or d < 0) and format_ok:
+                        format_ok, reason = False, "negative_size"
+                    x1, y1, x2, y2 = a, b, a + c, b + d
+                else:
+                    x1, y1, x2, y2 = a * sx, b * sy, c * sx, d * sy
+                if x2 < x1 or y2 < y1:
+                    if format_ok:
+                        format_ok, reason = False, "reversed_coordinates"
+                    x1, x2 = min(x1, x2), max(x1, x2)
+                    y1, y2 = min(y1, y2), max(y1, y2)
+                return [(
+                    x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
+                    y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
+                    x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
+                    y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
+                )], 1, format_ok, reason, False
+        raw, n_entries, format_ok, reason, too_many = parsing.scan_general(text, self.syntax, max_boxes)
+        if not wrapper_ok and not too_many:  # the wrapper is the first problem in the text
+            format_ok, reason = False, wrapper_reason
+        boxes: list[Box] = []
+        for a, b, c, d in raw:
+            if xywh:
+                if (c < 0 or d < 0) and format_ok:
+                    format_ok, reason = False, "negative_size"
+                x1, y1, x2, y2 = a, b, a + c, b + d
+            else:
+                x1, y1, x2, y2 = a * sx, b * sy, c * sx, d * sy
+            if x2 < x1 or y2 < y1:
+                if format_ok:
+                    format_ok, reason = False, "reversed_coordinates"
+                x1, x2 = min(x1, x2), max(x1, x2)
+                y1, y2 = min(y1, y2), max(y1, y2)
+            boxes.append((  # clipped to the image
+                x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
+                y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
+                x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
+                y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
+            ))
+        return boxes, n_entries, format_ok, reason, too_many
+
     def parse(
         self,
         response: str,
@@ -182,48 +264,17 @@ class Protocol:
     ) -> ParseResult:
         """Read ``response`` into clipped pixel-xyxy boxes of the original image.
 
-        Never raises on the response (any text, any size); raises ValueError
-        only for an invalid ``image_size``/``resized_size``. An answer longer
-        than ``max_answer_chars`` (None: no limit) is not parsed
-        (reason ``answer_too_long``); parsing is linear in its length.
+        Only the answer is read (see :func:`grounding_ops.reward.parsing.extract_answer`).
+        Never raises on the response (any text, any size); raises ValueError only for an
+        invalid ``image_size``/``resized_size``. An answer longer than ``max_answer_chars``
+        (None: no limit) is not parsed (reason ``answer_too_long``); parsing is linear in
+        its length.
         """
-        from grounding_ops.reward import parsing
+        boxes, n_entries, format_ok, reason, too_many = self.read(
+            response, self.frame_of(image_size, resized_size), max(int(max_boxes), 0), max_answer_chars
+        )
+        return ParseResult(tuple(boxes), bool(format_ok), reason, bool(too_many), n_entries - len(boxes))
 
-        sx, sy = self._scale(image_size, resized_size)
-        w, h = _size(image_size, "image_size")
-        if not isinstance(response, str):
-            response = "" if response is None else str(response)
-        answer = parsing.extract_answer(response)
-        if max_answer_chars is not None and len(answer.text) > max_answer_chars:
-            return ParseResult((), False, "answer_too_long")
-        scanner: Callable[[str, int], parsing.RawParse] = getattr(parsing, _SCANNER_NAMES[self.syntax])
-        raw = scanner(answer.text, max(int(max_boxes), 0))
-        if not answer.wrapper_ok:  # the wrapper is the first problem in the text
-            raw.format_ok, raw.reason = False, answer.reason
-        boxes: list[Box] = []
-        for a, b, c, d in raw.boxes:
-            if self.xywh:
-                if c < 0 or d < 0:
-                    raw.fail("negative_size")
-                x1, y1, x2, y2 = a, b, a + c, b + d
-            else:
-                x1, y1, x2, y2 = a * sx, b * sy, c * sx, d * sy
-            if x2 < x1 or y2 < y1:
-                raw.fail("reversed_coordinates")
-                x1, x2 = min(x1, x2), max(x1, x2)
-                y1, y2 = min(y1, y2), max(y1, y2)
-            boxes.append(_clip((x1, y1, x2, y2), w, h))
-        if not boxes and not raw.too_many and not raw.reason:
-            raw.fail("no_box")
-        return ParseResult(tuple(boxes), bool(raw.format_ok), raw.reason, bool(raw.too_many))
-
-
-_SCANNER_NAMES = {
-    "json": "scan_json_boxes",
-    "pairs": "scan_pair_boxes",
-    "click": "scan_click_boxes",
-    "bracket": "scan_bracket_boxes",
-}
 
 _JSON_INSTRUCTION = (
     'Locate "{phrase}" in the image and output the bounding box of every matching object '
@@ -276,6 +327,8 @@ assert tuple(_PROTOCOLS) == PROTOCOL_NAMES
 
 def get_protocol(name: str | Protocol) -> Protocol:
     """The protocol called ``name``; ValueError naming the valid ones otherwise."""
+    if type(name) is str and name in _PROTOCOLS:
+        return _PROTOCOLS[name]
     if isinstance(name, Protocol):
         return name
     try:
@@ -290,3 +343,7 @@ def build_prompt(phrase: str, protocol: str | Protocol, *, reasoning: bool = Fal
     """Chat messages for one grounding query: one user turn, ``<image>`` then the instruction."""
     proto = get_protocol(protocol)
     return [{"role": "user", "content": "<image>" + proto.instruction(phrase, reasoning=reasoning)}]
+
+
+# Imported last: the reward package imports this module (light: re, json, math only).
+from grounding_ops.reward import parsing  # noqa: E402

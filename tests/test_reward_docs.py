@@ -26,6 +26,9 @@ def test_table_shows_the_hacks_the_guide_pays_for():
     guide, ours = 2, 3
     for hack in ("exact box + whole-image box", "exact box duplicated 5 times", "exact box + 9 random boxes"):
         assert float(rows[hack][guide]) == 1.0 and float(rows[hack][ours]) <= 0.5, rows[hack]
+    for hack in ("hedging: 4 candidate boxes, one of them exact", "exact box + 49 invalid entries (padding)"):
+        assert float(rows[hack][guide]) == 1.0 and float(rows[hack][ours]) <= 0.25, rows[hack]
+    assert float(rows["reasoning quotes the tags, exact box in &lt;answer&gt;"][ours]) == 1.0
     assert float(rows["exact box"][ours]) == 1.0
     assert rows["grid of 64 boxes (8x8 tiles)"][5].strip(" |") == "too_many_boxes"
 

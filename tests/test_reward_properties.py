@@ -189,3 +189,81 @@ def test_mutated_valid_answers_never_raise(protocol, data):
             text = text[:i] + ch + text[i + 1:]
     r = score_response(text, [(10, 20, 110, 220)], image_size=(640, 480), resized_size=(644, 476), protocol=protocol)
     assert 0.0 <= r["score"] <= 1.0
+
+
+# -- only the final answer counts; every entry pays ---------------------------------------
+
+reasoning_text = st.one_of(
+    st.text(max_size=80),
+    st.lists(st.sampled_from(["<answer>", "</answer>", "<think>", "[1, 2, 3, 4]", "<click>1, 2, 3, 4</click>",
+                              "(100,100),(500,500)", '{"bbox_2d": [10, 20, 110, 220]}', "```json\n", "```", " ",
+                              "the box is", "<|box_start|>", "\n"]), max_size=12).map("".join),
+)
+
+
+@SETTINGS
+@given(data=st.data(), protocol=protocols, size=sizes(), n=st.integers(0, 3), text=reasoning_text,
+       tagged=st.booleans())
+def test_text_inside_think_never_changes_the_score(data, protocol, size, n, text, tagged):
+    image, resized = size
+    gt = [data.draw(boxes_in(image))]
+    pred = [data.draw(boxes_in(image)) for _ in range(n)]
+    answer = get_protocol(protocol).format_answer(pred, image, resized, label="car") if pred else ""
+    if tagged:
+        answer = f"<answer>{answer}</answer>"
+    reasoning = "The object is near the middle."
+    at = data.draw(st.integers(0, len(reasoning)))
+    base = f"<think>{reasoning}</think>{answer}"
+    more = f"<think>{reasoning[:at]}{text}{reasoning[at:]}</think>{answer}"
+    assume(more.count("</think>") == 1)  # the added text stays inside the reasoning
+    kwargs = dict(image_size=image, resized_size=resized, protocol=protocol)
+    assert score_response(more, gt, **kwargs) == score_response(base, gt, **kwargs)
+
+
+INVALID_ENTRY = {
+    "json": '{"bbox_2d": [1, 2, 3]}',
+    "click": "<click>1, 2, 3</click>",
+    "pairs": "(1e999,1),(2,3)",
+    "bracket": "[1e999, 0.1, 0.2, 0.3]",
+}
+
+
+def _append(protocol: str, answer_boxes, extra: str | None, image, resized, extra_box=None) -> str:
+    """The answer for ``answer_boxes`` with one more entry: ``extra`` text (an invalid entry)
+    or ``extra_box`` (a valid box), written where the protocol puts entries."""
+    proto = get_protocol(protocol)
+    if extra_box is not None:
+        return proto.format_answer(list(answer_boxes) + [extra_box], image, resized, label="car", precise=True)
+    text = proto.format_answer(answer_boxes, image, resized, label="car", precise=True)
+    if proto.syntax == "json":  # inside the JSON list
+        return text.replace("\n]\n```", ",\n\t" + extra + "\n]\n```")
+    return text + " " + extra
+
+
+@SETTINGS
+@given(data=st.data(), protocol=protocols, size=sizes(), n_gt=st.integers(1, 3), n_pred=st.integers(1, 4),
+       invalid=st.booleans())
+def test_appending_an_invalid_or_extra_box_never_raises_the_score(data, protocol, size, n_gt, n_pred, invalid):
+    """An invalid entry dilutes the score by exactly one more entry in the denominator; an
+    extra box that finds no object never raises it."""
+    image, resized = size
+    w, h = image
+    # objects in the left half, the extra box in the right half: it overlaps none of them
+    gt = [data.draw(boxes_in((w / 2, h))) for _ in range(n_gt)]
+    pred = [data.draw(boxes_in(image)) for _ in range(n_pred)]
+    x1, y1, x2, y2 = data.draw(boxes_in((w / 2, h)))
+    extra = (x1 + w / 2, y1, x2 + w / 2, y2)
+    assume(all(box_iou(extra, g) == 0 for g in gt))
+    kwargs = dict(image_size=image, resized_size=resized, protocol=protocol)
+    before_text = get_protocol(protocol).format_answer(pred, image, resized, label="car", precise=True)
+    before = score_response(before_text, gt, **kwargs)
+    if invalid:
+        after_text = _append(protocol, pred, INVALID_ENTRY[get_protocol(protocol).syntax], image, resized)
+    else:
+        after_text = _append(protocol, pred, None, image, resized, extra_box=extra)
+    after = score_response(after_text, gt, **kwargs)
+    assert after["n_pred"] == before["n_pred"] + 1
+    assert after["score"] <= before["score"] + 1e-9
+    if invalid:
+        assert after["score"] == pytest.approx(before["score"] * max(n_gt, n_pred) / max(n_gt, n_pred + 1), abs=2e-9)
+        assert after["acc"] == 0.0

@@ -38,4 +38,16 @@ def adversarial_responses(size: int = 1 << 20) -> dict[str, str]:
         "nan_json": "[" + rep('{"bbox_2d": [NaN, Infinity, -Infinity, 1]},') + "]",
         "unicode": rep("框🙂\u202e\x00"),
         "special_tokens": rep("<|box_start|>(<|box_end|>"),
+        # the answer cut and the value-by-value JSON reader
+        "answer_blocks": rep("<answer>[1,2,3,4]</answer>"),
+        "close_think": rep("</think>"),
+        "think_mentions_tags": "<think>" + rep("<answer></answer> <answer>") + "</think><answer>[1,2,3,4]</answer>",
+        "json_values": rep("[1] "),
+        "failing_values": rep("[1, x"),
+        "unterminated_string": '["' + rep("[{"),
+        "string_numbers": rep('{"bbox_2d": ["1", "2", "3", '),
+        "nested_boxes": rep('{"bbox_2d": [[1, 2, 3, 4]]} '),
+        "invalid_entries": rep('{"bbox_2d": [1, 2, 3]} '),
+        "deep_then_boxes": "[" * 5000 + rep('{"bbox_2d": [1, 2, 3, 4]} '),
+        "bare_tuples": rep("(1, 2, 3, 4) "),
     }

@@ -83,6 +83,10 @@ RESPONSES = [
     ("qwen2-vl", "<|object_ref_start|>car<|object_ref_end|><|box_start|>(100,100),(500,500)<|box_end|><|im_end|>"),
     ("qwen2-vl", "<|box_start|>(300,100),(700,500)<|box_end|>"),
     ("qwen3-vl", '<think>left half</think><answer>[{"bbox_2d": [100, 100, 500, 500]}]</answer>'),
+    # reasoning that quotes the tags, then the final answer: only the final answer counts
+    ("qwen3-vl", "<think>put it in <answer></answer></think><answer>[{\"bbox_2d\": [100, 100, 500, 500]}]</answer>"),
+    # an exact box padded with an invalid entry: the entry counts
+    ("qwen2.5-vl", '[{"bbox_2d": [64.4, 47.6, 322, 238]}, {"bbox_2d": [1, 2, 3]}]'),
     ("click-xywh", "<click>64, 48, 256, 192</click> <click>0, 0, 640, 480</click>"),
     ("click-xywh", "I do not know."),
     ("normalized-xyxy", "[0.1, 0.1, 0.5, 0.5]"),
@@ -183,6 +187,9 @@ def test_verl_reward_loop_scores_equal_score_response(tokenizer_dir, exported_ro
     # sanity: the batch covers perfect, partial and zero rewards
     scores = [e["score"] for e in expected]
     assert max(scores) == 1.0 and min(scores) == 0.0 and any(0 < s < 1 for s in scores)
+    quoted, padded = expected[5], expected[6]
+    assert quoted["score"] == 1.0 and quoted["reason"] == ""
+    assert padded["score"] == pytest.approx(0.5) and padded["n_pred"] == 2
 
     # the extra keys become VeRL's per-sample arrays and validation metrics (acc is the headline)
     from verl.trainer.ppo.metric_utils import process_validation_metrics
