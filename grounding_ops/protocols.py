@@ -150,8 +150,8 @@ class Protocol:
 
         if self.syntax == "json":
             items = []
-            for vals in converted:
-                item = '{"bbox_2d": [' + ", ".join(vals) + "]"
+            for texts in converted:
+                item = '{"bbox_2d": [' + ", ".join(texts) + "]"
                 if label is not None:
                     item += ', "label": ' + json.dumps(label, ensure_ascii=False)
                 items.append("\t" + item + "}")
