@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _ml_env import REPO, ensure_ml_python  # noqa: E402 (benchmarks/ is the script folder)
+from _ml_env import REPO, ensure_ml_python
 
 # Runs a command and prints the peak RSS (KiB) of it and its descendants on its last stderr line.
 _PEAK_RSS = (
@@ -55,7 +55,8 @@ class Outcome:
     name: str
     base: Score
     final: Score
-    train_seconds: float
+    train_seconds: float  # the engine: warm-up and GRPO
+    grpo_seconds: float
     peak_rss_mib: float
 
     @property
@@ -68,25 +69,27 @@ class Outcome:
         return self.final.low > self.base.high
 
 
-def _cli(python: str, *args: str, peak_rss: bool = False) -> tuple[str, float | None]:
-    """Run ``python -m grounding_ops ARGS`` from this checkout; stdout, and the peak RSS in MiB."""
+def _cli(python: str, log: Path, *args: str, peak_rss: bool = False) -> float | None:
+    """Run ``python -m grounding_ops ARGS`` from this checkout, output to ``log``; the peak RSS in MiB."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [python, "-m", "grounding_ops", *args]
     if peak_rss:
         command = [python, "-c", _PEAK_RSS, *command]
-    run = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if run.returncode != 0:
-        sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
-        raise SystemExit(f"`grounding-ops {' '.join(args[:1])}` failed with exit code {run.returncode}")
-    rss = None
-    if peak_rss:
-        last = run.stderr.strip().splitlines()[-1]
-        rss = int(last.split("=", 1)[1]) / 1024
-    return run.stdout, rss
+    with open(log, "w") as handle:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    text = log.read_text()
+    if code != 0:
+        sys.stderr.write(text[-6000:])
+        raise SystemExit(f"`grounding-ops {args[0]}` failed with exit code {code} (log: {log})")
+    if not peak_rss:
+        return None
+    last = [line for line in text.splitlines() if line.startswith("peak_rss_kib=")][-1]
+    return int(last.split("=", 1)[1]) / 1024
 
 
 def _score(python: str, model: Path, dataset: str, out: Path, role: str) -> Score:
-    _cli(python, "evaluate", "--model", str(model), "--dataset", dataset, "--split", "val", "--role", role,
+    _cli(python, out.with_suffix(".log"), "evaluate", "--model", str(model), "--dataset", dataset, "--split", "val", "--role", role,
          "--output", str(out), "--no-mlflow")
     overall = json.loads((out / "metrics.json").read_text())["metrics"]["overall"]
     iou = overall["mean_iou"]
@@ -97,14 +100,16 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
     out = work / name
     overrides = [item for pair in (("--set", s) for s in sets) for item in pair]
     started = time.perf_counter()
-    _, rss = _cli(python, "train", "--engine", "cpu", "--preset", "tiny-cpu", "--dataset", dataset,
+    out.mkdir(parents=True, exist_ok=True)
+    rss = _cli(python, out / "train.log", "train", "--engine", "cpu", "--preset", "tiny-cpu", "--dataset", dataset,
                   "--output", str(out / "run"), *overrides, peak_rss=True)
     seconds = time.perf_counter() - started
     run = json.loads((out / "run" / "run.json").read_text())
-    train_seconds = float(run.get("timings", {}).get("engine_s") or seconds)
+    train_seconds = float(run["timings"].get("engine_s") or seconds)
+    grpo_seconds = float(run["seconds_per_step"] or 0.0) * int(run["steps_trained"])
     base = _score(python, out / "run" / "base", dataset, out / "eval-base", "base")
     final = _score(python, out / "run" / "final", dataset, out / "eval-final", "candidate")
-    return Outcome(name, base, final, train_seconds, rss or 0.0)
+    return Outcome(name, base, final, train_seconds, grpo_seconds, rss or 0.0)
 
 
 def main() -> int:
@@ -128,9 +133,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        _cli(ml_python, "synthetic-data", "--output", str(work / "syn"), "--images", str(args.images),
+        _cli(ml_python, work / "synthetic-data.log", "synthetic-data", "--output", str(work / "syn"), "--images", str(args.images),
              "--seed", str(args.seed))
-        _cli(args.platform_python, "prepare", str(work / "syn" / "annotations.jsonl"), "--images-root",
+        _cli(args.platform_python, work / "prepare.log", "prepare", str(work / "syn" / "annotations.jsonl"), "--images-root",
              str(work / "syn"), "--output", str(work / "dataset"), "--protocol", "qwen2.5-vl",
              "--val-fraction", str(args.val_fraction), "--min-pixels", str(MIN_PIXELS),
              "--max-pixels", str(MAX_PIXELS))
@@ -141,12 +146,13 @@ def main() -> int:
             runs.append(_train_and_score("control", ml_python, dataset, work, [*sets, "reward_function=constant"]))
 
     print(f"tiny-cpu recipe on {args.images} synthetic images, mean IoU on {runs[0].base.n} held-out samples "
-          "(95% bootstrap intervals)")
-    print(f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'peak RSS':>9s}")
+          "(95% bootstrap intervals); train s = warm-up + GRPO, peak RSS of the training processes")
+    print(f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'(GRPO)':>7s} "
+          f"{'peak RSS':>9s}")
     for run in runs:
         label = "GRPO, IoU reward" if run.name == "grpo" else "control, constant reward"
         print(f"{label:24s} {str(run.base):>22s} {str(run.final):>22s} {run.gain:+7.3f} "
-              f"{'yes' if run.apart else 'no':>6s} {run.train_seconds:8.0f} {run.peak_rss_mib:6.0f} MiB")
+              f"{'yes' if run.apart else 'no':>6s} {run.train_seconds:8.0f} {run.grpo_seconds:7.0f} {run.peak_rss_mib:6.0f} MiB")
     return 0
 
 
