@@ -1,9 +1,10 @@
 """A small synthetic grounding dataset with real images, for the demo, tests and benchmarks.
 
 Each image is a colour-ramp background (a position code, see :data:`RAMP`) with a few
-translucent coloured shapes drawn by Pillow; each shape gives a record with its pixel box and a phrase that names it alone, by
-colour and kind ("the red circle"), colour or kind ("the red shape", "the circle") or
-position ("the leftmost shape"). Output: an images folder and a canonical JSONL file.
+translucent coloured shapes drawn by Pillow; each shape gives a record with its pixel box
+and a phrase that names it alone, by colour and kind ("the red circle"), colour or kind
+("the red shape", "the circle") or position ("the leftmost shape"). Output: an images
+folder and a canonical JSONL file.
 """
 
 from __future__ import annotations
