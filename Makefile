@@ -77,7 +77,7 @@ demo: setup ## the whole loop on embedded defaults
 	$(VENV)/bin/grounding-ops demo
 
 # Benchmarks that need torch run in the ML environment; the rest in the platform one.
-BENCH_ML := benchmarks/evaluate.py benchmarks/train_cpu.py
+BENCH_ML := benchmarks/evaluate.py benchmarks/train_cpu.py benchmarks/grpo_gain.py
 BENCH_PLATFORM := $(filter-out $(BENCH_ML) benchmarks/_%.py,$(wildcard benchmarks/*.py))
 
 bench: setup ## print every benchmark's figures next to its baseline

@@ -61,7 +61,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         base = Path(tmp)
         dataset = _publish_dataset(base)
-        spec = get_preset("tiny-cpu").with_overrides([f"total_steps={args.steps}", f"save_freq={args.save_freq}"])
+        # a short warm-up: this measures GRPO steps and the platform around them (grpo_gain.py runs the recipe)
+        spec = get_preset("tiny-cpu").with_overrides([f"total_steps={args.steps}", f"save_freq={args.save_freq}",
+                                                      "sft_warmup_steps=100"])
         started = time.perf_counter()
         code = run_training(spec, dataset_uri=dataset, output_uri=str(base / "out"), engine="cpu")
         wall = time.perf_counter() - started

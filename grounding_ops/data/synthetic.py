@@ -1,8 +1,9 @@
 """A small synthetic grounding dataset with real images, for the demo, tests and benchmarks.
 
-Each image is a plain or noisy background with a few coloured shapes drawn by Pillow;
-each shape gives a record "the red circle" with its pixel box (shapes of the same
-colour and kind in one image share a record with several boxes). Output: an images
+Each image is a colour-ramp background (a position code, see :data:`RAMP`) with a few
+translucent coloured shapes drawn by Pillow; each shape gives a record with its pixel box
+and a phrase that names it alone, by colour and kind ("the red circle"), colour or kind
+("the red shape", "the circle") or position ("the leftmost shape"). Output: an images
 folder and a canonical JSONL file.
 """
 
@@ -23,6 +24,14 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle")
 SOURCE = "synthetic"
+BACKGROUND = (230, 230, 230)
+# A colour ramp across the background (red rises and blue falls left to right, green rises and
+# blue rises top to bottom), seen through translucent shapes: a position code in the pixels. The
+# tiny models' vision tower has no absolute position embedding and their language model's
+# rotary position frequencies hardly tell image columns apart, so without it a tiny model can
+# name a shape's colour but not say where it is.
+RAMP = 80
+SHAPE_OPACITY = 0.6
 
 
 @dataclass(frozen=True)
@@ -49,42 +58,90 @@ def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
 
 
 def render_image(rng: random.Random, width: int, height: int, n_shapes: int) -> tuple[Any, list[tuple[str, str, list[int]]]]:
-    """One image and its shapes as ``(color, shape, [x1, y1, x2, y2])``."""
+    """One image (the :data:`RAMP` background) and its shapes as ``(color, shape, [x1, y1, x2, y2])``.
+
+    No two shapes of one image share both colour and kind, and shapes do not overlap, so every
+    shape can be named by a phrase that fits it alone (see :func:`phrase_candidates`).
+    """
+    import numpy as np
     from PIL import Image, ImageDraw
 
-    background = tuple(rng.randint(200, 255) for _ in range(3))
-    image = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(0, 6)):  # faint clutter lines
-        draw.line([(rng.randrange(width), rng.randrange(height)), (rng.randrange(width), rng.randrange(height))],
-                  fill=tuple(max(0, c - 40) for c in background), width=1)
+    xs = np.linspace(-1.0, 1.0, width)[None, :, None] * np.array([1.0, 0.0, -1.0])
+    ys = np.linspace(-1.0, 1.0, height)[:, None, None] * np.array([0.0, 1.0, 1.0])
+    pixels = np.asarray(BACKGROUND, dtype=float) + RAMP * (xs + ys)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype("uint8"), "RGB")
+    kinds = rng.sample([(color, shape) for color in sorted(COLORS) for shape in SHAPES], n_shapes)
     placed: list[tuple[int, int, int, int]] = []
     shapes: list[tuple[str, str, list[int]]] = []
-    for _ in range(n_shapes):
+    short = min(width, height)
+    for color, shape in kinds:
         for _attempt in range(20):
-            side = rng.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
+            side = rng.randint(max(8, short // 4), max(9, short * 3 // 7))
             x1, y1 = rng.randint(0, width - side), rng.randint(0, height - side)
             box = (x1, y1, x1 + side, y1 + side)
             if not _overlaps(box, placed):
                 break
         else:
             continue
-        color, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
-        _draw_shape(draw, shape, COLORS[color], box)
+        layer, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 0)
+        _draw_shape(ImageDraw.Draw(layer), shape, COLORS[color], box)
+        _draw_shape(ImageDraw.Draw(mask), shape, round(255 * SHAPE_OPACITY), box)
+        image.paste(layer, (0, 0), mask)
         placed.append(box)
         shapes.append((color, shape, list(box)))
     return image, shapes
 
 
-def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0, min_size: int = 64,
-                       max_size: int = 160, max_shapes: int = 3, n_invalid: int = 0,
+# A shape is "leftmost" (etc.) when its centre is this share of the image beyond every other one.
+POSITION_MARGIN = 0.15
+
+
+def phrase_candidates(shapes: list[tuple[str, str, list[int]]], index: int, width: int, height: int) -> list[str]:
+    """Every phrase that names shape ``index`` of ``shapes`` and no other one.
+
+    Three kinds: colour and kind ("the red circle", always unique), colour or kind alone
+    ("the red shape", "the circle") when no other shape shares it, and position words
+    ("the leftmost shape", "the top shape") when the shape is clearly the furthest that way.
+    """
+    color, shape, box = shapes[index]
+    others = [s for i, s in enumerate(shapes) if i != index]
+    out = [f"the {color} {shape}"]
+    if all(o[0] != color for o in others):
+        out.append(f"the {color} shape")
+    if all(o[1] != shape for o in others):
+        out.append(f"the {shape}")
+    if others:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        centres = [((o[2][0] + o[2][2]) / 2, (o[2][1] + o[2][3]) / 2) for o in others]
+        dx, dy = POSITION_MARGIN * width, POSITION_MARGIN * height
+        for word, beyond in (
+            ("leftmost", all(cx + dx < ox for ox, _ in centres)),
+            ("rightmost", all(cx - dx > ox for ox, _ in centres)),
+            ("top", all(cy + dy < oy for _, oy in centres)),
+            ("bottom", all(cy - dy > oy for _, oy in centres)),
+        ):
+            if beyond:
+                out.append(f"the {word} shape")
+    return out
+
+
+def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0, min_size: int = 112,
+                       max_size: int = 112, max_shapes: int = 2, n_invalid: int = 0,
                        patients: int | None = None) -> SyntheticDataset:
     """Write ``out_dir/images/*.png`` and ``out_dir/annotations.jsonl``.
+
+    Each image holds 1 to ``max_shapes`` shapes (sides a quarter to three sevenths of the
+    shorter image side) and gives one record per shape, its phrase picked at random among
+    those that name it alone (colour and kind, colour, kind or position words; see
+    :func:`phrase_candidates`). The default 112-pixel images are what the tiny models see
+    without resizing (4x4 visual tokens).
 
     ``n_invalid`` adds that many deliberately broken rows (box outside the image, missing
     image, empty phrase, ...) to show the quarantine. ``patients`` groups images into that
     many groups (default: two images per group) to exercise the group split.
     """
+    if not 1 <= max_shapes <= len(COLORS) * len(SHAPES):
+        raise ValueError(f"max_shapes must be between 1 and {len(COLORS) * len(SHAPES)}, got {max_shapes}")
     rng = random.Random(seed)
     root = Path(out_dir)
     images_dir = root / "images"
@@ -98,15 +155,12 @@ def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0
             image, shapes = render_image(rng, width, height, rng.randint(1, max_shapes))
             name = f"img_{index:05d}.png"
             image.save(images_dir / name, format="PNG")
-            grouped: dict[tuple[str, str], list[list[int]]] = {}
-            for color, shape, box in shapes:
-                grouped.setdefault((color, shape), []).append(box)
-            for k, ((color, shape), boxes) in enumerate(sorted(grouped.items())):
+            for k, (_color, _shape, box) in enumerate(shapes):
                 record = {
                     "id": f"syn-{index:05d}-{k}",
                     "image": f"images/{name}",
-                    "phrase": f"the {color} {shape}",
-                    "boxes": boxes,
+                    "phrase": rng.choice(phrase_candidates(shapes, k, width, height)),
+                    "boxes": [box],
                     "width": width,
                     "height": height,
                     "source": SOURCE,
@@ -129,7 +183,8 @@ def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0
 
 
 def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, seed: int, val_fraction: float,
-                              test_fraction: float = 0.0, min_size: int = 56, max_size: int = 140, protocol: str = "qwen2.5-vl",
+                              test_fraction: float = 0.0, min_size: int = 112, max_size: int = 112,
+                              protocol: str = "qwen2.5-vl",
                               store_uri: str | None = None, s3_client: Any | None = None) -> tuple[str, dict[str, int]]:
     """Generate, export and publish a synthetic dataset version for the tiny models, without GX.
 

@@ -50,7 +50,8 @@ def iou_histogram_png(ious: Sequence[float], bins: int = 10, width: int = 420, h
     for i, count in enumerate(counts):
         x0 = left + i * bar_w + 2
         x1 = left + (i + 1) * bar_w - 2
-        y0 = bottom - (bottom - top) * (int(count) / peak)
+        # a non-empty bin is at least one pixel high, however small next to the peak
+        y0 = min(bottom - (bottom - top) * (int(count) / peak), bottom - 2)
         if count:
             draw.rectangle([x0, y0, x1, bottom - 1], fill=(70, 110, 200))
             draw.text((x0 + 2, max(y0 - 12, 0)), str(int(count)), fill="black")

@@ -22,6 +22,9 @@ ENGINES: tuple[str, ...] = ("verl", "cpu")
 # KL estimators accepted by verl.trainer.ppo.core_algos.kl_penalty in verl 0.9.1.
 KL_TYPES: tuple[str, ...] = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2", "k3+", "low_var_kl+", "full")
 LOGGERS: tuple[str, ...] = ("console", "wandb", "mlflow", "tensorboard")
+# "iou": the grounding reward; "constant": every rollout scores the same (zero advantages), the
+# control run showing that a gain comes from the reward (CPU engine only).
+REWARD_FUNCTIONS: tuple[str, ...] = ("iou", "constant")
 # Side of the square image area that becomes one visual token after patch merging.
 _TOKEN_SIDE: dict[str, int] = {"qwen2.5-vl": 28, "qwen2-vl": 28, "qwen3-vl": 32}
 # Text tokens of the chat template + instruction a prompt needs besides the image.
@@ -85,6 +88,8 @@ class TrainingSpec:
     experiment_name: str = "grpo-grounding"
     # CPU engine only: supervised warm-up steps before GRPO (a random tiny model earns no reward)
     sft_warmup_steps: int = 0
+    # CPU engine only: the GRPO reward; "constant" is the control run of benchmarks/grpo_gain.py
+    reward_function: str = "iou"
     seed: int = 0
 
     # ------------------------------------------------------------------ derived values
@@ -159,6 +164,14 @@ class TrainingSpec:
             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization} (typical: 0.4-0.7)",
         )
         need(self.sft_warmup_steps >= 0, f"sft_warmup_steps must be >= 0, got {self.sft_warmup_steps}")
+        need(
+            self.reward_function in REWARD_FUNCTIONS,
+            f"reward_function {self.reward_function!r} is unknown: use one of {', '.join(REWARD_FUNCTIONS)}",
+        )
+        need(
+            engine != "verl" or self.reward_function == "iou",
+            f"reward_function={self.reward_function} is the CPU engine's control run: use reward_function=iou with VeRL",
+        )
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         for name in ("project_name", "experiment_name"):
             value = getattr(self, name)
