@@ -772,3 +772,119 @@ def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
     summary = read_training_result(store, plan)
     assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
     assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
+
+
+def _dag_env(s3_service, mlflow_service, **extra):
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "GROUNDING_OPS_BUCKET": s3_service.bucket,
+        "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
+            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
+        **extra,
+    }
+
+
+_RUN_DAG_CONF = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+run = bag.dags["grounding_train"].test(run_conf=json.loads(sys.argv[2]))
+print("STATES " + json.dumps({"run": str(run.state), **{
+    ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"): str(ti.state) for ti in run.get_task_instances()}}))
+"""
+
+
+def _run_dag(env, conf):
+    out = subprocess.run([sys.executable, "-c", _RUN_DAG_CONF, str(DAG_FILE), json.dumps(conf)],
+                         capture_output=True, text=True, timeout=1500, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
+    return json.loads(lines[-1][len("STATES "):]), out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_first_unpause_without_a_dataset_skips_quietly(airflow_db, s3_service, mlflow_service):
+    """The first scheduled run before grounding_data published anything: skipped, one clear line, no
+    failure and no retry."""
+    env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_DATASET_NAME=f"never-published-{time.time_ns()}")
+    states, log = _run_dag(env, {})
+    assert states["resolve_dataset"] == "skipped" and states["run"] == "success", states
+    assert all(state == "skipped" for task, state in states.items() if task != "run"), states
+    lines = [line for line in log.splitlines() if "SKIP: no dataset version has been published" in line]
+    assert lines and "run the grounding_data DAG first" in lines[0], log[-3000:]
+    assert "Traceback" not in log and "up_for_retry" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_second_night_decides_against_the_champion_reevaluated_on_the_new_version(
+        airflow_db, s3_service, mlflow_service, trainer_cpu_image, tmp_path):
+    """Nightly retraining on new data, through dag.test() with the real trainer containers, S3 and MLflow:
+    the champion came from dataset version 1; version 2 is published; the run trains, evaluates the
+    checkpoints on val, evaluates the chosen one AND the champion on version 2's test split, and
+    decides on the paired test samples. Nobody evaluates anything by hand."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.data.synthetic import publish_synthetic_version
+    from grounding_ops.storage import open_store
+
+    s3 = s3_service.client()
+    token = f"{time.time_ns()}"
+    name, dataset = f"night2-{token}", f"night2-{token}"
+    root = s3_service.uri("datasets", dataset)
+    for version, images in (("v1", 24), ("v2", 40)):
+        publish_synthetic_version(tmp_path / version, version=version, n_images=images, seed=3, val_fraction=0.2,
+                                  test_fraction=0.3, store_uri=root, s3_client=s3)
+
+    # night 1's champion: a tiny model in S3, registered from an evaluation on version 1
+    model_dir = tmp_path / "champion"
+    model_dir.mkdir(mode=0o777)
+    model_dir.chmod(0o777)
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "-v",
+                    f"{model_dir}:/out", trainer_cpu_image, "tiny-model", "--family", "qwen2-vl", "--output",
+                    "/out/model", "--seed", "1"], check=True, capture_output=True, timeout=600)
+    champion_store = open_store(s3_service.uri("runs", f"night1-{token}", "train", "final"), s3_client=s3)
+    for path in (model_dir / "model").rglob("*"):
+        if path.is_file():
+            champion_store.put_bytes(path.relative_to(model_dir / "model").as_posix(), path.read_bytes())
+    client = MlflowClient(mlflow_service.uri)
+    night1 = client.create_run(client.create_experiment(f"night1-{token}"),
+                               tags={"grounding.dataset_version": "v1", "grounding.train_fingerprint": "night-1"})
+    client.log_param(night1.info.run_id, "dataset_version", "v1")
+    client.log_param(night1.info.run_id, "split", "test")
+    client.log_param(night1.info.run_id, "model_uri", champion_store.uri)
+    client.set_terminated(night1.info.run_id)
+    client.create_registered_model(name)
+    champion = client.create_model_version(name, champion_store.uri, run_id=night1.info.run_id,
+                                           tags={"grounding.dataset_version": "v1",
+                                                 "grounding.evaluation_run_id": night1.info.run_id})
+    client.set_registered_model_alias(name, "champion", champion.version)
+
+    env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_MODEL_NAME=name, GROUNDING_OPS_DATASET_NAME=dataset,
+                   AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=trainer_cpu_image, WANDB_MODE="disabled")
+    conf = {"dataset_version": "v2", "total_steps": 2, "max_eval_samples": 24, "min_test_samples": 10}
+    states, log = _run_dag(env, conf)
+    assert states["run"] == "success", (states, log[-6000:])
+    assert states["promote"] == "success" and states["evaluate_test[1]"] == "success", states
+    assert "champion v1 (" in log and "is evaluated on test too" in log
+
+    champion_evals = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=(f"params.model_uri = '{champion_store.uri}' and params.dataset_version = 'v2' "
+                       "and params.split = 'test'"))
+    assert len(champion_evals) == 1, "the run evaluated the champion on version 2's test split itself"
+    candidate = client.get_model_version(name, "2")
+    tags = candidate.tags
+    assert tags["grounding.promotion.baseline"] == "champion"
+    assert tags["grounding.promotion.baseline_run_id"] == champion_evals[0].info.run_id
+    assert tags["grounding.promotion.split"] == "test" and candidate.tags["grounding.dataset_version"] == "v2"
+    assert int(tags["grounding.promotion.n"]) == 24
+    decision_line = next(line for line in log.splitlines() if "PROMOTED" in line and f"{name} v2" in line)
+    assert "vs champion v1" in decision_line and "CI" in decision_line and "n=24" in decision_line
+    assert "on dataset v2 (test)" in decision_line and "chosen on val" in decision_line
