@@ -156,11 +156,26 @@ class Night:
     seconds: float
 
 
+def upload_input(settings: ServiceSettings, input_dir: Path) -> str:
+    """Copy the demo input to the bucket's drop zone ``s3://<bucket>/incoming/demo`` (the data DAG
+    reads only from its configured input roots); returns that URI."""
+    from grounding_ops import services
+    from grounding_ops.pipeline.input_roots import DEFAULT_INPUT_PREFIX
+    from grounding_ops.storage import open_store
+
+    uri = f"s3://{settings.bucket}/{DEFAULT_INPUT_PREFIX}/demo"
+    store = open_store(uri, s3_client=services.s3_client(settings))
+    for path in sorted(input_dir.rglob("*")):
+        if path.is_file():
+            store.upload_file(path.relative_to(input_dir).as_posix(), path)
+    return uri
+
+
 def _night(client: AirflowRestClient, settings: ServiceSettings, input_dir: Path, timeout: float) -> Night | None:
     """Publish ``input_dir`` with grounding_data and follow the grounding_train run its asset starts."""
     started = time.monotonic()
     triggered = datetime.now(timezone.utc)
-    data_run = client.trigger("grounding_data", demo_data_conf(input_dir))
+    data_run = client.trigger("grounding_data", demo_data_conf(upload_input(settings, input_dir)))
     if client.wait_for_run("grounding_data", data_run, timeout=timeout) != "success":
         print(f"grounding_data failed; task logs: {settings.log_dir / 'airflow-tasks'}", file=sys.stderr)
         return None
@@ -229,7 +244,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if all(n.state == "success" for n in nights) else 1
 
 
-def demo_data_conf(input_dir: Path) -> dict[str, Any]:
+def demo_data_conf(input_uri: str) -> dict[str, Any]:
     """The grounding_data form values for the synthetic demo input.
 
     The pixel bounds are the tiny model's processor's, so the resized sizes recorded with each
@@ -238,8 +253,8 @@ def demo_data_conf(input_dir: Path) -> dict[str, Any]:
     from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
     return {
-        "input_uri": str(input_dir / "annotations.jsonl"),
-        "images_root": str(input_dir),
+        "input_uri": f"{input_uri}/annotations.jsonl",
+        "images_root": input_uri,
         "format": "jsonl",
         "protocol": "qwen2.5-vl",
         "val_fraction": DEMO_VAL_FRACTION,  # chooses the checkpoint
