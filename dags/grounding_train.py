@@ -1,9 +1,13 @@
 """
 ### grounding_train — GRPO-train a grounding model, evaluate every checkpoint, promote the best
 
-`resolve_dataset` → `decide` (skips everything below when neither the dataset version nor the
-training settings changed since the champion) → `train` (trainer container) → `list_checkpoints`
-→ `evaluate` (one trainer container per checkpoint, logged to MLflow) → `pick_best` → `promote`.
+`resolve_dataset` (skips the run while no dataset version is published) → `decide` (skips everything
+below when neither the dataset version nor the training settings changed since the champion) →
+`train` (trainer container) → `list_checkpoints` → `evaluate` (one trainer container per checkpoint
+on the **val** split, logged to MLflow) → `pick_best` (on val) → `plan_decision` → `evaluate_test`
+(the chosen checkpoint and the bar on the held-out **test** split: the champion, re-evaluated on this
+dataset version unless that evaluation exists, or the base model before the first promotion) →
+`promote` (paired bootstrap gate on test).
 
 Runs nightly (cron `GROUNDING_OPS_TRAIN_CRON`, default 02:00 in `GROUNDING_OPS_TRAIN_TIMEZONE`,
 default UTC) and whenever `grounding_data` publishes a new dataset version. Trigger it by hand
@@ -96,18 +100,38 @@ def grounding_train():
     ).expand(plan=checkpoints)
 
     @lineage_task(task_id="pick_best", retries=1, execution_timeout=timedelta(minutes=5),
-                  doc_md="Picks the checkpoint with the best promotion metric (ties: the later one).")
+                  doc_md="Picks the checkpoint with the best promotion metric on the val split (ties: the later one).")
     def pick_best(results, **context):
         return tt.pick_best_task(context, list(results))
 
-    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2,
-                  doc_md="Registers the best checkpoint in the MLflow Model Registry and moves the champion "
-                         "alias only when it beats the champion (or the base model) by the minimum delta. "
-                         "The log states the decision with both numbers. Idempotent; retried.")
-    def promote(choice: dict, **context):
-        return tt.promote_task(context, choice, MODEL_ASSET)
+    @lineage_task(task_id="plan_decision", retries=3, execution_timeout=timedelta(minutes=5),
+                  doc_md="Plans the evaluations on the test split: the chosen checkpoint, and the bar (the "
+                         "champion unless it was already evaluated on this dataset version's test split, or "
+                         "the base model before the first promotion). Read-only; retried.")
+    def plan_decision(choice: dict, training: dict, **context):
+        return tt.plan_decision_task(context, choice, training)
 
-    promote(pick_best(evaluate.output))
+    choice = pick_best(evaluate.output)
+    evaluate_test = EvaluateContainerOperator.partial(
+        task_id="evaluate_test",
+        s3_conn_id=S3_CONN_ID,
+        retries=2,
+        execution_timeout=timedelta(hours=4),
+        max_active_tis_per_dagrun=2,
+        doc_md="Runs `grounding-ops evaluate` on the test split for the chosen checkpoint and the bar, then "
+               "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried.",
+    ).expand(plan=plan_decision(choice, train.output))
+
+    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2,
+                  doc_md="Registers the chosen checkpoint in the MLflow Model Registry and moves the champion "
+                         "alias only when the paired bootstrap interval of its gain over the bar (champion, or "
+                         "base model) on the same test samples clears the minimum delta. The log states the "
+                         "decision: metric, both values, difference with interval, n, dataset version and "
+                         "split, reason. Idempotent; retried.")
+    def promote(choice: dict, decision_results, **context):
+        return tt.promote_task(context, choice, list(decision_results), MODEL_ASSET)
+
+    promote(choice, evaluate_test.output)
 
 
 grounding_train()

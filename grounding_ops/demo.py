@@ -1,10 +1,17 @@
 """``grounding-ops demo``: the whole loop on the embedded defaults, through the running scheduler.
 
-Starts the local services (S3, MLflow, Airflow, Docker), builds the CPU trainer image, writes a
-small synthetic grounding dataset with real images, triggers ``grounding_data`` through
-Airflow's REST API, waits for the asset-triggered ``grounding_train`` run (CPU engine), and
-prints where everything is: the UI and its login, the dataset version, the promotion decision
-with its numbers, the champion and its metrics, and the lineage events.
+Starts the local services (S3, MLflow, Airflow, Docker), builds the CPU trainer image, and lives
+two nights of the product's loop through Airflow's REST API and the scheduler:
+
+* night 1: a synthetic grounding dataset with real images is published by ``grounding_data``; the
+  asset-triggered ``grounding_train`` run trains, chooses a checkpoint on ``val`` and decides on
+  ``test`` against the base model;
+* night 2: new annotations arrive (the same images plus new ones: a new dataset version); the next
+  ``grounding_train`` run retrains, re-evaluates the champion on the new version's test split in the
+  same run, and decides against it. Nobody runs anything by hand.
+
+It prints both decisions with their numbers, the UI and its login, the champion and its metrics,
+the lineage events, and how long each night and the whole demo took.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from typing import Any
 from grounding_ops.settings import ServiceSettings
 
 TERMINAL_STATES = {"success", "failed"}
+# Night 1 publishes DEMO_IMAGES images, night 2 DEMO_NEW_IMAGES more. About two questions per image;
+# with these fractions each night's test split holds well over the gate's minimum of 100 samples.
+DEMO_IMAGES = 240
+DEMO_NEW_IMAGES = 60
+DEMO_VAL_FRACTION = 0.15
+DEMO_TEST_FRACTION = 0.3
 
 
 @dataclass
@@ -134,6 +147,55 @@ def _champion_summary(settings: ServiceSettings, model_name: str) -> str:
     return f"{model_name}: no champion yet"
 
 
+@dataclass
+class Night:
+    dataset: dict[str, Any]
+    train_run: str
+    state: str
+    decision: Any
+    seconds: float
+
+
+def upload_input(settings: ServiceSettings, input_dir: Path) -> str:
+    """Copy the demo input to the bucket's drop zone ``s3://<bucket>/incoming/demo`` (the data DAG
+    reads only from its configured input roots); returns that URI."""
+    from grounding_ops import services
+    from grounding_ops.pipeline.input_roots import DEFAULT_INPUT_PREFIX
+    from grounding_ops.storage import open_store
+
+    uri = f"s3://{settings.bucket}/{DEFAULT_INPUT_PREFIX}/demo"
+    store = open_store(uri, s3_client=services.s3_client(settings))
+    for path in sorted(input_dir.rglob("*")):
+        if path.is_file():
+            store.upload_file(path.relative_to(input_dir).as_posix(), path)
+    return uri
+
+
+def _night(client: AirflowRestClient, settings: ServiceSettings, input_dir: Path, timeout: float) -> Night | None:
+    """Publish ``input_dir`` with grounding_data and follow the grounding_train run its asset starts."""
+    started = time.monotonic()
+    triggered = datetime.now(timezone.utc)
+    data_run = client.trigger("grounding_data", demo_data_conf(upload_input(settings, input_dir)))
+    if client.wait_for_run("grounding_data", data_run, timeout=timeout) != "success":
+        print(f"grounding_data failed; task logs: {settings.log_dir / 'airflow-tasks'}", file=sys.stderr)
+        return None
+    dataset = client.xcom("grounding_data", data_run, "publish") or {}
+    print(f"  published dataset version {dataset.get('version', '?')}; grounding_train starts from its asset",
+          flush=True)
+    train_run = client.wait_for_new_run("grounding_train", after=triggered, timeout=300)
+    state = client.wait_for_run("grounding_train", train_run, timeout=timeout)
+    decision = client.xcom("grounding_train", train_run, "promote")
+    return Night(dataset, train_run, state, decision, time.monotonic() - started)
+
+
+def _decision_line(night: Night) -> str:
+    if isinstance(night.decision, dict):
+        return str(night.decision.get("summary") or night.decision.get("reason") or night.decision)
+    if night.state == "success":
+        return "skipped: nothing changed since the current champion"
+    return f"none: the run ended {night.state}"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from grounding_ops import images, services
     from grounding_ops.data.synthetic import generate_synthetic
@@ -145,45 +207,44 @@ def run_demo(args: argparse.Namespace) -> int:
     print("== 2/5 CPU trainer image (cached after the first build)", flush=True)
     images.build_trainer_cpu_image()
 
-    print("== 3/5 synthetic grounding annotations with real images", flush=True)
-    demo_dir = settings.state_dir / "demo"
-    generate_synthetic(demo_dir / "input", n_images=args.images, seed=args.seed, n_invalid=args.invalid)
-
     client = AirflowRestClient(settings)
     for dag_id in ("grounding_data", "grounding_train"):
         client.wait_for_dag(dag_id)
         client.unpause(dag_id)
 
-    print("== 4/5 grounding_data: ingest, validate, export, publish the dataset asset", flush=True)
-    triggered = datetime.now(timezone.utc)
-    data_run = client.trigger("grounding_data", demo_data_conf(demo_dir / "input"))
-    if client.wait_for_run("grounding_data", data_run, timeout=args.timeout) != "success":
-        print(f"grounding_data failed; task logs: {settings.log_dir / 'airflow-tasks'}", file=sys.stderr)
-        return 1
-    dataset = client.xcom("grounding_data", data_run, "publish") or {}
+    input_dir = settings.state_dir / "demo" / "input"
+    # The same seed and groups both nights: night 2's file holds night 1's annotations (same images,
+    # same groups, so the same splits) plus those of the new images.
+    groups = max(1, args.images)
+    nights: list[Night] = []
+    for number, n_images in ((1, args.images), (2, args.images + args.new_images)):
+        what = "a first dataset" if number == 1 else f"{args.new_images} new images' annotations arrive"
+        step = 3 if number == 1 else 4
+        print(f"== {step}/5 night {number}: {what} ({n_images} images); grounding_data publishes a version, "
+              "grounding_train trains, evaluates and decides", flush=True)
+        generate_synthetic(input_dir, n_images=n_images, seed=args.seed, n_invalid=args.invalid, patients=groups)
+        night = _night(client, settings, input_dir, args.timeout)
+        if night is None:
+            return 1
+        nights.append(night)
+        print(f"  night {number}: {_decision_line(night)}", flush=True)
 
-    print("== 5/5 grounding_train (started by the new dataset asset): train, evaluate, promote", flush=True)
-    train_run = client.wait_for_new_run("grounding_train", after=triggered, timeout=300)
-    state = client.wait_for_run("grounding_train", train_run, timeout=args.timeout)
-    decision = client.xcom("grounding_train", train_run, "promote")
-
+    print("== 5/5 where everything is", flush=True)
     print()
     print(f"Airflow UI        {settings.airflow_url}  (login {settings.airflow_admin} / "
           f"{services.airflow_password(settings)})")
-    print(f"Dataset version   {dataset.get('version', '?')}  {dataset.get('uri', '')}")
-    print(f"Training run      grounding_train / {train_run}: {state}")
-    if isinstance(decision, dict):
-        print(f"Promotion         {decision.get('summary') or decision.get('reason') or decision}")
-    elif state == "success":
-        print("Promotion         skipped: nothing changed since the current champion")
+    for number, night in enumerate(nights, start=1):
+        print(f"Night {number}           dataset {night.dataset.get('version', '?')}; grounding_train / "
+              f"{night.train_run}: {night.state} ({night.seconds:.0f}s)")
+        print(f"  decision        {_decision_line(night)}")
     print(f"Champion          {_champion_summary(settings, args.model_name)}")
     print(f"MLflow            {settings.mlflow_uri}")
     print(f"Lineage events    {settings.state_dir / 'lineage' / 'openlineage-events.jsonl'}")
-    print(f"Took              {time.monotonic() - started_at:.0f}s; `make services-stop` stops the services")
-    return 0 if state == "success" else 1
+    print(f"Took              {time.monotonic() - started_at:.0f}s in all; `make services-stop` stops the services")
+    return 0 if all(n.state == "success" for n in nights) else 1
 
 
-def demo_data_conf(input_dir: Path) -> dict[str, Any]:
+def demo_data_conf(input_uri: str) -> dict[str, Any]:
     """The grounding_data form values for the synthetic demo input.
 
     The pixel bounds are the tiny model's processor's, so the resized sizes recorded with each
@@ -192,11 +253,12 @@ def demo_data_conf(input_dir: Path) -> dict[str, Any]:
     from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
     return {
-        "input_uri": str(input_dir / "annotations.jsonl"),
-        "images_root": str(input_dir),
+        "input_uri": f"{input_uri}/annotations.jsonl",
+        "images_root": input_uri,
         "format": "jsonl",
         "protocol": "qwen2.5-vl",
-        "val_fraction": 0.25,  # enough held-out rows for the promotion gate to mean something
+        "val_fraction": DEMO_VAL_FRACTION,  # chooses the checkpoint
+        "test_fraction": DEMO_TEST_FRACTION,  # decides the promotion (>= 100 samples)
         "min_pixels": MIN_PIXELS,
         "max_pixels": MAX_PIXELS,
     }
@@ -204,9 +266,9 @@ def demo_data_conf(input_dir: Path) -> dict[str, Any]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole loop on the embedded local services")
-    # ~1.5 records an image: about 110 held-out samples at a 15% test share, enough for an
-    # interval that tells a real gain from noise
-    parser.add_argument("--images", type=int, default=500, help="synthetic images to generate")
+    parser.add_argument("--images", type=int, default=DEMO_IMAGES, help="synthetic images of night 1")
+    parser.add_argument("--new-images", type=int, default=DEMO_NEW_IMAGES,
+                        help="images whose annotations arrive for night 2 (a new dataset version)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--invalid", type=int, default=2, help="deliberately broken rows (to show the quarantine)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each DAG run")

@@ -158,6 +158,7 @@ KIND_TEST = {
     "annotation": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
     "image": "tests/test_bad_inputs.py::test_annotation_case_is_quarantined_with_its_reason",
     "params": "tests/test_bad_inputs.py::test_params_refuse_bad_values",
+    "params-normalized": "tests/test_bad_inputs.py::test_params_pass_integral_numbers_to_the_trainer_as_integers",
     "reward": "tests/test_bad_inputs.py::test_reward_never_raises",
     "manifest": "tests/test_bad_inputs.py::test_manifest_refused",
 }
@@ -196,6 +197,8 @@ def _outcome(cases: list[dict]) -> str:
         return "; ".join(f"{r} ×{n}" if n > 1 else r for r, n in sorted(reasons.items()))
     if kind == "params":
         return "refused by the form (ParamValidationError) before any task runs"
+    if kind == "params-normalized":
+        return "accepted (JSON's 2.0 is the integer 2); the trainer gets the integer (`rollout_n=2`)"
     if kind == "reward":
         return "score 0, never raises (every protocol, score_response and VeRL compute_score)"
     return "; ".join(sorted({f"DatasetVerificationError: \"{c['expect']['error']}\"" for c in cases}))

@@ -35,6 +35,7 @@ INDEX = json.loads((BAD / "index.json").read_text())
 CASES = INDEX["cases"]
 ANNOTATION_CASES = [c for c in CASES if c["kind"] in ("annotation", "image")]
 PARAM_CASES = [c for c in CASES if c["kind"] == "params"]
+PARAM_NORMALIZED_CASES = [c for c in CASES if c["kind"] == "params-normalized"]
 REWARD_CASES = [c for c in make_cases.REWARD_CASES]
 MANIFEST_CASES = [c for c in CASES if c["kind"] == "manifest"]
 GROUNDING_OPS = Path(sys.executable).parent / "grounding-ops"
@@ -67,7 +68,7 @@ def test_corpus_covers_every_class() -> None:
     assert len(CASES) >= 40
     assert len({c["id"] for c in CASES}) == len(CASES), "case ids must be unique"
     kinds = {c["kind"] for c in CASES}
-    assert kinds == {"annotation", "image", "params", "reward", "manifest"}
+    assert kinds == {"annotation", "image", "params", "params-normalized", "reward", "manifest"}
     formats = {c["format"] for c in ANNOTATION_CASES}
     assert formats == {"jsonl", "coco", "vindr-csv", "mscxr", "normalized"}
     for case in CASES:
@@ -188,6 +189,16 @@ def test_params_refuse_bad_values(case: dict[str, Any], dag_params: dict[str, An
     param = _param(dag_params, case["param"])
     with pytest.raises(ParamValidationError):
         param.resolve(case["value"])
+
+
+@pytest.mark.parametrize("case", PARAM_NORMALIZED_CASES, ids=_ids(PARAM_NORMALIZED_CASES))
+def test_params_pass_integral_numbers_to_the_trainer_as_integers(case: dict[str, Any],
+                                                                 dag_params: dict[str, Any]) -> None:
+    """JSON Schema cannot tell 2.0 from 2: the form accepts it, and the trainer gets the integer."""
+    from grounding_ops.pipeline.train_params import spec_overrides
+
+    value = _param(dag_params, case["param"]).resolve(case["value"])
+    assert case["expect"]["override"] in spec_overrides({case["param"]: value})
 
 
 def test_params_accept_their_defaults(dag_params: dict[str, Any]) -> None:

@@ -96,13 +96,14 @@ def test_every_task_has_doc_retries_and_timeout(dag):
     train = dag.get_task("train")
     assert train.retry_exponential_backoff
     assert [t.task_id for t in dag.topological_sort()] == [
-        "resolve_dataset", "decide", "train", "list_checkpoints", "evaluate", "pick_best", "promote"]
+        "resolve_dataset", "decide", "train", "list_checkpoints", "evaluate", "pick_best", "plan_decision",
+        "evaluate_test", "promote"]
 
 
 def test_extra_links_on_train_and_evaluate(serialized):
     data, _ = serialized
     tasks = {t["__var"]["task_id"]: t["__var"] for t in data["dag"]["tasks"]}
-    for task_id in ("train", "evaluate"):
+    for task_id in ("train", "evaluate", "evaluate_test"):
         links = tasks[task_id].get("_operator_extra_links")
         assert set(links) == {"W&B run", "MLflow run", "Dataset manifest"}, (task_id, links)
 
@@ -112,7 +113,8 @@ def test_extra_links_on_train_and_evaluate(serialized):
 
 GOOD = {"preset": "tiny-cpu", "engine": "cpu", "dataset_version": "20250101T000000-ab12", "learning_rate": 1e-5,
         "rollout_n": 4, "kl_coef": 0.0, "total_steps": 10, "epochs": 1, "gpus_per_node": 1, "nodes": 1,
-        "lora_rank": 0, "promotion_metric": "mean_iou", "min_delta": 0.0, "force": True, "max_eval_samples": 8}
+        "lora_rank": 0, "promotion_metric": "mean_iou", "min_delta": 0.0, "force": True, "max_eval_samples": 8,
+        "confidence": 0.9, "min_test_samples": 50}
 
 
 def _validate(dag, conf):
@@ -146,6 +148,9 @@ def test_form_accepts_good_input_and_defaults(serialized):
     ("total_steps", 0), ("epochs", 10_000), ("gpus_per_node", 0), ("nodes", 1000), ("lora_rank", -8),
     ("engine", "tpu"), ("preset", "qwen9-vl"), ("promotion_metric", "parse_failure_rate"),
     ("min_delta", 2), ("min_delta", "0.1"), ("force", "yes"), ("max_eval_samples", 0),
+    ("learning_rate", float("nan")), ("kl_coef", float("nan")), ("min_delta", float("nan")),
+    ("learning_rate", float("inf")), ("rollout_n", float("nan")), ("confidence", float("nan")),
+    ("confidence", 1.0), ("confidence", 0.2), ("min_test_samples", 0), ("min_test_samples", 2.5),
     ("dataset_version", "latest; rm -rf /"), ("dataset_version", "../../etc/passwd"),
     ("dataset_version", "$(id)"), ("dataset_version", "v1\n--privileged"), ("dataset_version", ""),
     ("dataset_version", "-rf"), ("dataset_version", "x" * 101),
@@ -299,7 +304,7 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     states = json.loads(lines[-1][len("STATES "):])
     assert states["resolve_dataset"] == "success", states
     assert states["decide"] == "skipped", states
-    for task_id in ("train", "list_checkpoints", "pick_best", "promote"):
+    for task_id in ("train", "list_checkpoints", "pick_best", "plan_decision", "promote"):
         assert states[task_id] == "skipped", states
     assert states["run"] == "success"
     assert "SKIP training: nothing changed" in out.stdout + out.stderr
@@ -558,55 +563,100 @@ def test_api_server_refuses_bad_conf_before_any_run(airflow_service):
     assert airflow_service.api("GET", "/api/v2/dags/grounding_train/dagRuns")["total_entries"] == before
 
 
-def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_service):
-    """The platform side of evaluate -> pick_best -> promote with real S3 and MLflow; then the skip rule
-    reads back what the promotion left in the registry."""
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG_1x1 = _png()
+
+
+def _write_evaluation(plan, dataset_uri, s3, hits, n=120):
+    """What `grounding-ops evaluate` writes for a plan: per-sample predictions (the first ``hits`` samples
+    right, IoU 0.8; the rest IoU 0.1), report, metrics.json last."""
+    from grounding_ops.evaluation.evaluate import EvalSample, Prediction, write_outputs
+
+    command = plan["command"]
+    tags = dict(arg.split("=", 1) for arg in command[command.index("--tag") + 1::2]
+                if "=" in arg and arg.startswith("grounding."))
+    candidate = plan["candidate"]
+    samples, predictions = [], []
+    for i in range(n):
+        iou = 0.8 if i < hits else 0.1
+        samples.append(EvalSample(f"{plan['split']}-{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG_1x1,
+                                  [[0.0, 0.0, 1.0, 1.0]], (1, 1), (28, 28)))
+        predictions.append(Prediction(f"{plan['split']}-{i}", "synthetic", "the red circle", "[...]",
+                                      [[0.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]], iou, iou, iou, True, "", 1, 1))
+    info = {"model_uri": candidate["uri"], "dataset_uri": dataset_uri, "dataset_version": plan["dataset_version"],
+            "split": command[command.index("--split") + 1], "protocol": "qwen2.5-vl", "engine": "transformers",
+            "batch_size": 8, "max_new_tokens": 64, "max_samples": None, "role": candidate["role"], "tags": tags}
+    write_outputs(plan["output_uri"], info=info, samples=samples, predictions=predictions, seconds=1.0,
+                  s3_client=s3)
+
+
+def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_service, monkeypatch):
+    """The platform side of evaluate (val) -> pick_best -> plan the test evaluations -> evaluate (test) ->
+    promote, with real S3 and MLflow; then a second night on a new dataset version plans the champion's
+    re-evaluation there, and the gate compares on the same test samples. The skip rule reads back what
+    the promotion left in the registry."""
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.pipeline.train_tasks import (
-        decide_training, model_states, pick_best, plan_evaluations, promote_best, record_evaluation,
+        DECISION_SPLIT, current_champion, decide_training, decision_candidates, existing_evaluation, model_states,
+        pick_best, plan_evaluations, promote_best, record_evaluation,
     )
     from grounding_ops.storage import open_store
 
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     s3 = s3_service.client()
-    run_uri = s3_service.uri("runs", f"grounding_train-{time.time_ns()}")
-    dataset_uri = s3_service.uri("datasets", "grounding", "v7")
-    training = {"dataset_uri": dataset_uri, "dataset_version": "v7", "fingerprint": "fp-7", "wandb_url": ""}
-    candidates = [
-        {"name": "global_step_1", "uri": f"{run_uri}/train/checkpoints/global_step_1", "step": 1, "role": "candidate"},
-        {"name": "final", "uri": f"{run_uri}/train/final", "step": 2, "role": "candidate"},
-        {"name": "base", "uri": s3_service.uri("models", "base"), "step": -1, "role": "base"},
-    ]
-    plans = plan_evaluations({"engine": "cpu"}, training, candidates, run_uri=run_uri,
-                             airflow_run="grounding_train/manual__x")
-    scores = {"global_step_1": 0.30, "final": 0.60, "base": 0.20}
-    results = []
-    for plan in plans:
-        candidate = plan["candidate"]
-        # what `grounding-ops evaluate ... --tag ...` writes (metrics.json, written last)
-        tags = dict(arg.split("=", 1) for arg in plan["command"][plan["command"].index("--tag") + 1::2]
-                    if "=" in arg and arg.startswith("grounding."))
-        document = {
-            "schema": 1, "model_uri": candidate["uri"], "dataset_uri": dataset_uri, "dataset_version": "v7",
-            "split": "val", "protocol": "qwen2.5-vl", "engine": "transformers", "role": candidate["role"],
-            "tags": tags, "n_samples": 10,
-            "flat_metrics": {"acc_at_0_5": scores[candidate["name"]], "acc_at_0_75": scores[candidate["name"]] / 2,
-                             "mean_iou": scores[candidate["name"]] * 0.9, "n_samples": 10.0},
-        }
-        store = open_store(plan["output_uri"], s3_client=s3)
-        store.put_bytes("metrics.json", json.dumps(document).encode())
-        results.append(record_evaluation(store, plan, tracking_uri=mlflow_service.uri))
-    assert all(r["mlflow_url"].startswith(mlflow_service.uri) for r in results)
-
-    choice = pick_best(results, "acc_at_0_5")
-    assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
     name = f"promote-{time.time_ns()}"
-    first = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
+
+    def night(version, val_hits, test_hits):
+        run_uri = s3_service.uri("runs", f"grounding_train-{time.time_ns()}")
+        dataset_uri = s3_service.uri("datasets", "grounding", version)
+        training = {"dataset_uri": dataset_uri, "dataset_version": version, "fingerprint": "fp-7", "wandb_url": ""}
+        candidates = [
+            {"name": "global_step_1", "uri": f"{run_uri}/train/checkpoints/global_step_1", "step": 1, "role": "candidate"},
+            {"name": "final", "uri": f"{run_uri}/train/final", "step": 2, "role": "candidate"},
+            {"name": "base", "uri": s3_service.uri("models", "base"), "step": -1, "role": "base"},
+        ]
+        results = []
+        for plan in plan_evaluations({"engine": "cpu"}, training, candidates, run_uri=run_uri,
+                                     airflow_run="grounding_train/manual__x"):
+            _write_evaluation(plan, dataset_uri, s3, val_hits[plan["candidate"]["name"]])
+            results.append(record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan,
+                                             tracking_uri=mlflow_service.uri))
+        choice = pick_best(results, "acc_at_0_5")
+        champion = current_champion(mlflow_service.uri, name)
+        champion_eval = existing_evaluation(mlflow_service.uri, champion.model_uri, version, DECISION_SPLIT) \
+            if champion else None
+        models, _ = decision_candidates(choice, champion, champion_evaluation=champion_eval, base_evaluation=None)
+        decision_results = []
+        for plan in plan_evaluations({"engine": "cpu"}, training, models, run_uri=run_uri,
+                                     airflow_run="grounding_train/manual__x", split=DECISION_SPLIT):
+            key = plan["candidate"]["role"] if plan["candidate"]["role"] != "candidate" else plan["candidate"]["name"]
+            _write_evaluation(plan, dataset_uri, s3, test_hits[key])
+            decision_results.append(record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan,
+                                                      tracking_uri=mlflow_service.uri))
+        return choice, models, decision_results
+
+    choice, models, tested = night("v7", {"global_step_1": 30, "final": 70, "base": 20},
+                                   {"final": 80, "base": 20})
+    assert choice["best"]["candidate"] == "final" and choice["split"] == "val"
+    assert [m["role"] for m in models] == ["candidate", "base"]
+    first = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
                          airflow_run="grounding_train/manual__x")
-    assert first["promoted"] and first["version"] == "1"
-    assert "PROMOTED" in first["summary"] and "0.6000" in first["summary"] and "0.2000" in first["summary"]
+    assert first["promoted"] and first["version"] == "1", first["summary"]
+    assert first["decision"]["split"] == "test" and first["decision"]["n"] == 120
+    assert first["selection_split"] == "val" and first["decision_split"] == "test"
+    assert "PROMOTED" in first["summary"] and "vs base 0.1667" in first["summary"] and "n=120" in first["summary"]
     assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
-    again = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    again = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
     assert again["version"] == "1" and again["decision"]["changed"] is False
     version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")
     assert version.tags["grounding.airflow_run"] == "grounding_train/manual__x"
@@ -615,6 +665,93 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     assert (champion.dataset_version, champion.fingerprint) == ("v7", "fp-7")
     assert not decide_training("v7", "fp-7", champion, challenger).train
     assert decide_training("v8", "fp-7", champion, challenger).train
+
+    # night 2: new dataset version; the champion is re-evaluated on its test split in the same run
+    choice, models, tested = night("v8", {"global_step_1": 30, "final": 90, "base": 20},
+                                   {"final": 85, "champion": 80})
+    assert [m["role"] for m in models] == ["candidate", "champion"]
+    second = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    champion_test = next(r for r in tested if r["role"] == "champion")
+    assert second["decision"]["baseline"] == "champion"
+    assert second["decision"]["baseline_run_id"] == champion_test["mlflow_run_id"]
+    assert second["decision"]["dataset_version"] == "v8" and second["decision"]["split"] == "test"
+    # 5 more right answers out of 120 on the same samples: a real but small gain, inside the noise
+    assert not second["promoted"] and "within the noise" in second["summary"], second["summary"]
+    assert current_champion(mlflow_service.uri, name).version == "1"
+
+
+def test_selection_and_decision_splits_differ_in_every_path():
+    """Every DAG path (first promotion against the base model, base evaluation reused, champion to
+    re-evaluate, champion evaluation reused): checkpoints are chosen on val, the gate sees test only."""
+    from grounding_ops.pipeline.train_tasks import (
+        DECISION_SPLIT, SELECTION_SPLIT, Champion, PipelineError, decided_on, decision_candidates, pick_best,
+        plan_evaluations,
+    )
+
+    assert SELECTION_SPLIT == "val" and DECISION_SPLIT == "test"
+    training = {"dataset_uri": "s3://b/datasets/grounding/v2", "dataset_version": "v2", "fingerprint": "fp"}
+    candidates = [{"name": "final", "uri": "s3://b/runs/r/train/final", "step": 3, "role": "candidate"},
+                  {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"}]
+    selection = plan_evaluations({"engine": "cpu"}, training, candidates, run_uri="s3://b/runs/r", airflow_run="x")
+
+    def split_of(plan):
+        return plan["command"][plan["command"].index("--split") + 1]
+
+    assert {split_of(p) for p in selection} == {"val"}
+    val_results = [{"candidate": p["candidate"]["name"], "role": p["candidate"]["role"], "step": p["candidate"]["step"],
+                    "model_uri": p["candidate"]["uri"], "split": "val", "metrics": {"mean_iou": 0.5},
+                    "mlflow_run_id": p["candidate"]["name"], "eval_uri": p["output_uri"]} for p in selection]
+    choice = pick_best(val_results, "mean_iou")
+    champion = Champion("1", "s3://b/runs/night1/train/final")
+    paths = {
+        "first promotion": (None, None, None, ["candidate", "base"]),
+        "base evaluation reused": (None, None, "run-b", ["candidate"]),
+        "champion re-evaluated": (champion, None, None, ["candidate", "champion"]),
+        "champion evaluation reused": (champion, "run-c", None, ["candidate"]),
+    }
+    for path, (champ, champion_eval, base_eval, roles) in paths.items():
+        models, note = decision_candidates(choice, champ, champion_evaluation=champion_eval, base_evaluation=base_eval)
+        assert [m["role"] for m in models] == roles, path
+        assert note, path
+        plans = plan_evaluations({"engine": "cpu"}, training, models, run_uri="s3://b/runs/r", airflow_run="x",
+                                 split=DECISION_SPLIT)
+        assert {split_of(p) for p in plans} == {"test"}, path
+        assert not {p["output_uri"] for p in plans} & {p["output_uri"] for p in selection}, path
+        test_results = [{**r, "split": "test"} for r in val_results if r["role"] == "candidate"]
+        assert decided_on(choice, test_results)["split"] == "test"
+        with pytest.raises(PipelineError, match="decide the promotion, which uses 'test' only"):
+            decided_on(choice, val_results)
+    with pytest.raises(PipelineError, match="pick the best checkpoint, which uses 'val' only"):
+        pick_best([{**r, "split": "test"} for r in val_results], "mean_iou")
+    with pytest.raises(PipelineError, match="must use another split"):
+        decided_on({**choice, "split": "test"}, [{**val_results[0], "split": "test"}])
+
+
+def test_integral_numbers_reach_the_trainer_as_integers():
+    """JSON's 2.0 is the integer 2: the form accepts it (JSON Schema cannot tell them apart), and the
+    container gets `rollout_n=2`, not `2.0` (which its spec would refuse); the fingerprint is the same."""
+    from grounding_ops.pipeline.train_params import spec_overrides, training_values
+    from grounding_ops.pipeline.train_tasks import training_fingerprint
+
+    as_float = {**GOOD, "rollout_n": 2.0, "total_steps": 10.0}
+    assert "rollout_n=2" in spec_overrides(as_float) and "total_steps=10" in spec_overrides(as_float)
+    assert not any(o.endswith(".0") for o in spec_overrides(as_float) if o.startswith(("rollout_n", "total_steps")))
+    assert training_fingerprint(as_float) == training_fingerprint({**GOOD, "rollout_n": 2})
+    assert training_values(as_float)["rollout_n"] == 2 and isinstance(training_values(as_float)["rollout_n"], int)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            spec_overrides({**GOOD, "learning_rate": bad})
+    with pytest.raises(ValueError, match="whole number"):
+        spec_overrides({**GOOD, "rollout_n": 2.5})
+
+
+def test_old_dataset_versions_without_a_test_split_are_refused_clearly():
+    from grounding_ops.pipeline.train_tasks import DatasetRef, PipelineError, check_test_split
+
+    ref = DatasetRef("v0", "s3://b/datasets/grounding/v0", "s3://b/datasets/grounding/v0/manifest.json", "param")
+    check_test_split({"files": {"train.parquet": {}, "val.parquet": {}, "test.parquet": {}}}, ref)
+    with pytest.raises(PipelineError, match="v0 has no test split .*published before held-out test splits"):
+        check_test_split({"files": {"train.parquet": {}, "val.parquet": {}}}, ref)
 
 
 def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
@@ -635,3 +772,121 @@ def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
     summary = read_training_result(store, plan)
     assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
     assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
+
+
+def _dag_env(s3_service, mlflow_service, **extra):
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "GROUNDING_OPS_BUCKET": s3_service.bucket,
+        "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
+            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
+        **extra,
+    }
+
+
+_RUN_DAG_CONF = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+run = bag.dags["grounding_train"].test(run_conf=json.loads(sys.argv[2]))
+print("STATES " + json.dumps({"run": str(run.state), **{
+    ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"): str(ti.state) for ti in run.get_task_instances()}}))
+"""
+
+
+def _run_dag(env, conf):
+    out = subprocess.run([sys.executable, "-c", _RUN_DAG_CONF, str(DAG_FILE), json.dumps(conf)],
+                         capture_output=True, text=True, timeout=1500, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
+    return json.loads(lines[-1][len("STATES "):]), out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_first_unpause_without_a_dataset_skips_quietly(airflow_db, s3_service, mlflow_service):
+    """The first scheduled run before grounding_data published anything: skipped, one clear line, no
+    failure and no retry."""
+    env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_DATASET_NAME=f"never-published-{time.time_ns()}")
+    states, log = _run_dag(env, {})
+    assert states["resolve_dataset"] == "skipped" and states["run"] == "success", states
+    assert all(state == "skipped" for task, state in states.items() if task != "run"), states
+    lines = [line for line in log.splitlines() if "SKIP: no dataset version has been published" in line]
+    assert lines and "run the grounding_data DAG first" in lines[0], log[-3000:]
+    assert "Traceback" not in log and "up_for_retry" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_second_night_decides_against_the_champion_reevaluated_on_the_new_version(
+        airflow_db, s3_service, mlflow_service, trainer_cpu_image, tmp_path):
+    """Nightly retraining on new data, through dag.test() with the real trainer containers, S3 and MLflow:
+    the champion came from dataset version 1; version 2 is published; the run trains, evaluates the
+    checkpoints on val, evaluates the chosen one AND the champion on version 2's test split, and
+    decides on the paired test samples. Nobody evaluates anything by hand."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.data.synthetic import publish_synthetic_version
+    from grounding_ops.storage import open_store
+
+    s3 = s3_service.client()
+    token = f"{time.time_ns()}"
+    name, dataset = f"night2-{token}", f"night2-{token}"
+    root = s3_service.uri("datasets", dataset)
+    for version, images in (("v1", 24), ("v2", 40)):
+        publish_synthetic_version(tmp_path / version, version=version, n_images=images, seed=3, val_fraction=0.2,
+                                  test_fraction=0.3, store_uri=root, s3_client=s3)
+
+    # night 1's champion: a tiny model in S3, registered from an evaluation on version 1
+    model_dir = tmp_path / "champion"
+    model_dir.mkdir(mode=0o777)
+    model_dir.chmod(0o777)
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "-v",
+                    f"{model_dir}:/out", trainer_cpu_image, "tiny-model", "--family", "qwen2-vl", "--output",
+                    "/out/model", "--seed", "1"], check=True, capture_output=True, timeout=600)
+    champion_store = open_store(s3_service.uri("runs", f"night1-{token}", "train", "final"), s3_client=s3)
+    for path in (model_dir / "model").rglob("*"):
+        if path.is_file():
+            champion_store.put_bytes(path.relative_to(model_dir / "model").as_posix(), path.read_bytes())
+    client = MlflowClient(mlflow_service.uri)
+    night1 = client.create_run(client.create_experiment(f"night1-{token}"),
+                               tags={"grounding.dataset_version": "v1", "grounding.train_fingerprint": "night-1"})
+    client.log_param(night1.info.run_id, "dataset_version", "v1")
+    client.log_param(night1.info.run_id, "split", "test")
+    client.log_param(night1.info.run_id, "model_uri", champion_store.uri)
+    client.set_terminated(night1.info.run_id)
+    client.create_registered_model(name)
+    champion = client.create_model_version(name, champion_store.uri, run_id=night1.info.run_id,
+                                           tags={"grounding.dataset_version": "v1",
+                                                 "grounding.evaluation_run_id": night1.info.run_id})
+    client.set_registered_model_alias(name, "champion", champion.version)
+
+    env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_MODEL_NAME=name, GROUNDING_OPS_DATASET_NAME=dataset,
+                   AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=trainer_cpu_image, WANDB_MODE="disabled")
+    conf = {"dataset_version": "v2", "total_steps": 2, "max_eval_samples": 24, "min_test_samples": 10}
+    states, log = _run_dag(env, conf)
+    failure = log.find("Task failed with exception")
+    assert states["run"] == "success", (states, log[max(0, failure - 4000):failure + 4000] if failure >= 0
+                                        else log[-8000:])
+    assert states["promote"] == "success" and states["evaluate_test[1]"] == "success", states
+    assert "champion v1 (" in log and "is evaluated on test too" in log
+
+    champion_evals = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=(f"params.model_uri = '{champion_store.uri}' and params.dataset_version = 'v2' "
+                       "and params.split = 'test'"))
+    assert len(champion_evals) == 1, "the run evaluated the champion on version 2's test split itself"
+    candidate = client.get_model_version(name, "2")
+    tags = candidate.tags
+    assert tags["grounding.promotion.baseline"] == "champion"
+    assert tags["grounding.promotion.baseline_run_id"] == champion_evals[0].info.run_id
+    assert tags["grounding.promotion.split"] == "test" and candidate.tags["grounding.dataset_version"] == "v2"
+    assert int(tags["grounding.promotion.n"]) == 24
+    decision_line = next(line for line in log.splitlines() if "PROMOTED" in line and f"{name} v2" in line)
+    assert "vs champion v1" in decision_line and "CI" in decision_line and "n=24" in decision_line
+    assert "on dataset v2 (test)" in decision_line and "chosen on val" in decision_line

@@ -103,16 +103,18 @@ def test_better_candidate_becomes_champion_worse_or_equal_does_not(registry):
     assert (first.candidate_value, first.baseline_value) == pytest.approx((0.50, 0.20))
     assert _aliases(registry) == {CHAMPION: first.version, CHALLENGER: first.version}
 
-    for name, acc in (("worse", 0.40), ("equal", 0.50), ("too-small", 0.505)):
+    # paired on the same 200 samples: 3 more right answers (0.515) is inside the noise, 20 more is not
+    for name, acc in (("worse", 0.40), ("equal", 0.50), ("too-small", 0.515)):
         decision = _promote(registry, _evaluate(registry, name, acc=acc))
         assert not decision.promoted, decision
         assert decision.baseline == "champion" and decision.baseline_value == pytest.approx(0.50)
         assert decision.candidate_value == pytest.approx(acc)
         assert decision.champion_after == first.version
         assert _aliases(registry) == {CHAMPION: first.version, CHALLENGER: decision.version}
-        assert "min-delta" in decision.reason and f"{acc:.4f}" in decision.reason
+        assert "min_delta" in decision.reason or "tie" in decision.reason, decision.reason
+        assert f"{acc:.4f} vs champion v{first.version} 0.5000" in decision.summary() and "n=200" in decision.summary()
 
-    better = _promote(registry, _evaluate(registry, "better", acc=0.515))
+    better = _promote(registry, _evaluate(registry, "better", acc=0.60))
     assert better.promoted and better.champion_before == first.version
     assert better.baseline_value == pytest.approx(0.50)
     assert _aliases(registry) == {CHAMPION: better.version, CHALLENGER: better.version}
@@ -163,7 +165,7 @@ def test_first_champion_must_beat_the_base_model(registry):
     assert CHAMPION not in _aliases(registry)
     assert len(_versions(registry)) == 1  # still the one version
 
-    better = _promote(registry, _evaluate(registry, "cand2", acc=0.35))
+    better = _promote(registry, _evaluate(registry, "cand2", acc=0.40))
     assert better.promoted and better.baseline == "base"
     assert _aliases(registry)[CHAMPION] == better.version
 
@@ -174,7 +176,7 @@ def test_champion_from_another_dataset_version(registry):
     champion = _promote(registry, _evaluate(registry, "champ", acc=0.5))
     assert champion.promoted
 
-    candidate = _evaluate(registry, "new", acc=0.45, dataset_version="v2")
+    candidate = _evaluate(registry, "new", acc=0.50, dataset_version="v2")
     refused = _promote(registry, candidate)
     assert not refused.promoted and refused.baseline == "none"
     assert "evaluated on dataset v1" in refused.reason and "v2" in refused.reason
@@ -185,13 +187,13 @@ def test_champion_from_another_dataset_version(registry):
     bar = _evaluate(registry, "champ", acc=0.40, dataset_version="v2", model_uri=champion_model)
     decision = _promote(registry, candidate)
     assert decision.promoted and decision.baseline_run_id == bar
-    assert (decision.candidate_value, decision.baseline_value) == pytest.approx((0.45, 0.40))
-    assert "compared with its evaluation run" in decision.reason
+    assert (decision.candidate_value, decision.baseline_value) == pytest.approx((0.50, 0.40))
+    assert f"re-evaluated in run {bar}" in decision.reason and decision.dataset_version == "v2"
 
     # the old champion's v2 evaluation reuses its version (same weights): no third version
     old = _promote(registry, bar)
     assert old.version == champion.version and not old.created_version and not old.promoted
-    assert (old.candidate_value, old.baseline_value) == pytest.approx((0.40, 0.45))
+    assert (old.candidate_value, old.baseline_value) == pytest.approx((0.40, 0.50))
     assert len(_versions(registry)) == 2
 
 
@@ -268,7 +270,16 @@ def test_cli_prints_the_decision_and_exit_codes(registry, capsys):
     run_id = _evaluate(registry, "cand", acc=0.2)
     assert main(["promote", "--candidate", run_id, "--model-name", registry["model"]]) == 0
     out = capsys.readouterr().out
-    assert "NOT PROMOTED" in out and "acc_at_0_5=0.2000" in out and "base=0.2000" in out
+    assert "NOT PROMOTED" in out and "acc_at_0_5 0.2000 vs base 0.2000" in out and "tie" in out
+    better = _evaluate(registry, "better", acc=0.6)
+    assert main(["promote", "--candidate", better, "--model-name", registry["model"], "--min-samples", "500",
+                 "--confidence", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT PROMOTED" in out and "only 200 paired test samples, fewer than the minimum 500" in out
+    assert "90% CI" in out
+    with pytest.raises(SystemExit) as refused:
+        main(["promote", "--candidate", better, "--model-name", registry["model"], "--confidence", "1.5"])
+    assert refused.value.code == 2 and "--confidence: 1.5 must be >= 0.5" in capsys.readouterr().err
     assert main(["promote", "--candidate", "f" * 32, "--model-name", registry["model"]]) == 2
 
 

@@ -160,6 +160,28 @@ def bootstrap_means(
     return point, np.minimum(low, point), np.maximum(high, point)
 
 
+def per_sample(
+    name: str,
+    iou: np.ndarray,
+    score: np.ndarray,
+    format_ok: np.ndarray,
+    thresholds: tuple[float, float] = (0.5, 0.75),
+) -> np.ndarray:
+    """The per-sample values whose mean is metric ``name`` (what a paired comparison resamples)."""
+    iou = np.asarray(iou, dtype=np.float64)
+    if name == "acc_at_0_5":
+        return (iou >= thresholds[0]).astype(np.float64)
+    if name == "acc_at_0_75":
+        return (iou >= thresholds[1]).astype(np.float64)
+    if name == "mean_iou":
+        return iou
+    if name == "mean_score":
+        return np.asarray(score, dtype=np.float64)
+    if name == "parse_failure_rate":
+        return (~np.asarray(format_ok, dtype=bool)).astype(np.float64)
+    raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+
+
 def _group_metrics(
     iou: np.ndarray,
     score: np.ndarray,
@@ -169,16 +191,7 @@ def _group_metrics(
     confidence: float,
     rng: np.random.Generator,
 ) -> GroupMetrics:
-    columns = np.stack(
-        [
-            (iou >= thresholds[0]).astype(np.float64),
-            (iou >= thresholds[1]).astype(np.float64),
-            iou,
-            score,
-            (~format_ok).astype(np.float64),
-        ],
-        axis=1,
-    )
+    columns = np.stack([per_sample(name, iou, score, format_ok, thresholds) for name in METRIC_NAMES], axis=1)
     point, low, high = bootstrap_means(columns, n_resamples=n_resamples, confidence=confidence, rng=rng)
     values = {
         name: MetricValue(float(point[i]), float(low[i]), float(high[i])) for i, name in enumerate(METRIC_NAMES)

@@ -9,9 +9,11 @@ command, and the commands are argument lists anyway.
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, Mapping
 
+from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.training.presets import PRESET_NAMES
 
 ENGINES: tuple[str, ...] = ("gpu", "cpu")
@@ -47,14 +49,23 @@ def _default(env: str, fallback: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+# NaN compares false with every bound, so JSON Schema's minimum/maximum let it through. No real
+# number is both >= 0 and < 0; only NaN satisfies this subschema, so `not` refuses exactly NaN.
+NOT_NAN: dict[str, Any] = {"not": {"type": "number", "minimum": 0, "exclusiveMaximum": 0}}
+
+
+def _number(kind: str, minimum: float, maximum: float) -> dict[str, Any]:
+    """Bounds of a number field; real numbers only (NaN refused, infinities are out of bounds)."""
+    return {"minimum": minimum, "maximum": maximum, **(NOT_NAN if kind == "number" else {})}
+
+
 def _nullable_number(title: str, description: str, kind: str, minimum: float, maximum: float) -> dict[str, Any]:
     return {
         "default": None,
         "type": ["null", kind],
         "title": title,
         "description": description + " Leave empty to keep the preset's value.",
-        "minimum": minimum,
-        "maximum": maximum,
+        **_number(kind, minimum, maximum),
     }
 
 
@@ -109,15 +120,34 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             "type": "string",
             "enum": list(PROMOTION_METRICS),
             "title": "Promotion metric",
-            "description": "Validation metric that picks the best checkpoint and gates promotion to champion.",
+            "description": "Metric that picks the best checkpoint (on the val split) and gates promotion to "
+            "champion (on the test split).",
         },
         "min_delta": {
             "default": 0.01,
             "type": "number",
-            "minimum": 0,
-            "maximum": 1,
+            **_number("number", 0, 1),
             "title": "Minimum improvement",
-            "description": "The candidate must beat the champion's metric by at least this much to be promoted.",
+            "description": "Promote only when the lower bound of the interval of the paired difference "
+            "(candidate minus champion, or minus the base model for the first promotion) on the test split "
+            "exceeds this.",
+        },
+        "confidence": {
+            "default": DEFAULT_CONFIDENCE,
+            "type": "number",
+            **_number("number", 0.5, 0.999),
+            "title": "Confidence level",
+            "description": "Confidence level of the paired bootstrap interval of the difference that gates "
+            "promotion (0.95: a 95% interval).",
+        },
+        "min_test_samples": {
+            "default": DEFAULT_MIN_SAMPLES,
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1_000_000,
+            "title": "Minimum test samples",
+            "description": "With fewer paired test samples than this the candidate is not promoted (the "
+            "difference could not be told from noise).",
         },
         "max_eval_samples": {
             "default": None,
@@ -125,7 +155,8 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             "minimum": 1,
             "maximum": 1_000_000,
             "title": "Max evaluation samples",
-            "description": "Evaluate on at most this many validation samples per checkpoint (empty: all).",
+            "description": "Evaluate on at most this many samples of each split per model (empty: all). Below "
+            "the minimum test samples nothing is promoted.",
         },
         "force": {
             "default": False,
@@ -149,14 +180,39 @@ def build_params() -> dict[str, Any]:
     return params
 
 
-def spec_overrides(params: dict[str, Any]) -> list[str]:
+def training_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The form values that change what is trained, as the trainer must see them.
+
+    JSON has one number type: 2.0 is the integer 2 and passes an ``integer`` field of the form, so
+    integer fields are turned into ``int`` here (the container's ``--set rollout_n=2.0`` would be
+    refused, and the fingerprint of 2.0 must equal that of 2). NaN never gets here (the form refuses it);
+    a direct caller passing one gets an error, not a container that fails later.
+    """
+    schemas = param_schemas()
+    out: dict[str, Any] = {}
+    for key in TRAINING_PARAM_KEYS:
+        value = params.get(key)
+        kinds = schemas[key]["type"] if isinstance(schemas[key]["type"], list) else [schemas[key]["type"]]
+        if value is not None and ("number" in kinds or "integer" in kinds):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"param {key}={value!r} must be a number")
+            if not math.isfinite(value):
+                raise ValueError(f"param {key}={value!r} must be a finite number")
+            if "integer" in kinds:
+                if value != int(value):
+                    raise ValueError(f"param {key}={value!r} must be a whole number")
+                value = int(value)
+        out[key] = value
+    return out
+
+
+def spec_overrides(params: Mapping[str, Any]) -> list[str]:
     """``key=value`` spec overrides for the values the form set (empty fields keep the preset's)."""
+    values = training_values(params)
     out: list[str] = []
     for param, key in SPEC_KEYS.items():
-        value = params.get(param)
+        value = values.get(param)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"param {param}={value!r} must be a number")
         out.append(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}")
     return out

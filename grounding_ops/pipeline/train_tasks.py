@@ -1,7 +1,10 @@
 """The logic of the ``grounding_train`` DAG as plain functions; the DAG file only wires them.
 
-resolve dataset -> decide (skip when nothing changed) -> plan + train (container) -> list checkpoints
--> plan + evaluate each (container, mapped) -> pick the best -> promote.
+resolve dataset (skip when none is published yet) -> decide (skip when nothing changed) -> plan + train
+(container) -> list checkpoints -> evaluate each on ``val`` (container, mapped) -> pick the best on ``val``
+-> plan the decision evaluations on ``test`` (the best candidate, and the bar: the champion, re-evaluated
+on this dataset version unless an evaluation exists, or the base model) -> evaluate them (mapped) ->
+promote on ``test``. Selection and decision never share a split (``SELECTION_SPLIT``, ``DECISION_SPLIT``).
 
 Functions named ``*_task`` take the Airflow context and do the Airflow lookups (connections,
 Variables, asset events); everything else takes plain values and is tested without Airflow.
@@ -24,10 +27,11 @@ from grounding_ops.pipeline.train_params import (
     EVAL_ENGINE,
     PROMOTION_METRICS,
     TRAIN_ENGINE,
-    TRAINING_PARAM_KEYS,
     VERSION_PATTERN,
     spec_overrides,
+    training_values,
 )
+from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
 from grounding_ops.training.runner import RUN_JSON as RUN_FILE
 
@@ -38,12 +42,19 @@ BUCKET_VARIABLE = "grounding_bucket"
 TAG_DATASET_VERSION = "grounding.dataset_version"
 TAG_FINGERPRINT = "grounding.train_fingerprint"
 TAG_AIRFLOW_RUN = "grounding.airflow_run"
+# Checkpoints are chosen on one split, the promotion is decided on another (held out from the choice).
+SELECTION_SPLIT = "val"
+DECISION_SPLIT = "test"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEP = re.compile(r"global_step_(\d+)")
 
 
 class PipelineError(RuntimeError):
     """A pipeline step cannot go on; the message says what to fix."""
+
+
+class NoDatasetYet(PipelineError):
+    """No dataset version has been published yet (the first scheduled run after unpausing)."""
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -92,11 +103,14 @@ def resolve_dataset(
         if not version:
             try:
                 latest = json.loads(store.get_bytes("latest.json"))
-            except (StorageError, ValueError) as exc:
-                raise PipelineError(
+            except StorageError as exc:
+                raise NoDatasetYet(
                     f"no dataset version has been published under {store.uri} yet: run the grounding_data DAG "
-                    f"first, or set dataset_version ({exc})"
+                    "first, or set dataset_version"
                 ) from exc
+            except ValueError as exc:
+                raise PipelineError(f"{store.url('latest.json')} is not JSON ({exc}): publish the dataset again "
+                                    "with grounding_data, or set dataset_version") from exc
             version, source = str(latest.get("version") or ""), "latest.json"
         if not re.fullmatch(VERSION_PATTERN, version) or version == "latest":
             raise PipelineError(f"the published dataset version {version!r} is not a valid version id")
@@ -115,7 +129,7 @@ def resolve_dataset(
 
 def training_fingerprint(params: Mapping[str, Any]) -> str:
     """A short hash of the form values that change what is trained (not the dataset version)."""
-    chosen = {key: params.get(key) for key in TRAINING_PARAM_KEYS}
+    chosen = training_values(params)
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -361,17 +375,22 @@ def plan_evaluations(
     run_uri: str,
     airflow_run: str,
     s3_endpoint: str | None = None,
+    split: str = SELECTION_SPLIT,
 ) -> list[dict[str, Any]]:
-    """One evaluation-container plan per candidate (the list ``.expand`` maps over)."""
+    """One evaluation-container plan per candidate on ``split`` (the list ``.expand`` maps over)."""
+    if split not in (SELECTION_SPLIT, DECISION_SPLIT):
+        raise PipelineError(f"split {split!r} is neither the selection split {SELECTION_SPLIT!r} nor the "
+                            f"decision split {DECISION_SPLIT!r}")
     engine = params["engine"]
     plans = []
     for candidate in candidates:
-        output_uri = join_uri(run_uri, "eval", safe_segment(candidate["name"]))
+        folder = safe_segment(candidate["name"]) if split == SELECTION_SPLIT else f"{split}-{safe_segment(candidate['name'])}"
+        output_uri = join_uri(run_uri, "eval", folder)
         command = [
             "evaluate",  # arguments of the image ENTRYPOINT `grounding-ops`
             "--model", candidate["uri"],
             "--dataset", training["dataset_uri"],
-            "--split", "val",
+            "--split", split,
             "--engine", EVAL_ENGINE[engine],
             "--output", output_uri,
             "--role", candidate["role"],
@@ -390,6 +409,7 @@ def plan_evaluations(
             "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
             "output_uri": output_uri,
             "candidate": dict(candidate),
+            "split": split,
             "dataset_version": training["dataset_version"],
             "fingerprint": training["fingerprint"],
             "links": {"wandb": training.get("wandb_url") or "", "manifest": s3_http_url(manifest, s3_endpoint)},
@@ -425,6 +445,7 @@ def record_evaluation(store: ObjectStore, plan: Mapping[str, Any], *, tracking_u
         "model_uri": candidate["uri"],
         "eval_uri": store.uri,
         "dataset_version": str(document.get("dataset_version") or plan.get("dataset_version") or ""),
+        "split": str(document.get("split") or plan.get("split") or ""),
         "metrics": _metric_summary(document.get("flat_metrics") or {}),
         "mlflow_run_id": run_id,
         "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id),
@@ -449,14 +470,16 @@ def evaluation_summary_line(result: Mapping[str, Any]) -> str:
     metrics = result.get("metrics") or {}
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in PROMOTION_METRICS if k in metrics)
     return (f"evaluated {result['role']} {result['candidate']} ({result['model_uri']}) on dataset "
-            f"{result['dataset_version']}: {shown}; MLflow run {result['mlflow_run_id']}")
+            f"{result['dataset_version']} ({result.get('split') or '?'}): {shown}; MLflow run {result['mlflow_run_id']}")
 
 
 def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
-    """The best candidate by ``metric`` (ties: the later step), and the base model's result if any."""
+    """The best candidate by ``metric`` on the selection split (ties: the later step), and the base
+    model's result if any."""
     if metric not in PROMOTION_METRICS:
         raise PipelineError(f"promotion metric {metric!r} is unknown: use one of {', '.join(PROMOTION_METRICS)}")
     results = [dict(r) for r in results if r]
+    _check_split(results, SELECTION_SPLIT, "pick the best checkpoint")
     candidates = [r for r in results if r.get("role") != "base" and metric in (r.get("metrics") or {})]
     if not candidates:
         raise PipelineError(f"no evaluated checkpoint has the metric {metric!r}: see the evaluate tasks")
@@ -464,46 +487,144 @@ def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, An
     base = next((r for r in results if r.get("role") == "base"), None)
     table = "; ".join(f"{r['candidate']}={r['metrics'].get(metric, float('nan')):.4f}"
                       for r in sorted(results, key=lambda r: r.get("step", -1)))
-    summary = (f"best by {metric}: {best['candidate']} = {best['metrics'][metric]:.4f} "
+    summary = (f"best by {metric} on {SELECTION_SPLIT}: {best['candidate']} = {best['metrics'][metric]:.4f} "
                f"(MLflow run {best['mlflow_run_id']}); all: {table}")
-    return {"best": best, "base": base, "metric": metric, "summary": summary}
+    return {"best": best, "base": base, "metric": metric, "split": SELECTION_SPLIT, "summary": summary}
+
+
+def _check_split(results: Sequence[Mapping[str, Any]], split: str, what: str) -> None:
+    wrong = sorted({str(r.get("split")) for r in results if r.get("split") and r.get("split") != split})
+    if wrong:
+        raise PipelineError(f"evaluations on {', '.join(wrong)} were given to {what}, which uses {split!r} only: "
+                            f"checkpoints are chosen on {SELECTION_SPLIT!r}, promotion is decided on {DECISION_SPLIT!r}")
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model_uri: str
+
+
+def current_champion(tracking_uri: str, name: str) -> Champion | None:
+    """The registered model's ``champion`` version and its model URI (None when no champion yet)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return Champion(version=str(version.version), model_uri=str(version.source))
+
+
+def existing_evaluation(tracking_uri: str, model_uri: str, dataset_version: str, split: str) -> str | None:
+    """The id of a finished evaluation run of ``model_uri`` on ``dataset_version``/``split``, if any."""
+    from grounding_ops.registry import promotion
+
+    return promotion.find_evaluation(promotion.mlflow_client(tracking_uri), model_uri, dataset_version, split)
+
+
+def decision_candidates(
+    choice: Mapping[str, Any],
+    champion: Champion | None,
+    *,
+    champion_evaluation: str | None,
+    base_evaluation: str | None,
+) -> tuple[list[dict[str, Any]], str]:
+    """What to evaluate on the decision split: the chosen candidate, and the bar unless an evaluation of
+    it on this dataset version and split exists already (the champion, or the base model when there is
+    no champion yet). Returns the candidates and a line saying what is reused."""
+    best = choice["best"]
+    models = [{"name": best["candidate"], "uri": best["model_uri"], "step": best.get("step", -1),
+               "role": "candidate"}]
+    if champion is not None:
+        if champion_evaluation:
+            return models, (f"champion v{champion.version} already evaluated on {DECISION_SPLIT} "
+                            f"(MLflow run {champion_evaluation}): reused")
+        models.append({"name": f"champion-v{champion.version}", "uri": champion.model_uri, "step": -2,
+                       "role": "champion"})
+        return models, f"champion v{champion.version} ({champion.model_uri}) is evaluated on {DECISION_SPLIT} too"
+    base = choice.get("base")
+    if not base:
+        return models, "no champion and no base model evaluation: the gate will say what is missing"
+    if base_evaluation:
+        return models, f"base model already evaluated on {DECISION_SPLIT} (MLflow run {base_evaluation}): reused"
+    models.append({"name": "base", "uri": base["model_uri"], "step": -1, "role": "base"})
+    return models, f"no champion yet: the base model ({base['model_uri']}) is the bar, evaluated on {DECISION_SPLIT}"
+
+
+def check_test_split(manifest: Mapping[str, Any], dataset: DatasetRef) -> None:
+    """Refuse a dataset version without a test split (published before test splits existed)."""
+    if f"{DECISION_SPLIT}.parquet" not in (manifest.get("files") or {}):
+        raise PipelineError(
+            f"dataset version {dataset.version} has no {DECISION_SPLIT} split ({DECISION_SPLIT}.parquet is not in "
+            f"{dataset.manifest_uri}): it was published before held-out test splits existed, and promotion is "
+            "decided on the test split only; publish the data again with grounding_data (it writes train, val "
+            "and test) and train on the new version"
+        )
 
 
 # ----------------------------------------------------------------------------- promotion
 
 
+def decided_on(choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The chosen candidate's evaluation on the decision split (never the one that chose it)."""
+    results = [dict(r) for r in decision_results if r]
+    _check_split(results, DECISION_SPLIT, "decide the promotion")
+    if choice.get("split", SELECTION_SPLIT) == DECISION_SPLIT:
+        raise PipelineError(f"the checkpoint was chosen on {DECISION_SPLIT!r}: the decision must use another split")
+    best = choice["best"]
+    for result in results:
+        if result.get("role") == "candidate" and result.get("model_uri") == best["model_uri"]:
+            return result
+    raise PipelineError(f"no {DECISION_SPLIT} evaluation of the chosen candidate {best['candidate']} "
+                        f"({best['model_uri']}): see the evaluate_test tasks")
+
+
 def promote_best(
     choice: Mapping[str, Any],
+    decision_results: Sequence[Mapping[str, Any]] = (),
     *,
     min_delta: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
     tracking_uri: str,
     name: str | None = None,
     airflow_run: str = "",
 ) -> dict[str, Any]:
-    """Register the best candidate and let the registry's gate decide on ``champion``."""
+    """Register the chosen candidate (evaluated on the decision split) and let the gate decide on
+    ``champion`` with the paired comparison on that split."""
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import promotion
 
     name = name or model_name()
-    best = choice["best"]
+    selection = choice["best"]
+    best = decided_on(choice, decision_results)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         decision = promotion.promote(best["mlflow_run_id"], metric=choice["metric"], min_delta=float(min_delta),
-                                     model_name=name, client=client)
+                                     model_name=name, client=client, confidence=float(confidence),
+                                     min_samples=int(min_samples))
     except promotion.PromotionError as exc:
         raise PipelineError(str(exc)) from exc
     data = _as_dict(decision)
     version = str(data.get("version") or "")
     if version and airflow_run:
         client.set_model_version_tag(name, version, TAG_AIRFLOW_RUN, airflow_run)
-    summary = decision.summary() if hasattr(decision, "summary") else str(data)
+    summary = (f"{decision.summary()} [checkpoint {selection['candidate']} chosen on {SELECTION_SPLIT}: "
+               f"{choice['metric']}={selection['metrics'].get(choice['metric'], float('nan')):.4f}]")
     return {
         "model_name": name,
         "version": version,
         "promoted": bool(data.get("promoted")),
         "decision": data,
         "metric": choice["metric"],
+        "selection_split": choice.get("split", SELECTION_SPLIT),
+        "decision_split": best.get("split") or DECISION_SPLIT,
         "summary": summary,
         "model_url": mlflow_model_url(tracking_uri, name, version or None),
         "lineage": {
@@ -599,10 +720,16 @@ def _emit(summary: str) -> str:
 
 
 def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
     params = context["params"]
     root = datasets_root(bucket())
-    dataset = resolve_dataset(str(params["dataset_version"]), store=_s3_store(root),
-                              asset_event_extras=asset_event_extras(context, asset))
+    try:
+        dataset = resolve_dataset(str(params["dataset_version"]), store=_s3_store(root),
+                                  asset_event_extras=asset_event_extras(context, asset))
+    except NoDatasetYet as exc:
+        # the first scheduled run after unpausing, before grounding_data published anything: not a failure
+        raise AirflowSkipException(_emit(f"SKIP: {exc}; this run trains nothing")) from None
     summary = _emit(f"dataset version {dataset.version} ({dataset.source}) at {dataset.uri}")
     return {**asdict(dataset), "summary": summary, "lineage": {"inputs": [dataset.manifest_uri], "outputs": []}}
 
@@ -621,6 +748,11 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     if not decision.train:
         _emit(f"SKIP training: {decision.reason}")
         raise AirflowSkipException(decision.reason)
+    try:
+        manifest = json.loads(_s3_store(ref.uri).get_bytes("manifest.json"))
+    except (StorageError, ValueError) as exc:
+        raise PipelineError(f"cannot read {ref.manifest_uri}: {exc}") from exc
+    check_test_split(manifest, ref)
     ti = context["ti"]
     plan = plan_training(
         params, ref,
@@ -662,10 +794,42 @@ def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, An
     return choice
 
 
-def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], asset: Any) -> dict[str, Any]:
+def plan_decision_task(context: Mapping[str, Any], choice: Mapping[str, Any],
+                       training: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
+
+    params = dict(context["params"])
+    tracking = mlflow_tracking_uri()
+    version = str(training["dataset_version"])
+    champion = current_champion(tracking, model_name())
+    champion_evaluation = base_evaluation = None
+    if champion is not None:
+        champion_evaluation = existing_evaluation(tracking, champion.model_uri, version, DECISION_SPLIT)
+    elif choice.get("base"):
+        base_evaluation = existing_evaluation(tracking, choice["base"]["model_uri"], version, DECISION_SPLIT)
+    models, note = decision_candidates(choice, champion, champion_evaluation=champion_evaluation,
+                                       base_evaluation=base_evaluation)
+    ti = context["ti"]
+    plans = plan_evaluations(
+        params, training, models,
+        run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
+        airflow_run=airflow_run_ref(context),
+        s3_endpoint=s3_endpoint(S3_CONN_ID),
+        split=DECISION_SPLIT,
+    )
+    _emit(f"{len(plans)} models to evaluate on {DECISION_SPLIT} of dataset {version}: "
+          + ", ".join(f"{m['name']} ({m['role']})" for m in models) + f"; {note}")
+    for plan in plans:
+        plan["lineage"] = {"inputs": [training["dataset_uri"]], "outputs": [plan["candidate"]["uri"]]}
+    return plans
+
+
+def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]],
+                 asset: Any) -> dict[str, Any]:
     params = context["params"]
-    result = promote_best(choice, min_delta=float(params["min_delta"]), tracking_uri=mlflow_tracking_uri(),
-                          airflow_run=airflow_run_ref(context))
+    result = promote_best(choice, list(decision_results), min_delta=float(params["min_delta"]),
+                          confidence=float(params["confidence"]), min_samples=int(params["min_test_samples"]),
+                          tracking_uri=mlflow_tracking_uri(), airflow_run=airflow_run_ref(context))
     _emit(result["summary"])
     context["outlet_events"][asset].extra = {
         "model_name": result["model_name"],

@@ -11,6 +11,7 @@ from grounding_ops.cli import number_type
 
 
 def add_parser(subparsers: Any) -> None:
+    from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
     from grounding_ops.registry.promotion import DEFAULT_METRIC, DEFAULT_MIN_DELTA, DEFAULT_MODEL_NAME
 
     promote = subparsers.add_parser(
@@ -18,13 +19,22 @@ def add_parser(subparsers: Any) -> None:
         help="register an evaluated candidate and move the champion alias if it is better",
         description="Register the model of an evaluation run in the MLflow Model Registry (source: its "
         "model URI, no re-upload), tag its lineage, set alias 'challenger', and move alias 'champion' "
-        "only when its metric beats the champion's (or, with no champion, the base model's) on the same "
-        "dataset version by at least --min-delta. Exit 0 whether promoted or not.",
+        "only when it beats the champion (or, with no champion, the base model) evaluated on the same "
+        "dataset version and split: a seeded paired bootstrap of the per-sample difference on the shared "
+        "samples must have the lower bound of its --confidence interval above --min-delta, on at least "
+        "--min-samples samples. Exit 0 whether promoted or not.",
     )
     promote.add_argument("--candidate", required=True, metavar="EVAL_RUN_ID", help="MLflow run id of the evaluation")
     promote.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric to compare (default: {DEFAULT_METRIC})")
     promote.add_argument("--min-delta", type=number_type(float, minimum=0.0), default=DEFAULT_MIN_DELTA,
-                         help=f"smallest improvement that promotes (default: {DEFAULT_MIN_DELTA})")
+                         help="the lower bound of the improvement's interval must exceed this "
+                         f"(default: {DEFAULT_MIN_DELTA})")
+    promote.add_argument("--confidence", type=number_type(float, minimum=0.5, maximum=0.999),
+                         default=DEFAULT_CONFIDENCE,
+                         help=f"confidence level of the paired bootstrap interval (default: {DEFAULT_CONFIDENCE})")
+    promote.add_argument("--min-samples", type=number_type(int, minimum=1), default=DEFAULT_MIN_SAMPLES,
+                         help="fewer paired samples than this never promote "
+                         f"(default: {DEFAULT_MIN_SAMPLES})")
     promote.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                          help=f"registered model name (default: {DEFAULT_MODEL_NAME})")
     promote.add_argument("--json", action="store_true", help="print the decision as JSON")
@@ -48,7 +58,8 @@ def run_promote(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        decision = promote(args.candidate, metric=args.metric, min_delta=args.min_delta, model_name=args.model_name)
+        decision = promote(args.candidate, metric=args.metric, min_delta=args.min_delta, model_name=args.model_name,
+                           confidence=args.confidence, min_samples=args.min_samples)
     except PromotionError as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(decision.to_dict(), indent=2) if args.json else decision.summary())

@@ -7,25 +7,40 @@
    where they are: the version's source is their S3 URI), or finds the version
    registered before for this evaluation run or model URI, and tags it with lineage;
 3. points alias ``challenger`` at it;
-4. compares the metric with the current ``champion`` evaluated on the SAME dataset
-   version and split (the champion's own evaluation run when it matches, otherwise
-   another evaluation of the champion's model URI on this dataset version; with none,
-   it refuses and says what to evaluate). With no champion yet the bar is the base
-   model's evaluation (run tag ``grounding.role=base``) on the same dataset version;
-5. moves ``champion`` only when the candidate improves on the bar by at least ``min_delta``.
+4. finds the bar (:func:`find_bar`): the current ``champion`` evaluated on the SAME dataset
+   version and split (its own evaluation run when it matches, otherwise another evaluation of
+   the champion's model URI there; with none, it refuses and says what to evaluate). With no
+   champion yet the bar is the base model's evaluation (run tag ``grounding.role=base``);
+5. joins the two evaluations' ``predictions.parquet`` on the sample id (:func:`paired_values`)
+   and lets the pure gate (:func:`grounding_ops.registry.gate.decide`) decide on the paired
+   per-sample differences: a seeded paired bootstrap interval whose lower bound must exceed
+   ``min_delta``, on at least ``min_samples`` samples;
+6. records the decision (:func:`record_decision`) and moves ``champion`` only when promoted.
 
-The decision (with both numbers) is logged, stored as tags on the version and on the
-evaluation run, and returned. Promoting the same candidate again with the same metric
-and ``min_delta`` returns the stored decision and changes nothing.
+The decision line states the metric, both values, the difference with its interval, n, the
+dataset version and split, and the reason; it is logged, stored as tags on the version and on
+the evaluation run, and returned. Promoting the same candidate again with the same settings
+returns the stored decision and changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+
+from grounding_ops.registry.gate import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_SEED,
+    GateError,
+    GateResult,
+    decide,
+)
 
 from grounding_ops.registry.tracking import (
     OUTPUT_TAG,
@@ -59,7 +74,7 @@ LINEAGE_TAGS = (
     "grounding.protocol",
     "grounding.base_model_uri",
 )
-_TOLERANCE = 1e-9
+PREDICTIONS_ARTIFACT = "predictions.parquet"
 
 
 class PromotionError(RuntimeError):
@@ -86,21 +101,34 @@ class PromotionDecision:
     dataset_version: str
     created_version: bool
     changed: bool
+    split: str = ""
+    n: int = 0
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float = DEFAULT_CONFIDENCE
+    min_samples: int = DEFAULT_MIN_SAMPLES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT PROMOTED"
-        bar = "no baseline" if self.baseline_value is None else f"{self.baseline}={self.baseline_value:.4f}"
+        bar = "champion v" + self.champion_before if self.baseline == "champion" and self.champion_before else self.baseline
 
         def name(version: str | None) -> str:
             return f"v{version}" if version else "none"
 
+        if self.baseline_value is None or self.difference is None:
+            numbers = f"{self.metric} {self.candidate_value:.4f} vs no bar"
+        else:
+            numbers = (f"{self.metric} {self.candidate_value:.4f} vs {bar} {self.baseline_value:.4f}, difference "
+                       f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.ci_low:+.4f}..{self.ci_high:+.4f}), "
+                       f"n={self.n}")
         return (
-            f"{verdict}: {self.model_name} v{self.version} (eval run {self.candidate_run_id}) "
-            f"{self.metric}={self.candidate_value:.4f} vs {bar} on dataset {self.dataset_version}; "
-            f"champion: {name(self.champion_before)} -> {name(self.champion_after)}. {self.reason}"
+            f"{verdict}: {self.model_name} v{self.version} (eval run {self.candidate_run_id}): {numbers} on dataset "
+            f"{self.dataset_version} ({self.split or 'val'}); champion: {name(self.champion_before)} -> "
+            f"{name(self.champion_after)}. {self.reason}"
         )
 
 
@@ -153,12 +181,15 @@ def _metric_of(run: Any, metric: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _recorded(version: Any, run_id: str, metric: str, min_delta: float) -> dict[str, str] | None:
+def _recorded(version: Any, run_id: str, metric: str, min_delta: float, confidence: float,
+              min_samples: int) -> dict[str, str] | None:
     tags = dict(version.tags or {})
     if (
         tags.get(DECISION_PREFIX + "eval_run_id") == run_id
         and tags.get(DECISION_PREFIX + "metric") == metric
         and tags.get(DECISION_PREFIX + "min_delta") == repr(float(min_delta))
+        and tags.get(DECISION_PREFIX + "confidence") == repr(float(confidence))
+        and tags.get(DECISION_PREFIX + "min_samples") == str(int(min_samples))
         and DECISION_PREFIX + "promoted" in tags
     ):
         return tags
@@ -184,6 +215,22 @@ def _search_evaluations(
     return None
 
 
+def find_evaluation(client: Any, model_uri: str, dataset_version: str, split: str) -> str | None:
+    """The newest finished evaluation run of ``model_uri`` on ``dataset_version``/``split`` in the
+    evaluation experiment, or None."""
+    from grounding_ops.registry.tracking import EVALUATION_EXPERIMENT
+
+    experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
+    if experiment is None:
+        return None
+    run = _search_evaluations(client, [experiment.experiment_id], [
+        f"params.model_uri = {quote_filter_value(model_uri)}",
+        f"params.dataset_version = {quote_filter_value(dataset_version)}",
+        f"params.split = {quote_filter_value(split)}",
+    ])
+    return run.info.run_id if run is not None else None
+
+
 def _same_evaluation_set(run: Any, dataset_version: str, split: str) -> bool:
     params = run.data.params
     return params.get("dataset_version") == dataset_version and params.get("split", "val") == split
@@ -195,10 +242,6 @@ def _lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
-def _improvement(metric: str, candidate: float, baseline: float) -> float:
-    return baseline - candidate if _lower_is_better(metric) else candidate - baseline
-
-
 def promote(
     candidate_run_id: str,
     *,
@@ -206,22 +249,162 @@ def promote(
     min_delta: float = DEFAULT_MIN_DELTA,
     model_name: str = DEFAULT_MODEL_NAME,
     client: Any | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> PromotionDecision:
     """Register the evaluated candidate and move ``champion`` to it if it clears the bar."""
     from mlflow.exceptions import MlflowException
 
     if not (min_delta >= 0.0 and math.isfinite(min_delta)):
         raise PromotionError(f"min-delta must be a finite number >= 0, got {min_delta}")
+    if not (0.5 <= confidence < 1.0):
+        raise PromotionError(f"the confidence level must be in [0.5, 1), e.g. 0.95; got {confidence}")
+    if int(min_samples) < 1:
+        raise PromotionError(f"the minimum number of test samples must be >= 1, got {min_samples}")
     client = client if client is not None else mlflow_client()
+    gate = {"confidence": float(confidence), "min_samples": int(min_samples), "seed": int(seed)}
     try:
-        return _promote(client, candidate_run_id, metric, float(min_delta), model_name)
+        return _promote(client, candidate_run_id, metric, float(min_delta), model_name, gate)
     except MlflowException as exc:
         raise PromotionError(f"MLflow at {client.tracking_uri} refused the promotion: {exc.message}") from exc
 
 
-def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str) -> PromotionDecision:
+def register_candidate(client: Any, model_name: str, run: Any, source: str, dataset_version: str, split: str) -> Any:
+    """Register the candidate evaluated in ``run`` as a new version of ``model_name`` (the ONE place
+    a version is created), with its lineage and metrics as tags; returns the model version."""
+    run_id, run_tags = run.info.run_id, run.data.tags
+    lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
+    lineage.update({"grounding.model_uri": source, "grounding.dataset_version": dataset_version,
+                    EVALUATION_RUN_TAG: run_id})
+    if run_tags.get(OUTPUT_TAG):
+        lineage["grounding.evaluation_uri"] = run_tags[OUTPUT_TAG]
+    for name in LISTED_METRICS:
+        value = _metric_of(run, name)
+        if value is not None:
+            lineage[METRIC_TAG_PREFIX + name] = repr(value)
+    version = client.create_model_version(
+        model_name, source=source, run_id=run_id, tags=lineage,
+        description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
+    )
+    log.info("registered %s as %s version %s", source, model_name, version.version)
+    return version
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What the candidate must beat: an evaluation run of the champion or of the base model."""
+
+    kind: str  # "champion" or "base"
+    run: Any
+    note: str
+
+
+def find_bar(
+    client: Any, run: Any, model_name: str, champion_before: str | None, dataset_version: str, split: str
+) -> Bar | str:
+    """The evaluation to compare ``run`` with on the same dataset version and split, or why there is none."""
     from mlflow.exceptions import MlflowException
 
+    run_id = run.info.run_id
+    experiments = [run.info.experiment_id]
+    if champion_before is not None:
+        champion = client.get_model_version(model_name, champion_before)
+        champion_run_id = (champion.tags or {}).get(EVALUATION_RUN_TAG) or champion.run_id
+        champion_run = None
+        if champion_run_id:
+            try:
+                champion_run = client.get_run(champion_run_id)
+                experiments.append(champion_run.info.experiment_id)
+            except MlflowException as exc:
+                if not _is_missing(exc):
+                    raise
+        if champion_run is not None and _same_evaluation_set(champion_run, dataset_version, split):
+            return Bar("champion", champion_run, f"champion v{champion_before}, evaluation run {champion_run_id}")
+        champion_dataset = (
+            champion_run.data.params.get("dataset_version") if champion_run is not None else None
+        ) or (champion.tags or {}).get("grounding.dataset_version", "unknown")
+        bar_run = _search_evaluations(
+            client, experiments,
+            [f"params.model_uri = {quote_filter_value(champion.source)}",
+             f"params.dataset_version = {quote_filter_value(dataset_version)}",
+             f"params.split = {quote_filter_value(split)}"],
+            exclude_run=run_id,
+        )
+        if bar_run is None:
+            return (
+                f"champion v{champion_before} was evaluated on dataset {champion_dataset}, the candidate on "
+                f"{dataset_version}, and no evaluation of the champion ({champion.source}) on {dataset_version} "
+                f"({split}) exists: evaluate it there (grounding-ops evaluate --model {champion.source} "
+                f"--dataset <{dataset_version} URI> --split {split} ...; the grounding_train DAG does this "
+                "itself) and promote again; champion unchanged"
+            )
+        return Bar("champion", bar_run, f"champion v{champion_before} (trained on {champion_dataset}) re-evaluated "
+                                        f"in run {bar_run.info.run_id}")
+    clauses = [
+        f"tags.`{ROLE_TAG}` = 'base'",
+        f"params.dataset_version = {quote_filter_value(dataset_version)}",
+        f"params.split = {quote_filter_value(split)}",
+    ]
+    bar_run = None
+    base_model = run.data.tags.get("grounding.base_model_uri")
+    if base_model:
+        # prefer the evaluation of the very model the candidate was trained from
+        bar_run = _search_evaluations(
+            client, experiments, [*clauses, f"params.model_uri = {quote_filter_value(base_model)}"],
+            exclude_run=run_id,
+        )
+    if bar_run is None:
+        bar_run = _search_evaluations(client, experiments, clauses, exclude_run=run_id)
+    if bar_run is None:
+        return (
+            f"no champion yet and no base-model evaluation on dataset {dataset_version} ({split}): evaluate "
+            f"the base model first (grounding-ops evaluate --role base --model <base model> --dataset "
+            f"<{dataset_version} URI> --split {split} ...) so the first champion has a bar to beat"
+        )
+    return Bar("base", bar_run, f"base model {bar_run.data.params.get('model_uri')}, evaluation run "
+                                f"{bar_run.info.run_id}")
+
+
+def _per_sample(client: Any, run: Any, metric: str) -> dict[str, float]:
+    """``{sample id: value of metric}`` from the run's ``predictions.parquet`` artifact."""
+    import pyarrow.parquet as pq
+    from mlflow.exceptions import MlflowException
+
+    from grounding_ops.evaluation.metrics import per_sample
+
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory(prefix="promotion-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, tmp)
+        except (MlflowException, OSError) as exc:
+            raise PromotionError(
+                f"evaluation run {run_id} has no readable {PREDICTIONS_ARTIFACT} artifact ({exc}): the gate "
+                "compares per-sample results; log the evaluation with `grounding-ops log-evaluation`"
+            ) from exc
+        table = pq.read_table(Path(path), columns=["id", "iou", "score", "format_ok"]).to_pydict()
+    ids = [str(i) for i in table["id"]]
+    if len(set(ids)) != len(ids):
+        raise PromotionError(f"{PREDICTIONS_ARTIFACT} of evaluation run {run_id} holds duplicate sample ids: "
+                             "samples cannot be paired; evaluate again")
+    values = per_sample(metric, table["iou"], table["score"], table["format_ok"])
+    return dict(zip(ids, (float(v) for v in values)))
+
+
+def paired_values(client: Any, candidate_run: Any, bar_run: Any, metric: str) -> tuple[list[float], list[float], str]:
+    """The per-sample ``metric`` of both evaluations on the samples they share (joined on sample id)."""
+    candidate = _per_sample(client, candidate_run, metric)
+    bar = _per_sample(client, bar_run, metric)
+    shared = sorted(set(candidate) & set(bar))
+    note = ""
+    if len(shared) != len(candidate) or len(shared) != len(bar):
+        note = (f" (paired on the {len(shared)} samples both evaluated: the candidate has {len(candidate)}, "
+                f"the bar {len(bar)})")
+    return [candidate[i] for i in shared], [bar[i] for i in shared], note
+
+
+def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str,
+             gate: dict[str, Any]) -> PromotionDecision:
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
     if run_tags.get(ROLE_TAG) == "base":
@@ -244,30 +427,9 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
     version = _find_version(client, model_name, run_id, source)
     created = version is None
     if created:
-        lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
-        lineage.update(
-            {
-                "grounding.model_uri": source,
-                "grounding.dataset_version": dataset_version,
-                EVALUATION_RUN_TAG: run_id,
-            }
-        )
-        if run_tags.get(OUTPUT_TAG):
-            lineage["grounding.evaluation_uri"] = run_tags[OUTPUT_TAG]
-        for name in LISTED_METRICS:
-            value = _metric_of(run, name)
-            if value is not None:
-                lineage[METRIC_TAG_PREFIX + name] = repr(value)
-        version = client.create_model_version(
-            model_name,
-            source=source,
-            run_id=run_id,
-            tags=lineage,
-            description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
-        )
-        log.info("registered %s as %s version %s", source, model_name, version.version)
+        version = register_candidate(client, model_name, run, source, dataset_version, split)
     else:
-        recorded = _recorded(version, run_id, metric, min_delta)
+        recorded = _recorded(version, run_id, metric, min_delta, gate["confidence"], gate["min_samples"])
         if recorded is not None:
             decision = _decision_from_tags(recorded, model_name, version.version, aliases.get(CHAMPION))
             log.info("already decided, nothing changed: %s", decision.summary())
@@ -277,126 +439,67 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
     if aliases.get(CHALLENGER) != number:
         client.set_registered_model_alias(model_name, CHALLENGER, number)
     champion_before = aliases.get(CHAMPION)
-    experiments = [run.info.experiment_id]
-
-    baseline, baseline_value, baseline_run_id, note = "none", None, None, ""
+    common = dict(model_name=model_name, metric=metric, min_delta=min_delta, candidate_run_id=run_id,
+                  candidate_value=candidate_value, champion_before=champion_before, version=number,
+                  dataset_version=dataset_version, created_version=created, split=split,
+                  confidence=gate["confidence"], min_samples=gate["min_samples"])
     if champion_before == number:
         decision = PromotionDecision(
-            promoted=True,
-            reason=f"version {number} is already the champion",
-            model_name=model_name, metric=metric, min_delta=min_delta, candidate_run_id=run_id,
-            candidate_value=candidate_value, baseline="champion", baseline_value=candidate_value,
-            baseline_run_id=run_id, champion_before=number, champion_after=number, version=number,
-            dataset_version=dataset_version, created_version=created, changed=created,
+            promoted=True, reason=f"version {number} is already the champion", baseline="champion",
+            baseline_value=candidate_value, baseline_run_id=run_id, champion_after=number, changed=created,
+            **common,
         )
         log.info(decision.summary())
         return decision
-    if champion_before is not None:
-        baseline = "champion"
-        champion = client.get_model_version(model_name, champion_before)
-        champion_run_id = (champion.tags or {}).get(EVALUATION_RUN_TAG) or champion.run_id
-        champion_run = None
-        if champion_run_id:
-            try:
-                champion_run = client.get_run(champion_run_id)
-                experiments.append(champion_run.info.experiment_id)
-            except MlflowException as exc:
-                if not _is_missing(exc):
-                    raise
-        if champion_run is not None and _same_evaluation_set(champion_run, dataset_version, split):
-            bar_run = champion_run
-        else:
-            champion_dataset = (
-                champion_run.data.params.get("dataset_version") if champion_run is not None else None
-            ) or (champion.tags or {}).get("grounding.dataset_version", "unknown")
-            bar_run = _search_evaluations(
-                client,
-                experiments,
-                [
-                    f"params.model_uri = {quote_filter_value(champion.source)}",
-                    f"params.dataset_version = {quote_filter_value(dataset_version)}",
-                    f"params.split = {quote_filter_value(split)}",
-                ],
-                exclude_run=run_id,
-            )
-            if bar_run is None:
-                reason = (
-                    f"champion v{champion_before} was evaluated on dataset {champion_dataset}, the candidate on "
-                    f"{dataset_version}, and no evaluation of the champion ({champion.source}) on {dataset_version} "
-                    f"({split}) exists: evaluate it there (grounding-ops evaluate --model {champion.source} "
-                    f"--dataset <{dataset_version} URI> --split {split} ...) and promote again; champion unchanged"
-                )
-                return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
-                               champion_before, number, dataset_version, created)
-            note = (
-                f" (champion v{champion_before} was evaluated on dataset {champion_dataset}; compared with its "
-                f"evaluation run {bar_run.info.run_id} on {dataset_version})"
-            )
-    else:
-        baseline = "base"
-        clauses = [
-            f"tags.`{ROLE_TAG}` = 'base'",
-            f"params.dataset_version = {quote_filter_value(dataset_version)}",
-            f"params.split = {quote_filter_value(split)}",
-        ]
-        bar_run = None
-        base_model = run_tags.get("grounding.base_model_uri")
-        if base_model:
-            # prefer the evaluation of the very model the candidate was trained from
-            bar_run = _search_evaluations(
-                client, experiments, [*clauses, f"params.model_uri = {quote_filter_value(base_model)}"],
-                exclude_run=run_id,
-            )
-        if bar_run is None:
-            bar_run = _search_evaluations(client, experiments, clauses, exclude_run=run_id)
-        if bar_run is not None:
-            note = f" (base model {bar_run.data.params.get('model_uri')}, evaluation run {bar_run.info.run_id})"
-        if bar_run is None:
-            reason = (
-                f"no champion yet and no base-model evaluation on dataset {dataset_version} ({split}): evaluate "
-                f"the base model first (grounding-ops evaluate --role base --model <base model> --dataset "
-                f"<{dataset_version} URI> --split {split} ...) so the first champion has a bar to beat"
-            )
-            return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
-                           None, number, dataset_version, created)
 
-    baseline_value = _metric_of(bar_run, metric)
-    baseline_run_id = bar_run.info.run_id
-    if baseline_value is None:
-        reason = f"the {baseline} evaluation run {baseline_run_id} has no metric {metric!r}; champion unchanged"
-        return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
-                       champion_before, number, dataset_version, created)
+    bar = find_bar(client, run, model_name, champion_before, dataset_version, split)
+    if isinstance(bar, str):
+        return _refuse(client, bar, common)
+    candidate_values, bar_values, pairing = paired_values(client, run, bar.run, metric)
+    try:
+        result = decide(candidate_values, bar_values, metric=metric, min_delta=min_delta,
+                        lower_is_better=_lower_is_better(metric), confidence=gate["confidence"],
+                        min_samples=gate["min_samples"], seed=gate["seed"])
+    except GateError as exc:
+        raise PromotionError(f"{exc} (candidate run {run_id}, bar run {bar.run.info.run_id})") from exc
+    decision = decision_of(result, bar, common)
+    decision = PromotionDecision(**{**decision.to_dict(), "reason": decision.reason + pairing})
+    record_decision(client, decision, run)
+    return decision
 
-    improvement = _improvement(metric, candidate_value, baseline_value)
-    what = f"champion v{champion_before}" if baseline == "champion" else "the base model"
-    direction = " (lower is better)" if _lower_is_better(metric) else ""
-    promoted = improvement + _TOLERANCE >= min_delta
-    if promoted:
-        client.set_registered_model_alias(model_name, CHAMPION, number)
-        if not created:
-            # a version registered before for the same weights: its evaluation is now this run
-            _retag_evaluation(client, model_name, number, run, dataset_version)
-        reason = (
-            f"{metric}{direction} {candidate_value:.4f} vs {what} {baseline_value:.4f}: improvement "
-            f"{improvement:+.4f} >= min-delta {min_delta} on dataset {dataset_version} ({split}); "
-            f"v{number} is the new champion{note}"
-        )
+
+def decision_of(result: GateResult, bar: Bar, common: dict[str, Any]) -> PromotionDecision:
+    """The registry's decision from the gate's result (no side effects)."""
+    champion_before = common["champion_before"]
+    if result.promoted:
+        outcome = f"v{common['version']} is the new champion"
     else:
-        reason = (
-            f"{metric}{direction} {candidate_value:.4f} vs {what} {baseline_value:.4f}: improvement "
-            f"{improvement:+.4f} < min-delta {min_delta} on dataset {dataset_version} ({split}); "
-            f"champion {'stays v' + champion_before if champion_before else 'not set'}{note}"
-        )
-    decision = PromotionDecision(
-        promoted=promoted, reason=reason, model_name=model_name, metric=metric, min_delta=min_delta,
-        candidate_run_id=run_id, candidate_value=candidate_value, baseline=baseline,
-        baseline_value=baseline_value, baseline_run_id=baseline_run_id, champion_before=champion_before,
-        champion_after=number if promoted else champion_before, version=number,
-        dataset_version=dataset_version, created_version=created, changed=True,
+        outcome = f"champion {'stays v' + champion_before if champion_before else 'not set'}"
+    return PromotionDecision(
+        promoted=result.promoted,
+        reason=f"{result.reason}; {outcome} (bar: {bar.note})",
+        baseline=bar.kind,
+        baseline_value=result.bar_value,
+        baseline_run_id=bar.run.info.run_id,
+        champion_after=common["version"] if result.promoted else champion_before,
+        changed=True,
+        n=result.n,
+        difference=result.difference,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+        **{**common, "candidate_value": result.candidate_value},
     )
+
+
+def record_decision(client: Any, decision: PromotionDecision, run: Any) -> None:
+    """Store the decision as tags (version and evaluation run), then move ``champion`` if promoted."""
+    if decision.promoted:
+        client.set_registered_model_alias(decision.model_name, CHAMPION, decision.version)
+        if not decision.created_version:
+            # a version registered before for the same weights: its evaluation is now this run
+            _retag_evaluation(client, decision.model_name, decision.version, run, decision.dataset_version)
     _record(client, decision)
     log.info(decision.summary())
-    return decision
 
 
 def _retag_evaluation(client: Any, model_name: str, number: str, run: Any, dataset_version: str) -> None:
@@ -408,19 +511,14 @@ def _retag_evaluation(client: Any, model_name: str, number: str, run: Any, datas
             client.set_model_version_tag(model_name, number, METRIC_TAG_PREFIX + name, repr(value))
 
 
-def _refuse(
-    client: Any, run_id: str, reason: str, model_name: str, metric: str, min_delta: float,
-    candidate_value: float, champion: str | None, number: str, dataset_version: str, created: bool,
-) -> PromotionDecision:
+def _refuse(client: Any, reason: str, common: dict[str, Any]) -> PromotionDecision:
     """A decision without a comparison: not recorded, so a later call (after the missing
     evaluation exists) decides afresh."""
     decision = PromotionDecision(
-        promoted=False, reason=reason, model_name=model_name, metric=metric, min_delta=min_delta,
-        candidate_run_id=run_id, candidate_value=candidate_value, baseline="none", baseline_value=None,
-        baseline_run_id=None, champion_before=champion, champion_after=champion, version=number,
-        dataset_version=dataset_version, created_version=created, changed=created,
+        promoted=False, reason=reason, baseline="none", baseline_value=None, baseline_run_id=None,
+        champion_after=common["champion_before"], changed=common["created_version"], **common,
     )
-    client.set_tag(run_id, DECISION_PREFIX + "reason", reason[:5000])
+    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "reason", reason[:5000])
     log.info(decision.summary())
     return decision
 
@@ -430,9 +528,16 @@ def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
         DECISION_PREFIX + "eval_run_id": decision.candidate_run_id,
         DECISION_PREFIX + "metric": decision.metric,
         DECISION_PREFIX + "min_delta": repr(float(decision.min_delta)),
+        DECISION_PREFIX + "confidence": repr(float(decision.confidence)),
+        DECISION_PREFIX + "min_samples": str(int(decision.min_samples)),
+        DECISION_PREFIX + "split": decision.split,
+        DECISION_PREFIX + "n": str(int(decision.n)),
         DECISION_PREFIX + "candidate_value": repr(decision.candidate_value),
         DECISION_PREFIX + "baseline": decision.baseline,
         DECISION_PREFIX + "baseline_value": repr(decision.baseline_value),
+        DECISION_PREFIX + "difference": repr(decision.difference),
+        DECISION_PREFIX + "ci_low": repr(decision.ci_low),
+        DECISION_PREFIX + "ci_high": repr(decision.ci_high),
         DECISION_PREFIX + "baseline_run_id": decision.baseline_run_id or "",
         DECISION_PREFIX + "champion_before": decision.champion_before or "",
         DECISION_PREFIX + "reason": decision.reason[:5000],
@@ -469,6 +574,13 @@ def _decision_from_tags(tags: dict[str, str], model_name: str, version: str, cha
         dataset_version=tags.get("grounding.dataset_version", ""),
         created_version=False,
         changed=False,
+        split=tags.get(DECISION_PREFIX + "split", ""),
+        n=int(tags.get(DECISION_PREFIX + "n") or 0),
+        difference=_float_or_none(tags.get(DECISION_PREFIX + "difference")),
+        ci_low=_float_or_none(tags.get(DECISION_PREFIX + "ci_low")),
+        ci_high=_float_or_none(tags.get(DECISION_PREFIX + "ci_high")),
+        confidence=float(tags.get(DECISION_PREFIX + "confidence") or DEFAULT_CONFIDENCE),
+        min_samples=int(tags.get(DECISION_PREFIX + "min_samples") or DEFAULT_MIN_SAMPLES),
     )
 
 
@@ -489,4 +601,5 @@ def select_best(run_ids: list[str], *, metric: str = DEFAULT_METRIC, client: Any
     return min(scored)[2]
 
 
-__all__ = ["PromotionDecision", "PromotionError", "promote", "select_best", "CHAMPION", "CHALLENGER", "TAG_PREFIX"]
+__all__ = ["Bar", "PromotionDecision", "PromotionError", "find_bar", "find_evaluation", "paired_values", "promote", "record_decision",
+           "register_candidate", "select_best", "CHAMPION", "CHALLENGER", "TAG_PREFIX"]

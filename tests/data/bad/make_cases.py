@@ -385,6 +385,18 @@ PARAM_CASES = [
     {"param": "dataset_version", "value": "", "what": "empty"},
     {"param": "dataset_version", "value": "v" * 200, "what": "over the length limit"},
     {"param": "promotion_metric", "value": "acc_at_0_5 --min-delta 0", "what": "flag appended to an enum"},
+    {"param": "learning_rate", "value": float("nan"), "what": "NaN (passes every bound check)"},
+    {"param": "kl_coef", "value": float("nan"), "what": "NaN (passes every bound check)"},
+    {"param": "min_delta", "value": float("nan"), "what": "NaN minimum improvement"},
+    {"param": "confidence", "value": float("nan"), "what": "NaN confidence level"},
+    {"param": "rollout_n", "value": float("nan"), "what": "NaN for an integer"},
+    {"param": "learning_rate", "value": float("inf"), "what": "infinity"},
+]
+
+# Form values the form accepts because JSON has one number type, which reach the trainer normalized.
+PARAM_NORMALIZED_CASES = [
+    {"param": "rollout_n", "value": 2.0, "override": "rollout_n=2", "what": "integral float for an integer"},
+    {"param": "total_steps", "value": 10.0, "override": "total_steps=10", "what": "integral float for an integer"},
 ]
 
 REWARD_CASES: list[dict[str, Any]] = [
@@ -457,6 +469,9 @@ def index() -> dict[str, Any]:
         "cases": [strip(c) for c in ANNOTATION_CASES]
         + [{"id": param_id(c), "kind": "params", "class": "Params (grounding_train form)", "what": c["what"],
             "param": c["param"], "value": c["value"], "expect": {"refused": True}} for c in PARAM_CASES]
+        + [{"id": f"params-{c['param']}-normalized-{PARAM_NORMALIZED_CASES.index(c)}", "kind": "params-normalized",
+            "class": "Params accepted as JSON numbers (grounding_train form)", "what": c["what"], "param": c["param"], "value": c["value"],
+            "expect": {"override": c["override"]}} for c in PARAM_NORMALIZED_CASES]
         + reward
         + [{"id": c["id"], "kind": "manifest", "class": "dataset manifest", "what": c["what"],
             "tamper": c["tamper"], "expect": {"error": c["error"]}} for c in MANIFEST_CASES],
