@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from grounding_ops.cli import FRACTION, POSITIVE_INT
-from grounding_ops.data.schema import FORMATS
+from grounding_ops.data.readers import FORMATS
 
 
 def _protocol_names() -> tuple[str, ...]:

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from grounding_ops import __version__
-from grounding_ops.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache, ImageResolver
+from grounding_ops.data.images import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache,
+                                       ImageResolver)
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
-from grounding_ops.data.readers import SkippedRow, read_records
-from grounding_ops.data.schema import FORMATS, CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
+from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_LINE_BYTES, FORMATS, ReadInfo,
+                                        ReadOptions, SkippedRow, read_records)
+from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
 from grounding_ops.data.split import SPLITS, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
@@ -65,6 +67,23 @@ class PrepareSettings:
     batch_rows: int = 50_000
     row_group_rows: int = 512
     allowed_buckets: tuple[str, ...] = ()
+    # how readers interpret releases (see grounding_ops.data.readers.ReadOptions)
+    multi_reader: str = "fuse"
+    reader_id: str | None = None
+    fusion_iou: float = 0.3
+    group_by: str = "auto"
+    source_split: bool = False
+    image_extension: str = ".png"
+    box_format: str = "auto"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(multi_reader=self.multi_reader, reader_id=self.reader_id, fusion_iou=self.fusion_iou,
+                           group_by=self.group_by, source_split=self.source_split,
+                           image_extension=self.image_extension, box_format=self.box_format,
+                           max_line_bytes=self.max_line_bytes, max_document_bytes=self.max_document_bytes)
 
     def check(self) -> None:
         from grounding_ops.protocols import get_protocol
@@ -86,6 +105,12 @@ class PrepareSettings:
             raise PrepareError(f"need 0 < --min-pixels <= --max-pixels, got {self.min_pixels} and {self.max_pixels}")
         if self.max_image_pixels <= 0 or self.batch_rows <= 0 or self.row_group_rows <= 0:
             raise PrepareError("--max-image-pixels, the batch size and the row group size must be positive")
+        if self.max_image_bytes <= 0:
+            raise PrepareError(f"--max-image-bytes must be positive, got {self.max_image_bytes}")
+        try:
+            self.read_options().check()
+        except ValueError as exc:
+            raise PrepareError(str(exc)) from None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -270,6 +295,7 @@ def valid_row(record: CanonicalRecord, boxes: list[Any], image: ImageCheck) -> d
         "boxes": [[float(v) for v in box] for box in boxes],
         "source": record.source, "group": record.group_key,
         "width": image.width, "height": image.height, "image_sha256": image.sha256,
+        **({"split": record.split} if record.split else {}),
     }
 
 
@@ -323,19 +349,22 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     fingerprints = [{"uri": uri, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
                     for uri, path in located]
     resolver = ImageResolver(images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
-    images = ImageCheckCache(resolver, settings.max_image_pixels)
+    images = ImageCheckCache(resolver, settings.max_image_pixels, max_image_bytes=settings.max_image_bytes)
     runner = SuiteRunner(settings.suite)
     seen = SeenIds()
     writers = _Writers(work)
     gx_success = True
     batches = 0
 
+    options = settings.read_options()
+    infos: list[ReadInfo] = [ReadInfo() for _ in located]
+
     def stream() -> Iterator[Any]:
-        for _, path in located:
+        for (_, path), info in zip(located, infos):
             try:
-                yield from read_records(path, settings.input_format)
+                yield from read_records(path, settings.input_format, options=options, info=info)
             except ValueError as exc:
-                raise PrepareError(str(exc)) from None
+                raise PrepareError(f"{path.name}: {exc}") from None
 
     try:
         for batch in _batches(stream(), settings.batch_rows):
@@ -371,6 +400,8 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
         writers.close()
     if writers.counts["received"] == 0:
         raise PrepareError("the inputs hold no annotation rows; check the files and --format")
+    for fingerprint, info in zip(fingerprints, infos):
+        fingerprint["reader"] = info.to_json()
     if batches:
         runner.build_docs(work / VALIDATION_DIR / "docs")
     summary = ValidationSummary(
@@ -451,8 +482,8 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
         with open(work / VALID, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
-                split = plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
-                                      settings.test_fraction)
+                split = row.get("split") or plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
+                                                          settings.test_fraction)
                 size = (int(row["width"]), int(row["height"]))
                 resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
@@ -465,6 +496,18 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                 ))
                 counts[split] += 1
     return counts
+
+
+def _grouping(inputs: list[dict[str, Any]], settings: PrepareSettings) -> dict[str, Any]:
+    """How rows were kept together in splits, and multi-reader handling, per input."""
+    return {
+        "group_by": settings.group_by,
+        "split_from": "group hash" if not settings.source_split else "the release's split column",
+        "per_input": [{"name": item["name"], **{k: (item.get("reader") or {}).get(k)
+                                                for k in ("format", "group_by", "split_from", "box_convention",
+                                                          "multi_reader")}}
+                      for item in inputs],
+    }
 
 
 def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
@@ -499,6 +542,7 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         "protocol": settings.protocol,
         "settings": settings.to_json(),
         "inputs": summary.inputs,
+        "grouping": _grouping(summary.inputs, settings),
         "images_root": summary.images_root,
         "validation": {
             "success": summary.gx_success,
