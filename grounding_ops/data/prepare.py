@@ -269,7 +269,7 @@ def _detail(reason: str, feats: dict[str, Any], image: ImageCheck) -> str:
     details = {
         "unique_id": f"id {feats['id']!r} appeared earlier in the input",
         "phrase_not_null": "the phrase is missing",
-        "phrase_length": f"phrase has {len(feats['phrase'] or '')} characters",
+        "phrase_length": f"phrase has {feats['phrase_chars']:g} characters",
         "has_box": "no boxes",
         "boxes_four_finite_numbers": "every box must be four finite numbers [x1, y1, x2, y2]",
         "box_x1_nonnegative": f"smallest x1 is {feats['box_min_x1']}",
@@ -341,7 +341,7 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     from grounding_ops.data.validation import SuiteRunner, pixel_boxes, row_features
 
     settings.check()
-    work = Path(work_dir)
+    work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results_dir = work / VALIDATION_DIR / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
