@@ -130,6 +130,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     for line in result.summary_lines():
         print(line, file=sys.stderr)
     print(result.dataset_uri)
+    if not result.accepted and result.rejection.startswith("the acceptance suite"):
+        print(f"error: {result.rejection}; see {result.report_uri} (the version was written but latest.json not "
+              "moved)", file=sys.stderr)
+        return 1
     if not result.accepted:
         print(f"error: {result.counts['quarantined']} of {result.counts['received']} rows quarantined "
               f"({result.quarantine_fraction:.1%}), over --max-quarantine-fraction {result.max_quarantine_fraction:g}; "

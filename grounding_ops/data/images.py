@@ -225,3 +225,35 @@ class ImageCheckCache:
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return entry
+
+    def get_many(self, refs: set[str] | list[str], workers: int = 0) -> dict[str, ImageCheck]:
+        """Checks of ``refs`` (each distinct image once): cached ones from the LRU, the others
+        read and decoded by a thread pool (I/O, hashing and most of the decoding release the
+        GIL), ``workers`` threads (0: four per CPU, at most 32)."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        found: dict[str, ImageCheck] = {}
+        missing: list[str] = []
+        for ref in refs:
+            entry = self._entries.get(ref)
+            if entry is None:
+                missing.append(ref)
+            else:
+                self._entries.move_to_end(ref)
+                found[ref] = entry
+        workers = workers or min(32, 4 * (os.cpu_count() or 1))
+        if len(missing) > 1 and workers > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
+                results = pool.map(lambda r: self.resolver.check(r, self.max_image_pixels, self.max_image_bytes),
+                                   missing)
+                for ref, entry in zip(missing, results):
+                    found[ref] = entry
+        else:
+            for ref in missing:
+                found[ref] = self.resolver.check(ref, self.max_image_pixels, self.max_image_bytes)
+        for ref in missing:
+            self._entries[ref] = found[ref]
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return found

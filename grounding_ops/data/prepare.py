@@ -28,10 +28,12 @@ from grounding_ops import __version__
 from grounding_ops.data.images import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache,
                                        ImageResolver)
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
+from grounding_ops.data.progress import Progress, count_lines
+from grounding_ops.data.stats import STATS_FILE, drift, render_report, run_acceptance
 from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_LINE_BYTES, FORMATS, ReadInfo,
                                         ReadOptions, SkippedRow, read_records)
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
-from grounding_ops.data.split import SPLITS, check_fractions, plan_small_splits
+from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
 from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
@@ -66,6 +68,10 @@ class PrepareSettings:
     split_salt: str = ""
     batch_rows: int = 50_000
     row_group_rows: int = 512
+    image_workers: int = 0  # threads checking (and fetching) the distinct images of a batch; 0: by CPU count
+    # table-level acceptance suite (grounding_ops.data.stats)
+    max_mean_boxes: float = 50.0
+    max_drift: float = 1.0  # histogram total variation vs the previous version; 1.0: reported, never refused
     allowed_buckets: tuple[str, ...] = ()
     # how readers interpret releases (see grounding_ops.data.readers.ReadOptions)
     multi_reader: str = "fuse"
@@ -121,7 +127,7 @@ class PrepareSettings:
     def content_json(self) -> dict[str, Any]:
         """The settings that change the dataset's content (part of the version)."""
         data = self.to_json()
-        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction"):
+        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction", "image_workers"):
             data.pop(key)
         return data
 
@@ -190,6 +196,8 @@ class PrepareResult:
     bytes_uploaded: int
     files_uploaded: list[str]
     split_notes: list[str] = field(default_factory=list)
+    rejection: str = ""  # why the version was not accepted ("" when it was)
+    report_uri: str = ""
 
     def summary_lines(self) -> list[str]:
         c = self.counts
@@ -202,7 +210,11 @@ class PrepareResult:
         lines.extend(self.split_notes)
         if self.top_reasons:
             lines.append("top quarantine reasons: " + ", ".join(f"{r} ({n})" for r, n in self.top_reasons))
+        if self.rejection:
+            lines.append(f"not accepted: {self.rejection}")
         lines.append(f"quarantine: {self.quarantine_uri}")
+        if self.report_uri:
+            lines.append(f"report: {self.report_uri}")
         lines.append("uploaded nothing (unchanged version)" if self.reused and not self.bytes_uploaded
                      else f"uploaded {len(self.files_uploaded)} files, {self.bytes_uploaded} bytes")
         return lines
@@ -358,6 +370,7 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
 
     options = settings.read_options()
     infos: list[ReadInfo] = [ReadInfo() for _ in located]
+    progress = Progress("validate", count_lines(path for _, path in located))
 
     def stream() -> Iterator[Any]:
         for (_, path), info in zip(located, infos):
@@ -379,7 +392,8 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
             if not records:
                 continue
             firsts = seen.first_occurrences([r.id for r in records])
-            checks = [images.get(r.image) for r in records]
+            checked = images.get_many({r.image for r in records}, workers=settings.image_workers)
+            checks = [checked[r.image] for r in records]
             boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]
             feats = [row_features(r, b, c, f, i) for i, (r, b, c, f) in enumerate(zip(records, boxes, checks, firsts))]
             outcome = runner.validate(pd.DataFrame(feats))
@@ -394,10 +408,12 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
                                                    reasons))
                     continue
                 writers.accept(valid_row(record, boxes[i], checks[i]))
+            progress.update(len(batch))
             log.info("validated batch %d: %d records, %d quarantined so far", batches, len(records),
                      writers.counts["quarantined"])
     finally:
         writers.close()
+    progress.close()
     if writers.counts["received"] == 0:
         raise PrepareError("the inputs hold no annotation rows; check the files and --format")
     for fingerprint, info in zip(fingerprints, infos):
@@ -459,8 +475,32 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
     return digest.hexdigest()[:16]
 
 
+def plan_splits(work: Path, settings: PrepareSettings) -> SplitPlan:
+    with open(work / VALID, encoding="utf-8") as handle:
+        return plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
+                                 settings.split_salt, settings.test_fraction)
+
+
+def _split_of(row: dict[str, Any], plan: SplitPlan, settings: PrepareSettings) -> str:
+    return row.get("split") or plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
+                                             settings.test_fraction)
+
+
+def split_statistics(work: Path, settings: PrepareSettings, plan: SplitPlan) -> dict[str, Any]:
+    """Statistics of the valid rows with their splits (one pass, fixed memory)."""
+    from grounding_ops.data.stats import gather
+
+    def rows() -> Iterator[tuple[dict[str, Any], str]]:
+        with open(work / VALID, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                yield row, _split_of(row, plan, settings)
+
+    return gather(rows())
+
+
 def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver,
-                  notes: list[str] | None = None) -> dict[str, int]:
+                  notes: list[str] | None = None, plan: SplitPlan | None = None) -> dict[str, int]:
     """Split ``valid.jsonl`` and write train/val/test parquet into ``out_dir``; return the row
     counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
     from contextlib import ExitStack
@@ -470,9 +510,8 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
 
     images = _ImageBytes(resolver)
     counts = {name: 0 for name in SPLITS}
-    with open(work / VALID, encoding="utf-8") as handle:
-        plan = plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
-                                 settings.split_salt, settings.test_fraction)
+    plan = plan if plan is not None else plan_splits(work, settings)
+    progress = Progress("export", count_lines([work / VALID]))
     if notes is not None:
         notes.extend(plan.notes)
     with ExitStack() as stack:
@@ -482,8 +521,7 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
         with open(work / VALID, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
-                split = row.get("split") or plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
-                                                          settings.test_fraction)
+                split = _split_of(row, plan, settings)
                 size = (int(row["width"]), int(row["height"]))
                 resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
@@ -495,6 +533,8 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                     min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,
                 ))
                 counts[split] += 1
+                progress.update()
+    progress.close()
     return counts
 
 
@@ -510,6 +550,27 @@ def _grouping(inputs: list[dict[str, Any]], settings: PrepareSettings) -> dict[s
     }
 
 
+REPORT_DIR = "report"
+ACCEPTANCE_RESULT = "acceptance.json"
+
+
+def _previous_stats(store: Any, candidate: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The statistics of the version ``latest.json`` points at, to compare with. When that is
+    this very content (a rerun), the version it was compared with then, so reruns match."""
+    from grounding_ops.data.manifest import read_json
+
+    latest = read_json(store, LATEST)
+    previous = str(latest["version"]) if latest and latest.get("version") else None
+    for _ in range(2):
+        if previous is None:
+            return None, None
+        report = read_json(store, f"{previous}/{REPORT_DIR}/{STATS_FILE}")
+        if previous != candidate:
+            return (previous, report["stats"]) if report and isinstance(report.get("stats"), dict) else (previous, None)
+        previous = report.get("previous_version") if report else None
+    return None, None
+
+
 def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
                        store: Any | None = None, created_at: str | None = None) -> PrepareResult:
     """Write the parquet files for the validated rows in ``work_dir`` and publish the version."""
@@ -517,25 +578,41 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
     summary = ValidationSummary.load(work)
     settings = PrepareSettings.from_json(summary.settings)
     resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
-    accepted = summary.quarantine_fraction <= settings.max_quarantine_fraction
+    store = store if store is not None else open_store(output_uri, s3_client=s3_client)
+    plan = plan_splits(work, settings)
+    stats = split_statistics(work, settings, plan)
+    quarantine_ok = summary.quarantine_fraction <= settings.max_quarantine_fraction
+    previous_version, previous = _previous_stats(store, _content_version(work, settings, summary, True))
+    drift_info = drift(stats, previous)
+    acceptance = run_acceptance(stats, drift_info, max_phrase_chars=settings.suite.max_phrase_chars,
+                                max_mean_boxes=settings.max_mean_boxes, max_drift=settings.max_drift)
+    accepted = quarantine_ok and acceptance.success
+    rejection = ("" if accepted else
+                 f"the acceptance suite failed: {', '.join(acceptance.failures)}" if quarantine_ok else
+                 f"{summary.counts['quarantined']} of {summary.counts['received']} rows quarantined "
+                 f"({summary.quarantine_fraction:.1%} > {settings.max_quarantine_fraction:.1%})")
     version = _content_version(work, settings, summary, accepted)
     out = work / "export"
     out.mkdir(exist_ok=True)
     split_notes: list[str] = []
-    split_counts = write_parquet(work, out, settings, resolver, split_notes)
+    split_counts = write_parquet(work, out, settings, resolver, split_notes, plan)
     for note in split_notes:
         log.warning("%s", note)
     counts = {**summary.counts, **split_counts}
+    (work / VALIDATION_DIR / ACCEPTANCE_RESULT).write_text(strict_json(acceptance.result))
+    report_files = render_report(work / REPORT_DIR, stats, drift_info, acceptance, previous_version, version,
+                                 previous)
     local_files = {**{name: out / name for name in SPLIT_FILES.values()}, QUARANTINE: work / QUARANTINE}
+    local_files.update({f"{REPORT_DIR}/{path.name}": path for path in report_files})
     validation_root = work / VALIDATION_DIR
     for path in sorted(validation_root.rglob("*")):
         if path.is_file():
             local_files[f"{VALIDATION_DIR}/{path.relative_to(validation_root).as_posix()}"] = path
-    store = store if store is not None else open_store(output_uri, s3_client=s3_client)
     manifest = {
         "version": version,
         "counts": counts,
         "accepted": accepted,
+        "rejection": rejection,
         "quarantine_fraction": summary.quarantine_fraction,
         "top_reasons": summary.top_reasons(10),
         "split_notes": split_notes,
@@ -544,12 +621,18 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         "inputs": summary.inputs,
         "grouping": _grouping(summary.inputs, settings),
         "images_root": summary.images_root,
+        # success: the version's acceptance suite passed and the quarantine is within its limit;
+        # rows: the row-level suite, which fails for every quarantined row by design
         "validation": {
-            "success": summary.gx_success,
-            "results": f"{VALIDATION_DIR}/results/",
-            "docs": f"{VALIDATION_DIR}/docs/index.html",
-            "summary": f"{VALIDATION_DIR}/summary.json",
+            "success": accepted,
+            "acceptance": {"success": acceptance.success, "failures": acceptance.failures,
+                           "results": f"{VALIDATION_DIR}/{ACCEPTANCE_RESULT}"},
+            "rows": {"success": summary.gx_success, "quarantined": summary.counts["quarantined"],
+                     "results": f"{VALIDATION_DIR}/results/", "docs": f"{VALIDATION_DIR}/docs/index.html",
+                     "summary": f"{VALIDATION_DIR}/summary.json"},
         },
+        "report": {"index": f"{REPORT_DIR}/index.html", "stats": f"{REPORT_DIR}/{STATS_FILE}",
+                   "previous_version": previous_version, "drift": drift_info},
         "tool_version": __version__,
         "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -572,6 +655,8 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         bytes_uploaded=report.bytes_uploaded,
         files_uploaded=report.uploaded,
         split_notes=split_notes,
+        rejection=rejection,
+        report_uri=join_uri(version_uri, REPORT_DIR, "index.html"),
     )
 
 

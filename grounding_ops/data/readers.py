@@ -205,11 +205,18 @@ def _bounded_int(text: str) -> int | float:
     return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
 
 
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+
+
 def loads_json(text: str | bytes) -> Any:
     """``json.loads`` that turns hostile input into :class:`RowError`: nesting too deep for
     the parser, integers of thousands of digits (read as floats)."""
     try:
-        return json.loads(text, parse_int=_bounded_int)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return _DECODER.decode(text)
+    except UnicodeDecodeError as exc:
+        raise RowError(f"not UTF-8 text: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise RowError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
