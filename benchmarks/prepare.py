@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -129,10 +130,10 @@ def _write_vindr(folder: Path, rows: int, shapes: list) -> Path:
                 handle.write(f"{r:08d},{reader},{color} {shape},{box[0]},{box[1]},{box[2]},{box[3]}\n")
     vindr = folder / "vindr"
     vindr.mkdir(exist_ok=True)
-    for r in range(rows):  # VinDr names images by id: link each to its shared image
-        target = vindr / f"{r:08d}.png"
+    for r in range(rows):  # VinDr names images by id: a hard link to its shared image (symlinks out of the
+        target = vindr / f"{r:08d}.png"  # images root are refused)
         if not target.exists():
-            target.symlink_to(folder / "images" / f"{r % N_IMAGES:04d}.png")
+            os.link(folder / "images" / f"{r % N_IMAGES:04d}.png", target)
     shutil.move(str(path), str(vindr / path.name))
     return vindr / path.name
 
@@ -213,16 +214,21 @@ def s3_fetch(objects: int) -> None:
             def plain(key: str) -> int:
                 return len(client.get_object(Bucket=config.bucket, Key=key)["Body"].read())
 
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                assert sum(pool.map(plain, keys)) == total
-            plain_s = time.perf_counter() - start
             resolver = ImageResolver(f"s3://{config.bucket}/bench", s3_client=client)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                assert sum(len(b) for b in pool.map(lambda k: resolver.read(k.removeprefix("bench/"), 1 << 30),
-                                                    keys)) == total
-            fetch_s = time.perf_counter() - start
+
+            def ours(key: str) -> int:
+                data = resolver.read(key.removeprefix("bench/"), 1 << 30)
+                return len(data or b"")
+
+            def timed(fetch) -> float:
+                start = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    assert sum(pool.map(fetch, keys)) == total
+                return time.perf_counter() - start
+
+            timed(plain)  # warm the endpoint and the connection pool
+            plain_s = min(timed(plain), timed(plain))  # alternated, best of two each
+            fetch_s = min(timed(ours), timed(ours))
             cache = ImageCheckCache(resolver, 50_000_000)
             start = time.perf_counter()
             checks = cache.get_many([k.removeprefix("bench/") for k in keys], workers=workers)
