@@ -88,7 +88,7 @@ def _quarantine(version_dir: Path) -> list[dict[str, Any]]:
 def test_annotation_case_is_quarantined_with_its_reason(case: dict[str, Any], images_root: Path,
                                                          tmp_path: Path) -> None:
     expect = case["expect"]
-    settings = PrepareSettings(input_format=case["format"], max_quarantine_fraction=1.0)
+    settings = PrepareSettings(input_format=case["format"], max_quarantine_fraction=1.0, **case.get("settings", {}))
     inputs = [str(BAD / case["file"])]
     if "error" in expect:
         with pytest.raises(PrepareError, match=expect["error"]):
@@ -150,15 +150,16 @@ def test_quarantine_lines_are_strict_json(images_root: Path, tmp_path: Path) -> 
 
 
 def test_all_bad_cases_in_one_run_reconcile(images_root: Path, tmp_path: Path) -> None:
-    """Every auto-detectable annotation file of the corpus in ONE prepare run: the counts still add up."""
-    files = [str(BAD / c["file"]) for c in ANNOTATION_CASES
-             if c["format"] != "normalized" and "error" not in c["expect"]]
+    """Every auto-detectable annotation file of the corpus in ONE prepare run: the counts still add up
+    (cases that need their own size caps are left out)."""
+    one_run = [c for c in ANNOTATION_CASES if c["format"] != "normalized" and "error" not in c["expect"]
+               and "settings" not in c]
+    files = [str(BAD / c["file"]) for c in one_run]
     result = prepare(files, images_root=str(images_root), output_uri=str(tmp_path / "out"),
                      settings=PrepareSettings(max_quarantine_fraction=1.0))
     counts = result.counts
     assert counts["received"] == counts["valid"] + counts["quarantined"]
-    expected_bad = sum(c["expect"]["quarantined"] for c in ANNOTATION_CASES
-                       if c["format"] != "normalized" and "error" not in c["expect"])
+    expected_bad = sum(c["expect"]["quarantined"] for c in one_run)
     # ids are unique across the corpus, so nothing is quarantined for a clash between files
     assert counts["quarantined"] == expected_bad
     assert len(_quarantine(Path(result.dataset_uri))) == expected_bad
@@ -420,3 +421,23 @@ def test_cli_accepts_with_threshold(images_root: Path, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     uri = proc.stdout.strip().splitlines()[-1]
     assert Path(uri, "manifest.json").is_file()
+
+
+def test_validation_pages_escape_annotation_text(images_root: Path, tmp_path: Path) -> None:
+    """An id (or phrase, or source) that is HTML reaches the published Data Docs escaped: GX
+    renders failing rows' ids into the pages as they are (stored XSS)."""
+    path = tmp_path / "html.jsonl"
+    path.write_text(json.dumps({"id": "<script>alert(1)</script>", "image": make_cases.GOOD_IMAGE,
+                                "phrase": "<img src=x onerror=alert(2)>", "source": "<b>lab</b>",
+                                "boxes": [[40, 4, 4, 30]]}) + "\n"
+                    + json.dumps({"id": "ok", "image": make_cases.GOOD_IMAGE, "phrase": "p",
+                                  "boxes": [make_cases.GOOD_BOX]}) + "\n")
+    result = prepare([str(path)], images_root=str(images_root), output_uri=str(tmp_path / "out"),
+                     settings=PrepareSettings(max_quarantine_fraction=1.0))
+    pages = [p for p in (Path(result.dataset_uri) / "validation" / "docs").rglob("*.html")]
+    text = "".join(p.read_text(encoding="utf-8") for p in pages)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the failing row is listed, escaped
+    for raw in ("<script>alert", "<img src=x", "<b>lab</b>"):
+        assert raw not in text
+    (entry,) = _quarantine(Path(result.dataset_uri))
+    assert entry["id"] == "<script>alert(1)</script>"  # the quarantine keeps the id as it was

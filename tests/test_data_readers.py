@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding_ops.data.readers import SkippedRow, detect_format, read_records
+from grounding_ops.data.readers import ReadOptions, SkippedRow, detect_format, read_records
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure
 
 
@@ -111,9 +111,11 @@ def test_vindr_csv_groups_boxes_and_skips_no_finding(tmp_path: Path) -> None:
         ",Nodule/Mass,8,R1,5,5,6,9\n"
     )
     assert detect_format(path) == "vindr-csv"
-    records, failures, skipped = _split(list(read_records(path)))
+    records, failures, skipped = _split(list(read_records(path, options=ReadOptions(multi_reader="all"))))
     aortic = next(r for r in records if r.phrase == "Aortic enlargement")
     assert aortic.boxes == [[10.0, 20.0, 30.0, 40.0], [11.0, 21.0, 31.0, 41.0]]
+    fused, _, _ = _split(list(read_records(path)))  # default: the readers' boxes fused
+    assert next(r for r in fused if r.phrase == "Aortic enlargement").boxes == [[10.5, 20.5, 30.5, 40.5]]
     assert (aortic.image, aortic.group, aortic.id) == ("img1.png", "img1", "train:img1:Aortic enlargement")
     nodule = next(r for r in records if r.phrase == "Nodule/Mass")
     assert nodule.boxes == [[5.0, 5.0, "abc", 9.0]]

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from grounding_ops.cli import FRACTION, POSITIVE_INT
-from grounding_ops.data.schema import FORMATS
+from grounding_ops.data.readers import FORMATS
 
 
 def _protocol_names() -> tuple[str, ...]:
@@ -34,7 +34,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--images-root", required=True, help="folder or s3://bucket/prefix the image paths are relative to")
     parser.add_argument("--output", required=True, help="dataset folder or s3://bucket/prefix to publish versions under")
     parser.add_argument("--format", dest="input_format", choices=FORMATS, default=None,
-                        help="input format (default: from the file name: .jsonl canonical, .json COCO, .csv VinDr/MS-CXR)")
+                        help="input format (default: from the file: .jsonl canonical/ODVG, .json COCO/PadChest-GR, .csv VinDr/MS-CXR, "
+                             ".p RefCOCO, .parquet VeRL/RefCOCO)")
     parser.add_argument("--protocol", default="qwen2.5-vl", choices=_protocol_names(),
                         help="answer format the prompts ask for (default: qwen2.5-vl)")
     parser.add_argument("--val-fraction", type=FRACTION, default=0.1,
@@ -54,6 +55,33 @@ def add_parser(subparsers: Any) -> None:
                         help="accept only rows from these sources (repeatable; default: any)")
     parser.add_argument("--allowed-bucket", action="append", default=[], metavar="BUCKET",
                         help="another bucket s3:// image URIs may point at (the images root's bucket is allowed)")
+    from grounding_ops.data.images import DEFAULT_MAX_IMAGE_BYTES
+    from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_LINE_BYTES, GROUP_KEYS,
+                                            MULTI_READER_MODES)
+
+    releases = parser.add_argument_group("releases (see docs/datasets.md)")
+    releases.add_argument("--multi-reader", choices=MULTI_READER_MODES, default="fuse",
+                          help="several annotators per finding (VinDr-CXR rad_id, PadChest-GR): fuse their boxes "
+                               "(default: IoU-clustering consensus), keep one reader, or keep all")
+    releases.add_argument("--reader-id", default=None, help="with --multi-reader one: the reader to keep (e.g. R9)")
+    releases.add_argument("--fusion-iou", type=FRACTION, default=0.3,
+                          help="IoU at which two readers' boxes are the same finding (default 0.3)")
+    releases.add_argument("--group-by", default="auto", metavar="|".join(GROUP_KEYS) + "|column:NAME",
+                          help="what keeps rows together in one split (default auto: the patient where the release "
+                               "names one, else the image)")
+    releases.add_argument("--source-split", action="store_true",
+                          help="use the release's own split column (MS-CXR, RefCOCO, PadChest-GR) instead of the "
+                               "group hash")
+    releases.add_argument("--image-extension", default=".png",
+                          help="extension of images converted from DICOM ids (VinDr-CXR, MS-CXR dicom_id; default .png)")
+    releases.add_argument("--box-format", choices=("auto", "xyxy", "xywh"), default="auto",
+                          help="box lists of an imported VeRL parquet (default auto: xyxy, normalized when in 0..1)")
+    releases.add_argument("--max-line-bytes", type=POSITIVE_INT, default=DEFAULT_MAX_LINE_BYTES,
+                          help="longest JSONL line or CSV cell read (longer ones are quarantined)")
+    releases.add_argument("--max-document-bytes", type=POSITIVE_INT, default=DEFAULT_MAX_DOCUMENT_BYTES,
+                          help="largest whole-document input (COCO, PadChest-GR, RefCOCO) read")
+    releases.add_argument("--max-image-bytes", type=POSITIVE_INT, default=DEFAULT_MAX_IMAGE_BYTES,
+                          help="largest image file read (larger ones are quarantined)")
     parser.set_defaults(func=run_prepare)
 
     synthetic = subparsers.add_parser(
@@ -84,6 +112,16 @@ def run_prepare(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         suite=SuiteConfig(allowed_sources=tuple(args.allowed_source)),
         allowed_buckets=tuple(args.allowed_bucket),
+        multi_reader=args.multi_reader,
+        reader_id=args.reader_id,
+        fusion_iou=args.fusion_iou,
+        group_by=args.group_by,
+        source_split=args.source_split,
+        image_extension=args.image_extension,
+        box_format=args.box_format,
+        max_line_bytes=args.max_line_bytes,
+        max_document_bytes=args.max_document_bytes,
+        max_image_bytes=args.max_image_bytes,
     )
     try:
         result = prepare(args.inputs, images_root=args.images_root, output_uri=args.output, settings=settings)
@@ -92,6 +130,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     for line in result.summary_lines():
         print(line, file=sys.stderr)
     print(result.dataset_uri)
+    if not result.accepted and result.rejection.startswith("the acceptance suite"):
+        print(f"error: {result.rejection}; see {result.report_uri} (the version was written but latest.json not "
+              "moved)", file=sys.stderr)
+        return 1
     if not result.accepted:
         print(f"error: {result.counts['quarantined']} of {result.counts['received']} rows quarantined "
               f"({result.quarantine_fraction:.1%}), over --max-quarantine-fraction {result.max_quarantine_fraction:g}; "

@@ -23,6 +23,13 @@ from typing import Any
 from grounding_ops.storage import StorageError, open_store, split_s3_uri
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# An image file larger than this is refused before it is read (a 16-bit chest X-ray PNG is
+# tens of megabytes; a multi-gigabyte "image" would end in MemoryError).
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
+
+
+class ImageTooLarge(ValueError):
+    """The image file is over the byte cap; nothing was read."""
 
 
 class UnsafeImagePath(ValueError):
@@ -113,6 +120,8 @@ class ImageResolver:
 
     def locate(self, ref: str) -> tuple[str, str]:
         """``(store_uri, key)`` for ``ref``, or :class:`UnsafeImagePath` saying why not."""
+        if "\x00" in ref:
+            raise UnsafeImagePath("image path contains a NUL character")
         if ref.startswith("s3://"):
             bucket, key = split_s3_uri(ref)
             if bucket not in self.allowed_buckets:
@@ -138,14 +147,28 @@ class ImageResolver:
             raise UnsafeImagePath(f"image path {ref!r} resolves outside the images root")
         return str(self.root_path), resolved.relative_to(self.root_path).as_posix()
 
-    def read(self, ref: str) -> bytes | None:
-        """The image bytes, or None when there is no such image (unsafe refs raise)."""
+    def read(self, ref: str, max_bytes: int | None = None) -> bytes | None:
+        """The image bytes, or None when there is no such image (unsafe refs raise, and so
+        does a file over ``max_bytes``: :class:`ImageTooLarge`, before reading it)."""
         store_uri, key = self.locate(ref)
         store = self._store(store_uri)
         if self.root_path is not None and store_uri == str(self.root_path):
             path = self.root_path / key
-            return path.read_bytes() if path.is_file() else None
+            if not path.is_file():
+                return None
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise ImageTooLarge(f"image file is {path.stat().st_size} bytes, over the cap of {max_bytes} "
+                                    "(raise --max-image-bytes if this is a real image)")
+            return path.read_bytes()
         try:
+            if max_bytes is not None and hasattr(store, "client"):
+                response = store._call("read", key, store.client.get_object, Bucket=store.bucket, Key=store._key(key))
+                length = int(response.get("ContentLength") or 0)
+                if length > max_bytes:
+                    response["Body"].close()
+                    raise ImageTooLarge(f"image object is {length} bytes, over the cap of {max_bytes} "
+                                        "(raise --max-image-bytes if this is a real image)")
+                return response["Body"].read()
             return store.get_bytes(key)
         except StorageError as exc:
             cause = exc.__cause__
@@ -154,11 +177,15 @@ class ImageResolver:
                 return None
             raise
 
-    def check(self, ref: str, max_image_pixels: int) -> ImageCheck:
+    def check(self, ref: str, max_image_pixels: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> ImageCheck:
         try:
-            data = self.read(ref)
+            data = self.read(ref, max_image_bytes)
         except UnsafeImagePath as exc:
             return ImageCheck(inside_root=False, detail=str(exc))
+        except ImageTooLarge as exc:
+            return ImageCheck(inside_root=True, exists=True, decodes=True, within_pixel_limit=False, detail=str(exc))
+        except ValueError as exc:  # a path the OS refuses (embedded NUL, too long)
+            return ImageCheck(inside_root=False, detail=f"unusable image path: {exc}")
         except OSError as exc:
             return ImageCheck(inside_root=True, exists=False, detail=f"cannot read image: {exc.strerror or exc}")
         if data is None:
@@ -180,9 +207,11 @@ class ImageResolver:
 class ImageCheckCache:
     """A bounded LRU of image checks: annotations usually share images."""
 
-    def __init__(self, resolver: ImageResolver, max_image_pixels: int, capacity: int = 4096) -> None:
+    def __init__(self, resolver: ImageResolver, max_image_pixels: int, capacity: int = 4096,
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
         self.resolver = resolver
         self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
         self.capacity = capacity
         self._entries: OrderedDict[str, ImageCheck] = OrderedDict()
 
@@ -191,8 +220,40 @@ class ImageCheckCache:
         if entry is not None:
             self._entries.move_to_end(ref)
             return entry
-        entry = self.resolver.check(ref, self.max_image_pixels)
+        entry = self.resolver.check(ref, self.max_image_pixels, self.max_image_bytes)
         self._entries[ref] = entry
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return entry
+
+    def get_many(self, refs: set[str] | list[str], workers: int = 0) -> dict[str, ImageCheck]:
+        """Checks of ``refs`` (each distinct image once): cached ones from the LRU, the others
+        read and decoded by a thread pool (I/O, hashing and most of the decoding release the
+        GIL), ``workers`` threads (0: four per CPU, at most 32)."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        found: dict[str, ImageCheck] = {}
+        missing: list[str] = []
+        for ref in refs:
+            entry = self._entries.get(ref)
+            if entry is None:
+                missing.append(ref)
+            else:
+                self._entries.move_to_end(ref)
+                found[ref] = entry
+        workers = workers or min(32, 4 * (os.cpu_count() or 1))
+        if len(missing) > 1 and workers > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
+                results = pool.map(lambda r: self.resolver.check(r, self.max_image_pixels, self.max_image_bytes),
+                                   missing)
+                for ref, entry in zip(missing, results):
+                    found[ref] = entry
+        else:
+            for ref in missing:
+                found[ref] = self.resolver.check(ref, self.max_image_pixels, self.max_image_bytes)
+        for ref in missing:
+            self._entries[ref] = found[ref]
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return found

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from grounding_ops import __version__
-from grounding_ops.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache, ImageResolver
+from grounding_ops.data.images import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache,
+                                       ImageResolver)
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
-from grounding_ops.data.readers import SkippedRow, read_records
-from grounding_ops.data.schema import FORMATS, CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
-from grounding_ops.data.split import SPLITS, check_fractions, plan_small_splits
+from grounding_ops.data.progress import Progress, count_lines
+from grounding_ops.data.stats import STATS_FILE, drift, render_report, run_acceptance
+from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_LINE_BYTES, FORMATS, ReadInfo,
+                                        ReadOptions, SkippedRow, read_records)
+from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
+from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
 from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
@@ -64,7 +68,28 @@ class PrepareSettings:
     split_salt: str = ""
     batch_rows: int = 50_000
     row_group_rows: int = 512
+    image_workers: int = 0  # threads checking (and fetching) the distinct images of a batch; 0: by CPU count
+    # table-level acceptance suite (grounding_ops.data.stats)
+    max_mean_boxes: float = 50.0
+    max_drift: float = 1.0  # histogram total variation vs the previous version; 1.0: reported, never refused
     allowed_buckets: tuple[str, ...] = ()
+    # how readers interpret releases (see grounding_ops.data.readers.ReadOptions)
+    multi_reader: str = "fuse"
+    reader_id: str | None = None
+    fusion_iou: float = 0.3
+    group_by: str = "auto"
+    source_split: bool = False
+    image_extension: str = ".png"
+    box_format: str = "auto"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(multi_reader=self.multi_reader, reader_id=self.reader_id, fusion_iou=self.fusion_iou,
+                           group_by=self.group_by, source_split=self.source_split,
+                           image_extension=self.image_extension, box_format=self.box_format,
+                           max_line_bytes=self.max_line_bytes, max_document_bytes=self.max_document_bytes)
 
     def check(self) -> None:
         from grounding_ops.protocols import get_protocol
@@ -86,6 +111,12 @@ class PrepareSettings:
             raise PrepareError(f"need 0 < --min-pixels <= --max-pixels, got {self.min_pixels} and {self.max_pixels}")
         if self.max_image_pixels <= 0 or self.batch_rows <= 0 or self.row_group_rows <= 0:
             raise PrepareError("--max-image-pixels, the batch size and the row group size must be positive")
+        if self.max_image_bytes <= 0:
+            raise PrepareError(f"--max-image-bytes must be positive, got {self.max_image_bytes}")
+        try:
+            self.read_options().check()
+        except ValueError as exc:
+            raise PrepareError(str(exc)) from None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,7 +127,7 @@ class PrepareSettings:
     def content_json(self) -> dict[str, Any]:
         """The settings that change the dataset's content (part of the version)."""
         data = self.to_json()
-        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction"):
+        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction", "image_workers"):
             data.pop(key)
         return data
 
@@ -165,6 +196,8 @@ class PrepareResult:
     bytes_uploaded: int
     files_uploaded: list[str]
     split_notes: list[str] = field(default_factory=list)
+    rejection: str = ""  # why the version was not accepted ("" when it was)
+    report_uri: str = ""
 
     def summary_lines(self) -> list[str]:
         c = self.counts
@@ -177,7 +210,11 @@ class PrepareResult:
         lines.extend(self.split_notes)
         if self.top_reasons:
             lines.append("top quarantine reasons: " + ", ".join(f"{r} ({n})" for r, n in self.top_reasons))
+        if self.rejection:
+            lines.append(f"not accepted: {self.rejection}")
         lines.append(f"quarantine: {self.quarantine_uri}")
+        if self.report_uri:
+            lines.append(f"report: {self.report_uri}")
         lines.append("uploaded nothing (unchanged version)" if self.reused and not self.bytes_uploaded
                      else f"uploaded {len(self.files_uploaded)} files, {self.bytes_uploaded} bytes")
         return lines
@@ -244,7 +281,7 @@ def _detail(reason: str, feats: dict[str, Any], image: ImageCheck) -> str:
     details = {
         "unique_id": f"id {feats['id']!r} appeared earlier in the input",
         "phrase_not_null": "the phrase is missing",
-        "phrase_length": f"phrase has {len(feats['phrase'] or '')} characters",
+        "phrase_length": f"phrase has {feats['phrase_chars']:g} characters",
         "has_box": "no boxes",
         "boxes_four_finite_numbers": "every box must be four finite numbers [x1, y1, x2, y2]",
         "box_x1_nonnegative": f"smallest x1 is {feats['box_min_x1']}",
@@ -270,6 +307,7 @@ def valid_row(record: CanonicalRecord, boxes: list[Any], image: ImageCheck) -> d
         "boxes": [[float(v) for v in box] for box in boxes],
         "source": record.source, "group": record.group_key,
         "width": image.width, "height": image.height, "image_sha256": image.sha256,
+        **({"split": record.split} if record.split else {}),
     }
 
 
@@ -315,7 +353,7 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     from grounding_ops.data.validation import SuiteRunner, pixel_boxes, row_features
 
     settings.check()
-    work = Path(work_dir)
+    work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results_dir = work / VALIDATION_DIR / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -323,19 +361,23 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     fingerprints = [{"uri": uri, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
                     for uri, path in located]
     resolver = ImageResolver(images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
-    images = ImageCheckCache(resolver, settings.max_image_pixels)
+    images = ImageCheckCache(resolver, settings.max_image_pixels, max_image_bytes=settings.max_image_bytes)
     runner = SuiteRunner(settings.suite)
     seen = SeenIds()
     writers = _Writers(work)
     gx_success = True
     batches = 0
 
+    options = settings.read_options()
+    infos: list[ReadInfo] = [ReadInfo() for _ in located]
+    progress = Progress("validate", count_lines(path for _, path in located))
+
     def stream() -> Iterator[Any]:
-        for _, path in located:
+        for (_, path), info in zip(located, infos):
             try:
-                yield from read_records(path, settings.input_format)
+                yield from read_records(path, settings.input_format, options=options, info=info)
             except ValueError as exc:
-                raise PrepareError(str(exc)) from None
+                raise PrepareError(f"{path.name}: {exc}") from None
 
     try:
         for batch in _batches(stream(), settings.batch_rows):
@@ -350,7 +392,8 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
             if not records:
                 continue
             firsts = seen.first_occurrences([r.id for r in records])
-            checks = [images.get(r.image) for r in records]
+            checked = images.get_many({r.image for r in records}, workers=settings.image_workers)
+            checks = [checked[r.image] for r in records]
             boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]
             feats = [row_features(r, b, c, f, i) for i, (r, b, c, f) in enumerate(zip(records, boxes, checks, firsts))]
             outcome = runner.validate(pd.DataFrame(feats))
@@ -365,12 +408,16 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
                                                    reasons))
                     continue
                 writers.accept(valid_row(record, boxes[i], checks[i]))
+            progress.update(len(batch))
             log.info("validated batch %d: %d records, %d quarantined so far", batches, len(records),
                      writers.counts["quarantined"])
     finally:
         writers.close()
+    progress.close()
     if writers.counts["received"] == 0:
         raise PrepareError("the inputs hold no annotation rows; check the files and --format")
+    for fingerprint, info in zip(fingerprints, infos):
+        fingerprint["reader"] = info.to_json()
     if batches:
         runner.build_docs(work / VALIDATION_DIR / "docs")
     summary = ValidationSummary(
@@ -428,8 +475,32 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
     return digest.hexdigest()[:16]
 
 
+def plan_splits(work: Path, settings: PrepareSettings) -> SplitPlan:
+    with open(work / VALID, encoding="utf-8") as handle:
+        return plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
+                                 settings.split_salt, settings.test_fraction)
+
+
+def _split_of(row: dict[str, Any], plan: SplitPlan, settings: PrepareSettings) -> str:
+    return row.get("split") or plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
+                                             settings.test_fraction)
+
+
+def split_statistics(work: Path, settings: PrepareSettings, plan: SplitPlan) -> dict[str, Any]:
+    """Statistics of the valid rows with their splits (one pass, fixed memory)."""
+    from grounding_ops.data.stats import gather
+
+    def rows() -> Iterator[tuple[dict[str, Any], str]]:
+        with open(work / VALID, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                yield row, _split_of(row, plan, settings)
+
+    return gather(rows())
+
+
 def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver,
-                  notes: list[str] | None = None) -> dict[str, int]:
+                  notes: list[str] | None = None, plan: SplitPlan | None = None) -> dict[str, int]:
     """Split ``valid.jsonl`` and write train/val/test parquet into ``out_dir``; return the row
     counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
     from contextlib import ExitStack
@@ -439,9 +510,8 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
 
     images = _ImageBytes(resolver)
     counts = {name: 0 for name in SPLITS}
-    with open(work / VALID, encoding="utf-8") as handle:
-        plan = plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
-                                 settings.split_salt, settings.test_fraction)
+    plan = plan if plan is not None else plan_splits(work, settings)
+    progress = Progress("export", count_lines([work / VALID]))
     if notes is not None:
         notes.extend(plan.notes)
     with ExitStack() as stack:
@@ -451,8 +521,7 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
         with open(work / VALID, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
-                split = plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
-                                      settings.test_fraction)
+                split = _split_of(row, plan, settings)
                 size = (int(row["width"]), int(row["height"]))
                 resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
@@ -464,7 +533,42 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                     min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,
                 ))
                 counts[split] += 1
+                progress.update()
+    progress.close()
     return counts
+
+
+def _grouping(inputs: list[dict[str, Any]], settings: PrepareSettings) -> dict[str, Any]:
+    """How rows were kept together in splits, and multi-reader handling, per input."""
+    return {
+        "group_by": settings.group_by,
+        "split_from": "group hash" if not settings.source_split else "the release's split column",
+        "per_input": [{"name": item["name"], **{k: (item.get("reader") or {}).get(k)
+                                                for k in ("format", "group_by", "split_from", "box_convention",
+                                                          "multi_reader")}}
+                      for item in inputs],
+    }
+
+
+REPORT_DIR = "report"
+ACCEPTANCE_RESULT = "acceptance.json"
+
+
+def _previous_stats(store: Any, candidate: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The statistics of the version ``latest.json`` points at, to compare with. When that is
+    this very content (a rerun), the version it was compared with then, so reruns match."""
+    from grounding_ops.data.manifest import read_json
+
+    latest = read_json(store, LATEST)
+    previous = str(latest["version"]) if latest and latest.get("version") else None
+    for _ in range(2):
+        if previous is None:
+            return None, None
+        report = read_json(store, f"{previous}/{REPORT_DIR}/{STATS_FILE}")
+        if previous != candidate:
+            return (previous, report["stats"]) if report and isinstance(report.get("stats"), dict) else (previous, None)
+        previous = report.get("previous_version") if report else None
+    return None, None
 
 
 def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
@@ -481,38 +585,61 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
                            f"{images_root!r}: refusing to embed images from a root nobody checked")
     settings = PrepareSettings.from_json(summary.settings)
     resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
-    accepted = summary.quarantine_fraction <= settings.max_quarantine_fraction
+    store = store if store is not None else open_store(output_uri, s3_client=s3_client)
+    plan = plan_splits(work, settings)
+    stats = split_statistics(work, settings, plan)
+    quarantine_ok = summary.quarantine_fraction <= settings.max_quarantine_fraction
+    previous_version, previous = _previous_stats(store, _content_version(work, settings, summary, True))
+    drift_info = drift(stats, previous)
+    acceptance = run_acceptance(stats, drift_info, max_phrase_chars=settings.suite.max_phrase_chars,
+                                max_mean_boxes=settings.max_mean_boxes, max_drift=settings.max_drift)
+    accepted = quarantine_ok and acceptance.success
+    rejection = ("" if accepted else
+                 f"the acceptance suite failed: {', '.join(acceptance.failures)}" if quarantine_ok else
+                 f"{summary.counts['quarantined']} of {summary.counts['received']} rows quarantined "
+                 f"({summary.quarantine_fraction:.1%} > {settings.max_quarantine_fraction:.1%})")
     version = _content_version(work, settings, summary, accepted)
     out = work / "export"
     out.mkdir(exist_ok=True)
     split_notes: list[str] = []
-    split_counts = write_parquet(work, out, settings, resolver, split_notes)
+    split_counts = write_parquet(work, out, settings, resolver, split_notes, plan)
     for note in split_notes:
         log.warning("%s", note)
     counts = {**summary.counts, **split_counts}
+    (work / VALIDATION_DIR / ACCEPTANCE_RESULT).write_text(strict_json(acceptance.result))
+    report_files = render_report(work / REPORT_DIR, stats, drift_info, acceptance, previous_version, version,
+                                 previous)
     local_files = {**{name: out / name for name in SPLIT_FILES.values()}, QUARANTINE: work / QUARANTINE}
+    local_files.update({f"{REPORT_DIR}/{path.name}": path for path in report_files})
     validation_root = work / VALIDATION_DIR
     for path in sorted(validation_root.rglob("*")):
         if path.is_file():
             local_files[f"{VALIDATION_DIR}/{path.relative_to(validation_root).as_posix()}"] = path
-    store = store if store is not None else open_store(output_uri, s3_client=s3_client)
     manifest = {
         "version": version,
         "counts": counts,
         "accepted": accepted,
+        "rejection": rejection,
         "quarantine_fraction": summary.quarantine_fraction,
         "top_reasons": summary.top_reasons(10),
         "split_notes": split_notes,
         "protocol": settings.protocol,
         "settings": settings.to_json(),
         "inputs": summary.inputs,
+        "grouping": _grouping(summary.inputs, settings),
         "images_root": summary.images_root,
+        # success: the version's acceptance suite passed and the quarantine is within its limit;
+        # rows: the row-level suite, which fails for every quarantined row by design
         "validation": {
-            "success": summary.gx_success,
-            "results": f"{VALIDATION_DIR}/results/",
-            "docs": f"{VALIDATION_DIR}/docs/index.html",
-            "summary": f"{VALIDATION_DIR}/summary.json",
+            "success": accepted,
+            "acceptance": {"success": acceptance.success, "failures": acceptance.failures,
+                           "results": f"{VALIDATION_DIR}/{ACCEPTANCE_RESULT}"},
+            "rows": {"success": summary.gx_success, "quarantined": summary.counts["quarantined"],
+                     "results": f"{VALIDATION_DIR}/results/", "docs": f"{VALIDATION_DIR}/docs/index.html",
+                     "summary": f"{VALIDATION_DIR}/summary.json"},
         },
+        "report": {"index": f"{REPORT_DIR}/index.html", "stats": f"{REPORT_DIR}/{STATS_FILE}",
+                   "previous_version": previous_version, "drift": drift_info},
         "tool_version": __version__,
         "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -535,6 +662,8 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         bytes_uploaded=report.bytes_uploaded,
         files_uploaded=report.uploaded,
         split_notes=split_notes,
+        rejection=rejection,
+        report_uri=join_uri(version_uri, REPORT_DIR, "index.html"),
     )
 
 

@@ -7,7 +7,21 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMATS = ("jsonl", "coco", "vindr-csv", "mscxr", "normalized")
+# How releases name their splits -> this platform's splits (``source_split``).
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "validate": "val", "dev": "val",
+    "test": "test", "testa": "test", "testb": "test", "testing": "test",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # FORMATS is defined by the reader registry (grounding_ops.data.readers.READERS).
+    if name == "FORMATS":
+        from grounding_ops.data.readers import FORMATS
+
+        return FORMATS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Reason given to rows that could not be turned into a canonical record at all.
 PARSE_ERROR = "parse_error"
@@ -32,6 +46,7 @@ class CanonicalRecord:
     height: int | None = None
     group: str | None = None
     box_units: str = "pixel"
+    split: str | None = None  # the release's own split, only when asked for (source_split)
     position: str = ""  # where in the input: "file.jsonl:12", "file.json:annotations[3]"
     raw: Any = field(default=None, repr=False, compare=False)  # the input row(s), for the quarantine
 

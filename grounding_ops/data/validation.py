@@ -13,8 +13,8 @@ files import this module's callers at parse time and must stay light.
 
 from __future__ import annotations
 
+import html
 import logging
-
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,10 +108,14 @@ def row_features(record: CanonicalRecord, boxes: list[Any], image: ImageCheck, f
     aspect = max(width, height) / min(width, height) if image.width and image.height else nan
     return {
         "_row": row,
-        "id": record.id,
+        # Text from the input is HTML-escaped here: GX renders these values into the published
+        # validation pages (Data Docs) without escaping them. Only lengths and set membership
+        # are checked on text, so the checks see the same values as before.
+        "id": html.escape(record.id),
         "id_first_occurrence": first_occurrence,
-        "phrase": record.phrase,
-        "source": record.source,
+        "phrase": None if record.phrase is None else html.escape(record.phrase),
+        "phrase_chars": float(len(record.phrase)) if isinstance(record.phrase, str) else nan,
+        "source": html.escape(str(record.source)),
         "box_count": len(boxes),
         "boxes_valid": valid,
         "box_min_x1": x1,
@@ -147,8 +151,8 @@ def _expectations(config: SuiteConfig) -> list[Any]:
     items = [
         in_true("id_first_occurrence", "unique_id", "Ids are unique; later rows repeating an id are rejected."),
         e.ExpectColumnValuesToNotBeNull(column="phrase", **meta("phrase_not_null", "Every row has a phrase.")),
-        e.ExpectColumnValueLengthsToBeBetween(
-            column="phrase", min_value=1, max_value=config.max_phrase_chars,
+        e.ExpectColumnValuesToBeBetween(
+            column="phrase_chars", min_value=1, max_value=config.max_phrase_chars,
             **meta("phrase_length", f"Phrases are non-empty and at most {config.max_phrase_chars} characters."),
         ),
         e.ExpectColumnValuesToBeBetween(column="box_count", min_value=1,
@@ -194,7 +198,7 @@ def _expectations(config: SuiteConfig) -> list[Any]:
     ]
     if config.allowed_sources:
         items.append(e.ExpectColumnValuesToBeInSet(
-            column="source", value_set=list(config.allowed_sources),
+            column="source", value_set=[html.escape(s) for s in config.allowed_sources],
             **meta("source_allowed", f"The source is one of: {', '.join(config.allowed_sources)}."),
         ))
     return items

@@ -246,6 +246,9 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
             log.warning("could not remove staging object %s: %s", info.key, exc)
     for line in result.summary_lines():
         _emit(line)
+    if not result.accepted and result.rejection.startswith("the acceptance suite"):
+        raise DataPipelineError(f"{result.rejection}; see {result.report_uri}. The version was written but not "
+                                "published as latest.")
     if not result.accepted:
         raise QuarantineThresholdExceeded(
             f"{result.counts['quarantined']} of {result.counts['received']} rows quarantined "

@@ -451,7 +451,46 @@ MANIFEST_CASES = [
      "what": "latest.json points at a version without a manifest"},
 ]
 
-ANNOTATION_CASES = JSONL_CASES + OTHER_ANNOTATION_CASES + COCO_CASES + CSV_CASES + IMAGE_CASES
+# One hostile row must be quarantined, never abort the run; inputs over the size caps are
+# refused row by row or file by file. ``settings`` (optional) are PrepareSettings fields.
+_DEEP = "[" * 5000 + "]" * 5000
+_HUGE_INT = "9" * 5000  # over Python's 4300-digit int conversion limit
+HOSTILE_CASES = [
+    _jsonl_case("hostile-deep-json", '{"id": "hostile-deep-json-bad", "image": "good.png", "phrase": "p", '
+                f'"boxes": {_DEEP}}}', "parse_error", "nested too deeply", "JSON nested 5000 levels deep",
+                "annotation: hostile"),
+    _jsonl_case("hostile-nul-image", _bad("hostile-nul-image", image="good.png\x00../../etc/passwd"), "parse_error",
+                "NUL character", "a NUL byte in the image path", "annotation: hostile"),
+    _jsonl_case("hostile-huge-integer", '{"id": "hostile-huge-integer-bad", "image": "good.png", "phrase": "p", '
+                f'"boxes": [[4, 4, {_HUGE_INT}, 30]]}}', "boxes_four_finite_numbers", "four finite numbers",
+                "a coordinate of 5000 digits", "annotation: hostile"),
+    _jsonl_case("hostile-huge-integer-id", f'{{"id": {_HUGE_INT}, "image": "good.png", "phrase": "p", '
+                '"boxes": [[4, 4, 40, 30]]}', "parse_error", "'id' must be", "an id of 5000 digits",
+                "annotation: hostile"),
+    _jsonl_case("hostile-html-id", _bad("<script>alert(1)</script>", boxes=[[40, 4, 4, 30]]), "box_x1_lt_x2", "",
+                "an id that is HTML (the validation pages must escape it)", "annotation: hostile"),
+    {**_jsonl_case("hostile-long-line", _bad("hostile-long-line", phrase="x" * 3000), "parse_error",
+                   "line size cap", "a line over the line size cap (1 KiB here)", "annotation: size cap"),
+     "settings": {"max_line_bytes": 1024}},
+    {**_coco_case("hostile-coco-over-cap", _coco([_COCO_IMG], [_COCO_OK] * 40),
+                  {"received": 1, "valid": 0, "quarantined": 1, "quarantine": [_q("parse_error", "document size cap")]},
+                  "a COCO document over the document size cap (1 KiB here)", "annotation: size cap"),
+     "settings": {"max_document_bytes": 1024}},
+    _coco_case("hostile-coco-deep", '{"images": [], "annotations": ' + _DEEP + "}",
+               {"received": 1, "valid": 0, "quarantined": 1, "quarantine": [_q("parse_error", "nested too deeply")]},
+               "a COCO document nested 5000 levels deep", "annotation: hostile"),
+    {**_csv_case("hostile-csv-huge-cell", "vindr-csv", _VINDR_HEADER + _VINDR_OK + "good,Mass," + "4" * 3000
+                 + ",4,40,30\n", _one_bad("parse_error", "unreadable CSV row"), "a CSV cell over the line size cap",
+                 "annotation: size cap"),
+     "settings": {"max_line_bytes": 1024}},
+    {**_jsonl_case("hostile-image-over-cap", _bad("hostile-image-over-cap"), "image_within_pixel_limit",
+                   "over the cap", "image files over the image byte cap (100 bytes here)", "annotation: size cap"),
+     "expect": {"received": 2, "valid": 0, "quarantined": 2,
+                "quarantine": [_q("image_within_pixel_limit", "over the cap")] * 2},
+     "settings": {"max_image_bytes": 100}},
+]
+
+ANNOTATION_CASES = JSONL_CASES + OTHER_ANNOTATION_CASES + COCO_CASES + CSV_CASES + IMAGE_CASES + HOSTILE_CASES
 
 
 def index() -> dict[str, Any]:

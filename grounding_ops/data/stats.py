@@ -1,0 +1,323 @@
+"""Per-version dataset statistics, drift against the previous version, the table-level
+acceptance suite, and the version's report.
+
+Statistics are gathered in one pass over the valid rows with their splits (memory: fixed
+histograms, and 8 bytes per id to count distinct ids): rows per split and source, boxes
+per phrase, box area (share of the image) and aspect ratio, phrase length and image size
+histograms over fixed bin edges, so that two versions compare bin by bin. Drift is the
+total variation distance between the normalized histograms of this version and the
+previous one (0: the same distribution, 1: disjoint), and the change of rows per split.
+
+The acceptance suite (Great Expectations) checks table-level properties of the output, on
+one row per split plus one for the whole version: every split that exists has rows, ids are
+unique, the means of boxes per phrase and box area are within bounds, no phrase is over the
+limit, and (when ``max_drift`` < 1) no histogram drifted more than ``max_drift`` since the
+previous version. The row-level suite (grounding_ops.data.validation) keeps feeding the
+quarantine; this one decides, with the quarantine share, whether the version is accepted.
+
+``render_report`` writes ``report/index.html`` with the plots (matplotlib, Agg backend) and
+the comparison with the previous version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+INF = float("inf")
+# name -> (bin edges, axis label); a value v falls in bin i when edges[i] <= v < edges[i+1]
+HISTOGRAMS: dict[str, tuple[list[float], str]] = {
+    "boxes_per_phrase": ([1, 2, 3, 4, 5, 6, 8, 11, 21, INF], "boxes per phrase"),
+    "box_area_fraction": ([0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0 + 1e-9], "box area / image area"),
+    "box_aspect": ([0, 1 / 8, 1 / 4, 1 / 2, 1 / 1.5, 1.5, 2, 4, 8, INF], "box width / height"),
+    "phrase_chars": ([0, 8, 16, 32, 64, 128, 256, 512, INF], "phrase length (characters)"),
+    "image_width": ([0, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, INF], "image width (pixels)"),
+    "image_height": ([0, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, INF], "image height (pixels)"),
+}
+STATS_DIR = "report"
+STATS_FILE = "stats.json"
+ACCEPTANCE_SUITE = "grounding_acceptance"
+
+
+def _bin(edges: list[float], value: float) -> int:
+    return min(max(bisect_right(edges, value) - 1, 0), len(edges) - 2)
+
+
+class _DistinctIds:
+    """8 bytes per id (a 64-bit hash); counted once at the end."""
+
+    def __init__(self) -> None:
+        self.hashes = bytearray()
+
+    def add(self, record_id: str) -> None:
+        self.hashes += hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
+
+    def count(self) -> int:
+        import numpy as np
+
+        if not self.hashes:
+            return 0
+        return int(np.unique(np.frombuffer(bytes(self.hashes), dtype=np.uint64)).size)
+
+
+@dataclass
+class DatasetStats:
+    rows: Counter = field(default_factory=Counter)  # split -> rows
+    by_source: dict[str, Counter] = field(default_factory=dict)  # split -> source -> rows
+    boxes: Counter = field(default_factory=Counter)  # split -> boxes
+    area_sum: Counter = field(default_factory=Counter)  # split -> sum of box area fractions
+    max_phrase_chars: Counter = field(default_factory=Counter)
+    histograms: dict[str, list[int]] = field(default_factory=lambda: {n: [0] * (len(e) - 1)
+                                                                      for n, (e, _) in HISTOGRAMS.items()})
+    distinct_ids: dict[str, int] = field(default_factory=dict)
+    _ids: dict[str, _DistinctIds] = field(default_factory=dict, repr=False)
+
+    def add(self, row: dict[str, Any], split: str) -> None:
+        width, height = float(row["width"]), float(row["height"])
+        boxes = row["boxes"]
+        phrase_chars = len(row["phrase"] or "")
+        self.rows[split] += 1
+        self.by_source.setdefault(split, Counter())[row["source"]] += 1
+        self.boxes[split] += len(boxes)
+        self.max_phrase_chars[split] = max(self.max_phrase_chars[split], phrase_chars)
+        self._ids.setdefault(split, _DistinctIds()).add(row["id"])
+        h = self.histograms
+        h["boxes_per_phrase"][_bin(HISTOGRAMS["boxes_per_phrase"][0], len(boxes))] += 1
+        h["phrase_chars"][_bin(HISTOGRAMS["phrase_chars"][0], phrase_chars)] += 1
+        h["image_width"][_bin(HISTOGRAMS["image_width"][0], width)] += 1
+        h["image_height"][_bin(HISTOGRAMS["image_height"][0], height)] += 1
+        for x1, y1, x2, y2 in boxes:
+            bw, bh = x2 - x1, y2 - y1
+            area = bw * bh / (width * height) if width and height else 0.0
+            self.area_sum[split] += area
+            h["box_area_fraction"][_bin(HISTOGRAMS["box_area_fraction"][0], area)] += 1
+            h["box_aspect"][_bin(HISTOGRAMS["box_aspect"][0], bw / bh if bh > 0 else INF)] += 1
+
+    def finish(self) -> "DatasetStats":
+        all_ids = _DistinctIds()
+        for split, ids in self._ids.items():
+            self.distinct_ids[split] = ids.count()
+            all_ids.hashes += ids.hashes
+        self.distinct_ids["all"] = all_ids.count()
+        self._ids = {}
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        total_rows = sum(self.rows.values())
+        total_boxes = sum(self.boxes.values())
+        return {
+            "rows": {**dict(self.rows), "all": total_rows},
+            "rows_by_source": {split: dict(c) for split, c in sorted(self.by_source.items())},
+            "distinct_ids": dict(self.distinct_ids),
+            "boxes": {**dict(self.boxes), "all": total_boxes},
+            "mean_boxes_per_phrase": {split: self.boxes[split] / n for split, n in self.rows.items() if n}
+            | ({"all": total_boxes / total_rows} if total_rows else {}),
+            "mean_box_area_fraction": {split: self.area_sum[split] / self.boxes[split]
+                                       for split in self.rows if self.boxes[split]}
+            | ({"all": sum(self.area_sum.values()) / total_boxes} if total_boxes else {}),
+            "max_phrase_chars": {**dict(self.max_phrase_chars), "all": max(self.max_phrase_chars.values(), default=0)},
+            "histograms": {name: {"edges": [e if math.isfinite(e) else "inf" for e in HISTOGRAMS[name][0]],
+                                  "counts": counts} for name, counts in self.histograms.items()},
+        }
+
+
+def drift(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Histogram drift (total variation distance) and row-count changes against ``previous``."""
+    if not previous:
+        return None
+    tvd: dict[str, float] = {}
+    for name, hist in current["histograms"].items():
+        old = (previous.get("histograms") or {}).get(name)
+        if not old or old.get("edges") != hist["edges"]:
+            continue
+        p_total, q_total = sum(hist["counts"]), sum(old["counts"])
+        if not p_total or not q_total:
+            continue
+        tvd[name] = round(0.5 * sum(abs(p / p_total - q / q_total) for p, q in zip(hist["counts"], old["counts"])), 4)
+    rows_now, rows_before = current["rows"], previous.get("rows") or {}
+    sources_now = {s for c in current["rows_by_source"].values() for s in c}
+    sources_before = {s for c in (previous.get("rows_by_source") or {}).values() for s in c}
+    return {
+        "histogram_tvd": tvd,
+        "max_tvd": max(tvd.values(), default=0.0),
+        "rows": {split: {"before": rows_before.get(split, 0), "now": rows_now.get(split, 0)}
+                 for split in sorted(set(rows_now) | set(rows_before))},
+        "sources_added": sorted(sources_now - sources_before),
+        "sources_removed": sorted(sources_before - sources_now),
+    }
+
+
+@dataclass
+class Acceptance:
+    success: bool
+    failures: list[str]
+    result: dict[str, Any]
+
+
+def _summary_frame(stats: dict[str, Any], drift_info: dict[str, Any] | None) -> Any:
+    import pandas as pd
+
+    nan = float("nan")
+    rows = []
+    for split, n in stats["rows"].items():
+        if not n:
+            continue
+        rows.append({
+            "split": split, "rows": float(n), "distinct_ids": float(stats["distinct_ids"].get(split, 0)),
+            "mean_boxes_per_phrase": stats["mean_boxes_per_phrase"].get(split, nan),
+            "mean_box_area_fraction": stats["mean_box_area_fraction"].get(split, nan),
+            "max_phrase_chars": float(stats["max_phrase_chars"].get(split, 0)),
+            "max_drift_tvd": float(drift_info["max_tvd"]) if drift_info and split == "all" else nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def run_acceptance(stats: dict[str, Any], drift_info: dict[str, Any] | None, *, max_phrase_chars: int,
+                   max_mean_boxes: float = 50.0, max_drift: float = 1.0) -> Acceptance:
+    """The table-level acceptance suite on the version's per-split summary."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    e = gx.expectations
+
+    def meta(reason: str, note: str) -> dict[str, Any]:
+        return {"meta": {"reason": reason}, "notes": note}
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = context.data_sources.add_pandas("version").add_dataframe_asset("splits") \
+        .add_batch_definition_whole_dataframe("summary")
+    suite = gx.ExpectationSuite(name=ACCEPTANCE_SUITE)
+    for expectation in [
+        e.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["all", "train"],
+                                                 **meta("train_has_rows", "The version has training rows.")),
+        e.ExpectColumnValuesToBeBetween(column="rows", min_value=1,
+                                        **meta("split_rows", "Every split that exists has at least one row.")),
+        e.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_ids",
+                                          **meta("unique_ids", "Ids are unique within each split and overall.")),
+        e.ExpectColumnValuesToBeBetween(column="mean_boxes_per_phrase", min_value=1, max_value=max_mean_boxes,
+                                        **meta("boxes_per_phrase_bounds",
+                                               f"Phrases have 1 to {max_mean_boxes:g} boxes on average.")),
+        e.ExpectColumnValuesToBeBetween(column="mean_box_area_fraction", min_value=0, max_value=1, strict_min=True,
+                                        **meta("box_area_bounds", "Boxes cover a share of their image in (0, 1].")),
+        e.ExpectColumnValuesToBeBetween(column="max_phrase_chars", min_value=1, max_value=max_phrase_chars,
+                                        **meta("phrase_length_bounds", f"Phrases are 1 to {max_phrase_chars} "
+                                                                       "characters.")),
+        e.ExpectColumnValuesToBeBetween(column="max_drift_tvd", max_value=max_drift,
+                                        **meta("drift_bounds", f"No histogram moved more than {max_drift:g} (total "
+                                                               "variation) since the previous version.")),
+    ]:
+        suite.add_expectation(expectation)
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="acceptance", data=batch,
+                                                                           suite=suite))
+    result = definition.run(batch_parameters={"dataframe": _summary_frame(stats, drift_info)},
+                            result_format={"result_format": "COMPLETE"})
+    failures = [(item.expectation_config.meta or {}).get("reason", item.expectation_config.type)
+                for item in result.results if not item.success]
+    return Acceptance(bool(result.success), failures, result.to_json_dict())
+
+
+def gather(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+    stats = DatasetStats()
+    for row, split in rows:
+        stats.add(row, split)
+    return stats.finish().to_json()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _plot(stats: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(HISTOGRAMS)
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    flat = axes.ravel()
+    for ax, name in zip(flat, names):
+        hist = stats["histograms"][name]
+        labels = [f"{e:.3g}" if isinstance(e, (int, float)) else "∞" for e in hist["edges"][:-1]]
+        total = sum(hist["counts"]) or 1
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], [c / total for c in hist["counts"]], width=0.4, label="this version")
+        old = (previous or {}).get("histograms", {}).get(name)
+        if old and old.get("edges") == hist["edges"]:
+            old_total = sum(old["counts"]) or 1
+            ax.bar([x + 0.2 for x in xs], [c / old_total for c in old["counts"]], width=0.4, label="previous")
+        ax.set_xticks(list(xs), labels, rotation=45, fontsize=7)
+        ax.set_title(HISTOGRAMS[name][1], fontsize=9)
+        ax.set_ylabel("share", fontsize=8)
+    ax = flat[len(names)]
+    splits = [s for s in ("train", "val", "test") if s in stats["rows_by_source"]]
+    sources = sorted({src for c in stats["rows_by_source"].values() for src in c})
+    bottom = [0.0] * len(splits)
+    for source in sources[:12]:
+        values = [stats["rows_by_source"][s].get(source, 0) for s in splits]
+        ax.bar(splits, values, bottom=bottom, label=source[:20])
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_title("rows per split and source", fontsize=9)
+    ax.legend(fontsize=6)
+    flat[0].legend(fontsize=7)
+    for extra in flat[len(names) + 1:]:
+        extra.axis("off")
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.95, wspace=0.25, hspace=0.45)  # tight_layout: seconds
+    path = out / "stats.png"
+    fig.savefig(path, dpi=80, metadata={"Software": None})  # same data, same bytes
+    plt.close(fig)
+    return path
+
+
+def render_report(out: Path, stats: dict[str, Any], drift_info: dict[str, Any] | None,
+                  acceptance: Acceptance, previous_version: str | None, version: str,
+                  previous: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``stats.json``, ``stats.png`` and ``index.html`` into ``out``; return them."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"version": version, "previous_version": previous_version, "stats": stats, "drift": drift_info,
+               "acceptance": {"success": acceptance.success, "failures": acceptance.failures}}
+    (out / STATS_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    plot = _plot(stats, previous, out)
+    esc = html.escape
+
+    def table(rows: list[list[Any]], header: list[str]) -> str:
+        head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = [f"<h1>dataset version {esc(version)}</h1>",
+             f"<p>acceptance suite: <b>{'passed' if acceptance.success else 'FAILED: ' + esc(', '.join(acceptance.failures))}"
+             "</b></p>",
+             "<h2>rows per split and source</h2>",
+             table([[split, src, n] for split, c in stats["rows_by_source"].items() for src, n in sorted(c.items())],
+                   ["split", "source", "rows"]),
+             table([[k, stats["rows"].get(k, 0), stats["distinct_ids"].get(k, 0),
+                     f"{stats['mean_boxes_per_phrase'].get(k, 0):.2f}",
+                     f"{stats['mean_box_area_fraction'].get(k, 0):.3f}"] for k in stats["rows"]],
+                   ["split", "rows", "distinct ids", "mean boxes per phrase", "mean box area share"]),
+             f'<h2>distributions</h2><img src="{plot.name}" alt="histograms" style="max-width:100%">']
+    if drift_info:
+        parts.append(f"<h2>compared with the previous version {esc(previous_version or '')}</h2>")
+        parts.append(table([[name, v] for name, v in sorted(drift_info["histogram_tvd"].items())],
+                           ["histogram", "total variation distance"]))
+        parts.append(table([[s, r["before"], r["now"]] for s, r in drift_info["rows"].items()],
+                           ["split", "rows before", "rows now"]))
+        if drift_info["sources_added"] or drift_info["sources_removed"]:
+            parts.append(f"<p>sources added: {esc(', '.join(drift_info['sources_added']) or '-')}; removed: "
+                         f"{esc(', '.join(drift_info['sources_removed']) or '-')}</p>")
+    else:
+        parts.append("<p>no previous version to compare with.</p>")
+    index = out / "index.html"
+    index.write_text("<!doctype html><html><head><meta charset='utf-8'><title>dataset report</title>"
+                     "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:8px 0}"
+                     "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
+                     + "".join(parts) + "</body></html>", encoding="utf-8")
+    return [out / STATS_FILE, plot, index]
