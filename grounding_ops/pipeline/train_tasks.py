@@ -259,7 +259,8 @@ def plan_training(
     return {
         "engine": engine,
         "command": command,
-        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+                        "WANDB_RUN_GROUP": airflow_run},
         "output_uri": output_uri,
         "dataset_version": dataset.version,
         "dataset_uri": dataset.uri,
@@ -308,6 +309,25 @@ def training_summary_line(summary: Mapping[str, Any]) -> str:
                         for k, v in sorted((summary.get("final_metrics") or {}).items())[:6])
     return (f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
             f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else ""))
+
+
+def record_training(store: ObjectStore, summary: Mapping[str, Any], plan: Mapping[str, Any], *,
+                    tracking_uri: str) -> dict[str, Any]:
+    """Log the finished training (its ``run.json``) as an MLflow run; the summary with its id and URL."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.registry import tracking
+    from grounding_ops.registry.training_run import log_training_run
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    airflow_run = str((plan.get("environment") or {}).get("GROUNDING_OPS_AIRFLOW_RUN") or "") or None
+    try:
+        run_id = log_training_run(store.uri, client=client, airflow_run=airflow_run,
+                                  s3_client=getattr(store, "client", None))
+    except tracking.TrackingError as exc:
+        raise PipelineError(str(exc)) from exc
+    experiment_id = str(client.get_run(run_id).info.experiment_id)
+    return {**summary, "mlflow_run_id": run_id, "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -387,7 +407,8 @@ def plan_evaluations(
         plans.append({
             "engine": engine,
             "command": command,
-            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+                        "WANDB_RUN_GROUP": airflow_run},
             "output_uri": output_uri,
             "candidate": dict(candidate),
             "dataset_version": training["dataset_version"],

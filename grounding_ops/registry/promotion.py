@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from grounding_ops.registry.pyfunc_model import MODEL_URI_TAG, register_grounding_model, weights_uri
 from grounding_ops.registry.tracking import (
     OUTPUT_TAG,
     ROLE_TAG,
@@ -140,9 +141,9 @@ def _ensure_registered_model(client: Any, name: str) -> Any:
 def _find_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
     """The version registered before for this evaluation run, else for the same model URI."""
     base = f"name = {quote_filter_value(name)}"
-    for clause in (f"run_id = {quote_filter_value(run_id)}", f"source_path = {quote_filter_value(source)}"):
+    for clause in (f"run_id = {quote_filter_value(run_id)}", f"tags.`{MODEL_URI_TAG}` = {quote_filter_value(source)}"):
         found = client.search_model_versions(f"{base} and {clause}", max_results=50)
-        found = [v for v in found if (v.source == source if "source_path" in clause else v.run_id == run_id)]
+        found = [v for v in found if (weights_uri(v) == source if "tags." in clause else v.run_id == run_id)]
         if found:
             return min(found, key=lambda v: int(v.version))
     return None
@@ -258,7 +259,8 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
             value = _metric_of(run, name)
             if value is not None:
                 lineage[METRIC_TAG_PREFIX + name] = repr(value)
-        version = client.create_model_version(
+        version = register_grounding_model(
+            client,
             model_name,
             source=source,
             run_id=run_id,
@@ -313,7 +315,7 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
                 client,
                 experiments,
                 [
-                    f"params.model_uri = {quote_filter_value(champion.source)}",
+                    f"params.model_uri = {quote_filter_value(weights_uri(champion))}",
                     f"params.dataset_version = {quote_filter_value(dataset_version)}",
                     f"params.split = {quote_filter_value(split)}",
                 ],
@@ -322,8 +324,8 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
             if bar_run is None:
                 reason = (
                     f"champion v{champion_before} was evaluated on dataset {champion_dataset}, the candidate on "
-                    f"{dataset_version}, and no evaluation of the champion ({champion.source}) on {dataset_version} "
-                    f"({split}) exists: evaluate it there (grounding-ops evaluate --model {champion.source} "
+                    f"{dataset_version}, and no evaluation of the champion ({weights_uri(champion)}) on {dataset_version} "
+                    f"({split}) exists: evaluate it there (grounding-ops evaluate --model {weights_uri(champion)} "
                     f"--dataset <{dataset_version} URI> --split {split} ...) and promote again; champion unchanged"
                 )
                 return _refuse(client, run_id, reason, model_name, metric, min_delta, candidate_value,
