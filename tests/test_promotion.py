@@ -65,6 +65,7 @@ def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model
         predictions.append(Prediction(f"s{i}", "synthetic", "the red circle", "[...]", [[4.0, 4.0, 20.0, 20.0]],
                                       [[4.0, 4.0, 20.0, 20.0]], iou, iou, iou, True, "", 1, 1))
     model_uri = model_uri or s3.uri(reg["prefix"], "train", name, "final")
+    _put_model_folder(s3, model_uri)
     info = {
         "model_uri": model_uri,
         "dataset_uri": s3.uri(reg["prefix"], "datasets", dataset_version),
@@ -82,6 +83,12 @@ def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model
     output = s3.uri(reg["prefix"], "evaluations", f"{name}-{dataset_version}")
     write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=2.0)
     return output
+
+
+def _put_model_folder(s3, model_uri: str) -> None:
+    """A stand-in Hugging Face folder at ``model_uri`` (promotion logs it as an MLflow model)."""
+    key = model_uri.removeprefix(f"s3://{s3.bucket}/").rstrip("/") + "/config.json"
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b'{"model_type": "qwen2_5_vl"}')
 
 
 def _aliases(reg) -> dict[str, str]:
@@ -181,7 +188,8 @@ def test_champion_from_another_dataset_version(registry):
     assert _aliases(registry)[CHAMPION] == champion.version
 
     # evaluate the champion's model on v2: the gate now compares on v2
-    champion_model = registry["client"].get_model_version(registry["model"], champion.version).source
+    champion_model = registry["client"].get_model_version(registry["model"], champion.version).tags[
+        "grounding.model_uri"]
     bar = _evaluate(registry, "champ", acc=0.40, dataset_version="v2", model_uri=champion_model)
     decision = _promote(registry, candidate)
     assert decision.promoted and decision.baseline_run_id == bar
@@ -211,7 +219,12 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     decision = _promote(registry, run_id)
 
     version = registry["client"].get_model_version(registry["model"], decision.version)
-    assert version.source == model_uri and version.run_id == run_id
+    assert version.run_id == run_id and version.tags["grounding.model_uri"] == model_uri
+    # the version is a logged MLflow model (MLmodel, signature, the Hugging Face folder), not the raw folder
+    model_id = version.tags["grounding.logged_model_id"]
+    assert version.source == f"models:/{model_id}"
+    logged = registry["client"].get_logged_model(model_id)
+    assert logged.status == "READY" and logged.tags["grounding.model_uri"] == model_uri
     tags = version.tags
     assert tags["grounding.dataset_version"] == "v1"
     assert tags["grounding.dataset_uri"] == s3.uri(registry["prefix"], "datasets", "v1")
