@@ -284,9 +284,40 @@ def register_grounding_model(
     return version
 
 
+def predict_image(model_uri: str, image: bytes, phrase: str) -> dict[str, Any]:
+    """Ask the MLflow model at ``model_uri`` (e.g. ``models:/grounding-model@champion``) for one image."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise GroundingModelError(
+            f"cannot load {model_uri} from MLflow at {mlflow.get_tracking_uri()}: {exc.message} "
+            "(set MLFLOW_TRACKING_URI to the registry's server)"
+        ) from exc
+    row = model.predict(pd.DataFrame({"image": [image], "phrase": [phrase]})).iloc[0]
+    boxes = [[float(v) for v in box] for box in row["boxes"]]
+    return {"boxes": boxes, "format_ok": bool(row["format_ok"]), "response": str(row["response"])}
+
+
+def draw_boxes(image: bytes, boxes: list[list[float]], color: str = "#dc1e1e") -> Any:
+    """The image (RGB PIL) with ``boxes`` (pixel xyxy) drawn."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 200))
+    for box in boxes:
+        draw.rectangle([float(v) for v in box], outline=color, width=width)
+    return picture
+
+
 __all__ = [
     "GroundingModel",
     "GroundingModelError",
+    "draw_boxes",
+    "predict_image",
     "register_grounding_model",
     "save_grounding_model",
     "signature",
