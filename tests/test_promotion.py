@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from grounding_ops.evaluation.plots import EVALUATION_PLOTS
 from grounding_ops.evaluation.evaluate import EvalSample, Prediction, training_lineage, write_outputs
 from grounding_ops.registry.models import list_model_versions
 from grounding_ops.registry.promotion import CHALLENGER, CHAMPION, PromotionError, promote
@@ -241,7 +242,7 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     assert run.data.metrics["acc_at_0_5_ci_low"] <= 0.7 <= run.data.metrics["acc_at_0_5_ci_high"]
     assert run.data.metrics["source/synthetic/acc_at_0_5"] == pytest.approx(0.7)
     keys = [o.key for o in open_store(s3.uri("mlflow"), s3_client=client).list("")]
-    for name in ("metrics.json", "predictions.parquet", "report.html"):
+    for name in ("metrics.json", "predictions.parquet", "report.html", *(f"plots/{p}" for p in EVALUATION_PLOTS)):
         assert any(k.endswith(f"{run_id}/artifacts/{name}") for k in keys), (name, keys[:20])
 
 
