@@ -595,18 +595,24 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
         }
         store = open_store(plan["output_uri"], s3_client=s3)
         store.put_bytes("metrics.json", json.dumps(document).encode())
+        # a stand-in model folder: promotion logs the candidate as an MLflow model
+        open_store(candidate["uri"], s3_client=s3).put_bytes("config.json", b'{"model_type": "qwen2_vl"}')
         results.append(record_evaluation(store, plan, tracking_uri=mlflow_service.uri))
     assert all(r["mlflow_url"].startswith(mlflow_service.uri) for r in results)
+    # the evaluations of the DAG run are nested under one parent run
+    parents = {MlflowClient(mlflow_service.uri).get_run(r["mlflow_run_id"]).data.tags.get("mlflow.parentRunId")
+               for r in results}
+    assert len(parents) == 1 and None not in parents
 
     choice = pick_best(results, "acc_at_0_5")
     assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
     name = f"promote-{time.time_ns()}"
     first = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
-                         airflow_run="grounding_train/manual__x")
+                         airflow_run="grounding_train/manual__x", s3_client=s3)
     assert first["promoted"] and first["version"] == "1"
     assert "PROMOTED" in first["summary"] and "0.6000" in first["summary"] and "0.2000" in first["summary"]
     assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
-    again = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    again = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     assert again["version"] == "1" and again["decision"]["changed"] is False
     version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")
     assert version.tags["grounding.airflow_run"] == "grounding_train/manual__x"

@@ -500,8 +500,11 @@ def promote_best(
     tracking_uri: str,
     name: str | None = None,
     airflow_run: str = "",
+    s3_client: Any | None = None,
 ) -> dict[str, Any]:
-    """Register the best candidate and let the registry's gate decide on ``champion``."""
+    """Register the best candidate and let the registry's gate decide on ``champion``.
+
+    ``s3_client`` reads the candidate's model folder (it is logged as an MLflow model)."""
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import promotion
@@ -511,7 +514,7 @@ def promote_best(
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         decision = promotion.promote(best["mlflow_run_id"], metric=choice["metric"], min_delta=float(min_delta),
-                                     model_name=name, client=client)
+                                     model_name=name, client=client, s3_client=s3_client)
     except promotion.PromotionError as exc:
         raise PipelineError(str(exc)) from exc
     data = _as_dict(decision)
@@ -685,8 +688,10 @@ def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, An
 
 def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], asset: Any) -> dict[str, Any]:
     params = context["params"]
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
+
     result = promote_best(choice, min_delta=float(params["min_delta"]), tracking_uri=mlflow_tracking_uri(),
-                          airflow_run=airflow_run_ref(context))
+                          airflow_run=airflow_run_ref(context), s3_client=s3_client(S3_CONN_ID))
     _emit(result["summary"])
     context["outlet_events"][asset].extra = {
         "model_name": result["model_name"],

@@ -27,7 +27,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from grounding_ops.registry.pyfunc_model import MODEL_URI_TAG, register_grounding_model, weights_uri
+from grounding_ops.registry.pyfunc_model import (
+    MODEL_URI_TAG,
+    GroundingModelError,
+    register_grounding_model,
+    weights_uri,
+)
 from grounding_ops.registry.tracking import (
     OUTPUT_TAG,
     ROLE_TAG,
@@ -207,20 +212,27 @@ def promote(
     min_delta: float = DEFAULT_MIN_DELTA,
     model_name: str = DEFAULT_MODEL_NAME,
     client: Any | None = None,
+    s3_client: Any | None = None,
 ) -> PromotionDecision:
-    """Register the evaluated candidate and move ``champion`` to it if it clears the bar."""
+    """Register the evaluated candidate and move ``champion`` to it if it clears the bar.
+
+    ``s3_client`` reads the candidate's model folder when it is logged as an MLflow model
+    (default: boto3's standard configuration)."""
     from mlflow.exceptions import MlflowException
 
     if not (min_delta >= 0.0 and math.isfinite(min_delta)):
         raise PromotionError(f"min-delta must be a finite number >= 0, got {min_delta}")
     client = client if client is not None else mlflow_client()
     try:
-        return _promote(client, candidate_run_id, metric, float(min_delta), model_name)
+        return _promote(client, candidate_run_id, metric, float(min_delta), model_name, s3_client=s3_client)
+    except GroundingModelError as exc:
+        raise PromotionError(str(exc)) from exc
     except MlflowException as exc:
         raise PromotionError(f"MLflow at {client.tracking_uri} refused the promotion: {exc.message}") from exc
 
 
-def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str) -> PromotionDecision:
+def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str, *,
+             s3_client: Any | None = None) -> PromotionDecision:
     from mlflow.exceptions import MlflowException
 
     run = _get_run(client, run_id)
@@ -266,6 +278,7 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
             run_id=run_id,
             tags=lineage,
             description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
+            s3_client=s3_client,
         )
         log.info("registered %s as %s version %s", source, model_name, version.version)
     else:
