@@ -294,6 +294,26 @@ def test_wandb_offline_run_folder_without_key(registry, monkeypatch, tmp_path):
     reference = registry["client"].get_run(run_id).data.tags["grounding.wandb_eval_run"]
     assert reference.startswith("offline:")
     assert list(Path(tmp_path, "wandb").glob("offline-run-*")), "no offline W&B run folder"
+    # the drawn examples as a predictions table whose images carry the true and predicted boxes
+    (table_file,) = Path(tmp_path, "wandb").glob("offline-run-*/files/media/table/predictions*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["id", "image", "phrase", "iou", "response"] and len(table["data"]) == 8
+
+
+def test_wandb_predictions_table_draws_true_and_predicted_boxes():
+    import wandb
+
+    from grounding_ops.tracking_wandb import predictions_table
+
+    row = {"id": "s1", "image_bytes": PNG, "phrase": "the red circle", "iou": 0.5, "response": "[...]",
+           "gt_boxes": [[4.0, 4.0, 20.0, 20.0]], "pred_boxes": [[2.0, 3.0, 18.0, 22.0], [0.0, 0.0, 5.0, 5.0]]}
+    table = predictions_table(wandb, [row])
+    (image,) = table.get_column("image")
+    boxes = {key: value._val for key, value in image._boxes.items()}
+    assert [b["position"] for b in boxes["ground_truth"]] == [{"minX": 4.0, "minY": 4.0, "maxX": 20.0, "maxY": 20.0}]
+    assert [b["position"]["maxY"] for b in boxes["predictions"]] == [22.0, 5.0]
+    assert all(b["domain"] == "pixel" for b in boxes["predictions"])
+    assert table.get_column("iou") == [0.5]
 
 
 def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):
