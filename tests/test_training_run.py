@@ -8,8 +8,10 @@ import uuid
 
 import pytest
 
-from grounding_ops.registry.tracking import mlflow_client
+from grounding_ops.pipeline.train_tasks import record_training
+from grounding_ops.registry.tracking import EVALUATION_EXPERIMENT, mlflow_client
 from grounding_ops.registry.training_run import log_training_run
+from grounding_ops.storage import open_store
 
 
 def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_service, monkeypatch):
@@ -30,14 +32,22 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
     s3_service.client().put_object(Bucket=s3_service.bucket, Key=f"test-{token}/train/run.json",
                                    Body=json.dumps(record).encode())
     client = mlflow_client(mlflow_env.uri)
-    run_id = log_training_run(output, client=client, experiment=f"train-{token}", airflow_run="dag/run1")
-    assert log_training_run(output, client=client, experiment=f"train-{token}") == run_id  # logged once
+    # what the training task does after the container: log the run, prepare the DAG run's parent run
+    airflow_run = f"grounding_train/{token}"
+    plan = {"environment": {"GROUNDING_OPS_AIRFLOW_RUN": airflow_run}}
+    summary = record_training(open_store(output), {"steps_done": 3}, plan, tracking_uri=mlflow_env.uri)
+    run_id = summary["mlflow_run_id"]
+    assert summary["mlflow_url"].startswith(mlflow_env.uri) and run_id in summary["mlflow_url"]
+    assert log_training_run(output, client=client) == run_id  # logged once
+    (parent,) = client.search_runs([client.get_experiment_by_name(EVALUATION_EXPERIMENT).experiment_id],
+                                   filter_string=f"tags.`grounding.airflow_run` = '{airflow_run}'")
+    assert parent.data.tags["grounding.kind"] == "dag-run"
 
     run = client.get_run(run_id)
     assert run.data.params["spec.learning_rate"] == "0.0001" and run.data.params["spec.logger"] == '["console"]'
     assert run.data.tags["grounding.image_digest"] == record["image"]
     assert run.data.tags["grounding.git_commit"] == "0123abcd"
-    assert run.data.tags["grounding.airflow_run"] == "dag/run1"
+    assert run.data.tags["grounding.airflow_run"] == airflow_run
     for key in ("reward_mean", "iou", "kl", "entropy", "response_length", "seconds_per_step", "tokens_per_s"):
         metrics = client.get_metric_history(run_id, key)
         assert [m.step for m in metrics] == [1, 2, 3]

@@ -317,13 +317,15 @@ def record_training(store: ObjectStore, summary: Mapping[str, Any], plan: Mappin
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import tracking
-    from grounding_ops.registry.training_run import log_training_run
+    from grounding_ops.registry.training_run import dag_run_parent, log_training_run
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     airflow_run = str((plan.get("environment") or {}).get("GROUNDING_OPS_AIRFLOW_RUN") or "") or None
     try:
         run_id = log_training_run(store.uri, client=client, airflow_run=airflow_run,
                                   s3_client=getattr(store, "client", None))
+        if airflow_run:  # the parent of the DAG run's evaluations, made once before they run in parallel
+            dag_run_parent(client, tracking.ensure_experiment(client, tracking.EVALUATION_EXPERIMENT), airflow_run)
     except tracking.TrackingError as exc:
         raise PipelineError(str(exc)) from exc
     experiment_id = str(client.get_run(run_id).info.experiment_id)

@@ -27,12 +27,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from grounding_ops.registry.pyfunc_model import (
-    MODEL_URI_TAG,
-    GroundingModelError,
-    register_grounding_model,
-    weights_uri,
-)
 from grounding_ops.registry.tracking import (
     OUTPUT_TAG,
     ROLE_TAG,
@@ -145,6 +139,8 @@ def _ensure_registered_model(client: Any, name: str) -> Any:
 
 def _find_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
     """The version registered before for this evaluation run, else for the same model URI."""
+    from grounding_ops.registry.pyfunc_model import MODEL_URI_TAG, weights_uri
+
     base = f"name = {quote_filter_value(name)}"
     for clause in (f"run_id = {quote_filter_value(run_id)}", f"tags.`{MODEL_URI_TAG}` = {quote_filter_value(source)}"):
         found = client.search_model_versions(f"{base} and {clause}", max_results=50)
@@ -220,6 +216,8 @@ def promote(
     (default: boto3's standard configuration)."""
     from mlflow.exceptions import MlflowException
 
+    from grounding_ops.registry.pyfunc_model import GroundingModelError
+
     if not (min_delta >= 0.0 and math.isfinite(min_delta)):
         raise PromotionError(f"min-delta must be a finite number >= 0, got {min_delta}")
     client = client if client is not None else mlflow_client()
@@ -234,6 +232,8 @@ def promote(
 def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str, *,
              s3_client: Any | None = None) -> PromotionDecision:
     from mlflow.exceptions import MlflowException
+
+    from grounding_ops.registry.pyfunc_model import register_grounding_model, weights_uri
 
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
