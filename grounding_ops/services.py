@@ -188,9 +188,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _bin(name: str) -> str:
-    """An executable of this environment, else of the platform venv, else on PATH."""
-    for folder in (Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"):
+def _bin(name: str, *, platform_first: bool = False) -> str:
+    """An executable of this environment, else of the platform venv, else on PATH.
+
+    ``platform_first`` prefers the platform venv (the trainer environment's
+    ``mlflow`` is mlflow-skinny, which has no tracking server)."""
+    folders = [Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"]
+    for folder in reversed(folders) if platform_first else folders:
         candidate = folder / name
         if candidate.exists():
             return str(candidate)
@@ -266,7 +270,7 @@ def mlflow_process(settings: ServiceSettings) -> ManagedProcess:
     return ManagedProcess(
         name="mlflow",
         argv=[
-            _bin("mlflow"), "server",
+            _bin("mlflow", platform_first=True), "server",
             "--backend-store-uri", f"sqlite:///{db}",
             "--artifacts-destination", f"s3://{settings.bucket}/mlflow",
             "--host", settings.host,

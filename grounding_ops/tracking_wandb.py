@@ -54,8 +54,15 @@ def log_run(
     project: str | None = None,
     tags: tuple[str, ...] = (),
     directory: str | Path | None = None,
+    group: str | None = None,
+    predictions: list[Mapping[str, Any]] | None = None,
 ) -> WandbRun | None:
-    """Log one finished run (``config`` and summary ``metrics``); None when disabled or failed."""
+    """Log one finished run (``config`` and summary ``metrics``); None when disabled or failed.
+
+    ``group`` groups runs (the DAG run); ``predictions`` (rows with ``image_bytes``,
+    ``gt_boxes``, ``pred_boxes`` in pixels, ``phrase``, ``iou``, ``response``) become a
+    ``predictions`` table whose images carry the true and predicted boxes.
+    """
     mode = wandb_mode()
     if mode == "disabled":
         return None
@@ -69,7 +76,8 @@ def log_run(
     root.mkdir(parents=True, exist_ok=True)
     for attempt_mode in ([mode, "offline"] if mode == "online" else [mode]):
         try:
-            return _log(wandb, attempt_mode, name, dict(config), dict(metrics), job_type, project, tags, root)
+            return _log(wandb, attempt_mode, name, dict(config), dict(metrics), job_type, project, tags, root,
+                        group=group, predictions=predictions)
         except Exception as exc:  # no network, bad key, service start failure: never fatal
             log.warning("W&B %s logging failed (%s: %s)", attempt_mode, type(exc).__name__, exc)
     return None
@@ -85,6 +93,9 @@ def _log(
     project: str,
     tags: tuple[str, ...],
     root: Path,
+    *,
+    group: str | None = None,
+    predictions: list[Mapping[str, Any]] | None = None,
 ) -> WandbRun:
     settings = wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S, x_disable_stats=True)
     run = wandb.init(
@@ -93,6 +104,7 @@ def _log(
         job_type=job_type,
         config=config,
         tags=list(tags),
+        group=group or None,
         mode=mode,
         dir=str(root),
         settings=settings,
@@ -100,6 +112,8 @@ def _log(
     )
     try:
         run.log(dict(metrics))
+        if predictions:
+            run.log({"predictions": predictions_table(wandb, predictions)})
         run.summary.update(dict(metrics))
         info = WandbRun(
             id=str(run.id),
@@ -110,3 +124,34 @@ def _log(
     finally:
         run.finish()
     return info
+
+
+def _wandb_boxes(boxes: Any, class_id: int, caption: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "position": {"minX": float(b[0]), "minY": float(b[1]), "maxX": float(b[2]), "maxY": float(b[3])},
+            "domain": "pixel",
+            "class_id": class_id,
+            "box_caption": caption,
+        }
+        for b in boxes or []
+    ]
+
+
+def predictions_table(wandb: Any, rows: list[Mapping[str, Any]]) -> Any:
+    """A ``wandb.Table`` of predictions: the image with true and predicted boxes, phrase, IoU, answer."""
+    import io
+
+    from PIL import Image
+
+    labels = {0: "ground truth", 1: "prediction"}
+    table = wandb.Table(columns=["id", "image", "phrase", "iou", "response"])
+    for row in rows:
+        image = Image.open(io.BytesIO(row["image_bytes"])).convert("RGB")
+        boxes = {
+            "ground_truth": {"box_data": _wandb_boxes(row.get("gt_boxes"), 0, "truth"), "class_labels": labels},
+            "predictions": {"box_data": _wandb_boxes(row.get("pred_boxes"), 1, "predicted"), "class_labels": labels},
+        }
+        table.add_data(str(row.get("id")), wandb.Image(image, boxes=boxes), str(row.get("phrase")),
+                       float(row.get("iou") or 0.0), str(row.get("response") or "")[:500])
+    return table

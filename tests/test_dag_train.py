@@ -580,6 +580,7 @@ def _write_evaluation(plan, dataset_uri, s3, hits, n=120):
     """What `grounding-ops evaluate` writes for a plan: per-sample predictions (the first ``hits`` samples
     right, IoU 0.8; the rest IoU 0.1), report, metrics.json last."""
     from grounding_ops.evaluation.evaluate import EvalSample, Prediction, write_outputs
+    from grounding_ops.storage import open_store
 
     command = plan["command"]
     tags = dict(arg.split("=", 1) for arg in command[command.index("--tag") + 1::2]
@@ -597,6 +598,8 @@ def _write_evaluation(plan, dataset_uri, s3, hits, n=120):
             "batch_size": 8, "max_new_tokens": 64, "max_samples": None, "role": candidate["role"], "tags": tags}
     write_outputs(plan["output_uri"], info=info, samples=samples, predictions=predictions, seconds=1.0,
                   s3_client=s3)
+    if candidate["role"] == "candidate":  # a stand-in model folder: promotion logs the candidate as an MLflow model
+        open_store(candidate["uri"], s3_client=s3).put_bytes("config.json", b'{"model_type": "qwen2_vl"}')
 
 
 def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_service, monkeypatch):
@@ -631,6 +634,10 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
             _write_evaluation(plan, dataset_uri, s3, val_hits[plan["candidate"]["name"]])
             results.append(record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan,
                                              tracking_uri=mlflow_service.uri))
+        # the evaluations of the DAG run are nested under one parent run
+        parents = {MlflowClient(mlflow_service.uri).get_run(r["mlflow_run_id"]).data.tags.get("mlflow.parentRunId")
+                   for r in results}
+        assert len(parents) == 1 and None not in parents
         choice = pick_best(results, "acc_at_0_5")
         champion = current_champion(mlflow_service.uri, name)
         champion_eval = existing_evaluation(mlflow_service.uri, champion.model_uri, version, DECISION_SPLIT) \
@@ -650,13 +657,13 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     assert choice["best"]["candidate"] == "final" and choice["split"] == "val"
     assert [m["role"] for m in models] == ["candidate", "base"]
     first = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
-                         airflow_run="grounding_train/manual__x")
+                         airflow_run="grounding_train/manual__x", s3_client=s3)
     assert first["promoted"] and first["version"] == "1", first["summary"]
     assert first["decision"]["split"] == "test" and first["decision"]["n"] == 120
     assert first["selection_split"] == "val" and first["decision_split"] == "test"
     assert "PROMOTED" in first["summary"] and "vs base 0.1667" in first["summary"] and "n=120" in first["summary"]
     assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
-    again = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    again = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     assert again["version"] == "1" and again["decision"]["changed"] is False
     version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")
     assert version.tags["grounding.airflow_run"] == "grounding_train/manual__x"
@@ -670,7 +677,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     choice, models, tested = night("v8", {"global_step_1": 30, "final": 90, "base": 20},
                                    {"final": 85, "champion": 80})
     assert [m["role"] for m in models] == ["candidate", "champion"]
-    second = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
+    second = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     champion_test = next(r for r in tested if r["role"] == "champion")
     assert second["decision"]["baseline"] == "champion"
     assert second["decision"]["baseline_run_id"] == champion_test["mlflow_run_id"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from grounding_ops.evaluation.plots import EVALUATION_PLOTS
 from grounding_ops.evaluation.evaluate import EvalSample, Prediction, training_lineage, write_outputs
 from grounding_ops.registry.models import list_model_versions
 from grounding_ops.registry.promotion import CHALLENGER, CHAMPION, PromotionError, promote
@@ -65,6 +66,7 @@ def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model
         predictions.append(Prediction(f"s{i}", "synthetic", "the red circle", "[...]", [[4.0, 4.0, 20.0, 20.0]],
                                       [[4.0, 4.0, 20.0, 20.0]], iou, iou, iou, True, "", 1, 1))
     model_uri = model_uri or s3.uri(reg["prefix"], "train", name, "final")
+    _put_model_folder(s3, model_uri)
     info = {
         "model_uri": model_uri,
         "dataset_uri": s3.uri(reg["prefix"], "datasets", dataset_version),
@@ -82,6 +84,12 @@ def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model
     output = s3.uri(reg["prefix"], "evaluations", f"{name}-{dataset_version}")
     write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=2.0)
     return output
+
+
+def _put_model_folder(s3, model_uri: str) -> None:
+    """A stand-in Hugging Face folder at ``model_uri`` (promotion logs it as an MLflow model)."""
+    key = model_uri.removeprefix(f"s3://{s3.bucket}/").rstrip("/") + "/config.json"
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b'{"model_type": "qwen2_5_vl"}')
 
 
 def _aliases(reg) -> dict[str, str]:
@@ -183,7 +191,8 @@ def test_champion_from_another_dataset_version(registry):
     assert _aliases(registry)[CHAMPION] == champion.version
 
     # evaluate the champion's model on v2: the gate now compares on v2
-    champion_model = registry["client"].get_model_version(registry["model"], champion.version).source
+    champion_model = registry["client"].get_model_version(registry["model"], champion.version).tags[
+        "grounding.model_uri"]
     bar = _evaluate(registry, "champ", acc=0.40, dataset_version="v2", model_uri=champion_model)
     decision = _promote(registry, candidate)
     assert decision.promoted and decision.baseline_run_id == bar
@@ -213,7 +222,12 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     decision = _promote(registry, run_id)
 
     version = registry["client"].get_model_version(registry["model"], decision.version)
-    assert version.source == model_uri and version.run_id == run_id
+    assert version.run_id == run_id and version.tags["grounding.model_uri"] == model_uri
+    # the version is a logged MLflow model (MLmodel, signature, the Hugging Face folder), not the raw folder
+    model_id = version.tags["grounding.logged_model_id"]
+    assert version.source == f"models:/{model_id}"
+    logged = registry["client"].get_logged_model(model_id)
+    assert logged.status == "READY" and logged.tags["grounding.model_uri"] == model_uri
     tags = version.tags
     assert tags["grounding.dataset_version"] == "v1"
     assert tags["grounding.dataset_uri"] == s3.uri(registry["prefix"], "datasets", "v1")
@@ -230,7 +244,7 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     assert run.data.metrics["acc_at_0_5_ci_low"] <= 0.7 <= run.data.metrics["acc_at_0_5_ci_high"]
     assert run.data.metrics["source/synthetic/acc_at_0_5"] == pytest.approx(0.7)
     keys = [o.key for o in open_store(s3.uri("mlflow"), s3_client=client).list("")]
-    for name in ("metrics.json", "predictions.parquet", "report.html"):
+    for name in ("metrics.json", "predictions.parquet", "report.html", *(f"plots/{p}" for p in EVALUATION_PLOTS)):
         assert any(k.endswith(f"{run_id}/artifacts/{name}") for k in keys), (name, keys[:20])
 
 
@@ -291,6 +305,26 @@ def test_wandb_offline_run_folder_without_key(registry, monkeypatch, tmp_path):
     reference = registry["client"].get_run(run_id).data.tags["grounding.wandb_eval_run"]
     assert reference.startswith("offline:")
     assert list(Path(tmp_path, "wandb").glob("offline-run-*")), "no offline W&B run folder"
+    # the drawn examples as a predictions table whose images carry the true and predicted boxes
+    (table_file,) = Path(tmp_path, "wandb").glob("offline-run-*/files/media/table/predictions*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["id", "image", "phrase", "iou", "response"] and len(table["data"]) == 8
+
+
+def test_wandb_predictions_table_draws_true_and_predicted_boxes():
+    import wandb
+
+    from grounding_ops.tracking_wandb import predictions_table
+
+    row = {"id": "s1", "image_bytes": PNG, "phrase": "the red circle", "iou": 0.5, "response": "[...]",
+           "gt_boxes": [[4.0, 4.0, 20.0, 20.0]], "pred_boxes": [[2.0, 3.0, 18.0, 22.0], [0.0, 0.0, 5.0, 5.0]]}
+    table = predictions_table(wandb, [row])
+    (image,) = table.get_column("image")
+    boxes = {key: value._val for key, value in image._boxes.items()}
+    assert [b["position"] for b in boxes["ground_truth"]] == [{"minX": 4.0, "minY": 4.0, "maxX": 20.0, "maxY": 20.0}]
+    assert [b["position"]["maxY"] for b in boxes["predictions"]] == [22.0, 5.0]
+    assert all(b["domain"] == "pixel" for b in boxes["predictions"])
+    assert table.get_column("iou") == [0.5]
 
 
 def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):

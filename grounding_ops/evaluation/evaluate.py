@@ -28,6 +28,8 @@ PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 OUTPUT_FILES = (PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE)
+PLOTS_PREFIX = "plots"  # the report's figures as PNG files (plots/<name>.png)
+EXAMPLES_FILE = "examples.parquet"  # the report's examples with their images (for W&B tables)
 METRICS_SCHEMA = 1
 ROLES = ("candidate", "base")
 REPORT_EXAMPLES = 8
@@ -317,6 +319,22 @@ def predictions_table(predictions: Sequence[Prediction]) -> Any:
     return pa.Table.from_pylist([asdict(p) for p in predictions], schema=schema)
 
 
+def examples_table(examples: Sequence[Any]) -> Any:
+    """The report's examples (image bytes, true and predicted boxes) as an Arrow table."""
+    import pyarrow as pa
+
+    boxes = pa.list_(pa.list_(pa.float64()))
+    schema = pa.schema([
+        ("id", pa.string()), ("source", pa.string()), ("phrase", pa.string()), ("image_bytes", pa.binary()),
+        ("gt_boxes", boxes), ("pred_boxes", boxes), ("iou", pa.float64()), ("response", pa.string()),
+    ])
+    rows = [{name: getattr(e, name) for name in schema.names} for e in examples]
+    for row in rows:
+        row["gt_boxes"] = [[float(v) for v in b] for b in row["gt_boxes"]]
+        row["pred_boxes"] = [[float(v) for v in b] for b in row["pred_boxes"]]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
 def _report_examples(samples: Sequence[EvalSample], predictions: Sequence[Prediction]) -> list[Any]:
     """A few examples spread over the IoU range (best, worst and in between)."""
     from grounding_ops.evaluation.report import ReportExample
@@ -353,6 +371,7 @@ def write_outputs(
     """Compute the metrics and write predictions, report and (last) metrics.json."""
     import pyarrow.parquet as pq
 
+    from grounding_ops.evaluation.plots import evaluation_plots
     from grounding_ops.evaluation.report import render_report
 
     if not predictions:
@@ -373,12 +392,20 @@ def write_outputs(
 
     report_info = {k: info.get(k) for k in ("model_uri", "dataset_uri", "dataset_version", "split", "protocol", "engine")}
     report_info.update({"samples": len(predictions), "samples/s": f"{samples_per_s:.3f}"})
+    examples = _report_examples(samples, predictions)
+    plots = evaluation_plots(ious=[p.iou for p in predictions], metrics=metrics, examples=examples)
+    for name, data in plots.items():
+        store.put_bytes(f"{PLOTS_PREFIX}/{name}", data)
+    buffer = io.BytesIO()
+    pq.write_table(examples_table(examples), buffer)
+    store.put_bytes(EXAMPLES_FILE, buffer.getvalue())
     page = render_report(
         title=f"Evaluation of {info.get('model_uri')}",
         info=report_info,
         metrics=metrics,
         ious=[p.iou for p in predictions],
-        examples=_report_examples(samples, predictions),
+        examples=examples,
+        plots=plots,
     )
     store.put_bytes(REPORT_FILE, page.encode("utf-8"))
 
@@ -391,6 +418,7 @@ def write_outputs(
         "metrics": metrics.to_dict(),
         "flat_metrics": {**metrics.flat(), "samples_per_s": samples_per_s},
         "files": {name: store.url(name) for name in OUTPUT_FILES},
+        "plots": {name: store.url(f"{PLOTS_PREFIX}/{name}") for name in plots},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool_version": __version__,
     }

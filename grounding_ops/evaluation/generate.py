@@ -135,20 +135,18 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def generate_transformers(
-    model_dir: str | Path,
-    requests: Sequence[GenerationRequest],
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    device: str = "cpu",
-    dtype: str = "float32",
-    progress: Callable[[int, int], None] | None = None,
-) -> GenerationOutput:
-    """Greedy batched ``generate`` with a Hugging Face image-text-to-text model.
+@dataclass(frozen=True)
+class TransformersModel:
+    """A Hugging Face image-text-to-text model and its processor, loaded for greedy generation."""
 
-    Prompts are left-padded so every sequence in a batch ends where generation starts.
-    """
+    model: Any
+    processor: Any
+    device: str
+    dtype: str
+
+
+def load_transformers(model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32") -> TransformersModel:
+    """Load the model folder for :func:`generate_loaded` (left padding, a pad token)."""
     try:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -158,8 +156,6 @@ def generate_transformers(
             "evaluation in the ML environment (.venv-ml) or the trainer image"
         ) from exc
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     processor = AutoProcessor.from_pretrained(str(model_dir))
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
@@ -167,6 +163,23 @@ def generate_transformers(
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
     model.to(device)
     model.eval()
+    return TransformersModel(model, processor, device, dtype)
+
+
+def generate_loaded(
+    loaded: TransformersModel,
+    requests: Sequence[GenerationRequest],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationOutput:
+    """Greedy batched ``generate`` with a loaded model (see :func:`generate_transformers`)."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model, processor, device = loaded.model, loaded.processor, loaded.device
     pad_id = processor.tokenizer.pad_token_id
     eos_id = model.generation_config.eos_token_id
     if eos_id is None:
@@ -194,7 +207,31 @@ def generate_transformers(
         if progress is not None:
             progress(len(responses), len(requests))
     seconds = time.perf_counter() - start
-    return GenerationOutput(responses, seconds, "transformers", batch_size, {"device": device, "dtype": dtype})
+    return GenerationOutput(
+        responses, seconds, "transformers", batch_size, {"device": device, "dtype": loaded.dtype}
+    )
+
+
+def generate_transformers(
+    model_dir: str | Path,
+    requests: Sequence[GenerationRequest],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationOutput:
+    """Greedy batched ``generate`` with a Hugging Face image-text-to-text model.
+
+    Prompts are left-padded so every sequence in a batch ends where generation starts.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    loaded = load_transformers(model_dir, device=device, dtype=dtype)
+    return generate_loaded(
+        loaded, requests, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
 
 
 def generate_vllm(

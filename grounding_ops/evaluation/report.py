@@ -6,7 +6,7 @@ import base64
 import html
 import io
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from grounding_ops.evaluation.metrics import METRIC_NAMES, GroupMetrics, MetricsReport
 
@@ -94,6 +94,18 @@ def _metrics_table(groups: Sequence[tuple[str, GroupMetrics]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _plots_section(plots: Mapping[str, bytes] | None) -> str:
+    if not plots:
+        return ""
+    images = "".join(
+        f'<figure style="max-width: none"><img alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"><figcaption>{html.escape(name)}'
+        "</figcaption></figure>"
+        for name, data in plots.items()
+    )
+    return f'<h2>Plots</h2><div class="plots">{images}</div>'
+
+
 def render_report(
     *,
     title: str,
@@ -101,8 +113,13 @@ def render_report(
     metrics: MetricsReport,
     ious: Sequence[float],
     examples: Sequence[ReportExample],
+    plots: Mapping[str, bytes] | None = None,
 ) -> str:
-    """The HTML page: run facts, metrics with CIs, IoU histogram, drawn examples."""
+    """The HTML page: run facts, metrics with CIs, IoU histogram, drawn examples.
+
+    ``plots`` (file name -> PNG bytes, see :mod:`grounding_ops.evaluation.plots`) are
+    shown in a section of their own.
+    """
     facts = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in info.items()
     )
@@ -135,5 +152,6 @@ code {{ word-break: break-all; }}
 <img alt="IoU histogram" src="data:image/png;base64,{iou_histogram_png(ious)}">
 <h2>Examples <small>(green: true box, red: predicted)</small></h2>
 {''.join(figures) if figures else '<p>no examples</p>'}
+{_plots_section(plots)}
 </body></html>
 """

@@ -283,6 +283,8 @@ class TrainContainerOperator(GroundingContainerOperator):
         plan = dict(self.plan)
         store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
         summary = train_tasks.read_training_result(store, plan)
+        summary = train_tasks.record_training(store, summary, plan, tracking_uri=train_tasks.mlflow_tracking_uri())
+        self.links["mlflow"] = summary["mlflow_url"]
         if summary.get("wandb_url"):
             self.links["wandb"] = summary["wandb_url"]
         self.lineage_outputs = [plan["output_uri"]]

@@ -273,7 +273,8 @@ def plan_training(
     return {
         "engine": engine,
         "command": command,
-        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+                        "WANDB_RUN_GROUP": airflow_run},
         "output_uri": output_uri,
         "dataset_version": dataset.version,
         "dataset_uri": dataset.uri,
@@ -322,6 +323,27 @@ def training_summary_line(summary: Mapping[str, Any]) -> str:
                         for k, v in sorted((summary.get("final_metrics") or {}).items())[:6])
     return (f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
             f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else ""))
+
+
+def record_training(store: ObjectStore, summary: Mapping[str, Any], plan: Mapping[str, Any], *,
+                    tracking_uri: str) -> dict[str, Any]:
+    """Log the finished training (its ``run.json``) as an MLflow run; the summary with its id and URL."""
+    from mlflow.tracking import MlflowClient
+
+    from grounding_ops.registry import tracking
+    from grounding_ops.registry.training_run import dag_run_parent, log_training_run
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    airflow_run = str((plan.get("environment") or {}).get("GROUNDING_OPS_AIRFLOW_RUN") or "") or None
+    try:
+        run_id = log_training_run(store.uri, client=client, airflow_run=airflow_run,
+                                  s3_client=getattr(store, "client", None))
+        if airflow_run:  # the parent of the DAG run's evaluations, made once before they run in parallel
+            dag_run_parent(client, tracking.ensure_experiment(client, tracking.EVALUATION_EXPERIMENT), airflow_run)
+    except tracking.TrackingError as exc:
+        raise PipelineError(str(exc)) from exc
+    experiment_id = str(client.get_run(run_id).info.experiment_id)
+    return {**summary, "mlflow_run_id": run_id, "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -406,7 +428,8 @@ def plan_evaluations(
         plans.append({
             "engine": engine,
             "command": command,
-            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+                        "WANDB_RUN_GROUP": airflow_run},
             "output_uri": output_uri,
             "candidate": dict(candidate),
             "split": split,
@@ -594,9 +617,12 @@ def promote_best(
     tracking_uri: str,
     name: str | None = None,
     airflow_run: str = "",
+    s3_client: Any | None = None,
 ) -> dict[str, Any]:
     """Register the chosen candidate (evaluated on the decision split) and let the gate decide on
-    ``champion`` with the paired comparison on that split."""
+    ``champion`` with the paired comparison on that split.
+
+    ``s3_client`` reads the candidate's model folder (it is logged as an MLflow model)."""
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import promotion
@@ -608,7 +634,7 @@ def promote_best(
     try:
         decision = promotion.promote(best["mlflow_run_id"], metric=choice["metric"], min_delta=float(min_delta),
                                      model_name=name, client=client, confidence=float(confidence),
-                                     min_samples=int(min_samples))
+                                     min_samples=int(min_samples), s3_client=s3_client)
     except promotion.PromotionError as exc:
         raise PipelineError(str(exc)) from exc
     data = _as_dict(decision)
@@ -827,9 +853,12 @@ def plan_decision_task(context: Mapping[str, Any], choice: Mapping[str, Any],
 def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]],
                  asset: Any) -> dict[str, Any]:
     params = context["params"]
+    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
+
     result = promote_best(choice, list(decision_results), min_delta=float(params["min_delta"]),
                           confidence=float(params["confidence"]), min_samples=int(params["min_test_samples"]),
-                          tracking_uri=mlflow_tracking_uri(), airflow_run=airflow_run_ref(context))
+                          tracking_uri=mlflow_tracking_uri(), airflow_run=airflow_run_ref(context),
+                          s3_client=s3_client(S3_CONN_ID))
     _emit(result["summary"])
     context["outlet_events"][asset].extra = {
         "model_name": result["model_name"],

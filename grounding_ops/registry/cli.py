@@ -17,8 +17,8 @@ def add_parser(subparsers: Any) -> None:
     promote = subparsers.add_parser(
         "promote",
         help="register an evaluated candidate and move the champion alias if it is better",
-        description="Register the model of an evaluation run in the MLflow Model Registry (source: its "
-        "model URI, no re-upload), tag its lineage, set alias 'challenger', and move alias 'champion' "
+        description="Register the model of an evaluation run in the MLflow Model Registry (logged as an MLflow "
+        "pyfunc model: loadable and servable), tag its lineage, set alias 'challenger', and move alias 'champion' "
         "only when it beats the champion (or, with no champion, the base model) evaluated on the same "
         "dataset version and split: a seeded paired bootstrap of the per-sample difference on the shared "
         "samples must have the lower bound of its --confidence interval above --min-delta, on at least "
@@ -51,6 +51,30 @@ def add_parser(subparsers: Any) -> None:
     log_eval.add_argument("--experiment", default=None, help="MLflow experiment (default: grounding-evaluation)")
     log_eval.set_defaults(func=run_log_evaluation)
 
+    log_train = subparsers.add_parser(
+        "log-training",
+        help="log a finished training (its run.json) as an MLflow run",
+        description="Read run.json under --output (written last by `grounding-ops train`) and log it as an MLflow "
+        "run: the spec as params, the per-step history as metrics, the dataset as an input, the training curves. "
+        "Prints the run id; logging the same run.json again prints the existing run.",
+    )
+    log_train.add_argument("--output", required=True, help="the training's output folder or s3:// prefix")
+    log_train.set_defaults(func=run_log_training)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="ask a registered model where a phrase is in an image (trainer environment)",
+        description="Load an MLflow model (default: the champion) with mlflow.pyfunc and print the boxes "
+        "([x1, y1, x2, y2] in pixels of the image) it finds for --phrase as JSON. Needs the trainer "
+        "environment's packages (torch, transformers, mlflow-skinny) and MLFLOW_TRACKING_URI.",
+    )
+    predict.add_argument("--model", default=f"models:/{DEFAULT_MODEL_NAME}@champion",
+                         help=f"MLflow model URI (default: models:/{DEFAULT_MODEL_NAME}@champion)")
+    predict.add_argument("--image", required=True, help="a PNG or JPEG file")
+    predict.add_argument("--phrase", required=True, help='what to find, e.g. "the red circle"')
+    predict.add_argument("--save", default=None, metavar="OUT.png", help="write the image with the boxes drawn")
+    predict.set_defaults(func=run_predict)
+
 
 def run_promote(args: argparse.Namespace) -> int:
     from grounding_ops.cli import UserError
@@ -76,4 +100,44 @@ def run_log_evaluation(args: argparse.Namespace) -> int:
     except TrackingError as exc:
         raise UserError(str(exc)) from exc
     print(run_id)
+    return 0
+
+
+def run_log_training(args: argparse.Namespace) -> int:
+    from grounding_ops.cli import UserError
+    from grounding_ops.registry.tracking import TrackingError
+    from grounding_ops.registry.training_run import log_training_run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_id = log_training_run(args.output)
+    except TrackingError as exc:
+        raise UserError(str(exc)) from exc
+    print(run_id)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grounding_ops.cli import UserError
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise UserError(f"no image file {image}")
+    if not args.phrase.strip():
+        raise UserError("--phrase must not be empty")
+    try:
+        from grounding_ops.registry.pyfunc_model import GroundingModelError, draw_boxes, predict_image
+    except ImportError as exc:
+        raise UserError(f"predict needs MLflow ({exc.name} is missing): run it in the trainer environment") from exc
+    data = image.read_bytes()
+    try:
+        answer = predict_image(args.model, data, args.phrase)
+    except GroundingModelError as exc:
+        raise UserError(str(exc)) from exc
+    if args.save:
+        draw_boxes(data, answer["boxes"]).save(args.save)
+        answer["saved"] = str(args.save)
+    print(json.dumps(answer, indent=2))
     return 0

@@ -168,9 +168,11 @@ def _ensure_registered_model(client: Any, name: str) -> Any:
 def _find_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
     """The version registered before for this evaluation run, else for the same model URI."""
     base = f"name = {quote_filter_value(name)}"
-    for clause in (f"run_id = {quote_filter_value(run_id)}", f"source_path = {quote_filter_value(source)}"):
+    from grounding_ops.registry.pyfunc_model import MODEL_URI_TAG, weights_uri
+
+    for clause in (f"run_id = {quote_filter_value(run_id)}", f"tags.`{MODEL_URI_TAG}` = {quote_filter_value(source)}"):
         found = client.search_model_versions(f"{base} and {clause}", max_results=50)
-        found = [v for v in found if (v.source == source if "source_path" in clause else v.run_id == run_id)]
+        found = [v for v in found if (weights_uri(v) == source if "tags." in clause else v.run_id == run_id)]
         if found:
             return min(found, key=lambda v: int(v.version))
     return None
@@ -252,9 +254,15 @@ def promote(
     confidence: float = DEFAULT_CONFIDENCE,
     min_samples: int = DEFAULT_MIN_SAMPLES,
     seed: int = DEFAULT_SEED,
+    s3_client: Any | None = None,
 ) -> PromotionDecision:
-    """Register the evaluated candidate and move ``champion`` to it if it clears the bar."""
+    """Register the evaluated candidate and move ``champion`` to it if it clears the bar.
+
+    ``s3_client`` reads the candidate's model folder when it is logged as an MLflow model
+    (default: boto3's standard configuration)."""
     from mlflow.exceptions import MlflowException
+
+    from grounding_ops.registry.pyfunc_model import GroundingModelError
 
     if not (min_delta >= 0.0 and math.isfinite(min_delta)):
         raise PromotionError(f"min-delta must be a finite number >= 0, got {min_delta}")
@@ -265,14 +273,20 @@ def promote(
     client = client if client is not None else mlflow_client()
     gate = {"confidence": float(confidence), "min_samples": int(min_samples), "seed": int(seed)}
     try:
-        return _promote(client, candidate_run_id, metric, float(min_delta), model_name, gate)
+        return _promote(client, candidate_run_id, metric, float(min_delta), model_name, gate, s3_client=s3_client)
+    except GroundingModelError as exc:
+        raise PromotionError(str(exc)) from exc
     except MlflowException as exc:
         raise PromotionError(f"MLflow at {client.tracking_uri} refused the promotion: {exc.message}") from exc
 
 
-def register_candidate(client: Any, model_name: str, run: Any, source: str, dataset_version: str, split: str) -> Any:
+def register_candidate(client: Any, model_name: str, run: Any, source: str, dataset_version: str, split: str, *,
+                       s3_client: Any | None = None) -> Any:
     """Register the candidate evaluated in ``run`` as a new version of ``model_name`` (the ONE place
-    a version is created), with its lineage and metrics as tags; returns the model version."""
+    a version is created): the weights at ``source`` are logged as an MLflow pyfunc model
+    (loadable and servable from the registry), with lineage and metrics as tags; returns the version."""
+    from grounding_ops.registry.pyfunc_model import register_grounding_model
+
     run_id, run_tags = run.info.run_id, run.data.tags
     lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
     lineage.update({"grounding.model_uri": source, "grounding.dataset_version": dataset_version,
@@ -283,9 +297,10 @@ def register_candidate(client: Any, model_name: str, run: Any, source: str, data
         value = _metric_of(run, name)
         if value is not None:
             lineage[METRIC_TAG_PREFIX + name] = repr(value)
-    version = client.create_model_version(
-        model_name, source=source, run_id=run_id, tags=lineage,
+    version = register_grounding_model(
+        client, model_name, source=source, run_id=run_id, tags=lineage,
         description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
+        s3_client=s3_client,
     )
     log.info("registered %s as %s version %s", source, model_name, version.version)
     return version
@@ -305,6 +320,8 @@ def find_bar(
 ) -> Bar | str:
     """The evaluation to compare ``run`` with on the same dataset version and split, or why there is none."""
     from mlflow.exceptions import MlflowException
+
+    from grounding_ops.registry.pyfunc_model import weights_uri
 
     run_id = run.info.run_id
     experiments = [run.info.experiment_id]
@@ -326,7 +343,7 @@ def find_bar(
         ) or (champion.tags or {}).get("grounding.dataset_version", "unknown")
         bar_run = _search_evaluations(
             client, experiments,
-            [f"params.model_uri = {quote_filter_value(champion.source)}",
+            [f"params.model_uri = {quote_filter_value(weights_uri(champion))}",
              f"params.dataset_version = {quote_filter_value(dataset_version)}",
              f"params.split = {quote_filter_value(split)}"],
             exclude_run=run_id,
@@ -334,8 +351,8 @@ def find_bar(
         if bar_run is None:
             return (
                 f"champion v{champion_before} was evaluated on dataset {champion_dataset}, the candidate on "
-                f"{dataset_version}, and no evaluation of the champion ({champion.source}) on {dataset_version} "
-                f"({split}) exists: evaluate it there (grounding-ops evaluate --model {champion.source} "
+                f"{dataset_version}, and no evaluation of the champion ({weights_uri(champion)}) on {dataset_version} "
+                f"({split}) exists: evaluate it there (grounding-ops evaluate --model {weights_uri(champion)} "
                 f"--dataset <{dataset_version} URI> --split {split} ...; the grounding_train DAG does this "
                 "itself) and promote again; champion unchanged"
             )
@@ -404,7 +421,7 @@ def paired_values(client: Any, candidate_run: Any, bar_run: Any, metric: str) ->
 
 
 def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str,
-             gate: dict[str, Any]) -> PromotionDecision:
+             gate: dict[str, Any], *, s3_client: Any | None = None) -> PromotionDecision:
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
     if run_tags.get(ROLE_TAG) == "base":
@@ -427,7 +444,7 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
     version = _find_version(client, model_name, run_id, source)
     created = version is None
     if created:
-        version = register_candidate(client, model_name, run, source, dataset_version, split)
+        version = register_candidate(client, model_name, run, source, dataset_version, split, s3_client=s3_client)
     else:
         recorded = _recorded(version, run_id, metric, min_delta, gate["confidence"], gate["min_samples"])
         if recorded is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +30,8 @@ OUTPUT_TAG = "grounding.output_uri"
 DIGEST_TAG = "grounding.metrics_sha256"
 WANDB_TAG = "grounding.wandb_run"
 EVAL_WANDB_TAG = "grounding.wandb_eval_run"
+AIRFLOW_RUN_TAG = "grounding.airflow_run"
+WANDB_TABLE_ROWS = 32  # predictions shown with their boxes in the W&B table
 # Params every evaluation run carries (promotion reads them back).
 PARAM_KEYS = (
     "model_uri",
@@ -140,6 +143,18 @@ def _find_logged_run(client: Any, experiment_id: str, output_uri: str, digest: s
     return runs[0].info.run_id if runs else None
 
 
+def _wandb_predictions(store: Any, tmp: Path) -> list[dict[str, Any]] | None:
+    """The evaluation's drawn examples (image bytes and boxes) for a W&B table, if it wrote them."""
+    import pyarrow.parquet as pq
+
+    from grounding_ops.evaluation.evaluate import EXAMPLES_FILE
+
+    if not store.exists(EXAMPLES_FILE):
+        return None
+    store.download_file(EXAMPLES_FILE, tmp / EXAMPLES_FILE)
+    return pq.read_table(tmp / EXAMPLES_FILE).slice(0, WANDB_TABLE_ROWS).to_pylist()
+
+
 def log_evaluation(
     output_uri: str,
     *,
@@ -158,7 +173,14 @@ def log_evaluation(
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
-    from grounding_ops.evaluation.evaluate import OUTPUT_FILES, EvaluationError, read_metrics_document
+    from grounding_ops.evaluation.evaluate import (
+        OUTPUT_FILES,
+        PLOTS_PREFIX,
+        EvaluationError,
+        read_metrics_document,
+    )
+    from grounding_ops.evaluation.plots import EVALUATION_PLOTS
+    from grounding_ops.tracking_wandb import wandb_mode
     from grounding_ops.storage import StorageError, open_store
 
     try:
@@ -177,6 +199,11 @@ def log_evaluation(
             log.info("evaluation %s is already logged as MLflow run %s", output, existing)
             return existing
         tags = _tags(document, output, digest)
+        airflow_run = tags.get(AIRFLOW_RUN_TAG)
+        if airflow_run:  # the evaluations of one DAG run are nested under one parent run
+            from grounding_ops.registry.training_run import PARENT_TAG, dag_run_parent
+
+            tags[PARENT_TAG] = dag_run_parent(client, experiment_id, airflow_run)
         model_name = str(document.get("model_uri", "model")).rstrip("/").rsplit("/", 1)[-1]
         run_name = f"eval-{model_name}-{document.get('dataset_version') or 'dataset'}"
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
@@ -188,7 +215,8 @@ def log_evaluation(
         flat = {k: float(v) for k, v in dict(document.get("flat_metrics") or {}).items()}
         params = [Param(k, v) for k, v in _params(document).items()]
         client.log_batch(run_id, params=params)
-        metrics = [Metric(k, v, 0, 0) for k, v in sorted(flat.items())]
+        now_ms = int(time.time() * 1000)
+        metrics = [Metric(k, v, now_ms, 0) for k, v in sorted(flat.items())]
         for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
             client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_BATCH])
 
@@ -197,6 +225,12 @@ def log_evaluation(
                 if store.exists(name):
                     store.download_file(name, Path(tmp) / name)
                     client.log_artifact(run_id, str(Path(tmp) / name))
+            for name in EVALUATION_PLOTS:  # images in the run's artifacts, under plots/
+                key = f"{PLOTS_PREFIX}/{name}"
+                if store.exists(key):
+                    store.download_file(key, Path(tmp) / key)
+                    client.log_artifact(run_id, str(Path(tmp) / key), PLOTS_PREFIX)
+            table = _wandb_predictions(store, Path(tmp)) if wandb_mode() != "disabled" else None
 
         from grounding_ops.tracking_wandb import log_run
 
@@ -207,6 +241,8 @@ def log_evaluation(
             job_type="evaluation",
             tags=(str(document.get("role") or "candidate"),),
             directory=wandb_dir,
+            group=airflow_run,
+            predictions=table,
         )
         if wandb_run is not None:
             client.set_tag(run_id, EVAL_WANDB_TAG, wandb_run.reference)

@@ -330,6 +330,13 @@ def make_reward_function(kind: str = "iou") -> Any:
 
 
 # --------------------------------------------------------------------------- training
+def _tokens_per_s(mean_length: Any, completions: int, seconds: float) -> float | None:
+    """Generated tokens per second of a step (mean completion length x completions / step time)."""
+    if mean_length is None or not seconds or seconds != seconds or seconds <= 0:
+        return None
+    return float(mean_length) * completions / seconds
+
+
 def _callbacks(total_steps: int, updates_per_step: int, checkpoint_dir: Path, batch_completions: int) -> list[Any]:
     from transformers import TrainerCallback
 
@@ -369,6 +376,9 @@ def _callbacks(total_steps: int, updates_per_step: int, checkpoint_dir: Path, ba
                 "loss": logs.get("loss"),
                 "response_length": logs.get("completions/mean_length"),
                 "seconds_per_step": seconds,
+                "entropy": logs.get("entropy"),
+                "tokens_per_s": _tokens_per_s(logs.get("completions/mean_length"), batch_completions, seconds),
+                "timestamp": time.time(),
             }
             self.history.append(record)
             print(

@@ -52,6 +52,7 @@ from grounding_ops.training.presets import TINY_MODEL_SCHEME
 
 RUN_JSON = "run.json"
 FINAL_PREFIX = "final"
+WANDB_PREFIX = "wandb"  # offline W&B runs of the engine, kept next to the run outputs
 BASE_PREFIX = "base"
 IMAGE_ENV = "GROUNDING_OPS_IMAGE"
 GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
@@ -76,6 +77,7 @@ class EngineOutcome:
     wandb_url: str | None = None
     seconds_per_step: float | None = None
     terminated: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per step (see run.json)
 
 
 def _log(message: str) -> None:
@@ -262,13 +264,15 @@ def run_cpu_engine(
         need_warmup_model=need_warmup_model,
     ).save(config_path)
     command = [sys.executable, "-m", "grounding_ops.training.cpu_engine", "--config", str(config_path)]
-    rc = stream_process(command, env=_cpu_engine_env(), on_line=lambda line: print(line, flush=True), terminator=terminator)
+    env = {"WANDB_DIR": str(work), **_cpu_engine_env()}  # offline W&B runs land in work/wandb (kept, see below)
+    rc = stream_process(command, env=env, on_line=lambda line: print(line, flush=True), terminator=terminator)
     outcome = EngineOutcome(returncode=rc, terminated=terminator.signalled)
     if result_path.is_file():
         result = json.loads(result_path.read_text())
         outcome.final_metrics = result.get("final_metrics") or {}
         outcome.wandb_url = result.get("wandb_url")
         outcome.seconds_per_step = result.get("seconds_per_step")
+        outcome.history = list(result.get("history") or [])
     return outcome
 
 
@@ -279,6 +283,17 @@ def verl_overrides(spec: Any, *, model_dir: str | None, train: Path, val: Path |
         train_file=str(train), val_file=str(val) if val else None, checkpoint_dir=str(checkpoint_dir), model_path=model_dir
     )
     return list(render_overrides(spec, paths))
+
+
+def verl_history_entry(metrics: Any) -> dict[str, Any]:
+    """One step of VeRL's log as a history entry of ``run.json`` (same keys as the CPU engine's)."""
+    values = metrics.values
+    entry = {k: v for k, v in metrics.to_dict().items() if v is not None}
+    entry.update({"timestamp": time.time(), "tokens_per_s": metrics.throughput})
+    for key, names in (("entropy", ("actor/entropy", "actor/entropy_loss")),
+                       ("response_length", ("response_length/mean",))):
+        entry[key] = next((values[n] for n in names if n in values), None)
+    return entry
 
 
 def run_verl_engine(overrides: Sequence[str], *, terminator: _Terminator, work: Path) -> EngineOutcome:
@@ -293,6 +308,7 @@ def run_verl_engine(overrides: Sequence[str], *, terminator: _Terminator, work: 
         if metrics is not None:
             print(f"[train] {metrics.summary()}", flush=True)
             outcome.final_metrics = {k: v for k, v in metrics.to_dict().items() if v is not None and k != "step"}
+            outcome.history.append(verl_history_entry(metrics))
             if metrics.seconds_per_step is not None:
                 times.append(metrics.seconds_per_step)
         match = _WANDB_URL.search(line)
@@ -300,7 +316,8 @@ def run_verl_engine(overrides: Sequence[str], *, terminator: _Terminator, work: 
             outcome.wandb_url = match.group(1)
 
     outcome.returncode = stream_process(
-        verl_engine.trainer_command(overrides), env=verl_engine.trainer_env(), on_line=on_line, terminator=terminator,
+        verl_engine.trainer_command(overrides), env={"WANDB_DIR": str(work), **verl_engine.trainer_env()},
+        on_line=on_line, terminator=terminator,
         cwd=str(work),
     )
     outcome.terminated = terminator.signalled
@@ -348,6 +365,15 @@ def upload_folder(store: ObjectStore, prefix: str, folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the run
+def upload_offline_wandb(out: ObjectStore, wandb_dir: Path) -> str | None:
+    """Upload the offline W&B run folders under ``wandb_dir`` to ``<output>/wandb/``; their URI or None."""
+    runs = sorted(p for p in wandb_dir.glob("offline-run-*") if p.is_dir()) if wandb_dir.is_dir() else []
+    for run in runs:
+        files = upload_folder(out, f"{WANDB_PREFIX}/{run.name}", run)
+        _log(f"kept the offline W&B run {run.name} ({len(files)} files) at {out.url(WANDB_PREFIX + '/' + run.name)}")
+    return out.url(WANDB_PREFIX) if runs else None
+
+
 def publish_base_model(out: ObjectStore, spec: Any, *, engine: str, checkpoint_dir: Path) -> str | None:
     """The URI of the model GRPO started from, uploaded to ``OUTPUT/base/`` where needed.
 
@@ -498,6 +524,9 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             timings["final_s"] = time.perf_counter() - t0
             _log(f"uploaded the final model ({len(files)} files) to {out.url(FINAL_PREFIX)}")
 
+        # 5a. offline W&B runs would die with the container: keep them (`wandb sync` them later)
+        wandb_offline = upload_offline_wandb(out, work / "wandb")
+
         # 5b. the base model the run started from (what promotion must beat when there is no champion)
         base_model_uri = publish_base_model(out, spec, engine=engine, checkpoint_dir=checkpoint_dir)
 
@@ -516,8 +545,10 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             "resumed_from_step": start_step or None,
             "target_steps": total,
             "final_metrics": outcome.final_metrics,
+            "history": outcome.history,
             "seconds_per_step": outcome.seconds_per_step,
             "wandb_url": outcome.wandb_url,
+            "wandb_offline_uri": wandb_offline,
             "engine": engine,
             "checkpoints": [ckpt.checkpoint_uri(out, s) for s in all_steps],
             "final_uri": out.url(FINAL_PREFIX),
