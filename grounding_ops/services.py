@@ -267,6 +267,9 @@ def mlflow_process(settings: ServiceSettings) -> ManagedProcess:
     db.parent.mkdir(parents=True, exist_ok=True)
     env = _base_env(settings)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # No MLflow server jobs: the platform uses none, and their huey consumers start in sessions of
+    # their own (about 190 MB each), so stopping the server's process group would leave them running.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     return ManagedProcess(
         name="mlflow",
         argv=[
