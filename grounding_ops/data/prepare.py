@@ -31,7 +31,15 @@ from grounding_ops.data.readers import SkippedRow, read_records
 from grounding_ops.data.schema import FORMATS, CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
 from grounding_ops.data.split import assign_split, fallback_val_group
 from grounding_ops.data.validation import SuiteConfig
-from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
+from grounding_ops.data.vision import (
+    DEFAULT_FAMILY,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    RESIZE_FACTORS,
+    family_protocol_problem,
+    resize_factor,
+    smart_resize,
+)
 from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,7 @@ class PrepareError(ValueError):
 @dataclass(frozen=True)
 class PrepareSettings:
     protocol: str = "qwen2.5-vl"
+    model_family: str = DEFAULT_FAMILY  # sets the resize factor: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL
     input_format: str | None = None  # None: detected per input from its name
     val_fraction: float = 0.1
     max_quarantine_fraction: float = 0.05
@@ -70,6 +79,11 @@ class PrepareSettings:
             get_protocol(self.protocol)
         except ValueError as exc:
             raise PrepareError(str(exc)) from None
+        if self.model_family not in RESIZE_FACTORS:
+            raise PrepareError(f"unknown --model-family {self.model_family!r}; choose one of: {', '.join(RESIZE_FACTORS)}")
+        problem = family_protocol_problem(self.model_family, self.protocol)
+        if problem:
+            raise PrepareError(f"--model-family {self.model_family} with --protocol {self.protocol}: {problem}")
         if self.input_format is not None and self.input_format not in FORMATS:
             raise PrepareError(f"unknown --format {self.input_format!r}; choose one of: {', '.join(FORMATS)}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -421,9 +435,10 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
 
 def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver) -> dict[str, int]:
     """Split ``valid.jsonl`` and write train/val parquet into ``out_dir``; return the row counts."""
-    from grounding_ops.data.export import RowGroupWriter, build_row
+    from grounding_ops.data.export import RowGroupWriter, build_row, resize_encoded
     from grounding_ops.protocols import build_prompt
 
+    factor = resize_factor(settings.model_family)
     images = _ImageBytes(resolver)
     counts = {"train": 0, "val": 0}
     with open(work / VALID, encoding="utf-8") as handle:
@@ -438,11 +453,12 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                 split = "val" if row["group"] == extra_val else assign_split(row["group"], settings.val_fraction,
                                                                               settings.split_salt)
                 size = (int(row["width"]), int(row["height"]))
-                resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
+                resized = smart_resize(size[0], size[1], factor=factor, min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
                 writers[split].add(build_row(
                     record_id=row["id"], source=row["source"], phrase=row["phrase"], boxes=row["boxes"],
-                    image_bytes=images.get(row["image"], row["image_sha256"]), image_size=size,
+                    image_bytes=resize_encoded(images.get(row["image"], row["image_sha256"]), resized),
+                    image_size=size,
                     resized_size=resized, prompt=build_prompt(row["phrase"], settings.protocol),
                     protocol=settings.protocol, split=split, index=counts[split],
                     min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,
