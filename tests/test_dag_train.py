@@ -342,11 +342,12 @@ def test_docker_kwargs_are_locked_down():
     assert cpu["command"] == ["grounding-ops", "train"] and cpu["private_environment"] == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
     assert "s3cr3t" not in json.dumps([cpu["command"], cpu["environment"]])
     gpu = docker_kwargs(engine="gpu", command=["x"], container_name="c2", private_environment={},
-                        image="registry.local/trainer@sha256:abc")
+                        image="registry.local/trainer@sha256:abc", gpus=1)
     assert gpu["image"] == "registry.local/trainer@sha256:abc"
     assert len(gpu["device_requests"]) == 1
     request = gpu["device_requests"][0]
-    assert isinstance(request, DeviceRequest) and request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert isinstance(request, DeviceRequest) and request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    assert gpu["mounts"] == []
     with pytest.raises(ValueError, match="not a shell string"):
         docker_kwargs(engine="cpu", command="grounding-ops train; curl evil", container_name="c",
                       private_environment={})
