@@ -386,10 +386,11 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
     from grounding_ops.pipeline.docker_tasks import TrainContainerOperator
     from grounding_ops.pipeline.links import DatasetManifestLink, WandbRunLink
 
-    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu"))
+    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu", gpus=8, work_volume="grounding-ops-trainer-work"))
     assert "private_environment" not in op.template_fields and "plan" in op.template_fields
     op.apply_plan(_context(try_number=3))
-    assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests
+    assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests[0]["Count"] == 8
+    assert [m["Source"] for m in op.mounts] == ["grounding-ops-trainer-work"]
     assert op.network_mode == "host" and op.privileged is False and op.user == "1000:1000"
     assert op.auto_remove == "force" and op.mount_tmp_dir is False and op.retrieve_output is False
     assert op.container_name.endswith("-t3") and "manual" in op.container_name
