@@ -339,9 +339,10 @@ class VerlCheckpoints:
     steps are deleted (the newest stays for the final model).
     """
 
-    def __init__(self, spec: Any, terminator: "_Terminator") -> None:
+    def __init__(self, spec: Any) -> None:
         self.spec = spec
-        self.terminator = terminator
+        # its own: the merges run in the uploader thread, beside the trainer the run's terminator tracks
+        self.terminator = _Terminator()
 
     @staticmethod
     def is_complete(folder: Path) -> bool:
@@ -535,7 +536,7 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
         model_dir = resolve_model(spec, engine, work / "model", s3_client)
         timings["model_fetch_s"] = time.perf_counter() - t0
         with _Terminator() as terminator:
-            verl_steps = VerlCheckpoints(spec, terminator) if engine == "verl" else None
+            verl_steps = VerlCheckpoints(spec) if engine == "verl" else None
             is_complete = verl_steps.is_complete if verl_steps else None
             uploader = ckpt.CheckpointUploader(
                 out, checkpoint_dir, already_uploaded=set(remote_steps), log=_log, is_complete=is_complete,
