@@ -27,7 +27,7 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag
 
 from grounding_ops.pipeline import train_tasks as tt
-from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator
+from grounding_ops.pipeline.docker_tasks import GPU_POOL, S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
 from grounding_ops.pipeline.train_params import build_params
 
@@ -78,7 +78,8 @@ def grounding_train():
         s3_conn_id=S3_CONN_ID,
         retries=1,  # a retry resumes from the checkpoints in S3
         execution_timeout=timedelta(hours=24),
-        doc_md="Runs `grounding-ops train` in the trainer image (gpu: VeRL on all GPUs; cpu: the TRL twin). "
+        pool=GPU_POOL,
+        doc_md="Runs `grounding-ops train` in the trainer image (gpu: VeRL on gpus_per_node GPUs; cpu: the TRL twin). "
                "Checkpoints go to S3 as they are saved; a retry resumes from the latest one.",
     )
 
@@ -94,7 +95,8 @@ def grounding_train():
         s3_conn_id=S3_CONN_ID,
         retries=2,
         execution_timeout=timedelta(hours=4),
-        max_active_tis_per_dagrun=2,
+        pool=GPU_POOL,
+        max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
         doc_md="Runs `grounding-ops evaluate` on one checkpoint in the trainer image, then logs the "
                "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried.",
     ).expand(plan=checkpoints)

@@ -192,3 +192,23 @@ def trainer_cpu_image(docker_daemon: str) -> str:
     from grounding_ops.images import build_trainer_cpu_image
 
     return build_trainer_cpu_image()
+
+
+def write_verl_step(root: Path, step: int, *, world_size: int = 1, ranks: tuple[int, ...] | None = None,
+                    tracker: bool = True) -> Path:
+    """A ``global_step_N`` folder laid out as verl 0.9.1's FSDP checkpoint manager writes it
+    (``actor/`` shards of ``ranks``, ``fsdp_config.json``, ``huggingface/config.json``, ``data.pt``),
+    with placeholder bytes; the tracker file is moved to ``step`` when ``tracker``."""
+    folder = Path(root) / f"global_step_{step}"
+    actor = folder / "actor"
+    (actor / "huggingface").mkdir(parents=True, exist_ok=True)
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": world_size}))
+    (actor / "huggingface" / "config.json").write_text("{}")
+    for rank in range(world_size) if ranks is None else ranks:
+        (actor / f"model_world_size_{world_size}_rank_{rank}.pt").write_bytes(b"shard")
+    (folder / "data.pt").write_bytes(b"dataloader state")
+    if tracker:
+        marker = Path(root) / "latest_checkpointed_iteration.txt"
+        current = int(marker.read_text()) if marker.is_file() else 0
+        marker.write_text(str(max(step, current)))
+    return folder

@@ -347,11 +347,12 @@ def test_docker_kwargs_are_locked_down():
     assert cpu["command"] == ["grounding-ops", "train"] and cpu["private_environment"] == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
     assert "s3cr3t" not in json.dumps([cpu["command"], cpu["environment"]])
     gpu = docker_kwargs(engine="gpu", command=["x"], container_name="c2", private_environment={},
-                        image="registry.local/trainer@sha256:abc")
+                        image="registry.local/trainer@sha256:abc", gpus=1)
     assert gpu["image"] == "registry.local/trainer@sha256:abc"
     assert len(gpu["device_requests"]) == 1
     request = gpu["device_requests"][0]
-    assert isinstance(request, DeviceRequest) and request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert isinstance(request, DeviceRequest) and request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    assert gpu["mounts"] == []
     with pytest.raises(ValueError, match="not a shell string"):
         docker_kwargs(engine="cpu", command="grounding-ops train; curl evil", container_name="c",
                       private_environment={})
@@ -390,10 +391,11 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
     from grounding_ops.pipeline.docker_tasks import TrainContainerOperator
     from grounding_ops.pipeline.links import DatasetManifestLink, WandbRunLink
 
-    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu"))
+    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu", gpus=8, work_volume="grounding-ops-trainer-work"))
     assert "private_environment" not in op.template_fields and "plan" in op.template_fields
     op.apply_plan(_context(try_number=3))
-    assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests
+    assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests[0]["Count"] == 8
+    assert [m["Source"] for m in op.mounts] == ["grounding-ops-trainer-work"]
     assert op.network_mode == "host" and op.privileged is False and op.user == "1000:1000"
     assert op.auto_remove == "force" and op.mount_tmp_dir is False and op.retrieve_output is False
     assert op.container_name.endswith("-t3") and "manual" in op.container_name

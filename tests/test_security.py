@@ -141,7 +141,7 @@ def test_container_credentials_only_as_private_environment() -> None:
                "--output", "s3://b/r/1"]
     for engine in ("cpu", "gpu"):
         kwargs = docker_kwargs(engine=engine, command=command, container_name="c", private_environment=private,
-                               environment={"PYTHONUNBUFFERED": "1"})
+                               environment={"PYTHONUNBUFFERED": "1"}, gpus=1 if engine == "gpu" else None)
         public = {k: v for k, v in kwargs.items() if k != "private_environment"}
         assert _leaks(repr(public)) == [] and "fake-session-token-77" not in repr(public)
         assert kwargs["private_environment"]["AWS_SECRET_ACCESS_KEY"] == SECRETS["AWS_SECRET_ACCESS_KEY"]
@@ -174,13 +174,17 @@ def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.Monk
 def test_training_container_is_locked_down(engine: str) -> None:
     from grounding_ops.pipeline.docker_tasks import docker_kwargs
 
+    gpu = engine == "gpu"
     kwargs = docker_kwargs(engine=engine, command=["grounding-ops", "train"], container_name="c",
-                           private_environment={})
+                           private_environment={}, gpus=8 if gpu else None,
+                           work_volume="grounding-ops-trainer-work" if gpu else None)
     user = str(kwargs["user"])
     assert user and user.split(":")[0] not in ("0", "root")
     assert kwargs["privileged"] is False
     assert not kwargs["cap_add"]
-    assert kwargs["mounts"] == [] and kwargs["mount_tmp_dir"] is False
+    # at most the named work volume: never a host path
+    assert all(m["Type"] == "volume" and m["Source"] == "grounding-ops-trainer-work" for m in kwargs["mounts"])
+    assert kwargs["mount_tmp_dir"] is False
     assert "docker.sock" not in repr(kwargs)
     assert isinstance(kwargs["command"], list)
     assert kwargs["network_mode"] == "host" and kwargs["auto_remove"] == "force"

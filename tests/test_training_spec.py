@@ -7,10 +7,12 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from grounding_ops.cli import main as cli_main
+from grounding_ops.testing import write_verl_step
 from grounding_ops.training.presets import PRESET_NAMES, get_preset
 from grounding_ops.training.spec import TrainingSpec
 from grounding_ops.training.verl_engine import (
@@ -178,7 +180,8 @@ def test_overrides_have_the_required_keys_and_none_forbidden(name: str, tmp_path
     assert ov["actor_rollout_ref.rollout.name"] == "vllm"
     assert ov["actor_rollout_ref.rollout.n"] == str(spec.rollout_n)
     assert ov["actor_rollout_ref.rollout.tensor_model_parallel_size"] == str(spec.tensor_parallel_size)
-    assert ov["trainer.default_local_dir"] == str(tmp_path / "checkpoints")
+    expected_checkpoints = (Path(spec.shared_dir) / spec.experiment_name if spec.nnodes > 1 else tmp_path) / "checkpoints"
+    assert ov["trainer.default_local_dir"] == str(expected_checkpoints)
     assert ov["trainer.resume_mode"] == "auto"
     assert ov["trainer.n_gpus_per_node"] == str(spec.gpus_per_node)
     assert ov["trainer.nnodes"] == str(spec.nnodes)
@@ -272,13 +275,17 @@ def test_cli_import_stays_light() -> None:
 def test_verl_commands_and_checkpoint_discovery(tmp_path) -> None:
     cmd = trainer_command(["a=1", "b='x y'"], python="py")
     assert cmd == ["py", "-m", "verl.trainer.main_ppo", "a=1", "b='x y'"]
-    merge = merge_command(tmp_path / "global_step_4", tmp_path / "hf", python="py")
-    assert merge == ["py", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-                     "--local_dir", str(tmp_path / "global_step_4" / "actor"), "--target_dir", str(tmp_path / "hf")]
+    merge = merge_command(tmp_path / "global_step_4", tmp_path / "hf", python="py", exclude_modules=".*visual.*")
+    assert merge == ["py", "-m", "grounding_ops.training.verl_merge", "--step-dir", str(tmp_path / "global_step_4"),
+                     "--target", str(tmp_path / "hf"), "--exclude-modules", ".*visual.*"]
     assert latest_checkpoint_step(tmp_path / "absent") is None
     for step in (2, 10, 4):
-        (tmp_path / f"global_step_{step}" / "actor").mkdir(parents=True)
+        write_verl_step(tmp_path, step)
     (tmp_path / "global_step_12").mkdir()  # incomplete: no actor folder
+    write_verl_step(tmp_path, 14, world_size=2, ranks=(0,))  # another node's shard is elsewhere
+    rotated = write_verl_step(tmp_path, 1)
+    for shard in (rotated / "actor").glob("model_world_size_*"):  # verl's rotation: actor/ emptied, data.pt kept
+        shard.unlink()
     assert checkpoint_steps(tmp_path) == [2, 4, 10]
     assert latest_checkpoint_step(tmp_path) == 10
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("4\n")
@@ -294,10 +301,12 @@ def test_parse_verl_console_lines() -> None:
     )
     m = parse_log_line("\x1b[36m" + line + "\x1b[0m")
     assert m is not None and m.step == 3
-    assert (m.reward_mean, m.iou, m.acc, m.kl, m.throughput, m.seconds_per_step) == (0.412, 0.38, 0.31, 0.0012, 1520.3, 12.34)
-    assert m.summary() == "step 3 | reward 0.412 | IoU 0.380 | acc 0.310 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step"
+    assert (m.reward_mean, m.val_iou, m.val_acc, m.kl, m.throughput, m.seconds_per_step) == (0.412, 0.38, 0.31, 0.0012, 1520.3, 12.34)
+    assert m.summary() == "step 3 | reward 0.412 | val IoU 0.380 | val acc 0.310 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step"
+    # IoU and acc exist only as validation metrics: the run record names them so
+    assert {"val_iou", "val_acc"} <= set(m.to_dict()) and not {"iou", "acc"} & set(m.to_dict())
     assert m.values["actor/pg_loss"] == -0.02
-    plain = parse_log_line("step:1 - critic/score/mean:0.0 - training/global_step:1")
-    assert plain is not None and plain.iou is None and plain.summary() == "step 1 | reward 0.000"
+    plain = parse_log_line("step:1 - critic/score/mean:0.0 - training/global_step:1 - critic/iou/mean:0.5")
+    assert plain is not None and plain.val_iou is None and plain.summary() == "step 1 | reward 0.000"
     for other in ("step:1", "Training Progress:  10%", "global_step:3", "INFO worker step: 3 done", ""):
         assert parse_log_line(other) is None, other

@@ -19,6 +19,12 @@ def _protocol_names() -> tuple[str, ...]:
     return PROTOCOL_NAMES
 
 
+def _model_families() -> tuple[str, ...]:
+    from grounding_ops.data.vision import RESIZE_FACTORS
+
+    return tuple(RESIZE_FACTORS)
+
+
 def add_parser(subparsers: Any) -> None:
     from grounding_ops.data.images import DEFAULT_MAX_IMAGE_PIXELS
     from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
@@ -38,6 +44,9 @@ def add_parser(subparsers: Any) -> None:
                              ".p RefCOCO, .parquet VeRL/RefCOCO)")
     parser.add_argument("--protocol", default="qwen2.5-vl", choices=_protocol_names(),
                         help="answer format the prompts ask for (default: qwen2.5-vl)")
+    parser.add_argument("--model-family", default="qwen2.5-vl", choices=_model_families(),
+                        help="the model family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
+                             "Qwen3-VL) sets the image size the model sees (default: qwen2.5-vl)")
     parser.add_argument("--val-fraction", type=FRACTION, default=0.1,
                         help="share of groups in val, where checkpoints are chosen (default 0.1)")
     parser.add_argument("--test-fraction", type=FRACTION, default=0.1,
@@ -103,6 +112,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     settings = PrepareSettings(
         protocol=args.protocol,
+        model_family=args.model_family,
         input_format=args.input_format,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,

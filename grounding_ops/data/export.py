@@ -2,10 +2,12 @@
 
 Row layout (the cross-team contract): ``data_source`` ``"grounding/<source>"``,
 ``prompt`` (chat messages; the user content holds one ``<image>``), ``images``
-(``[{"bytes": original encoded image, "min_pixels", "max_pixels"}]`` — VeRL hands the
-dict to ``qwen_vl_utils.fetch_image``, so the pixel bounds of the prepare settings are
-the ones the model sees), ``ability`` ``"grounding"``, ``reward_model``
-``{"style": "rule", "ground_truth": {...}}`` and ``extra_info``.
+(``[{"bytes": the image already resized to resized_size, "min_pixels", "max_pixels"}]`` —
+VeRL hands the dict to ``qwen_vl_utils.fetch_image``, whose resize rule maps an image of
+that size onto itself, and every rollout carries the small image, not the original),
+``ability`` ``"grounding"``, ``reward_model`` ``{"style": "rule", "ground_truth": {...}}``
+(``image_size`` is the ORIGINAL size, the frame of the boxes; ``resized_size`` the one the
+model sees) and ``extra_info``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,30 @@ def verl_schema() -> Any:
             ("resized_size", size),
         ])),
     ])
+
+
+def resize_encoded(image_bytes: bytes, size: tuple[int, int]) -> bytes:
+    """``image_bytes`` re-encoded at ``size`` (width, height); the same bytes when already that size.
+
+    JPEG stays JPEG (quality 95), anything else becomes PNG; the resampling is PIL's bicubic,
+    the one ``qwen_vl_utils.fetch_image`` uses.
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image_bytes)) as image:
+        if image.size == (int(size[0]), int(size[1])):
+            return image_bytes
+        jpeg = image.format == "JPEG"
+        mode = "RGB" if image.mode not in ("RGB", "L") else image.mode
+        resized = image.convert(mode).resize((int(size[0]), int(size[1])), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    if jpeg:
+        resized.save(out, format="JPEG", quality=95)
+    else:
+        resized.save(out, format="PNG")
+    return out.getvalue()
 
 
 def build_row(*, record_id: str, source: str, phrase: str, boxes: list[list[float]], image_bytes: bytes,

@@ -35,7 +35,15 @@ from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
 from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
-from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
+from grounding_ops.data.vision import (
+    DEFAULT_FAMILY,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    RESIZE_FACTORS,
+    family_protocol_problem,
+    resize_factor,
+    smart_resize,
+)
 from grounding_ops.storage import StorageError, join_uri, open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ class PrepareError(ValueError):
 @dataclass(frozen=True)
 class PrepareSettings:
     protocol: str = "qwen2.5-vl"
+    model_family: str = DEFAULT_FAMILY  # sets the resize factor: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL
     input_format: str | None = None  # None: detected per input from its name
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -98,6 +107,11 @@ class PrepareSettings:
             get_protocol(self.protocol)
         except ValueError as exc:
             raise PrepareError(str(exc)) from None
+        if self.model_family not in RESIZE_FACTORS:
+            raise PrepareError(f"unknown --model-family {self.model_family!r}; choose one of: {', '.join(RESIZE_FACTORS)}")
+        problem = family_protocol_problem(self.model_family, self.protocol)
+        if problem:
+            raise PrepareError(f"--model-family {self.model_family} with --protocol {self.protocol}: {problem}")
         if self.input_format is not None and self.input_format not in FORMATS:
             raise PrepareError(f"unknown --format {self.input_format!r}; choose one of: {', '.join(FORMATS)}")
         try:
@@ -505,10 +519,12 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
     counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
     from contextlib import ExitStack
 
-    from grounding_ops.data.export import RowGroupWriter, build_row
+    from grounding_ops.data.export import RowGroupWriter, build_row, resize_encoded
     from grounding_ops.protocols import build_prompt
 
+    factor = resize_factor(settings.model_family)
     images = _ImageBytes(resolver)
+    resized_images: OrderedDict[tuple[str, tuple[int, int]], bytes] = OrderedDict()  # rows of one image reuse it
     counts = {name: 0 for name in SPLITS}
     plan = plan if plan is not None else plan_splits(work, settings)
     progress = Progress("export", count_lines([work / VALID]))
@@ -523,11 +539,18 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                 row = json.loads(line)
                 split = _split_of(row, plan, settings)
                 size = (int(row["width"]), int(row["height"]))
-                resized = smart_resize(size[0], size[1], min_pixels=settings.min_pixels,
+                resized = smart_resize(size[0], size[1], factor=factor, min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)
+                key = (row["image_sha256"], resized)
+                image_bytes = resized_images.get(key)
+                if image_bytes is None:
+                    image_bytes = resize_encoded(images.get(row["image"], row["image_sha256"]), resized)
+                    resized_images[key] = image_bytes
+                    if len(resized_images) > 64:
+                        resized_images.popitem(last=False)
                 writers[split].add(build_row(
                     record_id=row["id"], source=row["source"], phrase=row["phrase"], boxes=row["boxes"],
-                    image_bytes=images.get(row["image"], row["image_sha256"]), image_size=size,
+                    image_bytes=image_bytes, image_size=size,
                     resized_size=resized, prompt=build_prompt(row["phrase"], settings.protocol),
                     protocol=settings.protocol, split=split, index=counts[split],
                     min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,

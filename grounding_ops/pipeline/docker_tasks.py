@@ -1,11 +1,17 @@
 """DockerOperator settings for the trainer images, and the two container tasks of ``grounding_train``.
 
 ``docker_kwargs()`` is the single place that decides how a trainer container runs: the image by
-engine (overridable by an Airflow Variable), all GPUs only on the gpu engine, host networking, a
-container name unique per try, removal afterwards, the command as an argument list, credentials
-as private environment (never in the command or the rendered templates), a non-root user, nothing
-privileged, no Docker socket and no temporary host mount. It is a plain function, testable without
-Airflow running.
+engine (overridable by an Airflow Variable), GPUs only on the gpu engine and only as many as the
+plan asks for (training: the spec's ``gpus_per_node``; each evaluation: one, since vLLM takes most
+of its GPU's memory), the shared memory NCCL and the dataloaders need, host networking, a container
+name unique per try, removal afterwards, the command as an argument list, credentials as private
+environment (never in the command or the rendered templates), a non-root user, nothing privileged,
+no Docker socket and no host path mount. GPU training writes its checkpoints to a named Docker
+volume mounted at the work folder (outside the container layer; reused, not accumulated, by the
+next run). It is a plain function, testable without Airflow running.
+
+Both operators run in the Airflow pool ``GPU_POOL`` (one slot: a GPU node runs one trainer
+container at a time), and the mapped evaluations run one at a time.
 
 ``TrainContainerOperator`` and ``EvaluateContainerOperator`` are DockerOperators that receive a
 ``plan`` (built by :mod:`grounding_ops.pipeline.train_tasks`) at run time, apply ``docker_kwargs``,
@@ -24,6 +30,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
 from grounding_ops.pipeline.lineage import operator_lineage
+from grounding_ops.pipeline.train_params import GPU_POOL, GPU_POOL_SLOTS  # noqa: F401  (the DAG's pool)
 
 DEFAULT_IMAGES: dict[str, str] = {
     "cpu": "grounding-ops/trainer-cpu:latest",
@@ -36,6 +43,11 @@ WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_NAME = 120
+# Shared memory of GPU containers (NCCL, dataloader workers), in bytes (DockerOperator's unit);
+# docker/trainer/Dockerfile.verl's example `docker run --shm-size 16g` uses the same value.
+GPU_SHM_GB = 16
+GPU_SHM_SIZE = GPU_SHM_GB * 1024**3
+WORK_DIR = "/work"  # the trainer images' GROUNDING_OPS_WORK_DIR
 # Keys that must never be passed as plain (rendered, logged) environment.
 _SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION")
 
@@ -113,10 +125,20 @@ def docker_kwargs(
     environment: Mapping[str, str] | None = None,
     image: str | None = None,
     docker_url: str | None = None,
+    gpus: int | None = None,
+    work_volume: str | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``DockerOperator`` running a trainer image."""
-    from docker.types import DeviceRequest
+    """Keyword arguments for ``DockerOperator`` running a trainer image.
 
+    ``gpus``: how many GPUs the gpu engine's container gets (required there: never "all", so two
+    containers cannot both grab GPU 0). ``work_volume``: a named volume mounted at ``/work``.
+    """
+    from docker.types import DeviceRequest, Mount
+
+    if engine == "gpu" and (not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1):
+        raise ValueError(f"a gpu container needs gpus >= 1 (training: gpus_per_node, evaluation: 1), got {gpus!r}")
+    if work_volume is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", work_volume):
+        raise ValueError(f"work volume {work_volume!r} is not a Docker volume name (no paths)")
     env = dict(environment or {})
     leaked = [k for k in env if any(h in k.upper() for h in _SECRET_HINTS)]
     if leaked:
@@ -131,14 +153,14 @@ def docker_kwargs(
         "auto_remove": "force",
         "retrieve_output": False,
         "mount_tmp_dir": False,
-        "mounts": [],
+        "mounts": [Mount(target=WORK_DIR, source=work_volume, type="volume")] if work_volume else [],
         "user": CONTAINER_USER,
         "privileged": False,
         "cap_add": None,
         "tty": False,
         "force_pull": False,
-        "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if engine == "gpu" else None,
-        "shm_size": 8 * 1024**3 if engine == "gpu" else None,
+        "device_requests": [DeviceRequest(count=gpus, capabilities=[["gpu"]])] if engine == "gpu" else None,
+        "shm_size": GPU_SHM_SIZE if engine == "gpu" else None,
     }
     if docker_url:
         kwargs["docker_url"] = docker_url
@@ -220,6 +242,8 @@ class GroundingContainerOperator(DockerOperator):
             private_environment=airflow_private_environment(self.s3_conn_id, self.wandb_variable),
             environment=plan.get("environment"),
             image=image_override(engine),
+            gpus=plan.get("gpus") if engine == "gpu" else None,
+            work_volume=plan.get("work_volume") if engine == "gpu" else None,
         )
         for key, value in kwargs.items():
             attr = "_private_environment" if key == "private_environment" else key

@@ -41,6 +41,11 @@ SPEC_KEYS: dict[str, str] = {
     "lora_rank": "lora_rank",
 }
 
+# The Airflow pool of trainer containers (``services`` creates it): one slot, so a training and an
+# evaluation never hold the node's GPUs at the same time.
+GPU_POOL = "grounding_gpu"
+GPU_POOL_SLOTS = 1
+
 
 def _default(env: str, fallback: str, allowed: tuple[str, ...]) -> str:
     value = os.environ.get(env) or fallback

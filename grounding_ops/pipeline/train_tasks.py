@@ -33,6 +33,8 @@ from grounding_ops.pipeline.train_params import (
 )
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
+
+GPU_WORK_VOLUME = "grounding-ops-trainer-work"  # named volume at the GPU trainer's /work
 from grounding_ops.training.runner import RUN_JSON as RUN_FILE
 
 log = logging.getLogger(__name__)
@@ -247,6 +249,13 @@ def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def training_gpus(params: Mapping[str, Any]) -> int:
+    """``gpus_per_node`` of the preset with the form's overrides."""
+    from grounding_ops.training.presets import get_preset
+
+    return int(get_preset(str(params["preset"])).with_overrides(spec_overrides(dict(params))).gpus_per_node)
+
+
 def plan_training(
     params: Mapping[str, Any],
     dataset: DatasetRef,
@@ -273,6 +282,9 @@ def plan_training(
     return {
         "engine": engine,
         "command": command,
+        # the GPUs the training container gets: the spec's gpus_per_node, never "all"
+        "gpus": training_gpus(params),
+        "work_volume": GPU_WORK_VOLUME,
         "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
                         "WANDB_RUN_GROUP": airflow_run},
         "output_uri": output_uri,
@@ -428,8 +440,9 @@ def plan_evaluations(
         plans.append({
             "engine": engine,
             "command": command,
+            "gpus": 1,  # vLLM takes most of its GPU: one each, and the evaluations run one at a time
             "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
-                        "WANDB_RUN_GROUP": airflow_run},
+                            "WANDB_RUN_GROUP": airflow_run},
             "output_uri": output_uri,
             "candidate": dict(candidate),
             "split": split,

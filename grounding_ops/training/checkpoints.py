@@ -7,6 +7,8 @@ Local layout (both engines; VeRL's own convention)::
 
 A local ``global_step_N`` counts as complete once the tracker file says N or more: engines
 write the tracker after the checkpoint, so a folder still being written is never uploaded.
+An engine can add its own test (``is_complete``): VeRL's counts only when ``actor/`` holds every
+rank's model shard, since its rotation deletes ``actor/`` and leaves ``data.pt`` behind.
 
 Remote layout::
 
@@ -60,7 +62,10 @@ def write_tracker(local_dir: str | Path, step: int) -> None:
     tmp.replace(path)
 
 
-def local_complete_steps(local_dir: str | Path) -> list[int]:
+StepTest = Callable[[Path], bool]
+
+
+def local_complete_steps(local_dir: str | Path, is_complete: StepTest | None = None) -> list[int]:
     """Steps of the fully written ``global_step_N`` folders under ``local_dir``, ascending."""
     root = Path(local_dir)
     tracked = read_tracker(root)
@@ -69,13 +74,13 @@ def local_complete_steps(local_dir: str | Path) -> list[int]:
     steps = []
     for child in root.iterdir():
         step = step_of(child.name)
-        if step is not None and child.is_dir() and step <= tracked:
+        if step is not None and child.is_dir() and step <= tracked and (is_complete is None or is_complete(child)):
             steps.append(step)
     return sorted(steps)
 
 
-def latest_local_checkpoint(local_dir: str | Path) -> tuple[int, Path] | None:
-    steps = local_complete_steps(local_dir)
+def latest_local_checkpoint(local_dir: str | Path, is_complete: StepTest | None = None) -> tuple[int, Path] | None:
+    steps = local_complete_steps(local_dir, is_complete)
     if not steps:
         return None
     return steps[-1], Path(local_dir) / f"{STEP_PREFIX}{steps[-1]}"
@@ -177,6 +182,11 @@ class CheckpointUploader:
     ``start()`` begins polling ``local_dir``; ``finish()`` makes a last pass, waits for the
     uploads to end and returns the uploaded URIs (raises if any upload failed). Training is
     never blocked: the engine writes, this thread reads and uploads.
+
+    ``is_complete`` is the engine's test of a step folder; ``before_upload(step, folder)`` runs
+    first (VeRL: merge the shards into ``huggingface/`` so every checkpoint is evaluable), and
+    ``after_upload(step, folder)`` after (VeRL: drop that local copy again). A step the engine
+    rotated away before its upload finished is logged, not retried.
     """
 
     store: ObjectStore
@@ -185,7 +195,11 @@ class CheckpointUploader:
     interval: float = 1.0
     retries: int = 3
     log: Callable[[str], None] = print
+    is_complete: StepTest | None = None
+    before_upload: Callable[[int, Path], None] | None = None
+    after_upload: Callable[[int, Path], None] | None = None
     uploaded: dict[int, str] = field(default_factory=dict)
+    rotated: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -201,18 +215,30 @@ class CheckpointUploader:
             self._stop.wait(self.interval)
 
     def sync_once(self) -> None:
-        for step in local_complete_steps(self.local_dir):
-            if step in self.already_uploaded or step in self.uploaded:
+        for step in local_complete_steps(self.local_dir, self.is_complete):
+            if step in self.already_uploaded or step in self.uploaded or step in self.rotated:
                 continue
             self._upload(step)
 
+    def _still_there(self, step: int) -> bool:
+        folder = Path(self.local_dir) / f"{STEP_PREFIX}{step}"
+        return folder.is_dir() and (self.is_complete is None or self.is_complete(folder))
+
     def _upload(self, step: int) -> None:
         last_error = ""
+        folder = Path(self.local_dir) / f"{STEP_PREFIX}{step}"
         for attempt in range(1, self.retries + 1):
             started = time.perf_counter()
             try:
+                if self.before_upload is not None:
+                    self.before_upload(step, folder)
                 uri = upload_checkpoint(self.store, self.local_dir, step)
-            except (StorageError, OSError) as exc:
+            except (StorageError, OSError, RuntimeError) as exc:
+                if not self._still_there(step):
+                    self.rotated.append(step)
+                    self.log(f"checkpoint step {step} was rotated away by the engine before its upload finished; "
+                             "raise max_checkpoints_to_keep (or save_freq) to keep every checkpoint")
+                    return
                 last_error = str(exc)
                 self.log(f"checkpoint upload of step {step} failed (attempt {attempt}/{self.retries}): {exc}")
                 if attempt < self.retries:
@@ -220,6 +246,8 @@ class CheckpointUploader:
                 continue
             self.uploaded[step] = uri
             self.log(f"uploaded checkpoint step {step} to {uri} in {time.perf_counter() - started:.1f}s")
+            if self.after_upload is not None:
+                self.after_upload(step, folder)
             return
         self.errors.append(f"checkpoint step {step}: {last_error}")
         self.already_uploaded.add(step)  # do not retry forever; reported by finish()

@@ -16,6 +16,8 @@ from dataclasses import replace
 from grounding_ops.training.spec import TrainingSpec
 
 TINY_MODEL_SCHEME = "tiny:"
+# Where the multi-node preset expects a folder shared by all nodes (override with --set shared_dir=...).
+SHARED_DIR = "/shared/grounding-ops"
 
 
 def _presets() -> dict[str, TrainingSpec]:
@@ -71,12 +73,14 @@ def _presets() -> dict[str, TrainingSpec]:
             max_pixels=802816,  # 1024 visual tokens
             experiment_name="qwen2.5-vl-7b-lora-grpo",
         ),
-        # Qwen2.5-VL-7B on two nodes of 8 GPUs (submit through Ray Jobs).
+        # Qwen2.5-VL-7B on two nodes of 8 GPUs (submit through Ray Jobs). SHARED_DIR must be
+        # mounted at the same path on both nodes: the checkpoints of every rank go there.
         "qwen2.5-vl-7b-2node": replace(
             qwen25_7b,
             train_batch_size=256,
             ppo_mini_batch_size=64,  # 64*5/16 = 20 per GPU
             nnodes=2,
+            shared_dir=SHARED_DIR,
             experiment_name="qwen2.5-vl-7b-2node-grpo",
         ),
         # CPU engine (TRL) on a tiny random Qwen2-VL: laptops, CI and the demo. On the synthetic

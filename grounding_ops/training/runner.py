@@ -51,6 +51,7 @@ from grounding_ops.training import checkpoints as ckpt
 from grounding_ops.training.presets import TINY_MODEL_SCHEME
 
 RUN_JSON = "run.json"
+HF_DIR = "huggingface"  # a VeRL step's merged Hugging Face model, next to actor/
 FINAL_PREFIX = "final"
 WANDB_PREFIX = "wandb"  # offline W&B runs of the engine, kept next to the run outputs
 BASE_PREFIX = "base"
@@ -276,13 +277,94 @@ def run_cpu_engine(
     return outcome
 
 
-def verl_overrides(spec: Any, *, model_dir: str | None, train: Path, val: Path | None, checkpoint_dir: Path) -> list[str]:
+def verl_overrides(
+    spec: Any, *, model_dir: str | None, train: Path, val: Path | None, checkpoint_dir: Path, total: int | None = None
+) -> list[str]:
     from grounding_ops.training.verl_overrides import RunPaths, render_overrides
 
     paths = RunPaths(
         train_file=str(train), val_file=str(val) if val else None, checkpoint_dir=str(checkpoint_dir), model_path=model_dir
     )
-    return list(render_overrides(spec, paths))
+    return list(render_overrides(spec, paths, target_steps=total))
+
+
+def check_verl_dataset(spec: Any, manifest: dict[str, Any], train: Path, val: Path | None) -> int:
+    """The VeRL run's step target, after refusing a dataset that does not fit the spec (exit 2)."""
+    from grounding_ops.training.verl_preflight import DatasetMismatch, check_dataset
+
+    try:
+        fit = check_dataset(spec, manifest, train, val)
+    except DatasetMismatch as exc:
+        raise RunError(str(exc), code=2) from exc
+    overlong = fit.train.overlong + (fit.val.overlong if fit.val else 0)
+    if overlong:
+        _log(f"{overlong} rows may be filtered by VeRL as longer than max_prompt_length={spec.max_prompt_length}")
+    return fit.steps(spec)
+
+
+def verl_checkpoint_dir(spec: Any, work: Path, output_uri: str) -> Path:
+    """The work folder's checkpoints/ on one node; a per-output folder of ``shared_dir`` on several."""
+    import hashlib
+
+    from grounding_ops.training.verl_overrides import checkpoint_root
+
+    if spec.nnodes <= 1:
+        return checkpoint_root(work, spec)
+    shared = Path(spec.shared_dir)
+    if not shared.is_dir() or not os.access(shared, os.W_OK):
+        raise RunError(
+            f"shared_dir {shared} is not a writable folder here: mount the same shared folder (NFS, Lustre, ...) "
+            f"at {shared} on every node; each node's ranks write their FSDP shards there",
+            code=2,
+        )
+    return checkpoint_root(work, spec, run_name=hashlib.sha256(output_uri.encode()).hexdigest()[:16])
+
+
+def _incomplete_verl_steps(checkpoint_dir: Path) -> str:
+    from grounding_ops.training.verl_engine import missing_shards
+
+    found = []
+    for folder in sorted(checkpoint_dir.glob(f"{ckpt.STEP_PREFIX}*")):
+        missing = missing_shards(folder)
+        if missing:
+            found.append(f"{folder.name} lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if not found:
+        return ""
+    return (". Incomplete checkpoints: " + "; ".join(found) + " (on several nodes, every node must write to "
+            "the same shared_dir)")
+
+
+class VerlCheckpoints:
+    """How the runner treats VeRL's checkpoint folders.
+
+    A step counts once ``actor/`` holds every rank's model shard. Before a step is uploaded its
+    shards (and LoRA adapter) are merged into ``global_step_N/huggingface/``, so every uploaded
+    checkpoint is an evaluable Hugging Face model; after the upload the merged copies of older
+    steps are deleted (the newest stays for the final model).
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        # its own: the merges run in the uploader thread, beside the trainer the run's terminator tracks
+        self.terminator = _Terminator()
+
+    @staticmethod
+    def is_complete(folder: Path) -> bool:
+        from grounding_ops.training.verl_engine import actor_has_model
+
+        return actor_has_model(folder)
+
+    def merge(self, step: int, folder: Path) -> None:
+        target = folder / HF_DIR
+        if (target / "config.json").is_file():
+            return
+        final_from_verl_checkpoint(folder, target, self.terminator, spec=self.spec)
+
+    @staticmethod
+    def drop_older_merges(step: int, folder: Path) -> None:
+        for other in folder.parent.glob(f"{ckpt.STEP_PREFIX}*"):
+            if other != folder and (ckpt.step_of(other.name) or 0) < step:
+                shutil.rmtree(other / HF_DIR, ignore_errors=True)
 
 
 def verl_history_entry(metrics: Any) -> dict[str, Any]:
@@ -307,7 +389,8 @@ def run_verl_engine(overrides: Sequence[str], *, terminator: _Terminator, work: 
         metrics = verl_engine.parse_log_line(line)
         if metrics is not None:
             print(f"[train] {metrics.summary()}", flush=True)
-            outcome.final_metrics = {k: v for k, v in metrics.to_dict().items() if v is not None and k != "step"}
+            # the latest value of each metric: validation ones (val_iou, val_acc) only come on validation steps
+            outcome.final_metrics.update({k: v for k, v in metrics.to_dict().items() if v is not None and k != "step"})
             outcome.history.append(verl_history_entry(metrics))
             if metrics.seconds_per_step is not None:
                 times.append(metrics.seconds_per_step)
@@ -338,11 +421,20 @@ def final_from_cpu_checkpoint(step_dir: Path, target: Path) -> Path:
     return target
 
 
-def final_from_verl_checkpoint(step_dir: Path, target: Path, terminator: _Terminator) -> Path:
+def final_from_verl_checkpoint(step_dir: Path, target: Path, terminator: _Terminator, spec: Any = None) -> Path:
+    """A Hugging Face folder with the trained weights of one VeRL step (LoRA merged in).
+
+    The step's own merged ``huggingface/`` is copied when the uploader made it already."""
     from grounding_ops.training import verl_engine
+    from grounding_ops.training.verl_overrides import LORA_EXCLUDE_MODULES
 
     shutil.rmtree(target, ignore_errors=True)
-    command = verl_engine.merge_command(step_dir, target)
+    merged = step_dir / HF_DIR
+    if merged != target and (merged / "config.json").is_file():
+        shutil.copytree(merged, target)
+        return target
+    exclude = LORA_EXCLUDE_MODULES if spec is not None and spec.use_lora else None
+    command = verl_engine.merge_command(step_dir, target, exclude_modules=exclude)
     _log("merging the FSDP checkpoint into a Hugging Face folder: " + " ".join(command[1:]))
     rc = stream_process(command, env=verl_engine.trainer_env(), on_line=lambda l: print(l, flush=True), terminator=terminator)
     if rc != 0 or not (target / "config.json").is_file():
@@ -436,7 +528,10 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
         _log(f"fetching dataset {dataset_uri}")
         manifest, train, val = fetch_dataset(dataset_uri, work / "data", s3_client)
         n_rows = _parquet_rows(train)
-        total = target_steps(spec, n_rows)
+        # VeRL counts steps from the rows its overlong-prompt filter keeps: one target for both
+        total = check_verl_dataset(spec, manifest, train, val) if engine == "verl" else target_steps(spec, n_rows)
+        if engine == "verl":
+            checkpoint_dir = verl_checkpoint_dir(spec, work, output_uri)
         timings["dataset_fetch_s"] = time.perf_counter() - t0
         _log(f"dataset version {manifest.get('version')}: {n_rows} training rows verified; target step {total}")
 
@@ -466,8 +561,14 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
         t0 = time.perf_counter()
         model_dir = resolve_model(spec, engine, work / "model", s3_client)
         timings["model_fetch_s"] = time.perf_counter() - t0
-        uploader = ckpt.CheckpointUploader(out, checkpoint_dir, already_uploaded=set(remote_steps), log=_log)
         with _Terminator() as terminator:
+            verl_steps = VerlCheckpoints(spec) if engine == "verl" else None
+            is_complete = verl_steps.is_complete if verl_steps else None
+            uploader = ckpt.CheckpointUploader(
+                out, checkpoint_dir, already_uploaded=set(remote_steps), log=_log, is_complete=is_complete,
+                before_upload=verl_steps.merge if verl_steps else None,
+                after_upload=verl_steps.drop_older_merges if verl_steps else None,
+            )
             t0 = time.perf_counter()
             if finishing_only:
                 _log(
@@ -485,7 +586,9 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
                             need_warmup_model=not out.exists(f"{BASE_PREFIX}/config.json"),
                         )
                     else:
-                        overrides = verl_overrides(spec, model_dir=model_dir, train=train, val=val, checkpoint_dir=checkpoint_dir)
+                        overrides = verl_overrides(
+                            spec, model_dir=model_dir, train=train, val=val, checkpoint_dir=checkpoint_dir, total=total
+                        )
                         outcome = run_verl_engine(overrides, terminator=terminator, work=work)
                 finally:
                     timings["engine_s"] = time.perf_counter() - t0
@@ -501,13 +604,14 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
                         f"the {engine} engine failed (exit code {outcome.returncode}); see its log above. "
                         "Finished checkpoints were uploaded; the next run resumes from the last one"
                     )
-            latest = ckpt.latest_local_checkpoint(checkpoint_dir)
+            latest = ckpt.latest_local_checkpoint(checkpoint_dir, is_complete)
             end_step = latest[0] if latest else 0
             steps_trained = end_step - start_step
             if not finishing_only and steps_trained <= 0:
                 raise RunError(
                     f"the {engine} engine exited without saving a checkpoint past step {start_step}: no steps were "
                     "trained. Check the log above; raise total_steps if the run was already complete"
+                    + (_incomplete_verl_steps(checkpoint_dir) if engine == "verl" else "")
                 )
             if end_step < total:
                 _log(f"warning: the engine stopped at step {end_step}, before the target step {total}")
@@ -519,7 +623,7 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             if engine == "cpu":
                 final_from_cpu_checkpoint(latest[1], final_dir)
             else:
-                final_from_verl_checkpoint(latest[1], final_dir, terminator)
+                final_from_verl_checkpoint(latest[1], final_dir, terminator, spec=spec)
             files = upload_folder(out, FINAL_PREFIX, final_dir)
             timings["final_s"] = time.perf_counter() - t0
             _log(f"uploaded the final model ({len(files)} files) to {out.url(FINAL_PREFIX)}")

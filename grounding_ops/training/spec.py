@@ -17,16 +17,22 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from grounding_ops.data.vision import RESIZE_FACTORS, family_protocol_problem
+
 MODEL_FAMILIES: tuple[str, ...] = ("qwen2.5-vl", "qwen2-vl", "qwen3-vl")
 ENGINES: tuple[str, ...] = ("verl", "cpu")
-# KL estimators accepted by verl.trainer.ppo.core_algos.kl_penalty in verl 0.9.1.
-KL_TYPES: tuple[str, ...] = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2", "k3+", "low_var_kl+", "full")
+# KL estimators verl 0.9.1's core_algos.kl_penalty computes ("full" is listed there but raises
+# NotImplementedError on the first update step, so it is not offered).
+KL_TYPES: tuple[str, ...] = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2", "k3+", "low_var_kl+")
 LOGGERS: tuple[str, ...] = ("console", "wandb", "mlflow", "tensorboard")
 # "iou": the grounding reward; "constant": every rollout scores the same (zero advantages), the
 # control run showing that a gain comes from the reward (CPU engine only).
 REWARD_FUNCTIONS: tuple[str, ...] = ("iou", "constant")
-# Side of the square image area that becomes one visual token after patch merging.
-_TOKEN_SIDE: dict[str, int] = {"qwen2.5-vl": 28, "qwen2-vl": 28, "qwen3-vl": 32}
+# Loggers the GPU (VeRL) image can run: verl imports a logger's client only inside fit(), after the
+# models are loaded, and training containers get no MLflow access (the platform logs to MLflow).
+VERL_LOGGERS: tuple[str, ...] = ("console", "wandb", "tensorboard")
+# Side of the square image area that becomes one visual token after patch merging (the resize factor).
+_TOKEN_SIDE: dict[str, int] = RESIZE_FACTORS
 # Text tokens of the chat template + instruction a prompt needs besides the image.
 _PROMPT_TEXT_TOKENS = 64
 # Fallback for when the protocol module is not importable (it is in every normal install).
@@ -66,17 +72,25 @@ class TrainingSpec:
     # schedule
     total_epochs: int = 1
     total_steps: int | None = None  # caps the run; None = total_epochs over the dataset
-    save_freq: int = 20  # steps between checkpoints; -1 = only at the end
+    # steps between checkpoints; -1 = only at the end (VeRL gets a frequency past the last step,
+    # because verl saves only when save_freq > 0, and always at its last step then)
+    save_freq: int = 20
     test_freq: int = 10  # steps between validations; -1 = never
+    max_checkpoints_to_keep: int = 2  # local checkpoints the engine keeps (older ones are uploaded first)
+    val_max_samples: int = 512  # validation rows VeRL reads (validation runs every test_freq steps)
     # hardware
     gpus_per_node: int = 8
     nnodes: int = 1
+    # A folder mounted at the same path on every node (NFS, Lustre, ...): required when nnodes > 1,
+    # because each node writes its FSDP shards to its own disk and the merge needs all of them.
+    shared_dir: str = ""
     tensor_parallel_size: int = 1  # vLLM rollout tensor parallelism
     gpu_memory_utilization: float = 0.6  # fraction of GPU memory vLLM may take
     param_offload: bool = False
     optimizer_offload: bool = False
     gradient_checkpointing: bool = True
-    # LoRA (0 = full fine-tuning); the vision tower is never adapted
+    # LoRA (0 = full fine-tuning). With LoRA only the language model is adapted; full fine-tuning
+    # trains every weight, the vision tower included (verl 0.9.1 reads actor.freeze_vision_tower nowhere).
     lora_rank: int = 0
     lora_alpha: int = 16
     # image processor
@@ -104,6 +118,16 @@ class TrainingSpec:
     @property
     def use_kl_loss(self) -> bool:
         return self.kl_coef > 0
+
+    @property
+    def trains_vision_tower(self) -> bool:
+        """What really happens on VeRL: full fine-tuning updates the vision tower too."""
+        return not self.use_lora
+
+    @property
+    def resize_factor(self) -> int:
+        """Image sides are rounded to multiples of this (patch size x spatial merge) for the family."""
+        return _TOKEN_SIDE.get(self.model_family, 28)
 
     # ------------------------------------------------------------------ validation
     def validate(self, engine: str | None = None) -> "TrainingSpec":
@@ -144,6 +168,8 @@ class TrainingSpec:
             "tensor_parallel_size",
             "min_pixels",
             "max_pixels",
+            "max_checkpoints_to_keep",
+            "val_max_samples",
         ):
             value = getattr(self, name)
             need(value > 0, f"{name} must be a positive integer, got {value}")
@@ -255,6 +281,8 @@ class TrainingSpec:
                     f"tensor_parallel_size ({self.tensor_parallel_size}) must divide gpus_per_node "
                     f"({self.gpus_per_node}); use 1, 2, 4 or 8 as the node allows",
                 )
+        if engine == "verl":
+            self._verl_only_checks(need)
         if engine == "cpu" and positive:
             per_step = self.ppo_mini_batch_size * self.rollout_n
             need(
@@ -266,6 +294,25 @@ class TrainingSpec:
         if problems:
             raise ValueError("invalid training spec:\n  - " + "\n  - ".join(problems))
         return self
+
+    def _verl_only_checks(self, need: Any) -> None:
+        no_mlflow = [name for name in self.logger if name in LOGGERS and name not in VERL_LOGGERS]
+        need(
+            not no_mlflow,
+            f"logger {no_mlflow} is not available on the VeRL engine: the GPU image has no mlflow and verl "
+            f"would fail after loading the models; use {', '.join(VERL_LOGGERS)} (the pipeline logs every "
+            "evaluation to MLflow anyway)",
+        )
+        if self.nnodes > 1:
+            need(
+                self.shared_dir.startswith("/"),
+                f"nnodes={self.nnodes} needs shared_dir=<absolute folder mounted on every node at the same path>: "
+                "each node writes its FSDP shards to its own disk and the final model needs all of them in one "
+                f"folder (got shared_dir={self.shared_dir!r})",
+            )
+        pretrained = not self.model.startswith("tiny:")  # a tiny random model has no native frame
+        frame_problem = family_protocol_problem(self.model_family, self.protocol) if pretrained else None
+        need(frame_problem is None, f"{frame_problem}, and export the dataset with it")
 
     # ------------------------------------------------------------------ overrides and serialisation
     def with_overrides(self, assignments: Iterable[str]) -> "TrainingSpec":
@@ -299,6 +346,7 @@ class TrainingSpec:
             raise ValueError("spec has no 'model': set it to a local HF folder or an s3:// URI")
         values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
         return cls(**values)
+
 
 
 def _field_types() -> dict[str, Any]:

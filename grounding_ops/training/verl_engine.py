@@ -7,20 +7,26 @@ sync; this module only says *what* to run and *how to read* what VeRL prints:
   ``python -m verl.trainer.main_ppo <overrides...>`` (argv list; no shell).
 - ``trainer_env(base=None) -> dict[str, str]``: the environment for that process (unbuffered
   output, full Hydra errors, no Ray usage reporting), on top of ``base`` (default ``os.environ``).
+- ``actor_has_model(step_dir) -> bool``: whether ``global_step_N/actor/`` holds the model shard of
+  every rank (``fsdp_config.json``'s world size). verl's rotation (``max_actor_ckpt_to_keep``)
+  deletes ``actor/`` and leaves ``data.pt``; a node writing to its own disk leaves other ranks'
+  shards elsewhere: neither is a checkpoint.
 - ``checkpoint_steps(checkpoint_dir) -> list[int]`` / ``latest_checkpoint_step(checkpoint_dir)``:
   the ``global_step_N`` folders VeRL wrote under ``trainer.default_local_dir`` (and its
-  ``latest_checkpointed_iteration.txt`` marker).
-- ``merge_command(step_dir, target_dir, python=sys.executable) -> list[str]``:
-  ``python -m verl.model_merger merge --backend fsdp --local_dir <step_dir>/actor --target_dir <target_dir>``
-  (the verl 0.9.1 CLI), turning the FSDP shards of one ``global_step_N`` into a Hugging Face folder.
+  ``latest_checkpointed_iteration.txt`` marker) that hold a model.
+- ``merge_command(step_dir, target_dir, python=sys.executable, exclude_modules=None) -> list[str]``:
+  ``python -m grounding_ops.training.verl_merge --step-dir <step_dir> --target <target_dir>``:
+  verl's model merger plus the LoRA merge (see :mod:`grounding_ops.training.verl_merge`).
 - ``parse_log_line(line) -> StepMetrics | None``: VeRL's console logger prints one line per step,
   ``step:N - key:value - key:value ...`` (possibly behind a Ray ``(TaskRunner pid=..)`` prefix);
-  this returns the step with reward mean, IoU, accuracy, KL, throughput and time per step.
-- ``StepMetrics.summary() -> str``: ``step 3 | reward 0.412 | IoU 0.380 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step``.
+  this returns the step with reward mean, KL, throughput, time per step and, on validation
+  steps only, the validation IoU and accuracy (``val-aux/.../iou/mean@N``, ``val-core/.../acc/mean@N``).
+- ``StepMetrics.summary() -> str``: ``step 3 | reward 0.412 | val IoU 0.380 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -48,15 +54,41 @@ def trainer_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def actor_world_size(step_dir: str | Path) -> int | None:
+    """The world size recorded in ``<step_dir>/actor/fsdp_config.json`` (None when unreadable)."""
+    try:
+        size = json.loads((Path(step_dir) / "actor" / "fsdp_config.json").read_text())["world_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def missing_shards(step_dir: str | Path) -> list[str]:
+    """The files a complete ``global_step_N/actor`` lacks (empty when it holds the model)."""
+    actor = Path(step_dir) / "actor"
+    world = actor_world_size(step_dir)
+    if world is None:
+        return ["actor/fsdp_config.json"]
+    names = [f"model_world_size_{world}_rank_{rank}.pt" for rank in range(world)]
+    missing = [f"actor/{name}" for name in names if not (actor / name).is_file()]
+    if not (actor / "huggingface" / "config.json").is_file():
+        missing.append("actor/huggingface/config.json")
+    return missing
+
+
+def actor_has_model(step_dir: str | Path) -> bool:
+    return not missing_shards(step_dir)
+
+
 def checkpoint_steps(checkpoint_dir: str | Path) -> list[int]:
-    """Steps of the ``global_step_N`` folders (holding an ``actor`` folder), ascending."""
+    """Steps of the ``global_step_N`` folders whose ``actor`` holds every rank's model shard, ascending."""
     root = Path(checkpoint_dir)
     if not root.is_dir():
         return []
     steps = []
     for child in root.iterdir():
         match = _STEP_DIR.match(child.name)
-        if match and (child / "actor").is_dir():
+        if match and actor_has_model(child):
             steps.append(int(match.group(1)))
     return sorted(steps)
 
@@ -80,20 +112,22 @@ def step_dir(checkpoint_dir: str | Path, step: int) -> Path:
     return Path(checkpoint_dir) / f"global_step_{step}"
 
 
-def merge_command(step_dir: str | Path, target_dir: str | Path, python: str | None = None) -> list[str]:
-    """argv that merges the FSDP actor shards of one ``global_step_N`` folder into a HF folder."""
-    return [
+def merge_command(
+    step_dir: str | Path, target_dir: str | Path, python: str | None = None, exclude_modules: str | None = None
+) -> list[str]:
+    """argv that merges one ``global_step_N`` folder (FSDP shards, and a LoRA adapter) into a HF folder."""
+    command = [
         python or sys.executable,
         "-m",
-        "verl.model_merger",
-        "merge",
-        "--backend",
-        "fsdp",
-        "--local_dir",
-        str(Path(step_dir) / "actor"),
-        "--target_dir",
+        "grounding_ops.training.verl_merge",
+        "--step-dir",
+        str(step_dir),
+        "--target",
         str(target_dir),
     ]
+    if exclude_modules:
+        command += ["--exclude-modules", exclude_modules]
+    return command
 
 
 # ---------------------------------------------------------------------------------------- logs
@@ -120,16 +154,17 @@ class StepMetrics:
                 return self.values[key]
         return None
 
-    def _matching(self, name: str) -> float | None:
-        """Mean over metrics named ``.../<name>/mean...`` or ending in ``/<name>`` (training, then validation)."""
+    def _validation(self, name: str) -> float | None:
+        """Mean over the validation metrics ``val-*/<data source>/<name>/mean@N`` of this line.
+
+        verl 0.9.1 computes the reward's extra values (IoU, acc) only on validation steps; a
+        training step line has none, so there is no training-time IoU to report.
+        """
         found = [
             v
             for k, v in self.values.items()
-            if re.search(rf"(^|/){name}(/mean(@\d+)?)?$", k) and not k.startswith("val-")
+            if k.startswith("val-") and re.search(rf"/{name}/mean@\d+$", k) and not math.isnan(v)
         ]
-        if not found:
-            found = [v for k, v in self.values.items() if re.search(rf"/{name}/mean@\d+$", k)]
-        found = [v for v in found if not math.isnan(v)]
         return sum(found) / len(found) if found else None
 
     @property
@@ -137,12 +172,12 @@ class StepMetrics:
         return self._first(REWARD_KEYS)
 
     @property
-    def iou(self) -> float | None:
-        return self._matching("iou")
+    def val_iou(self) -> float | None:
+        return self._validation("iou")
 
     @property
-    def acc(self) -> float | None:
-        return self._matching("acc")
+    def val_acc(self) -> float | None:
+        return self._validation("acc")
 
     @property
     def kl(self) -> float | None:
@@ -161,8 +196,8 @@ class StepMetrics:
         parts = [f"step {self.step}"]
         for label, value, fmt in (
             ("reward", self.reward_mean, "{:.3f}"),
-            ("IoU", self.iou, "{:.3f}"),
-            ("acc", self.acc, "{:.3f}"),
+            ("val IoU", self.val_iou, "{:.3f}"),
+            ("val acc", self.val_acc, "{:.3f}"),
             ("KL", self.kl, "{:.4g}"),
         ):
             if value is not None:
@@ -177,8 +212,8 @@ class StepMetrics:
         return {
             "step": self.step,
             "reward_mean": self.reward_mean,
-            "iou": self.iou,
-            "acc": self.acc,
+            "val_iou": self.val_iou,
+            "val_acc": self.val_acc,
             "kl": self.kl,
             "throughput_tokens_per_s_per_gpu": self.throughput,
             "seconds_per_step": self.seconds_per_step,

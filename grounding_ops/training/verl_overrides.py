@@ -10,14 +10,20 @@ Public API (used by ``grounding_ops.training.runner``, ``cli`` and ``ray_jobs``)
 - ``reward_file_path() -> Path``: the packaged reward module VeRL loads by file path.
 - ``RunPaths(train_file, val_file, checkpoint_dir, model_path=None)`` and
   ``RunPaths.for_work_dir(work_dir, spec)``: the local files the trainer reads and writes.
-- ``render_overrides(spec, paths) -> list[str]``: ``key=value`` strings, one argv item each
-  (pass them as a list to ``subprocess``; never join them into a shell string).
+- ``render_overrides(spec, paths, target_steps=None) -> list[str]``: ``key=value`` strings, one
+  argv item each (pass them as a list to ``subprocess``; never join them into a shell string).
+  ``target_steps`` is the runner's step target (from the rows that survive VeRL's overlong-prompt
+  filter); it becomes ``trainer.total_training_steps`` so VeRL and the runner stop at the same step.
 - ``FORBIDDEN_KEY_PREFIXES``: keys of the draft guide that verl 0.9.1 does not have.
 
-The image resizing: VeRL resizes each image with ``qwen_vl_utils`` (factor ``2*image_patch_size``)
-before the processor sees it; ``min_pixels``/``max_pixels`` go to the processor call through
-``data.mm_processor_kwargs`` so prompt lengths and the answer coordinates follow the same bounds
-as the exported dataset's ``resized_size``.
+The image resizing: the export already resized every image to its ``resized_size`` (the frame of
+the answers); VeRL's ``qwen_vl_utils`` resize and the processor's (``data.mm_processor_kwargs``,
+set to the same ``min_pixels``/``max_pixels``) leave such an image as it is. The runner checks
+that the spec's bounds and resize factor are the dataset manifest's before training.
+
+Schedule: verl saves only when ``save_freq > 0`` (and always at its last step then), so
+``save_freq=-1`` ("only at the end") is rendered as a frequency past the last step; with
+``total_steps`` set, ``total_epochs`` is raised so the epochs never end the run early.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ FORBIDDEN_KEY_PREFIXES: tuple[str, ...] = (
     "actor_rollout_ref.actor.megatron",
 )
 REMOTE_MODEL_PREFIXES: tuple[str, ...] = ("s3://", "tiny:")
+# trainer.save_freq for "only at the end" when the step target is not known yet (print-overrides).
+SAVE_ONLY_AT_END = 1_000_000_000
+# Processes for VeRL's overlong-prompt filter at start-up (GPU nodes have many cores).
+FILTER_WORKERS = 8
 
 
 def reward_file_path() -> Path:
@@ -80,9 +90,17 @@ class RunPaths:
         return cls(
             train_file=str(work / "data" / "train.parquet"),
             val_file=str(work / "data" / "val.parquet"),
-            checkpoint_dir=str(work / "checkpoints"),
+            checkpoint_dir=str(checkpoint_root(work, spec)),
             model_path=model_path,
         )
+
+
+def checkpoint_root(work_dir: str | Path, spec: TrainingSpec, run_name: str = "") -> Path:
+    """Where VeRL writes checkpoints: the work folder on one node, ``shared_dir`` on several
+    (every rank writes its own shard there, so the merge finds all of them in one folder)."""
+    if spec.nnodes > 1:
+        return Path(spec.shared_dir) / (run_name or spec.experiment_name) / "checkpoints"
+    return Path(work_dir) / "checkpoints"
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_\-+./:@%~]+$")
@@ -116,7 +134,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def override_items(spec: TrainingSpec, paths: RunPaths) -> list[tuple[str, Any]]:
+def override_items(spec: TrainingSpec, paths: RunPaths, target_steps: int | None = None) -> list[tuple[str, Any]]:
     """The (key, python value) pairs; ``render_overrides`` formats them."""
     model_path = paths.model_path or spec.model
     if model_path.startswith(REMOTE_MODEL_PREFIXES):
@@ -126,6 +144,11 @@ def override_items(spec: TrainingSpec, paths: RunPaths) -> list[tuple[str, Any]]
     val_file = paths.val_file or paths.train_file
     validate = paths.val_file is not None and spec.test_freq > 0
     micro = spec.micro_batch_size_per_gpu
+    total_steps = target_steps if target_steps is not None else spec.total_steps
+    save_freq = spec.save_freq if spec.save_freq > 0 else (total_steps or SAVE_ONLY_AT_END)
+    # verl stops at whichever comes first, the epochs or total_training_steps: with a step target,
+    # give it enough epochs (each epoch is at least one step).
+    total_epochs = max(spec.total_epochs, int(total_steps)) if spec.total_steps is not None else spec.total_epochs
     items: list[tuple[str, Any]] = [
         # algorithm
         ("algorithm.adv_estimator", "grpo"),
@@ -140,6 +163,10 @@ def override_items(spec: TrainingSpec, paths: RunPaths) -> list[tuple[str, Any]]
         ("data.max_prompt_length", spec.max_prompt_length),
         ("data.max_response_length", spec.max_response_length),
         ("data.filter_overlong_prompts", True),
+        ("data.filter_overlong_prompts_workers", FILTER_WORKERS),
+        # without a val split VeRL still builds (and filters) a val set: one row of the train file
+        ("data.val_max_samples", spec.val_max_samples if paths.val_file is not None else 1),
+        ("data.val_batch_size", None if paths.val_file is not None else 1),  # never 0, even if that row is filtered
         ("data.truncation", "error"),
         ("data.seed", spec.seed),
         ("data.image_patch_size", IMAGE_PATCH_SIZE[spec.model_family]),
@@ -172,6 +199,8 @@ def override_items(spec: TrainingSpec, paths: RunPaths) -> list[tuple[str, Any]]
         ("actor_rollout_ref.rollout.temperature", spec.temperature),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size", spec.tensor_parallel_size),
         ("actor_rollout_ref.rollout.gpu_memory_utilization", spec.gpu_memory_utilization),
+        # null would size vLLM's context (and KV cache) for the model's full 128k
+        ("actor_rollout_ref.rollout.max_model_len", spec.max_prompt_length + spec.max_response_length),
         ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", micro),
         ("actor_rollout_ref.rollout.seed", spec.seed),
     ]
@@ -189,22 +218,23 @@ def override_items(spec: TrainingSpec, paths: RunPaths) -> list[tuple[str, Any]]
         ("trainer.logger", list(spec.logger)),
         ("trainer.n_gpus_per_node", spec.gpus_per_node),
         ("trainer.nnodes", spec.nnodes),
-        ("trainer.total_epochs", spec.total_epochs),
-        ("trainer.save_freq", spec.save_freq),
+        ("trainer.total_epochs", total_epochs),
+        ("trainer.save_freq", save_freq),
+        ("trainer.max_actor_ckpt_to_keep", spec.max_checkpoints_to_keep),
         ("trainer.test_freq", spec.test_freq if validate else -1),
         ("trainer.val_before_train", validate),
         ("trainer.default_local_dir", paths.checkpoint_dir),
         ("trainer.resume_mode", "auto"),
     ]
-    if spec.total_steps is not None:
-        items.append(("trainer.total_training_steps", spec.total_steps))
+    if total_steps is not None:
+        items.append(("trainer.total_training_steps", total_steps))
     return items
 
 
-def render_overrides(spec: TrainingSpec, paths: RunPaths) -> list[str]:
+def render_overrides(spec: TrainingSpec, paths: RunPaths, target_steps: int | None = None) -> list[str]:
     """VeRL Hydra overrides for a validated spec, one ``key=value`` string per argv item."""
     spec.validate(engine="verl")
-    overrides = [f"{key}={hydra_value(value)}" for key, value in override_items(spec, paths)]
+    overrides = [f"{key}={hydra_value(value)}" for key, value in override_items(spec, paths, target_steps)]
     bad = [o for o in overrides if o.lstrip("+").startswith(FORBIDDEN_KEY_PREFIXES)]
     if bad:  # a guard against regressions: these keys do not exist in verl 0.9.1
         raise AssertionError(f"forbidden VeRL keys rendered: {bad}")

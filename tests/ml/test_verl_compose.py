@@ -111,9 +111,16 @@ def test_preset_composes_in_struct_mode_with_the_spec_values(name: str, tmp_path
     assert trainer.default_local_dir == paths.checkpoint_dir
     assert trainer.resume_mode == "auto"
     assert (trainer.n_gpus_per_node, trainer.nnodes) == (spec.gpus_per_node, spec.nnodes)
-    assert (trainer.save_freq, trainer.test_freq) == (spec.save_freq, spec.test_freq)
-    assert trainer.total_epochs == spec.total_epochs
+    assert trainer.save_freq == spec.save_freq and trainer.save_freq > 0
+    assert trainer.test_freq == spec.test_freq
+    expected_epochs = max(spec.total_epochs, spec.total_steps) if spec.total_steps else spec.total_epochs
+    assert trainer.total_epochs == expected_epochs
     assert trainer.total_training_steps == spec.total_steps
+    assert trainer.max_actor_ckpt_to_keep == spec.max_checkpoints_to_keep
+    assert trainer.use_v1 is True
+    assert rollout.max_model_len == spec.max_prompt_length + spec.max_response_length
+    assert cfg.data.val_max_samples == spec.val_max_samples
+    assert cfg.data.filter_overlong_prompts_workers > 1
     assert list(trainer.logger) == spec.logger
     assert (trainer.project_name, trainer.experiment_name) == (spec.project_name, spec.experiment_name)
 
