@@ -12,11 +12,17 @@ Airflow running.
 run the container, then read what it wrote (``run.json`` / ``metrics.json``) and return a summary.
 They carry the W&B / MLflow / dataset manifest extra links and report OpenLineage inputs/outputs.
 ``on_kill`` is DockerOperator's: it stops the container (and removes it, auto_remove="force").
+
+Queues: the DAG puts these container tasks on the executor queue ``gpu_queue()``
+(``GROUNDING_OPS_GPU_QUEUE``, default ``gpu``) so that a CeleryExecutor deployment runs them on
+the workers of the GPU nodes (``airflow celery worker --queues gpu``); every other task stays on
+the default queue. LocalExecutor ignores queues, so the laptop profile is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -34,10 +40,23 @@ IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": 
 S3_CONN_ID = "grounding_s3"
 WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
+GPU_QUEUE_ENV = "GROUNDING_OPS_GPU_QUEUE"
+DEFAULT_GPU_QUEUE = "gpu"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_NAME = 120
 # Keys that must never be passed as plain (rendered, logged) environment.
 _SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION")
+
+
+def gpu_queue() -> str:
+    """The executor queue of the GPU tasks (train, evaluations): ``GROUNDING_OPS_GPU_QUEUE`` or ``gpu``.
+
+    Read when the DAG file is parsed: set it alike for the dag-processor, scheduler and workers.
+    """
+    queue = os.environ.get(GPU_QUEUE_ENV, "").strip() or DEFAULT_GPU_QUEUE
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", queue):
+        raise ValueError(f"{GPU_QUEUE_ENV}={queue!r} is not a queue name: use letters, digits, '_', '.', '-'")
+    return queue
 
 
 def container_name(dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
