@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from typing import Any, Mapping, Sequence
 
 from airflow.providers.docker.operators.docker import DockerOperator
@@ -268,22 +269,51 @@ class TrainContainerOperator(GroundingContainerOperator):
     """``grounding-ops train`` in the trainer image; returns the run summary read from ``run.json``.
 
     With more than one node the same command is submitted to the Ray cluster of the
-    ``grounding_ray`` connection (Ray Jobs API) instead; killing the task stops that job.
+    ``grounding_ray`` connection (Ray Jobs API), and the task defers to
+    :class:`~grounding_ops.pipeline.ray_trigger.RayJobTrigger` (run by the triggerer) until the job
+    ends: no worker slot is held meanwhile. Killing the task stops the job, before and after the
+    deferral. Credentials are not sent with the job (any Jobs API client can read a runtime_env):
+    the Ray nodes provide them (see ``grounding_ops.training.ray_jobs``).
     """
+
+    ray_poll_s = 15.0
 
     def execute(self, context: Any) -> Any:
         nodes = int(dict(self.plan or {}).get("nodes") or 1)
         if nodes <= 1:
             return super().execute(context)
+        from grounding_ops.pipeline.ray_trigger import RayJobTrigger
         from grounding_ops.training import ray_jobs
 
         self.apply_plan(context)
         self._ray_address = ray_jobs.resolve_address()
-        self._ray_job = self.container_name
+        env, withheld = ray_jobs.shareable_env({**(self.environment or {}), **self._private_environment})
         # Container commands are arguments of the image's `grounding-ops` entrypoint.
-        ray_jobs.run_training_job(self._ray_address, ["grounding-ops", *self.command],
-                                  env_vars=self._private_environment,
-                                  submission_id=self.container_name, on_log=self.log.info)
+        argv = ["grounding-ops", *self.command]
+        self._ray_job = ray_jobs.submit_training(self._ray_address, argv, env_vars=env,
+                                                 submission_id=self.container_name)
+        self.log.info("submitted Ray job %s to %s: %s (env vars: %s)", self._ray_job, self._ray_address,
+                      " ".join(argv), ", ".join(sorted(env)) or "none")
+        if withheld:
+            self.log.info("not sent to Ray (the Jobs API shows a job's runtime_env to any client): %s; "
+                          "the Ray nodes must provide them", ", ".join(withheld))
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
+        self.defer(trigger=RayJobTrigger(self._ray_address, self._ray_job, poll_s=self.ray_poll_s,
+                                         deadline=time.time() + timeout if timeout else None),
+                   method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """Resumed by the triggerer's event: the Ray job ended (or timed out, or was unreachable)."""
+        from grounding_ops.training import ray_jobs
+
+        self.apply_plan(context)
+        job_id, address = event["job_id"], event["address"]
+        try:
+            self.log.info("last lines of Ray job %s:\n%s", job_id, ray_jobs.log_tail(ray_jobs.job_logs(address, job_id)))
+        except Exception as exc:  # noqa: BLE001 - the logs are a courtesy; the status decides
+            self.log.warning("could not read the log of Ray job %s: %s", job_id, exc)
+        if event["status"] != "SUCCEEDED":
+            raise ray_jobs.RayJobError(f"{event['message']}; see `ray job logs {job_id}` on the cluster")
         return self.after_container(context)
 
     def on_kill(self) -> None:
