@@ -12,6 +12,9 @@ Airflow running.
 run the container, then read what it wrote (``run.json`` / ``metrics.json``) and return a summary.
 They carry the W&B / MLflow / dataset manifest extra links and report OpenLineage inputs/outputs.
 ``on_kill`` is DockerOperator's: it stops the container (and removes it, auto_remove="force").
+The daemon is the local socket unless ``docker_conn_id`` (or the Variable
+``grounding_docker_conn_id``) names a connection to a GPU node's daemon over TLS
+(:mod:`grounding_ops.pipeline.docker_daemon`); names, ``on_kill`` and removal act on that daemon.
 
 Queues: the DAG puts these container tasks on the executor queue ``gpu_queue()``
 (``GROUNDING_OPS_GPU_QUEUE``, default ``gpu``) so that a CeleryExecutor deployment runs them on
@@ -25,8 +28,10 @@ import hashlib
 import os
 import re
 import time
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
+from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
@@ -212,7 +217,7 @@ class GroundingContainerOperator(DockerOperator):
     ui_color = "#d6eaf8"
 
     def __init__(self, *, plan: Any, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE,
-                 **kwargs: Any) -> None:
+                 docker_conn_id: str | None = None, **kwargs: Any) -> None:
         # The real image is set from the plan at run time; this only names the default.
         kwargs.setdefault("image", DEFAULT_IMAGES["cpu"])
         kwargs.setdefault("network_mode", "host")
@@ -221,6 +226,8 @@ class GroundingContainerOperator(DockerOperator):
         kwargs.setdefault("user", CONTAINER_USER)
         super().__init__(**kwargs)
         self.plan = plan
+        # The daemon to run on (grounding_ops.pipeline.docker_daemon), not DockerOperator's registry login.
+        self.daemon_conn_id = docker_conn_id
         self.s3_conn_id = s3_conn_id
         self.wandb_variable = wandb_variable
         self.links: dict[str, str] = {}
@@ -248,12 +255,44 @@ class GroundingContainerOperator(DockerOperator):
         self.lineage_inputs = list(plan.get("inputs") or [])
         self.lineage_outputs = list(plan.get("outputs") or [])
 
+    @cached_property
+    def hook(self) -> DockerHook:
+        """DockerOperator's hook, or one verifying a remote daemon against its connection's CA."""
+        if not getattr(self, "_daemon_tls", False):
+            return super().hook
+        from grounding_ops.pipeline.docker_daemon import DaemonDockerHook
+
+        tls = DockerHook.construct_tls_config(ca_cert=self.tls_ca_cert, client_cert=self.tls_client_cert,
+                                              client_key=self.tls_client_key, verify=True)
+        return DaemonDockerHook(base_url=self.docker_url, tls=tls, version=self.api_version, timeout=self.timeout)
+
+    def use_daemon(self) -> Any:
+        """Point this task at the daemon of its Docker connection; returns the TLS files to remove after."""
+        from grounding_ops.pipeline.docker_daemon import TlsFiles, airflow_docker_daemon
+
+        daemon = airflow_docker_daemon(self.daemon_conn_id)
+        if daemon is None:
+            return None
+        self.docker_url = daemon.url
+        files = TlsFiles(daemon) if daemon.tls else None
+        self._daemon_tls = files is not None
+        for key, value in (files.operator_kwargs() if files else {}).items():
+            setattr(self, key, value)
+        self.log.info("containers of %s run on the Docker daemon %s%s", self.task_id, daemon.url,
+                      " (TLS, client certificate)" if files else "")
+        return files
+
     def execute(self, context: Any) -> Any:
         self.apply_plan(context)
-        self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
-                      " ".join(self.command))
-        super().execute(context)
-        return self.after_container(context)
+        tls_files = self.use_daemon()
+        try:
+            self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
+                          " ".join(self.command))
+            super().execute(context)
+            return self.after_container(context)
+        finally:
+            if tls_files is not None:
+                tls_files.remove()
 
     def after_container(self, context: Any) -> Any:  # pragma: no cover - overridden
         return None
