@@ -168,8 +168,7 @@ def run_demo(args: argparse.Namespace) -> int:
     decision = client.xcom("grounding_train", train_run, "promote")
 
     print()
-    print(f"Airflow UI        {settings.airflow_url}  (login {settings.airflow_admin} / "
-          f"{services.airflow_password(settings)})")
+    print(f"Airflow UI        {settings.airflow_url}  (login {services.airflow_login_line(settings)})")
     print(f"Dataset version   {dataset.get('version', '?')}  {dataset.get('uri', '')}")
     print(f"Training run      grounding_train / {train_run}: {state}")
     if isinstance(decision, dict):
