@@ -20,7 +20,8 @@ variable names and ``shareable_env`` drops them. The nodes provide their own: th
 - ``wait_for_job(address, job_id, poll_s=5, timeout_s=None, on_log=print) -> status``: polls the
   status and streams new log text; on timeout it stops the job and raises ``TimeoutError``.
 - ``run_training_job(...) -> str``: submit + wait, stopping the job if the waiter is interrupted
-  (the CLI's path; Airflow defers to ``grounding_ops.pipeline.ray_trigger.RayJobTrigger`` instead).
+  (blocking, for scripts; Airflow's ``train`` task defers to
+  ``grounding_ops.pipeline.ray_trigger.RayJobTrigger`` instead and holds no worker meanwhile).
 
 ``ray`` is imported inside the functions: Airflow's DAG parsing never pays for it.
 """
