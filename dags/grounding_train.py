@@ -15,6 +15,8 @@ from the form; every field is validated before any task runs.
 
 Configuration: connections `grounding_s3` (aws) and `grounding_mlflow` (http), Variables
 `grounding_bucket`, `grounding_wandb_api_key`, `grounding_trainer_image_cpu`/`_gpu`.
+Queues: `train` and `evaluate` run on the executor queue `GROUNDING_OPS_GPU_QUEUE` (default `gpu`;
+CeleryExecutor workers of the GPU nodes consume it), every other task on the default queue.
 The logic lives in `grounding_ops.pipeline`; this file only wires it.
 """
 
@@ -27,12 +29,13 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag
 
 from grounding_ops.pipeline import train_tasks as tt
-from grounding_ops.pipeline.docker_tasks import GPU_POOL, S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator
+from grounding_ops.pipeline.docker_tasks import GPU_POOL, S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator, gpu_queue
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
 from grounding_ops.pipeline.train_params import build_params
 
 CRON = os.environ.get("GROUNDING_OPS_TRAIN_CRON") or "0 2 * * *"
 TIMEZONE = os.environ.get("GROUNDING_OPS_TRAIN_TIMEZONE") or "UTC"
+GPU_QUEUE = gpu_queue()
 DATASET_ASSET = Asset(dataset_asset_uri(tt.default_bucket(), dataset_name()))
 MODEL_ASSET = Asset(model_asset_uri(model_name()))
 
@@ -76,11 +79,13 @@ def grounding_train():
         task_id="train",
         plan=decide(resolve_dataset()),
         s3_conn_id=S3_CONN_ID,
+        queue=GPU_QUEUE,
         retries=1,  # a retry resumes from the checkpoints in S3
         execution_timeout=timedelta(hours=24),
         pool=GPU_POOL,
         doc_md="Runs `grounding-ops train` in the trainer image (gpu: VeRL on gpus_per_node GPUs; cpu: the TRL twin). "
-               "Checkpoints go to S3 as they are saved; a retry resumes from the latest one.",
+               "Checkpoints go to S3 as they are saved; a retry resumes from the latest one. "
+               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     )
 
     @lineage_task(task_id="list_checkpoints",
@@ -93,12 +98,14 @@ def grounding_train():
     evaluate = EvaluateContainerOperator.partial(
         task_id="evaluate",
         s3_conn_id=S3_CONN_ID,
+        queue=GPU_QUEUE,
         retries=2,
         execution_timeout=timedelta(hours=4),
         pool=GPU_POOL,
         max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
         doc_md="Runs `grounding-ops evaluate` on one checkpoint in the trainer image, then logs the "
-               "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried.",
+               "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried. "
+               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     ).expand(plan=checkpoints)
 
     @lineage_task(task_id="pick_best", retries=1, execution_timeout=timedelta(minutes=5),

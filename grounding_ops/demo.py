@@ -231,8 +231,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     print("== 5/5 where everything is", flush=True)
     print()
-    print(f"Airflow UI        {settings.airflow_url}  (login {settings.airflow_admin} / "
-          f"{services.airflow_password(settings)})")
+    print(f"Airflow UI        {settings.airflow_url}  (login {services.airflow_login_line(settings)})")
     for number, night in enumerate(nights, start=1):
         print(f"Night {number}           dataset {night.dataset.get('version', '?')}; grounding_train / "
               f"{night.train_run}: {night.state} ({night.seconds:.0f}s)")

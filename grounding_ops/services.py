@@ -1,5 +1,16 @@
 """The embedded local services: S3 (moto), MLflow, Airflow and a Docker daemon.
 
+Two profiles: ``local`` (the default, ``make demo``): Airflow on SQLite with the LocalExecutor;
+``celery`` (``grounding-ops services start --profile celery``): Airflow's metadata in Postgres
+(Debian's ``postgresql``, a cluster initdb'ed into the state directory), Redis as the Celery
+broker (Debian's ``redis-server``) and two Celery workers, one consuming only the GPU queue
+(``GROUNDING_OPS_GPU_QUEUE``, default ``gpu``) and one the default queue — how a team deploys
+it, on one machine.
+
+Secrets (the admin password, JWT secret, Fernet key, database and broker URLs) are generated
+into ``<state>/secrets/`` (0700), each file 0600 from its creation. Airflow reads the sensitive
+ones through its ``*_CMD`` options, so no component's (and no task's) environment holds them.
+
 ``make services`` / ``grounding-ops services start`` and the test suite's session
 fixtures use this same code. Every process is started in its own session with a
 pidfile under the state directory, so ``stop`` ends exactly what ``start`` started and
@@ -13,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -25,11 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from grounding_ops.settings import REPO_ROOT, ServiceSettings
+from grounding_ops.settings import PROFILES, REPO_ROOT, ServiceSettings
 
 SERVICE_NAMES = ("s3", "mlflow", "airflow", "docker")
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 DOCKER_SOCKET = "/var/run/docker.sock"
+POSTGRES_USER = "airflow"
+POSTGRES_DB = "airflow"
+# Celery workers of the celery profile: (name, queue). The GPU one serves only the GPU queue.
+DEFAULT_QUEUE = "default"
 
 
 class ServiceError(RuntimeError):
@@ -46,6 +62,8 @@ class ManagedProcess:
     state_dir: Path
     cwd: Path | None = None
     marker: str = ""  # a string that must appear in /proc/<pid>/cmdline for us to signal it
+    user: str | None = None  # run as this user (postgres refuses to run as root)
+    stop_signal: int = signal.SIGTERM
     _popen: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -80,6 +98,8 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                user=self.user,
+                group=self.user,
             )
         self._popen = proc
         self.pidfile.write_text(str(proc.pid))
@@ -96,7 +116,7 @@ class ManagedProcess:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, self.stop_signal)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _group_alive(pid):
             time.sleep(0.2)
@@ -295,23 +315,73 @@ def start_mlflow(settings: ServiceSettings, timeout: float = 120.0) -> None:
 # ---------------------------------------------------------------------- Airflow
 
 
-def _airflow_secret(settings: ServiceSettings, name: str, length: int = 32) -> str:
-    path = settings.state_dir / "secrets" / name
+def secrets_dir(settings: ServiceSettings) -> Path:
+    """``<state>/secrets``: 0700, created so (and tightened if an older run made it wider)."""
+    folder = settings.state_dir / "secrets"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as a file that is 0600 from its creation (replacing it atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _secret(settings: ServiceSettings, name: str, make: Callable[[], str]) -> str:
+    path = secrets_dir(settings) / name
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(length))
-        path.chmod(0o600)
+        write_private(path, make())
     return path.read_text().strip()
+
+
+def _airflow_secret(settings: ServiceSettings, name: str, length: int = 32) -> str:
+    return _secret(settings, name, lambda: secrets.token_urlsafe(length))
 
 
 def airflow_password(settings: ServiceSettings) -> str:
     return _airflow_secret(settings, "airflow-admin-password", 12)
 
 
+def airflow_login_line(settings: ServiceSettings) -> str:
+    """The admin login: with the password the first time it is shown, afterwards where it is kept."""
+    path = secrets_dir(settings) / "airflow-admin-password"
+    shown = secrets_dir(settings) / ".login-shown"
+    if not shown.exists():
+        password = airflow_password(settings)
+        shown.touch(mode=0o600)
+        return f"{settings.airflow_admin} / {password}  (shown once; kept in {path})"
+    return f"{settings.airflow_admin} / (password in {path})"
+
+
+def _cmd_reading(path: Path) -> str:
+    """An Airflow ``*_CMD`` value that prints the secret file ``path``."""
+    return shlex.join(["cat", str(path)])
+
+
 def airflow_env(settings: ServiceSettings) -> dict[str, str]:
-    """The environment every Airflow component (and therefore every task) runs with."""
+    """The environment every Airflow component (and therefore every task) runs with.
+
+    It names the secret files (``*_CMD``) instead of holding the JWT secret, the Fernet key or the
+    database/broker URLs: tasks inherit this environment.
+    """
     home = settings.airflow_home
     env = _base_env(settings)
+    for inherited in SECRET_OPTIONS:
+        env.pop(inherited, None)
+        env.pop(f"{inherited}_CMD", None)
+    folder = secrets_dir(settings)
+    _fernet_key(settings)
+    _airflow_secret(settings, "jwt-secret")
     passwords = home / "simple_auth_manager_passwords.json"
     lineage_log = settings.state_dir / "lineage" / "openlineage-events.jsonl"
     env.update({
@@ -319,20 +389,20 @@ def airflow_env(settings: ServiceSettings) -> dict[str, str]:
         "GROUNDING_OPS_INPUT_ROOTS": settings.input_roots,
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if settings.profile == "celery" else "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
-        "AIRFLOW__CORE__FERNET_KEY": _fernet_key(settings),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__FERNET_KEY_CMD": _cmd_reading(folder / "fernet-key"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": _cmd_reading(_database_url_file(settings)),
         "AIRFLOW__API__HOST": settings.host,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
         "AIRFLOW__API__BASE_URL": settings.airflow_url,
         "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": _airflow_secret(settings, "jwt-secret"),
+        "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _cmd_reading(folder / "jwt-secret"),
         "AIRFLOW__API_AUTH__JWT_ISSUER": "grounding-ops",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.log_dir / "airflow-tasks"),
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_port + 1),
@@ -357,22 +427,40 @@ def airflow_env(settings: ServiceSettings) -> dict[str, str]:
         "AIRFLOW_VAR_GROUNDING_BUCKET": settings.bucket,
         "GROUNDING_OPS_STATE_DIR": str(settings.state_dir),
     })
+    if settings.profile == "celery":
+        env.update({
+            "AIRFLOW__CELERY__BROKER_URL_CMD": _cmd_reading(folder / "celery-broker-url"),
+            "AIRFLOW__CELERY__RESULT_BACKEND_CMD": _cmd_reading(folder / "celery-result-backend"),
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        })
     lineage_log.parent.mkdir(parents=True, exist_ok=True)
     return env
 
 
+SECRET_OPTIONS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                  "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND")
+
+
+def _database_url_file(settings: ServiceSettings) -> Path:
+    """The secret file holding Airflow's database URL (SQLite, or the celery profile's Postgres)."""
+    path = secrets_dir(settings) / "sql-alchemy-conn"
+    if settings.profile == "celery":
+        write_private(path, postgres_url(settings))
+    else:
+        write_private(path, f"sqlite:///{settings.airflow_home / 'airflow.db'}")
+    return path
+
+
 def _fernet_key(settings: ServiceSettings) -> str:
-    path = settings.state_dir / "secrets" / "fernet-key"
-    if not path.exists():
-        import base64
+    import base64
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return _secret(settings, "fernet-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
 
-def airflow_processes(settings: ServiceSettings) -> list[ManagedProcess]:
+def airflow_processes(settings: ServiceSettings, profile: str | None = None) -> list[ManagedProcess]:
+    """The Airflow components of ``profile`` (default: the settings'), api-server first."""
     env = airflow_env(settings)
     airflow = _bin("airflow")
     extra = {
@@ -381,7 +469,7 @@ def airflow_processes(settings: ServiceSettings) -> list[ManagedProcess]:
         "dag-processor": [],
         "triggerer": ["--skip-serve-logs"],
     }
-    return [
+    processes = [
         ManagedProcess(
             name=f"airflow-{component}",
             argv=[airflow, component, *extra[component]],
@@ -391,6 +479,230 @@ def airflow_processes(settings: ServiceSettings) -> list[ManagedProcess]:
         )
         for component in AIRFLOW_COMPONENTS
     ]
+    if (profile or settings.profile) == "celery":
+        processes += celery_worker_processes(settings, env)
+    return processes
+
+
+def celery_workers(settings: ServiceSettings) -> list[tuple[str, str]]:
+    """(name, queue) of the celery profile's workers: one for the GPU queue only, one for the default queue."""
+    from grounding_ops.pipeline.docker_tasks import gpu_queue
+
+    return [("celery-gpu", gpu_queue()), ("celery-default", DEFAULT_QUEUE)]
+
+
+def worker_hostname() -> str:
+    """Airflow's ``hostname_callable`` for the local Celery workers: which worker ran a task, by name.
+
+    Both workers share this machine's host name, so each reports ``<worker>.<host>`` instead.
+    """
+    name = os.environ.get("GROUNDING_OPS_WORKER_NAME", "")
+    return f"{name}.{socket.gethostname()}" if name else socket.getfqdn()
+
+
+def celery_worker_processes(settings: ServiceSettings, env: dict[str, str]) -> list[ManagedProcess]:
+    airflow = _bin("airflow")
+    workers = []
+    for name, queue in celery_workers(settings):
+        pid = settings.state_dir / "celery" / f"{name}.pid"
+        pid.parent.mkdir(parents=True, exist_ok=True)
+        workers.append(ManagedProcess(
+            name=f"airflow-{name}",
+            argv=[airflow, "celery", "worker", "--queues", queue, "--concurrency", "2", "--celery-hostname",
+                  f"{name}@%h", "--pid", str(pid), "--skip-serve-logs", "--without-gossip", "--without-mingle"],
+            env={**env, "GROUNDING_OPS_WORKER_NAME": name,
+                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "grounding_ops.services.worker_hostname"},
+            state_dir=settings.state_dir,
+            marker=f"{name}@",  # Celery retitles its processes: "[celeryd: celery-gpu@host:MainProcess] ..."
+        ))
+    return workers
+
+
+# ----------------------------------------------------------- Postgres and Redis (celery profile)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if candidates:
+        return str(candidates[-1])
+    raise ServiceError(f"PostgreSQL's {name} is not installed: `apt-get install -y postgresql` (Debian)")
+
+
+def _state_port(settings: ServiceSettings, name: str) -> int:
+    """A free loopback port chosen once for ``name`` and kept in the state directory."""
+    path = settings.state_dir / name / "port"
+    if path.exists():
+        return int(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port(settings.host)
+    path.write_text(str(port))
+    return port
+
+
+def postgres_port(settings: ServiceSettings) -> int:
+    return _state_port(settings, "postgres")
+
+
+def redis_port(settings: ServiceSettings) -> int:
+    return _state_port(settings, "redis")
+
+
+def postgres_url(settings: ServiceSettings, driver: str = "postgresql+psycopg2", database: str = POSTGRES_DB) -> str:
+    password = _airflow_secret(settings, "postgres-password")
+    return f"{driver}://{POSTGRES_USER}:{password}@{settings.host}:{postgres_port(settings)}/{database}"
+
+
+def _postgres_user() -> str | None:
+    """postgres refuses to run as root: as root it runs as the ``postgres`` user (Debian's package makes it)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServiceError("running as root, but there is no `postgres` user to run PostgreSQL as: "
+                           "`apt-get install -y postgresql` creates it") from None
+    return "postgres"
+
+
+def _give_to(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _check_reachable_by(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            raise ServiceError(
+                f"PostgreSQL runs as user {user} and cannot enter {parent} (mode {oct(mode & 0o777)}): put "
+                f"GROUNDING_OPS_STATE_DIR under a folder others may traverse, or `chmod o+x {parent}`"
+            )
+
+
+def postgres_process(settings: ServiceSettings) -> ManagedProcess:
+    data = settings.state_dir / "postgres" / "data"
+    return ManagedProcess(
+        name="postgres",
+        argv=[_postgres_bin("postgres"), "-D", str(data), "-h", settings.host, "-p", str(postgres_port(settings)),
+              "-c", f"unix_socket_directories={data}", "-c", "max_connections=200"],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
+        state_dir=settings.state_dir,
+        marker=str(data),
+        user=_postgres_user(),
+        stop_signal=signal.SIGINT,  # "fast" shutdown; SIGTERM would wait for every client to leave
+    )
+
+
+def _initdb(settings: ServiceSettings, user: str | None) -> None:
+    folder = settings.state_dir / "postgres"
+    data = folder / "data"
+    if (data / "PG_VERSION").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    _give_to(folder, user)
+    _check_reachable_by(folder, user)
+    pwfile = folder / "initdb-password"
+    write_private(pwfile, _airflow_secret(settings, "postgres-password") + "\n")
+    _give_to(pwfile, user)
+    log = settings.log_dir / "postgres-initdb.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "ab") as handle:
+            result = subprocess.run(
+                [_postgres_bin("initdb"), "-D", str(data), "-U", POSTGRES_USER, "--pwfile", str(pwfile),
+                 "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C.UTF-8"],
+                stdout=handle, stderr=subprocess.STDOUT, timeout=300, user=user, group=user,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise ServiceError(f"initdb failed; see {log}:\n{_tail(log)}")
+
+
+def _postgres_ready(settings: ServiceSettings) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(postgres_url(settings, "postgresql", "postgres"),
+                         connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+def start_postgres(settings: ServiceSettings, timeout: float = 120.0) -> None:
+    """Postgres for Airflow's metadata: a cluster in ``<state>/postgres``, listening on 127.0.0.1 only."""
+    import psycopg2
+
+    user = _postgres_user()
+    _initdb(settings, user)
+    proc = postgres_process(settings)
+    if proc.pid() is None and port_in_use(settings.host, postgres_port(settings)):
+        (settings.state_dir / "postgres" / "port").unlink()  # a stranger took it since: pick another
+        proc = postgres_process(settings)
+    proc.start()
+    wait_until(lambda: _postgres_ready(settings), timeout=timeout, what="PostgreSQL", logfile=proc.logfile,
+               process=proc)
+    admin = psycopg2.connect(postgres_url(settings, "postgresql", "postgres"))
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (POSTGRES_DB,))
+            if cursor.fetchone() is None:
+                cursor.execute(f"CREATE DATABASE {POSTGRES_DB}")
+    finally:
+        admin.close()
+
+
+def redis_process(settings: ServiceSettings) -> ManagedProcess:
+    config = settings.state_dir / "redis" / "redis.conf"
+    redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return ManagedProcess(name="redis", argv=[redis, str(config)], env=dict(os.environ), state_dir=settings.state_dir,
+                          marker="redis-server")
+
+
+def start_redis(settings: ServiceSettings, timeout: float = 60.0) -> None:
+    """Redis as the Celery broker, on 127.0.0.1 with a generated password."""
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        raise ServiceError("redis-server is not installed: `apt-get install -y redis-server` (Debian)")
+    proc = redis_process(settings)
+    if proc.pid() is None and port_in_use(settings.host, redis_port(settings)):
+        (settings.state_dir / "redis" / "port").unlink()  # a stranger took it since: pick another
+    password = _airflow_secret(settings, "redis-password")
+    folder = settings.state_dir / "redis"
+    # The password lives in this 0600 file, not on the command line (visible in /proc to everyone).
+    write_private(folder / "redis.conf", "\n".join([
+        f"bind {settings.host}", f"port {redis_port(settings)}", "protected-mode yes", f"dir {folder}",
+        'save ""', "appendonly no", "daemonize no", f"requirepass {password}",
+    ]) + "\n")
+    proc.start()
+    folder = secrets_dir(settings)
+    write_private(folder / "celery-broker-url", f"redis://:{password}@{settings.host}:{redis_port(settings)}/0")
+    write_private(folder / "celery-result-backend", "db+" + postgres_url(settings))
+
+    def ping() -> bool:
+        import redis as redis_client
+
+        try:
+            return bool(redis_client.Redis(host=settings.host, port=redis_port(settings), password=password,
+                                           socket_timeout=2).ping())
+        except redis_client.RedisError:
+            return False
+
+    wait_until(ping, timeout=timeout, what="Redis", logfile=proc.logfile, process=proc)
 
 
 def prepare_airflow(settings: ServiceSettings) -> None:
@@ -398,8 +710,7 @@ def prepare_airflow(settings: ServiceSettings) -> None:
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps({settings.airflow_admin: airflow_password(settings)}))
-    passwords.chmod(0o600)
+    write_private(passwords, json.dumps({settings.airflow_admin: airflow_password(settings)}))
     log = settings.log_dir / "airflow-db-migrate.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
@@ -423,6 +734,9 @@ def start_airflow(settings: ServiceSettings, timeout: float = 180.0) -> None:
         raise ServiceError(
             f"port {settings.airflow_port} is taken by another program; set GROUNDING_OPS_AIRFLOW_PORT"
         )
+    if settings.profile == "celery":
+        start_postgres(settings)
+        start_redis(settings)
     prepare_airflow(settings)
     for proc in processes:
         proc.start()
@@ -507,8 +821,10 @@ def reset_mlflow_store(settings: ServiceSettings) -> None:
 
 def stop(settings: ServiceSettings) -> list[str]:
     stopped = []
-    processes = [*reversed(airflow_processes(settings)), mlflow_process(settings), s3_process(settings),
-                 docker_process(settings)]
+    backends = [make(settings) for name, make in (("redis", redis_process), ("postgres", postgres_process))
+                if (settings.state_dir / name).exists()]  # the celery profile's, if it ever ran here
+    processes = [*reversed(airflow_processes(settings, "celery")), *backends, mlflow_process(settings),
+                 s3_process(settings), docker_process(settings)]
     for proc in processes:
         if proc.stop():
             stopped.append(proc.name)
@@ -516,30 +832,38 @@ def stop(settings: ServiceSettings) -> list[str]:
 
 
 def status(settings: ServiceSettings) -> dict[str, bool]:
-    return {
+    states = {
         "s3": http_ok(f"{settings.s3_endpoint}/moto-api/"),
         "mlflow": http_ok(f"{settings.mlflow_uri}/health"),
         "airflow": http_ok(f"{settings.airflow_url}/api/v2/monitor/health"),
         "docker": docker_reachable(),
     }
+    if settings.profile == "celery":
+        states["postgres"] = postgres_process(settings).running()
+        states["redis"] = redis_process(settings).running()
+        for proc in celery_worker_processes(settings, {}):
+            states[proc.name.removeprefix("airflow-")] = proc.running()
+    return states
 
 
 def _print_summary(settings: ServiceSettings) -> None:
-    password_note = settings.state_dir / "secrets" / "airflow-admin-password"
     print(f"S3 endpoint      {settings.s3_endpoint}  (bucket {settings.bucket})")
     print(f"MLflow           {settings.mlflow_uri}")
     print(f"Airflow UI       {settings.airflow_url}")
-    shown = settings.state_dir / "secrets" / ".login-shown"
-    if not shown.exists():
-        print(f"Airflow login    {settings.airflow_admin} / {airflow_password(settings)}  (shown once; kept in {password_note})")
-        shown.touch()
-    else:
-        print(f"Airflow login    {settings.airflow_admin} / (see {password_note})")
+    print(f"Airflow login    {airflow_login_line(settings)}")
+    if settings.profile == "celery":
+        workers = ", ".join(f"{name} (queue {queue})" for name, queue in celery_workers(settings))
+        print(f"Celery profile   Postgres 127.0.0.1:{postgres_port(settings)}, Redis 127.0.0.1:{redis_port(settings)}, "
+              f"workers {workers}")
     print(f"Logs             {settings.log_dir}")
 
 
 def _cmd_services(args: argparse.Namespace) -> int:
+    import dataclasses
+
     settings = ServiceSettings.from_env()
+    if args.profile:
+        settings = dataclasses.replace(settings, profile=args.profile)
     if args.action == "start":
         try:
             start(settings, args.only or SERVICE_NAMES)
@@ -577,6 +901,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("services", help="start/stop the embedded local services (127.0.0.1)")
     parser.add_argument("action", choices=("start", "stop", "status", "env"))
     parser.add_argument("--only", nargs="+", choices=SERVICE_NAMES, help="start only these services")
+    parser.add_argument("--profile", choices=PROFILES,
+                        help="local: SQLite + LocalExecutor (default, GROUNDING_OPS_PROFILE); celery: Postgres, "
+                             "Redis and two Celery workers (one for the GPU queue only)")
     parser.set_defaults(func=_cmd_services)
 
     images_parser = subparsers.add_parser("images", help="build the project's Docker images offline")
@@ -585,7 +912,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     images_parser.set_defaults(func=_cmd_images)
 
 
-def isolated_settings(state_dir: Path, bucket: str = "grounding-ops") -> ServiceSettings:
+def isolated_settings(state_dir: Path, bucket: str = "grounding-ops", profile: str = "local") -> ServiceSettings:
     """Settings on free ports with their own state directory (for tests)."""
     return ServiceSettings(
         state_dir=state_dir,
@@ -593,6 +920,7 @@ def isolated_settings(state_dir: Path, bucket: str = "grounding-ops") -> Service
         mlflow_port=free_port(),
         airflow_port=_free_port_pair(),
         bucket=bucket,
+        profile=profile,
     )
 
 

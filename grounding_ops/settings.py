@@ -29,6 +29,15 @@ def _port(name: str, default: int) -> int:
     return port
 
 
+PROFILES = ("local", "celery")
+
+
+def _profile(value: str) -> str:
+    if value not in PROFILES:
+        raise ValueError(f"GROUNDING_OPS_PROFILE={value!r} is unknown: use one of {', '.join(PROFILES)}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Where the embedded local services live and listen (always 127.0.0.1)."""
@@ -43,6 +52,8 @@ class ServiceSettings:
     s3_access_key: str = "grounding-local"
     s3_secret_key: str = field(default="grounding-local-secret", repr=False)
     airflow_admin: str = "admin"
+    # "local": SQLite + LocalExecutor (make demo); "celery": Postgres + Redis + CeleryExecutor.
+    profile: str = "local"
 
     @classmethod
     def from_env(cls) -> "ServiceSettings":
@@ -52,6 +63,7 @@ class ServiceSettings:
             mlflow_port=_port("GROUNDING_OPS_MLFLOW_PORT", 5310),
             airflow_port=_port("GROUNDING_OPS_AIRFLOW_PORT", 8310),
             bucket=_env("GROUNDING_OPS_BUCKET", "grounding-ops"),
+            profile=_profile(_env("GROUNDING_OPS_PROFILE", "local")),
         )
 
     @property

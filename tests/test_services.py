@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
+import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +95,96 @@ def test_a_fresh_in_memory_s3_starts_mlflow_with_an_empty_store_too(tmp_path):
         assert not stale.exists()
     finally:
         services.stop(settings)
+
+
+# --------------------------------------------------------------------------- secrets (local profile)
+
+
+def test_secrets_are_private_files_and_stay_out_of_the_task_environment(tmp_path):
+    settings = services.isolated_settings(tmp_path)
+    env = services.airflow_env(settings)
+    folder = settings.state_dir / "secrets"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    assert {"fernet-key", "jwt-secret", "sql-alchemy-conn"} <= {p.name for p in files}
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
+    values = "\n".join(env.values())
+    for path in files:
+        assert path.read_text().strip() not in values, f"{path.name} is in the environment tasks inherit"
+    assert {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}.isdisjoint(env)
+    # Airflow resolves the *_CMD options to the secrets themselves.
+    probe = subprocess.run(
+        [sys.executable, "-c", "from airflow.configuration import conf; print(conf.get('core', 'fernet_key')); "
+         "print(conf.get('database', 'sql_alchemy_conn'))"], env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split() == [(folder / "fernet-key").read_text().strip(),
+                                    f"sqlite:///{settings.airflow_home / 'airflow.db'}"]
+
+
+def test_the_admin_password_is_shown_once_then_where_it_is_kept(tmp_path):
+    settings = services.isolated_settings(tmp_path)
+    first = services.airflow_login_line(settings)
+    password = services.airflow_password(settings)
+    assert password in first
+    again = services.airflow_login_line(settings)
+    assert password not in again and str(settings.state_dir / "secrets" / "airflow-admin-password") in again
+    assert (settings.state_dir / "secrets" / "airflow-admin-password").stat().st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- celery profile
+
+
+@pytest.fixture(scope="module")
+def celery_services():
+    """S3, MLflow, Postgres, Redis, Airflow and two Celery workers on 127.0.0.1; stopped by PID after."""
+    import tempfile
+
+    if not shutil.which("redis-server") or not (shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+        pytest.fail("the celery profile needs Debian's postgresql and redis-server: apt-get install -y postgresql redis-server")
+    state = Path(tempfile.mkdtemp(prefix="grounding-celery-"))
+    state.chmod(0o711)  # postgres (its own user when we are root) must traverse to its data folder
+    settings = services.isolated_settings(state, profile="celery")
+    with pytest.MonkeyPatch.context() as env:
+        # No nightly run on unpausing (Feb 29 last fell before the DAG's start date): only the test's run.
+        env.setenv("GROUNDING_OPS_TRAIN_CRON", "0 0 29 2 *")
+        try:
+            services.start(settings, ["s3", "mlflow", "airflow"])
+            yield settings
+        finally:
+            services.stop(settings)
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_services, trainer_cpu_image, tmp_path):
+    """grounding_train end to end (CPU engine) with CeleryExecutor, Postgres and Redis: the task
+    instances say train and the evaluations ran on the gpu-queue worker, everything else elsewhere."""
+    from grounding_ops.data.prepare import PrepareSettings, prepare
+    from grounding_ops.data.synthetic import generate_synthetic
+    from grounding_ops.demo import AirflowRestClient
+    from grounding_ops.pipeline.lineage import dataset_name
+    from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
+
+    settings = celery_services
+    data = generate_synthetic(tmp_path / "synthetic", n_images=12)
+    dataset = prepare([str(data.annotations)], images_root=str(data.images_root),
+                      output_uri=f"s3://{settings.bucket}/datasets/{dataset_name()}",
+                      settings=PrepareSettings(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
+                      s3_client=services.s3_client(settings))
+    client = AirflowRestClient(settings)
+    client.wait_for_dag("grounding_train", timeout=300)
+    client.unpause("grounding_train")
+    run_id = client.trigger("grounding_train", {"dataset_version": dataset.version, "total_steps": 2,
+                                                "max_eval_samples": 2, "force": True})
+    state = client.wait_for_run("grounding_train", run_id, timeout=900)
+    path = f"/dags/grounding_train/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances?limit=100"
+    tis = client._request("GET", path)["task_instances"]
+    summary = {(t["task_id"], t["map_index"]): (t["state"], t["queue"], t["hostname"]) for t in tis}
+    assert state == "success", summary
+    gpu = {k: v for k, v in summary.items() if k[0] in ("train", "evaluate")}
+    rest = {k: v for k, v in summary.items() if k[0] not in ("train", "evaluate")}
+    assert ("train", -1) in gpu and sum(k[0] == "evaluate" for k in gpu) >= 2, summary  # final + base at least
+    assert all(q == "gpu" and host.startswith("celery-gpu.") for _, q, host in gpu.values()), gpu
+    assert rest and all(q == "default" and host.startswith("celery-default.") for _, q, host in rest.values()), rest

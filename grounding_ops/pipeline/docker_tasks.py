@@ -18,14 +18,26 @@ container at a time), and the mapped evaluations run one at a time.
 run the container, then read what it wrote (``run.json`` / ``metrics.json``) and return a summary.
 They carry the W&B / MLflow / dataset manifest extra links and report OpenLineage inputs/outputs.
 ``on_kill`` is DockerOperator's: it stops the container (and removes it, auto_remove="force").
+The daemon is the local socket unless ``docker_conn_id`` (or the Variable
+``grounding_docker_conn_id``) names a connection to a GPU node's daemon over TLS
+(:mod:`grounding_ops.pipeline.docker_daemon`); names, ``on_kill`` and removal act on that daemon.
+
+Queues: the DAG puts these container tasks on the executor queue ``gpu_queue()``
+(``GROUNDING_OPS_GPU_QUEUE``, default ``gpu``) so that a CeleryExecutor deployment runs them on
+the workers of the GPU nodes (``airflow celery worker --queues gpu``); every other task stays on
+the default queue. LocalExecutor ignores queues, so the laptop profile is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
+from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
@@ -41,6 +53,8 @@ IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": 
 S3_CONN_ID = "grounding_s3"
 WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
+GPU_QUEUE_ENV = "GROUNDING_OPS_GPU_QUEUE"
+DEFAULT_GPU_QUEUE = "gpu"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_NAME = 120
 # Shared memory of GPU containers (NCCL, dataloader workers), in bytes (DockerOperator's unit);
@@ -50,6 +64,17 @@ GPU_SHM_SIZE = GPU_SHM_GB * 1024**3
 WORK_DIR = "/work"  # the trainer images' GROUNDING_OPS_WORK_DIR
 # Keys that must never be passed as plain (rendered, logged) environment.
 _SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION")
+
+
+def gpu_queue() -> str:
+    """The executor queue of the GPU tasks (train, evaluations): ``GROUNDING_OPS_GPU_QUEUE`` or ``gpu``.
+
+    Read when the DAG file is parsed: set it alike for the dag-processor, scheduler and workers.
+    """
+    queue = os.environ.get(GPU_QUEUE_ENV, "").strip() or DEFAULT_GPU_QUEUE
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", queue):
+        raise ValueError(f"{GPU_QUEUE_ENV}={queue!r} is not a queue name: use letters, digits, '_', '.', '-'")
+    return queue
 
 
 def container_name(dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
@@ -214,7 +239,7 @@ class GroundingContainerOperator(DockerOperator):
     ui_color = "#d6eaf8"
 
     def __init__(self, *, plan: Any, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE,
-                 **kwargs: Any) -> None:
+                 docker_conn_id: str | None = None, **kwargs: Any) -> None:
         # The real image is set from the plan at run time; this only names the default.
         kwargs.setdefault("image", DEFAULT_IMAGES["cpu"])
         kwargs.setdefault("network_mode", "host")
@@ -223,6 +248,8 @@ class GroundingContainerOperator(DockerOperator):
         kwargs.setdefault("user", CONTAINER_USER)
         super().__init__(**kwargs)
         self.plan = plan
+        # The daemon to run on (grounding_ops.pipeline.docker_daemon), not DockerOperator's registry login.
+        self.daemon_conn_id = docker_conn_id
         self.s3_conn_id = s3_conn_id
         self.wandb_variable = wandb_variable
         self.links: dict[str, str] = {}
@@ -252,12 +279,44 @@ class GroundingContainerOperator(DockerOperator):
         self.lineage_inputs = list(plan.get("inputs") or [])
         self.lineage_outputs = list(plan.get("outputs") or [])
 
+    @cached_property
+    def hook(self) -> DockerHook:
+        """DockerOperator's hook, or one verifying a remote daemon against its connection's CA."""
+        if not getattr(self, "_daemon_tls", False):
+            return super().hook
+        from grounding_ops.pipeline.docker_daemon import DaemonDockerHook
+
+        tls = DockerHook.construct_tls_config(ca_cert=self.tls_ca_cert, client_cert=self.tls_client_cert,
+                                              client_key=self.tls_client_key, verify=True)
+        return DaemonDockerHook(base_url=self.docker_url, tls=tls, version=self.api_version, timeout=self.timeout)
+
+    def use_daemon(self) -> Any:
+        """Point this task at the daemon of its Docker connection; returns the TLS files to remove after."""
+        from grounding_ops.pipeline.docker_daemon import TlsFiles, airflow_docker_daemon
+
+        daemon = airflow_docker_daemon(self.daemon_conn_id)
+        if daemon is None:
+            return None
+        self.docker_url = daemon.url
+        files = TlsFiles(daemon) if daemon.tls else None
+        self._daemon_tls = files is not None
+        for key, value in (files.operator_kwargs() if files else {}).items():
+            setattr(self, key, value)
+        self.log.info("containers of %s run on the Docker daemon %s%s", self.task_id, daemon.url,
+                      " (TLS, client certificate)" if files else "")
+        return files
+
     def execute(self, context: Any) -> Any:
         self.apply_plan(context)
-        self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
-                      " ".join(self.command))
-        super().execute(context)
-        return self.after_container(context)
+        tls_files = self.use_daemon()
+        try:
+            self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
+                          " ".join(self.command))
+            super().execute(context)
+            return self.after_container(context)
+        finally:
+            if tls_files is not None:
+                tls_files.remove()
 
     def after_container(self, context: Any) -> Any:  # pragma: no cover - overridden
         return None
@@ -273,22 +332,51 @@ class TrainContainerOperator(GroundingContainerOperator):
     """``grounding-ops train`` in the trainer image; returns the run summary read from ``run.json``.
 
     With more than one node the same command is submitted to the Ray cluster of the
-    ``grounding_ray`` connection (Ray Jobs API) instead; killing the task stops that job.
+    ``grounding_ray`` connection (Ray Jobs API), and the task defers to
+    :class:`~grounding_ops.pipeline.ray_trigger.RayJobTrigger` (run by the triggerer) until the job
+    ends: no worker slot is held meanwhile. Killing the task stops the job, before and after the
+    deferral. Credentials are not sent with the job (any Jobs API client can read a runtime_env):
+    the Ray nodes provide them (see ``grounding_ops.training.ray_jobs``).
     """
+
+    ray_poll_s = 15.0
 
     def execute(self, context: Any) -> Any:
         nodes = int(dict(self.plan or {}).get("nodes") or 1)
         if nodes <= 1:
             return super().execute(context)
+        from grounding_ops.pipeline.ray_trigger import RayJobTrigger
         from grounding_ops.training import ray_jobs
 
         self.apply_plan(context)
         self._ray_address = ray_jobs.resolve_address()
-        self._ray_job = self.container_name
+        env, withheld = ray_jobs.shareable_env({**(self.environment or {}), **self._private_environment})
         # Container commands are arguments of the image's `grounding-ops` entrypoint.
-        ray_jobs.run_training_job(self._ray_address, ["grounding-ops", *self.command],
-                                  env_vars=self._private_environment,
-                                  submission_id=self.container_name, on_log=self.log.info)
+        argv = ["grounding-ops", *self.command]
+        self._ray_job = ray_jobs.submit_training(self._ray_address, argv, env_vars=env,
+                                                 submission_id=self.container_name)
+        self.log.info("submitted Ray job %s to %s: %s (env vars: %s)", self._ray_job, self._ray_address,
+                      " ".join(argv), ", ".join(sorted(env)) or "none")
+        if withheld:
+            self.log.info("not sent to Ray (the Jobs API shows a job's runtime_env to any client): %s; "
+                          "the Ray nodes must provide them", ", ".join(withheld))
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
+        self.defer(trigger=RayJobTrigger(self._ray_address, self._ray_job, poll_s=self.ray_poll_s,
+                                         deadline=time.time() + timeout if timeout else None),
+                   method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """Resumed by the triggerer's event: the Ray job ended (or timed out, or was unreachable)."""
+        from grounding_ops.training import ray_jobs
+
+        self.apply_plan(context)
+        job_id, address = event["job_id"], event["address"]
+        try:
+            self.log.info("last lines of Ray job %s:\n%s", job_id, ray_jobs.log_tail(ray_jobs.job_logs(address, job_id)))
+        except Exception as exc:  # noqa: BLE001 - the logs are a courtesy; the status decides
+            self.log.warning("could not read the log of Ray job %s: %s", job_id, exc)
+        if event["status"] != "SUCCEEDED":
+            raise ray_jobs.RayJobError(f"{event['message']}; see `ray job logs {job_id}` on the cluster")
         return self.after_container(context)
 
     def on_kill(self) -> None:

@@ -4,16 +4,24 @@ The job runs the same entrypoint as the container, ``grounding-ops train ...``, 
 head node; VeRL's ``ray.init()`` inside it attaches to that cluster (Ray sets ``RAY_ADDRESS`` for
 job drivers), so the trainer spreads over every node. No home-made launcher, no SSH.
 
+Credentials never travel with the job: Ray returns a job's ``runtime_env`` to any Jobs API or
+dashboard client (over plain http by default), so ``submit_training`` refuses credential-like
+variable names and ``shareable_env`` drops them. The nodes provide their own: the environment
+``ray start`` runs with (job drivers and workers inherit it), an instance role, or
+``~/.aws/credentials`` / ``~/.netrc`` on each node (boto3's and W&B's standard chains).
+
 - ``resolve_address(address=None, conn_id="grounding_ray") -> str``: the dashboard URL, given
   or from an Airflow connection (host, port; default port 8265; schema http/https).
 - ``train_argv(preset=..., dataset_uri=..., output_uri=..., sets=(), engine="verl") -> list[str]``.
+- ``shareable_env(env) -> (env without credentials, names withheld)``.
 - ``submit_training(address, argv, env_vars=..., submission_id=None) -> job id``: the entrypoint
-  is ``shlex.join(argv)``, so values from a form can never inject shell syntax; credentials travel
-  in ``runtime_env.env_vars`` (never in the command, never logged).
+  is ``shlex.join(argv)``, so values from a form can never inject shell syntax.
+- ``job_status``, ``job_logs``, ``job_runtime_env``, ``stop_job(address, job_id) -> bool``.
 - ``wait_for_job(address, job_id, poll_s=5, timeout_s=None, on_log=print) -> status``: polls the
   status and streams new log text; on timeout it stops the job and raises ``TimeoutError``.
-- ``stop_job(address, job_id) -> bool``: for ``on_kill``.
-- ``run_training_job(...) -> str``: submit + wait, stopping the job if the waiter is interrupted.
+- ``run_training_job(...) -> str``: submit + wait, stopping the job if the waiter is interrupted
+  (blocking, for scripts; Airflow's ``train`` task defers to
+  ``grounding_ops.pipeline.ray_trigger.RayJobTrigger`` instead and holds no worker meanwhile).
 
 ``ray`` is imported inside the functions: Airflow's DAG parsing never pays for it.
 """
@@ -27,6 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 DEFAULT_CONN_ID = "grounding_ray"
 DEFAULT_DASHBOARD_PORT = 8265
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+# Variable names that carry credentials; they must never be part of a job's runtime_env.
+CREDENTIAL_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION", "CREDENTIAL")
 
 
 class RayJobError(RuntimeError):
@@ -96,6 +106,17 @@ def _client(address: str) -> Any:
         ) from exc
 
 
+def is_credential_name(name: str) -> bool:
+    upper = name.upper()
+    return any(hint in upper for hint in CREDENTIAL_HINTS)
+
+
+def shareable_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``env`` without credential-like variables (safe in a runtime_env), and the names withheld."""
+    kept = {str(k): str(v) for k, v in env.items() if not is_credential_name(str(k))}
+    return kept, sorted(str(k) for k in env if is_credential_name(str(k)))
+
+
 def submit_training(
     address: str,
     argv: Sequence[str],
@@ -105,9 +126,20 @@ def submit_training(
     metadata: Mapping[str, str] | None = None,
     entrypoint_num_cpus: float | None = None,
 ) -> str:
-    """Submit ``argv`` as a Ray job; returns the submission id."""
+    """Submit ``argv`` as a Ray job; returns the submission id.
+
+    ``env_vars`` must hold no credentials (see the module docstring): they would be readable by
+    every client of the cluster's Jobs API.
+    """
     if not argv:
         raise ValueError("argv is empty: pass the grounding-ops train argument list")
+    leaked = sorted(k for k in (env_vars or {}) if is_credential_name(str(k)))
+    if leaked:
+        raise RayJobError(
+            f"{', '.join(leaked)} look like credentials: Ray returns a job's runtime_env to any Jobs API "
+            "client, so provide them on the nodes instead (the environment of `ray start`, an instance "
+            "role, ~/.aws/credentials) and leave them out of env_vars"
+        )
     runtime_env: dict[str, Any] = {}
     if env_vars:
         runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
@@ -127,6 +159,15 @@ def job_status(address: str, job_id: str) -> str:
 
 def job_logs(address: str, job_id: str) -> str:
     return _client(address).get_job_logs(job_id)
+
+
+def job_runtime_env(address: str, job_id: str) -> dict[str, Any]:
+    """The runtime_env the Jobs API returns for the job (what any client of the cluster can read)."""
+    return dict(_client(address).get_job_info(job_id).runtime_env or {})
+
+
+def log_tail(text: str, lines: int = 200) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
 def stop_job(address: str, job_id: str) -> bool:
