@@ -121,7 +121,7 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
     async def any_user(request: Any, credentials: Any) -> dict[str, str]:
         return {"user": "test"}
 
-    app = create_app(mlflow_env.uri, user_dependency=any_user)
+    app = create_app(mlflow_env.uri, user_dependency=any_user, authorizer=lambda request, user: None, models=(model,))
     with TestClient(app) as http:
         response = http.get("/api/models", params={"model": model})
         assert response.status_code == 200, response.text

@@ -528,25 +528,13 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def mlflow_tracking_uri() -> str:
-    """The MLflow tracking URI: the ``grounding_mlflow`` connection, else ``MLFLOW_TRACKING_URI``."""
-    try:
-        from airflow.sdk import BaseHook
+    """The MLflow tracking URI of ``grounding_mlflow`` (else ``MLFLOW_TRACKING_URI``), credentials configured."""
+    from grounding_ops.pipeline import mlflow_connection
 
-        conn = BaseHook.get_connection(MLFLOW_CONN_ID)
-    except Exception:  # connection not defined
-        conn = None
-    if conn is not None and conn.host:
-        host = conn.host.rstrip("/")
-        if "://" not in host:
-            host = f"{conn.schema or 'http'}://{host}"
-        if conn.port and host.count(":") < 2:
-            host = f"{host}:{conn.port}"
-        return host
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise PipelineError(f"no MLflow server configured: define the Airflow connection {MLFLOW_CONN_ID!r} "
-                            "(type http, host http://host:port) or set MLFLOW_TRACKING_URI")
-    return uri
+    try:
+        return mlflow_connection.tracking_uri(MLFLOW_CONN_ID)
+    except mlflow_connection.MlflowConfigError as exc:
+        raise PipelineError(str(exc)) from exc
 
 
 def bucket() -> str:
