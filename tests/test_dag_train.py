@@ -392,9 +392,10 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
     assert op.network_mode == "host" and op.privileged is False and op.user == "1000:1000"
     assert op.auto_remove == "force" and op.mount_tmp_dir is False and op.retrieve_output is False
     assert op.container_name.endswith("-t3") and "manual" in op.container_name
-    assert op._private_environment["AWS_SECRET_ACCESS_KEY"] == "very-secret-key"
-    assert op._private_environment["WANDB_API_KEY"] == "wandb-secret-key"
-    assert op._private_environment["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    private = op.container_environment()
+    assert private["AWS_SECRET_ACCESS_KEY"] == "very-secret-key"
+    assert private["WANDB_API_KEY"] == "wandb-secret-key"
+    assert private["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     rendered = json.dumps([op.command, op.environment, op.container_name, op.image])
     assert "secret" not in rendered
     assert DatasetManifestLink().get_link(op, ti_key=None).endswith("/manifest.json")
