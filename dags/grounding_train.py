@@ -25,6 +25,7 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag
 from grounding_ops.pipeline import train_tasks as tt
 from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
+from grounding_ops.pipeline.notify import FailureNotifier, PromotionNotifier
 from grounding_ops.pipeline.train_params import build_params
 
 CRON = os.environ.get("GROUNDING_OPS_TRAIN_CRON") or "0 2 * * *"
@@ -39,6 +40,7 @@ default_args = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(minutes=10),
+    "on_failure_callback": [FailureNotifier()],  # alert: Variable grounding_notify
 }
 
 
@@ -100,7 +102,7 @@ def grounding_train():
     def pick_best(results, **context):
         return tt.pick_best_task(context, list(results))
 
-    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2,
+    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2, on_success_callback=[PromotionNotifier()],
                   doc_md="Registers the best checkpoint in the MLflow Model Registry and moves the champion "
                          "alias only when it beats the champion (or the base model) by the minimum delta. "
                          "The log states the decision with both numbers. Idempotent; retried.")
