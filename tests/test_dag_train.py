@@ -414,8 +414,8 @@ def test_operator_reports_openlineage_inputs_and_outputs(airflow_connections):
     assert [(d.namespace, d.name) for d in lineage.inputs] == [
         ("s3://b", "datasets/grounding/v1"), ("s3://b", "runs/x/train/final")]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "runs/x/eval/final")]
-    model = operator_lineage([], [mlflow_model_ref("http://127.0.0.1:5000/", "grounding-model", 7)]).outputs[0]
-    assert (model.namespace, model.name) == ("http://127.0.0.1:5000", "models/grounding-model/versions/7")
+    model = operator_lineage([], [mlflow_model_ref("grounding-model", 7)]).outputs[0]
+    assert (model.namespace, model.name) == ("mlflow://registry", "models/grounding-model/versions/7")
 
 
 def test_python_tasks_report_lineage_from_their_result():
@@ -606,7 +606,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
                          airflow_run="grounding_train/manual__x")
     assert first["promoted"] and first["version"] == "1"
     assert "PROMOTED" in first["summary"] and "0.6000" in first["summary"] and "0.2000" in first["summary"]
-    assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
+    assert first["lineage"]["outputs"] == [{"namespace": "mlflow://registry", "name": f"models/{name}/versions/1"}]
     again = promote_best(choice, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name)
     assert again["version"] == "1" and again["decision"]["changed"] is False
     version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")

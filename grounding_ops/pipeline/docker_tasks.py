@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
-from grounding_ops.pipeline.lineage import operator_lineage
+from grounding_ops.pipeline.lineage import TRAINING_SPLITS, dataset_split_refs, operator_lineage
 
 DEFAULT_IMAGES: dict[str, str] = {
     "cpu": "grounding-ops/trainer-cpu:latest",
@@ -305,6 +305,13 @@ def _map_index(ti: Any) -> int:
     return -1 if index is None else int(index)
 
 
+def _argument(command: Sequence[str], flag: str) -> str | None:
+    try:
+        return str(command[list(command).index(flag) + 1])
+    except (ValueError, IndexError):
+        return None
+
+
 class GroundingContainerOperator(DockerOperator):
     """A trainer-image container whose image, command and settings come from a run-time ``plan``.
 
@@ -362,8 +369,19 @@ class GroundingContainerOperator(DockerOperator):
         if isinstance(self.credentials, ContainerCredentials):
             self.credentials.refresh()  # fresh credentials for each try
         self.links = {k: v for k, v in (plan.get("links") or {}).items() if isinstance(v, str)}
-        self.lineage_inputs = list(plan.get("inputs") or [])
+        self.lineage_inputs = [*(plan.get("inputs") or []), *self.dataset_files_read(plan)]
         self.lineage_outputs = list(plan.get("outputs") or [])
+
+    dataset_splits: tuple[str, ...] = ()
+
+    def dataset_files_read(self, plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The parquet files of the ``--dataset`` version the container reads (for lineage)."""
+        command = list(plan.get("command") or [])
+        dataset = _argument(command, "--dataset")
+        splits = (_argument(command, "--split"),) if "--split" in command else self.dataset_splits
+        if not dataset or not dataset.startswith("s3://"):
+            return []
+        return dataset_split_refs(dataset, [s for s in splits if s], plan.get("dataset_version"))
 
     def execute(self, context: Any) -> Any:
         self.apply_plan(context)
@@ -388,6 +406,8 @@ class TrainContainerOperator(GroundingContainerOperator):
     With more than one node the same command is submitted to the Ray cluster of the
     ``grounding_ray`` connection (Ray Jobs API) instead; killing the task stops that job.
     """
+
+    dataset_splits = TRAINING_SPLITS
 
     def execute(self, context: Any) -> Any:
         nodes = int(dict(self.plan or {}).get("nodes") or 1)

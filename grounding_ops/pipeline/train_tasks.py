@@ -508,7 +508,7 @@ def promote_best(
         "model_url": mlflow_model_url(tracking_uri, name, version or None),
         "lineage": {
             "inputs": [best["eval_uri"], best["model_uri"]],
-            "outputs": [mlflow_model_ref(tracking_uri, name, version)] if version else [],
+            "outputs": [mlflow_model_ref(name, version)] if version else [],
         },
     }
 
@@ -538,9 +538,13 @@ def mlflow_tracking_uri() -> str:
 
 
 def bucket() -> str:
-    from airflow.sdk import Variable
+    """The dataset Asset's bucket (``GROUNDING_OPS_BUCKET``); a differing ``grounding_bucket`` Variable fails."""
+    from grounding_ops.pipeline.lineage import run_bucket
 
-    return Variable.get(BUCKET_VARIABLE, default=None) or default_bucket()
+    try:
+        return run_bucket(dataset_asset_uri(default_bucket(), dataset_name()))
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def s3_endpoint(s3_conn_id: str) -> str | None:
