@@ -51,3 +51,22 @@ def test_dag_file_imports_no_heavy_module(dag_file):
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"{dag_file.name} imports {loaded} at module level"
+
+
+@pytest.mark.parametrize("dag_id", ["grounding_data", "grounding_train"])
+def test_forms_have_sections_and_labelled_choices(dag_id: str) -> None:
+    from grounding_ops.pipeline import data_params, train_params
+
+    params = (data_params if dag_id == "grounding_data" else train_params).build_params()
+    for name, param in params.items():
+        schema = param.schema
+        assert schema.get("section"), f"{dag_id}.{name} has no section"
+        if "enum" in schema and name != "preset":
+            display = schema.get("values_display") or {}
+            assert set(display) == set(schema["enum"]), f"{dag_id}.{name}: every choice needs a label"
+    if dag_id == "grounding_data":
+        from grounding_ops.data.schema import FORMATS
+        from grounding_ops.protocols import PROTOCOL_NAMES
+
+        assert set(params["format"].schema["values_display"]) == {"auto", *FORMATS}
+        assert set(params["protocol"].schema["values_display"]) == set(PROTOCOL_NAMES)

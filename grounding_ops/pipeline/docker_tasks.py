@@ -388,7 +388,19 @@ class GroundingContainerOperator(DockerOperator):
         self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
                       " ".join(self.command))
         super().execute(context)
-        return self.after_container(context)
+        return self.read_results(context)
+
+    def read_results(self, context: Any) -> Any:
+        """:meth:`after_container`; a data error in what the container wrote fails at once."""
+        from grounding_ops.pipeline.retry_policy import fail_fast
+
+        try:
+            return self.after_container(context)
+        except Exception as exc:
+            raised = fail_fast(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
 
     def after_container(self, context: Any) -> Any:  # pragma: no cover - overridden
         return None
@@ -422,7 +434,7 @@ class TrainContainerOperator(GroundingContainerOperator):
         ray_jobs.run_training_job(self._ray_address, ["grounding-ops", *self.command],
                                   env_vars=self.container_environment(),
                                   submission_id=self.container_name, on_log=self.log.info)
-        return self.after_container(context)
+        return self.read_results(context)
 
     def on_kill(self) -> None:
         if getattr(self, "_ray_job", None):

@@ -278,7 +278,8 @@ def lineage_of(result: Any) -> tuple[list[LineageRef], list[LineageRef]]:
 
 
 class LineagePythonOperator(DecoratedOperator, PythonOperator):
-    """``@task`` whose returned ``"lineage"`` entry becomes the task's OpenLineage inputs/outputs.
+    """``@task`` whose returned ``"lineage"`` entry becomes the task's OpenLineage inputs/outputs,
+    and whose data errors fail at once (:mod:`grounding_ops.pipeline.retry_policy`).
 
     Built, like the standard provider's own ``@task`` operator, from the public ``DecoratedOperator``
     and ``PythonOperator``.
@@ -298,9 +299,17 @@ class LineagePythonOperator(DecoratedOperator, PythonOperator):
         )
 
     def execute(self, context: Any) -> Any:
+        from grounding_ops.pipeline.retry_policy import fail_fast
+
         self.lineage_inputs: list[LineageRef] = []
         self.lineage_outputs: list[LineageRef] = []
-        result = super().execute(context)
+        try:
+            result = super().execute(context)
+        except Exception as exc:  # data errors fail at once; transient S3/MLflow errors are retried
+            raised = fail_fast(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
         self.lineage_inputs, self.lineage_outputs = lineage_of(result)
         return result
 
