@@ -100,7 +100,8 @@ LOCKDOWN_PROBE = "; ".join([
     "'pids=' + cg('pids.max', 'pids/pids.max'), 'mem=' + cg('memory.max', 'memory/memory.limit_in_bytes'), "
     "'uid=' + str(os.getuid()), "
     "'token=' + hashlib.sha256(os.environ.get('AWS_SESSION_TOKEN', '').encode()).hexdigest()[:16], "
-    "'mlflow=' + str(any(k.startswith('MLFLOW') for k in os.environ)))",
+    "'mlflow=' + str(any(k.startswith('MLFLOW') for k in os.environ)), "
+    "'image=' + os.environ.get('GROUNDING_OPS_IMAGE', ''))",
 ])
 
 
@@ -117,10 +118,11 @@ def test_container_gets_the_role_credentials_and_runs_locked_down(role_connectio
     op.execute(_context(f"manual__lockdown-{uuid.uuid4().hex[:8]}"))
     out = capfd.readouterr()
     line = next(line for line in (out.out + out.err).splitlines() if "probe nnp=" in line)  # the task log
-    fields = dict(part.split("=", 1) for part in line.split("probe ", 1)[1].split()[:7])
+    fields = dict(part.split("=", 1) for part in line.split("probe ", 1)[1].split()[:8])
     assert fields["nnp"] == "1" and int(fields["capeff"], 16) == 0
     assert fields["pids"] == "256" and fields["mem"] == str(2 * 1024**3)
     assert fields["uid"] == "1000" and fields["mlflow"] == "False"
+    assert fields["image"].startswith(f"{base_image}@sha256:"), "the run records the exact image"
     token = op.container_environment()["AWS_SESSION_TOKEN"]
     assert fields["token"] == hashlib.sha256(token.encode()).hexdigest()[:16]
 

@@ -70,3 +70,17 @@ def test_forms_have_sections_and_labelled_choices(dag_id: str) -> None:
 
         assert set(params["format"].schema["values_display"]) == {"auto", *FORMATS}
         assert set(params["protocol"].schema["values_display"]) == set(PROTOCOL_NAMES)
+
+
+def test_gpu_image_build_context_sends_only_what_the_dockerfile_copies() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    lines = [l.strip() for l in (root / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert lines[0] == "*", "ignore everything, then allow what the image needs"
+    allowed = {l[1:] for l in lines if l.startswith("!")}
+    copied = set()
+    for line in (root / "docker" / "trainer" / "Dockerfile.verl").read_text().splitlines():
+        if re.match(r"^(COPY|ADD)\s", line) and "--from" not in line:
+            copied.update(src.rstrip("*") for src in line.split()[1:-1])
+    assert copied and copied <= allowed, (copied, allowed)

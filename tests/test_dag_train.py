@@ -274,7 +274,10 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     _put_dataset(s3, s3_service.bucket, version)
     model = f"skip-model-{time.time_ns()}"
     defaults = {k: v["default"] for k, v in param_schemas().items()}
-    _register(MlflowClient(mlflow_service.uri), model, version, training_fingerprint(defaults), "champion")
+    from grounding_ops.pipeline.docker_tasks import image_reference, resolve_image
+
+    image = image_reference(resolve_image(defaults["engine"]))  # the fingerprint pins the trainer image
+    _register(MlflowClient(mlflow_service.uri), model, version, training_fingerprint(defaults, image=image), "champion")
 
     events_file = tmp_path / "openlineage.jsonl"
     env = {
@@ -636,3 +639,14 @@ def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
     summary = read_training_result(store, plan)
     assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
     assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
+
+
+def test_fingerprint_pins_the_trainer_image_digest(docker_daemon, base_image) -> None:
+    from grounding_ops.pipeline.docker_tasks import image_reference
+    from grounding_ops.pipeline.train_tasks import training_fingerprint
+
+    ref = image_reference(base_image)
+    assert ref.startswith(f"{base_image}@sha256:") or "@sha256:" in ref
+    params = {"preset": "tiny-cpu", "engine": "cpu"}
+    assert training_fingerprint(params, image=ref) != training_fingerprint(params, image=f"{base_image}@sha256:0")
+    assert image_reference("grounding-ops/no-such-image:never") == "grounding-ops/no-such-image:never"

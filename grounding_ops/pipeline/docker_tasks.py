@@ -42,6 +42,7 @@ DEFAULT_IMAGES: dict[str, str] = {
 # Airflow Variables that override the image per engine (e.g. a registry path with a digest).
 IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": "grounding_trainer_image_gpu"}
 S3_CONN_ID = "grounding_s3"
+IMAGE_ENV = "GROUNDING_OPS_IMAGE"  # = grounding_ops.training.runner.IMAGE_ENV
 WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -285,6 +286,28 @@ class LockedDownClient:
         return getattr(self._client, name)
 
 
+def image_reference(image: str, client: Callable[[], Any] | None = None) -> str:
+    """``image`` pinned to its content: the registry digest (``repo@sha256:...``) when it came from a
+    registry, else ``image@<local image id>``; ``image`` itself when the daemon cannot say.
+    ``client`` makes the Docker API client (default: the daemon of ``DOCKER_HOST``)."""
+    try:
+        if client is not None:
+            client = client()
+        else:
+            import docker
+
+            client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
+                                      timeout=10)
+        info = client.inspect_image(image)
+    except Exception as exc:  # noqa: BLE001 - an unknown digest is recorded as such, not fatal here
+        import logging
+
+        logging.getLogger(__name__).warning("cannot inspect image %s (%s): recording its tag only", image, exc)
+        return image
+    digests = [d for d in info.get("RepoDigests") or [] if "@sha256:" in d]
+    return sorted(digests)[0] if digests else f"{image}@{info['Id']}"
+
+
 def image_override(engine: str) -> str | None:
     from airflow.sdk import Variable
 
@@ -365,6 +388,9 @@ class GroundingContainerOperator(DockerOperator):
         )
         for key, value in kwargs.items():
             setattr(self, key, value)
+        # The exact image, recorded by the run (run.json, then the MLflow tags of its evaluations).
+        self.image_ref = image_reference(self.image, lambda: self.cli)
+        self.environment = {**self.environment, IMAGE_ENV: self.image_ref}
         self.host_options = host_config_options(engine)
         if isinstance(self.credentials, ContainerCredentials):
             self.credentials.refresh()  # fresh credentials for each try
@@ -452,6 +478,7 @@ class TrainContainerOperator(GroundingContainerOperator):
         plan = dict(self.plan)
         store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
         summary = train_tasks.read_training_result(store, plan)
+        summary["image"] = self.image_ref
         if summary.get("wandb_url"):
             self.links["wandb"] = summary["wandb_url"]
         self.lineage_outputs = [plan["output_uri"]]

@@ -113,9 +113,12 @@ def resolve_dataset(
 # ----------------------------------------------------------------------------- skip decision
 
 
-def training_fingerprint(params: Mapping[str, Any]) -> str:
-    """A short hash of the form values that change what is trained (not the dataset version)."""
+def training_fingerprint(params: Mapping[str, Any], image: str | None = None) -> str:
+    """A short hash of the form values that change what is trained (not the dataset version), and of
+    the trainer image (``repo@sha256:...``) when given."""
     chosen = {key: params.get(key) for key in TRAINING_PARAM_KEYS}
+    if image:
+        chosen["image"] = image
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -599,6 +602,13 @@ def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, An
     return {**asdict(dataset), "summary": summary, "lineage": {"inputs": [dataset.manifest_uri], "outputs": []}}
 
 
+def trainer_image_reference(engine: str) -> str:
+    """The trainer image the run would use, pinned to its digest (part of the training fingerprint)."""
+    from grounding_ops.pipeline.docker_tasks import image_override, image_reference, resolve_image
+
+    return image_reference(resolve_image(engine, image_override(engine)))
+
+
 def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -606,7 +616,7 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
 
     params = dict(context["params"])
     ref = DatasetRef(**{k: dataset[k] for k in ("version", "uri", "manifest_uri", "source")})
-    fingerprint = training_fingerprint(params)
+    fingerprint = training_fingerprint(params, image=trainer_image_reference(str(params["engine"])))
     tracking = mlflow_tracking_uri()
     champion, challenger = model_states(tracking, model_name())
     decision = decide_training(ref.version, fingerprint, champion, challenger, force=bool(params.get("force")))
