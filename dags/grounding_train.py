@@ -26,6 +26,7 @@ from grounding_ops.pipeline import train_tasks as tt
 from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
 from grounding_ops.pipeline.notify import FailureNotifier, PromotionNotifier
+from grounding_ops.pipeline.pools import gpu_pool
 from grounding_ops.pipeline.train_params import build_params
 
 CRON = os.environ.get("GROUNDING_OPS_TRAIN_CRON") or "0 2 * * *"
@@ -74,6 +75,7 @@ def grounding_train():
         task_id="train",
         plan=decide(resolve_dataset()),
         s3_conn_id=S3_CONN_ID,
+        pool=gpu_pool(),
         retries=1,  # a retry resumes from the checkpoints in S3
         execution_timeout=timedelta(hours=24),
         doc_md="Runs `grounding-ops train` in the trainer image (gpu: VeRL on all GPUs; cpu: the TRL twin). "
@@ -90,6 +92,7 @@ def grounding_train():
     evaluate = EvaluateContainerOperator.partial(
         task_id="evaluate",
         s3_conn_id=S3_CONN_ID,
+        pool=gpu_pool(),
         retries=2,
         execution_timeout=timedelta(hours=4),
         max_active_tis_per_dagrun=2,

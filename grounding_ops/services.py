@@ -399,6 +399,14 @@ def prepare_airflow(settings: ServiceSettings) -> None:
                                 stdout=handle, stderr=subprocess.STDOUT, timeout=600)
     if result.returncode != 0:
         raise ServiceError(f"`airflow db migrate` failed; see {log}:\n{_tail(log)}")
+    from grounding_ops.pipeline.pools import GPU_POOL_SLOTS_ENV, gpu_pool
+
+    slots = os.environ.get(GPU_POOL_SLOTS_ENV) or "2"
+    with open(log, "ab") as handle:  # the trainer containers' pool (see docs/operations.md)
+        result = subprocess.run([_bin("airflow"), "pools", "set", gpu_pool(), slots, "GPU trainer containers"],
+                                env=airflow_env(settings), stdout=handle, stderr=subprocess.STDOUT, timeout=300)
+    if result.returncode != 0:
+        raise ServiceError(f"`airflow pools set {gpu_pool()}` failed; see {log}:\n{_tail(log)}")
 
 
 def start_airflow(settings: ServiceSettings, timeout: float = 180.0) -> None:

@@ -84,3 +84,14 @@ def test_gpu_image_build_context_sends_only_what_the_dockerfile_copies() -> None
         if re.match(r"^(COPY|ADD)\s", line) and "--from" not in line:
             copied.update(src.rstrip("*") for src in line.split()[1:-1])
     assert copied and copied <= allowed, (copied, allowed)
+
+
+def test_trainer_containers_share_the_gpu_pool() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from grounding_ops.pipeline.pools import DEFAULT_GPU_POOL
+
+    dag = DagBag(str(Path(__file__).resolve().parent.parent / "dags" / "grounding_train.py")).dags["grounding_train"]
+    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in ("train", "evaluate")} == {
+        "train": DEFAULT_GPU_POOL, "evaluate": DEFAULT_GPU_POOL}
+    assert all(t.pool == "default_pool" for t in dag.tasks if t.task_id not in ("train", "evaluate"))
