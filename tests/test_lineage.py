@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+MLFLOW_PASSWORD = "mlflow-conn-password-Zk7q"
 
 _RUN_BOTH = """
 import json, sys
@@ -23,7 +24,7 @@ from airflow.dag_processing.dagbag import DagBag
 
 bag = DagBag(sys.argv[1])
 assert not bag.import_errors, bag.import_errors
-for dag_id, conf in (("grounding_data", {}), ("grounding_train", json.loads(sys.argv[2]))):
+for dag_id, conf in (("grounding_data", json.loads(sys.argv[2])), ("grounding_train", json.loads(sys.argv[3]))):
     run = bag.dags[dag_id].test(run_conf=conf)
     states = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"): str(ti.state)
               for ti in run.get_task_instances()}
@@ -79,7 +80,9 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3
             "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
             "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
             "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
-        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
+        # credentials the server does not ask for, to prove they never reach the events or the logs
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri,
+                                                     "login": "lineage-user", "password": MLFLOW_PASSWORD}),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(events_file), "append": True}),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "grounding-test",
@@ -87,14 +90,26 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3
     }
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(key, None)
-    conf = {"total_steps": 2, "max_eval_samples": 4, "force": True}
-    out = subprocess.run([sys.executable, "-c", _RUN_BOTH, str(REPO / "dags"), json.dumps(conf)],
+    from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
+
+    # as `make demo` does: the demo set, resized for the tiny model's processor
+    data_conf = {"protocol": "qwen2.5-vl", "val_fraction": 0.25, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+    train_conf = {"total_steps": 2, "max_eval_samples": 4, "force": True}
+    out = subprocess.run([sys.executable, "-c", _RUN_BOTH, str(REPO / "dags"), json.dumps(data_conf),
+                          json.dumps(train_conf)],
                          capture_output=True, text=True, timeout=1500, env=env)
     states = [json.loads(line[len("STATES "):]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    (tmp_path / "run.log").write_text(out.stdout + out.stderr)
+    errors = "\n".join(line for line in (out.stdout + out.stderr).splitlines()
+                       if "ERROR" in line or "Error" in line or "error" in line)[-6000:]
     assert out.returncode == 0 and len(states) == 2, (out.stdout[-4000:], out.stderr[-4000:])
-    assert all(s["run"] == "success" for s in states), states
+    assert all(s["run"] == "success" for s in states), (states, errors, str(tmp_path / "run.log"))
 
-    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    raw_events = events_file.read_text()
+    secrets = [MLFLOW_PASSWORD, s3_service.env["AWS_SECRET_ACCESS_KEY"]]
+    for where, text in (("lineage events", raw_events), ("task logs", out.stdout + out.stderr)):
+        assert not [s for s in secrets if s in text], f"a credential is in the {where}"
+    events = [json.loads(line) for line in raw_events.splitlines() if line.strip()]
     bucket = f"s3://{s3_service.bucket}"
     names = {(d["namespace"], d["name"]) for e in events for side in ("inputs", "outputs") for d in e.get(side) or []}
     assert not [n for n in names if "_staging" in n[1]], "no task reports the staging area export deletes"

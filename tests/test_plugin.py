@@ -68,6 +68,10 @@ def api(airflow_db, mlflow_service, registry):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps({"conn_type": "http", "host": mlflow_service.uri}))
     mp.setenv("GROUNDING_OPS_MODEL_NAME", registry)
+    from grounding_ops.pipeline.models_page import PAGE_MLFLOW_VARIABLES
+
+    for key in PAGE_MLFLOW_VARIABLES:  # the page shortens MLflow's timeouts in its process: undo after
+        mp.delenv(key, raising=False)
     from airflow.api_fastapi.app import create_app, get_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 

@@ -121,6 +121,10 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
     async def any_user(request: Any, credentials: Any) -> dict[str, str]:
         return {"user": "test"}
 
+    from grounding_ops.pipeline.models_page import PAGE_MLFLOW_VARIABLES
+
+    for key in PAGE_MLFLOW_VARIABLES:  # the page shortens MLflow's timeouts in its process: undo after
+        monkeypatch.delenv(key, raising=False)
     app = create_app(mlflow_env.uri, user_dependency=any_user, authorizer=lambda request, user: None, models=(model,))
     with TestClient(app) as http:
         response = http.get("/api/models", params={"model": model})

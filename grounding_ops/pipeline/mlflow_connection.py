@@ -88,8 +88,14 @@ def resolve(conn_id: str = MLFLOW_CONN_ID) -> MlflowServer:
     except Exception:  # connection not defined
         conn = None
     if conn is not None and conn.host:
-        return from_connection(conn.host, schema=conn.schema, port=conn.port, login=conn.login,
-                               password=conn.password, extra=conn.extra_dejson)
+        server = from_connection(conn.host, schema=conn.schema, port=conn.port, login=conn.login,
+                                 password=conn.password, extra=conn.extra_dejson)
+        if server.username or server.password or server.token:
+            return server
+        # a connection without credentials keeps those given to MLflow the usual way
+        return MlflowServer(uri=server.uri, username=os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                            password=os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+                            token=os.environ.get("MLFLOW_TRACKING_TOKEN"))
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise MlflowConfigError(f"no MLflow server configured: define the Airflow connection {conn_id!r} "

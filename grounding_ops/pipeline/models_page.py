@@ -56,6 +56,9 @@ DEFAULT_TIMEOUT_S = 3
 DEFAULT_RETRIES = 1
 DEFAULT_CACHE_S = 30.0
 FAILURE_CACHE_S = 5.0
+# What limit_mlflow_requests() sets in the (api-server) process.
+PAGE_MLFLOW_VARIABLES = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
 
 
 class MlflowUnavailable(RuntimeError):
