@@ -78,3 +78,12 @@ def test_a_python_task_fails_at_once_on_a_data_error() -> None:
         task = lineage_task(broken, task_id="broken", retries=3)()
     with pytest.raises(AirflowFailException, match="not retried"):
         task.operator.execute({})
+
+
+def test_the_bucket_is_one_setting_checked_against_the_asset() -> None:
+    from grounding_ops.pipeline.lineage import check_bucket
+
+    assert check_bucket("s3://grounding-prod/datasets/grounding", None) == "grounding-prod"
+    assert check_bucket("s3://grounding-prod/datasets/grounding", "grounding-prod") == "grounding-prod"
+    with pytest.raises(ValueError, match="grounding_bucket.*differs from the bucket of the dataset Asset"):
+        check_bucket("s3://grounding-prod/datasets/grounding", "grounding-dev")
