@@ -28,6 +28,7 @@ from airflow.sdk import Asset, dag
 from grounding_ops.pipeline import data_params
 from grounding_ops.pipeline import data_tasks as dt
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task
+from grounding_ops.pipeline.notify import FailureNotifier
 
 DATASET_ASSET = Asset(dataset_asset_uri(dt.default_bucket(), dataset_name()))
 
@@ -37,6 +38,7 @@ default_args = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
+    "on_failure_callback": [FailureNotifier()],  # alert: Variable grounding_notify
 }
 
 

@@ -29,13 +29,16 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag
 
 from grounding_ops.pipeline import train_tasks as tt
-from grounding_ops.pipeline.docker_tasks import GPU_POOL, S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator, gpu_queue
+from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator, gpu_queue
 from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
+from grounding_ops.pipeline.notify import FailureNotifier, PromotionNotifier
+from grounding_ops.pipeline.pools import gpu_pool
 from grounding_ops.pipeline.train_params import build_params
 
 CRON = os.environ.get("GROUNDING_OPS_TRAIN_CRON") or "0 2 * * *"
 TIMEZONE = os.environ.get("GROUNDING_OPS_TRAIN_TIMEZONE") or "UTC"
 GPU_QUEUE = gpu_queue()
+GPU_POOL = gpu_pool()
 DATASET_ASSET = Asset(dataset_asset_uri(tt.default_bucket(), dataset_name()))
 MODEL_ASSET = Asset(model_asset_uri(model_name()))
 
@@ -46,6 +49,7 @@ default_args = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(minutes=10),
+    "on_failure_callback": [FailureNotifier()],  # alert: Variable grounding_notify
 }
 
 
@@ -124,14 +128,17 @@ def grounding_train():
     evaluate_test = EvaluateContainerOperator.partial(
         task_id="evaluate_test",
         s3_conn_id=S3_CONN_ID,
+        queue=GPU_QUEUE,
         retries=2,
         execution_timeout=timedelta(hours=4),
-        max_active_tis_per_dagrun=2,
+        pool=GPU_POOL,
+        max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
         doc_md="Runs `grounding-ops evaluate` on the test split for the chosen checkpoint and the bar, then "
-               "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried.",
+               "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried. "
+               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     ).expand(plan=plan_decision(choice, train.output))
 
-    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2,
+    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2, on_success_callback=[PromotionNotifier()],
                   doc_md="Registers the chosen checkpoint in the MLflow Model Registry and moves the champion "
                          "alias only when the paired bootstrap interval of its gain over the bar (champion, or "
                          "base model) on the same test samples clears the minimum delta. The log states the "

@@ -718,14 +718,14 @@ def prepare_airflow(settings: ServiceSettings) -> None:
                                 stdout=handle, stderr=subprocess.STDOUT, timeout=600)
     if result.returncode != 0:
         raise ServiceError(f"`airflow db migrate` failed; see {log}:\n{_tail(log)}")
-    from grounding_ops.pipeline.train_params import GPU_POOL, GPU_POOL_SLOTS
+    from grounding_ops.pipeline.pools import gpu_pool, gpu_pool_slots
 
     with open(log, "ab") as handle:  # the trainer containers' pool (tasks in a missing pool never run)
-        result = subprocess.run([_bin("airflow"), "pools", "set", GPU_POOL, str(GPU_POOL_SLOTS),
-                                 "trainer containers: one at a time on the GPU node"], env=airflow_env(settings),
+        result = subprocess.run([_bin("airflow"), "pools", "set", gpu_pool(), str(gpu_pool_slots()),
+                                 "GPU trainer containers (see docs/operations.md)"], env=airflow_env(settings),
                                 stdout=handle, stderr=subprocess.STDOUT, timeout=300)
     if result.returncode != 0:
-        raise ServiceError(f"`airflow pools set {GPU_POOL}` failed; see {log}:\n{_tail(log)}")
+        raise ServiceError(f"`airflow pools set {gpu_pool()}` failed; see {log}:\n{_tail(log)}")
 
 
 def start_airflow(settings: ServiceSettings, timeout: float = 180.0) -> None:

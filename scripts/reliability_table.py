@@ -84,7 +84,8 @@ SECURITY: list[tuple[str, str, str]] = [
      "the plan (template field, XCom) and OpenLineage facets hold no secret",
      "tests/test_security.py::test_training_plan_and_lineage_carry_no_credentials"),
     ("Training container lockdown",
-     "non-root user, not privileged, no capabilities, no mounts (no Docker socket), argument list, host network",
+     "non-root user, not privileged, every capability dropped, no-new-privileges, pids and memory limits, "
+     "no mounts (no Docker socket), argument list; network from GROUNDING_OPS_CONTAINER_NETWORK (host only locally)",
      "tests/test_security.py::test_training_container_is_locked_down"),
     ("Trainer image default user", "non-root",
      "tests/test_security.py::test_trainer_image_runs_as_non_root"),

@@ -51,3 +51,47 @@ def test_dag_file_imports_no_heavy_module(dag_file):
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"{dag_file.name} imports {loaded} at module level"
+
+
+@pytest.mark.parametrize("dag_id", ["grounding_data", "grounding_train"])
+def test_forms_have_sections_and_labelled_choices(dag_id: str) -> None:
+    from grounding_ops.pipeline import data_params, train_params
+
+    params = (data_params if dag_id == "grounding_data" else train_params).build_params()
+    for name, param in params.items():
+        schema = param.schema
+        assert schema.get("section"), f"{dag_id}.{name} has no section"
+        if "enum" in schema and name != "preset":
+            display = schema.get("values_display") or {}
+            assert set(display) == set(schema["enum"]), f"{dag_id}.{name}: every choice needs a label"
+    if dag_id == "grounding_data":
+        from grounding_ops.data.schema import FORMATS
+        from grounding_ops.protocols import PROTOCOL_NAMES
+
+        assert set(params["format"].schema["values_display"]) == {"auto", *FORMATS}
+        assert set(params["protocol"].schema["values_display"]) == set(PROTOCOL_NAMES)
+
+
+def test_gpu_image_build_context_sends_only_what_the_dockerfile_copies() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    lines = [l.strip() for l in (root / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert lines[0] == "*", "ignore everything, then allow what the image needs"
+    allowed = {l[1:] for l in lines if l.startswith("!")}
+    copied = set()
+    for line in (root / "docker" / "trainer" / "Dockerfile.verl").read_text().splitlines():
+        if re.match(r"^(COPY|ADD)\s", line) and "--from" not in line:
+            copied.update(src.rstrip("*") for src in line.split()[1:-1])
+    assert copied and copied <= allowed, (copied, allowed)
+
+
+def test_trainer_containers_share_the_gpu_pool() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from grounding_ops.pipeline.pools import DEFAULT_GPU_POOL
+
+    dag = DagBag(str(Path(__file__).resolve().parent.parent / "dags" / "grounding_train.py")).dags["grounding_train"]
+    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in ("train", "evaluate")} == {
+        "train": DEFAULT_GPU_POOL, "evaluate": DEFAULT_GPU_POOL}
+    assert all(t.pool == "default_pool" for t in dag.tasks if t.task_id not in ("train", "evaluate"))

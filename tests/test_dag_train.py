@@ -279,7 +279,10 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     _put_dataset(s3, s3_service.bucket, version)
     model = f"skip-model-{time.time_ns()}"
     defaults = {k: v["default"] for k, v in param_schemas().items()}
-    _register(MlflowClient(mlflow_service.uri), model, version, training_fingerprint(defaults), "champion")
+    from grounding_ops.pipeline.docker_tasks import image_reference, resolve_image
+
+    image = image_reference(resolve_image(defaults["engine"]))  # the fingerprint pins the trainer image
+    _register(MlflowClient(mlflow_service.uri), model, version, training_fingerprint(defaults, image=image), "champion")
 
     events_file = tmp_path / "openlineage.jsonl"
     env = {
@@ -399,9 +402,10 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
     assert op.network_mode == "host" and op.privileged is False and op.user == "1000:1000"
     assert op.auto_remove == "force" and op.mount_tmp_dir is False and op.retrieve_output is False
     assert op.container_name.endswith("-t3") and "manual" in op.container_name
-    assert op._private_environment["AWS_SECRET_ACCESS_KEY"] == "very-secret-key"
-    assert op._private_environment["WANDB_API_KEY"] == "wandb-secret-key"
-    assert op._private_environment["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    private = op.container_environment()
+    assert private["AWS_SECRET_ACCESS_KEY"] == "very-secret-key"
+    assert private["WANDB_API_KEY"] == "wandb-secret-key"
+    assert private["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     rendered = json.dumps([op.command, op.environment, op.container_name, op.image])
     assert "secret" not in rendered
     assert DatasetManifestLink().get_link(op, ti_key=None).endswith("/manifest.json")
@@ -420,8 +424,8 @@ def test_operator_reports_openlineage_inputs_and_outputs(airflow_connections):
     assert [(d.namespace, d.name) for d in lineage.inputs] == [
         ("s3://b", "datasets/grounding/v1"), ("s3://b", "runs/x/train/final")]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "runs/x/eval/final")]
-    model = operator_lineage([], [mlflow_model_ref("http://127.0.0.1:5000/", "grounding-model", 7)]).outputs[0]
-    assert (model.namespace, model.name) == ("http://127.0.0.1:5000", "models/grounding-model/versions/7")
+    model = operator_lineage([], [mlflow_model_ref("grounding-model", 7)]).outputs[0]
+    assert (model.namespace, model.name) == ("mlflow://registry", "models/grounding-model/versions/7")
 
 
 def test_python_tasks_report_lineage_from_their_result():
@@ -664,7 +668,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     assert first["decision"]["split"] == "test" and first["decision"]["n"] == 120
     assert first["selection_split"] == "val" and first["decision_split"] == "test"
     assert "PROMOTED" in first["summary"] and "vs base 0.1667" in first["summary"] and "n=120" in first["summary"]
-    assert first["lineage"]["outputs"] == [{"namespace": mlflow_service.uri, "name": f"models/{name}/versions/1"}]
+    assert first["lineage"]["outputs"] == [{"namespace": "mlflow://registry", "name": f"models/{name}/versions/1"}]
     again = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     assert again["version"] == "1" and again["decision"]["changed"] is False
     version = MlflowClient(mlflow_service.uri).get_model_version(name, "1")
@@ -899,3 +903,14 @@ def test_second_night_decides_against_the_champion_reevaluated_on_the_new_versio
     decision_line = next(line for line in log.splitlines() if "PROMOTED" in line and f"{name} v2" in line)
     assert "vs champion v1" in decision_line and "CI" in decision_line and "n=24" in decision_line
     assert "on dataset v2 (test)" in decision_line and "chosen on val" in decision_line
+
+
+def test_fingerprint_pins_the_trainer_image_digest(docker_daemon, base_image) -> None:
+    from grounding_ops.pipeline.docker_tasks import image_reference
+    from grounding_ops.pipeline.train_tasks import training_fingerprint
+
+    ref = image_reference(base_image)
+    assert ref.startswith(f"{base_image}@sha256:") or "@sha256:" in ref
+    params = {"preset": "tiny-cpu", "engine": "cpu"}
+    assert training_fingerprint(params, image=ref) != training_fingerprint(params, image=f"{base_image}@sha256:0")
+    assert image_reference("grounding-ops/no-such-image:never") == "grounding-ops/no-such-image:never"

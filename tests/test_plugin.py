@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import html
 import json
+import socket
+import threading
 import time
 
 import pytest
 
 XSS = '<script>alert("x")</script>'
+
+
+def _decide(client, name, version, run_id, *, promoted, candidate, baseline):
+    """Decision tags as grounding_ops.registry.promotion records them."""
+    tags = {"eval_run_id": run_id, "metric": "acc_at_0_5", "min_delta": "0.01", "candidate_value": repr(candidate),
+            "baseline": "champion", "baseline_value": repr(baseline), "champion_before": "3",
+            "reason": "beats the champion" if promoted else "does not beat the champion by min_delta",
+            "decided_at": f"2026-01-0{version}T02:00:00+00:00", "promoted": "true" if promoted else "false"}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, f"grounding.promotion.{key}", value)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +41,16 @@ def registry(mlflow_service):
         version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
         client.set_model_version_tag(name, version.version, "grounding.airflow_run",
                                      f"grounding_train/manual__run-{number}")
+        if number == 3:  # a non-finite metric tag must not break the JSON answer
+            client.set_model_version_tag(name, version.version, "grounding.metric.acc_at_0_5", "0.3")
+            client.set_model_version_tag(name, version.version, "grounding.metric.mean_iou", "nan")
+        if number == 4:  # the champion: per-source metrics on its evaluation run, a recorded decision
+            for source, value in (("shapes", 0.5), ("vindr", 0.25)):
+                client.log_metric(run.info.run_id, f"source/{source}/acc_at_0_5", value)
+            client.log_metric(run.info.run_id, "source/vindr/mean_iou", float("nan"))
+            _decide(client, name, version.version, run.info.run_id, promoted=True, candidate=0.4, baseline=0.3)
+        if number == 5:
+            _decide(client, name, version.version, run.info.run_id, promoted=False, candidate=0.5, baseline=0.4)
         if number == 2:
             client.set_model_version_tag(name, version.version, "grounding.dataset_version", XSS)
             client.set_model_version_tag(name, version.version, "grounding.wandb_run", "javascript:alert(1)")
@@ -46,6 +68,10 @@ def api(airflow_db, mlflow_service, registry):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps({"conn_type": "http", "host": mlflow_service.uri}))
     mp.setenv("GROUNDING_OPS_MODEL_NAME", registry)
+    from grounding_ops.pipeline.models_page import PAGE_MLFLOW_VARIABLES
+
+    for key in PAGE_MLFLOW_VARIABLES:  # the page shortens MLflow's timeouts in its process: undo after
+        mp.delenv(key, raising=False)
     from airflow.api_fastapi.app import create_app, get_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
@@ -54,6 +80,15 @@ def api(airflow_db, mlflow_service, registry):
         token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
         yield client, token
     mp.undo()
+
+
+@pytest.fixture()
+def roleless_token(api):
+    """A valid Airflow JWT of a user whose role grants nothing (may not read any DAG)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="nobody", role=None))
 
 
 def test_plugin_is_registered_with_nav_entry_and_links(api):
@@ -133,10 +168,101 @@ def test_html_page_escapes_registry_values_and_highlights_champion(api, registry
 def test_html_page_paginates(api, registry):
     client, token = api
     page = client.get("/grounding/models", params={"model": registry, "page_size": 3}, cookies={"_token": token}).text
-    assert page.count("data-version=") == 3 and 'id="older"' in page
+    assert page.count('<tr class="version"') + page.count('<tr class="champion"') == 3 and 'id="older"' in page
 
 
-def test_unknown_model_gives_an_empty_page_with_a_hint(api):
+def test_only_the_configured_model_is_readable(api, mlflow_service):
     client, token = api
-    data = client.get("/grounding/api/models", params={"model": "never-registered"}, cookies={"_token": token}).json()
-    assert data["versions"] == [] and "run grounding_train" in data["error"]
+    other = f"other-model-{time.time_ns()}"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(mlflow_service.uri).create_registered_model(other)
+    response = client.get("/grounding/api/models", params={"model": other}, cookies={"_token": token})
+    assert response.status_code == 404 and "GROUNDING_OPS_MODEL_NAME" in response.json()["detail"]
+
+
+def test_a_user_without_permission_on_grounding_train_is_refused(api, roleless_token):
+    client, _ = api
+    assert client.get("/grounding/api/models", cookies={"_token": roleless_token}).status_code == 403
+    page = client.get("/grounding/models", headers={"Accept": "text/html"}, cookies={"_token": roleless_token},
+                      follow_redirects=False)
+    assert page.status_code == 403 and "champion" not in page.text
+
+
+def test_non_finite_metric_tags_are_shown_as_missing(api, registry):
+    client, token = api
+    response = client.get("/grounding/api/models", cookies={"_token": token})
+    assert response.status_code == 200, response.text
+    v3 = next(v for v in response.json()["versions"] if v["version"] == "3")
+    assert v3["metrics"]["acc_at_0_5"] == pytest.approx(0.3) and v3["metrics"]["mean_iou"] is None
+
+
+def test_page_shows_chart_champion_sources_and_decisions(api, registry):
+    client, token = api
+    data = client.get("/grounding/api/models", cookies={"_token": token}).json()
+    assert data["champion"] == "4" and data["metric"] == "acc_at_0_5"
+    assert data["champion_sources"] == {"shapes": {"acc_at_0_5": 0.5}, "vindr": {"acc_at_0_5": 0.25}}
+    decisions = {d["version"]: d for d in data["decisions"]}
+    assert decisions["4"]["promoted"] and decisions["4"]["candidate_value"] == 0.4
+    assert not decisions["5"]["promoted"] and decisions["5"]["baseline_value"] == 0.4
+    assert decisions["5"]["evaluation_url"].startswith("http://127.0.0.1") and "/#/runs/" in decisions["5"]["evaluation_url"]
+    page = client.get("/grounding/models", cookies={"_token": token}).text
+    chart = page[page.index('<svg id="chart"'):page.index("</svg>")]
+    assert [f'data-version="{n}"' in chart for n in "12345"] == [True] * 5
+    assert 'data-source="vindr"' in page and "0.2500" in page
+    assert '<tr data-decision="5">' in page and "not promoted" in page and "0.5000" in page
+    assert "evaluation run" in page and "Airflow run" in page
+
+
+class _DeadMlflow:
+    """An MLflow address that never answers: ``stalled`` accepts connections and stays silent,
+    ``stopped`` refuses them (a port nothing listens on)."""
+
+    def __init__(self, kind: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        if kind == "stalled":
+            self.sock.listen(64)
+        else:
+            self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["stalled", "stopped"])
+def test_api_server_keeps_answering_while_mlflow_is_down(api, monkeypatch, kind):
+    client, token = api
+    dead = _DeadMlflow(kind)
+    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps(
+        {"conn_type": "http", "host": f"http://admin:hunter2-secret@127.0.0.1:{dead.port}"}))
+    answers: dict[str, object] = {}
+
+    def open_page(key: str, path: str) -> None:
+        started = time.monotonic()
+        response = client.get(path, cookies={"_token": token}, headers={"Accept": "text/html"})
+        answers[key] = (response, time.monotonic() - started)
+
+    try:
+        pages = [threading.Thread(target=open_page, args=(f"page{i}", p))
+                 for i, p in enumerate(("/grounding/models", "/grounding/api/models?page_size=7"))]
+        for thread in pages:
+            thread.start()
+        time.sleep(0.3)  # both page requests are now waiting on MLflow
+        for path in ("/api/v2/version", "/api/v2/monitor/health", "/"):
+            started = time.monotonic()
+            response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200, (path, response.status_code)
+            assert elapsed < 1.0, f"{path} took {elapsed:.2f}s while MLflow was {kind}"
+        for thread in pages:
+            thread.join(30)
+            assert not thread.is_alive(), "the page did not give up on MLflow within 30 s"
+    finally:
+        dead.close()
+    for key in ("page0", "page1"):
+        response, elapsed = answers[key]
+        assert response.status_code == 503, response.text
+        assert "MLflow is unavailable" in response.text and elapsed < 15
+        assert "hunter2-secret" not in response.text and "admin:" not in response.text

@@ -121,7 +121,11 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
     async def any_user(request: Any, credentials: Any) -> dict[str, str]:
         return {"user": "test"}
 
-    app = create_app(mlflow_env.uri, user_dependency=any_user)
+    from grounding_ops.pipeline.models_page import PAGE_MLFLOW_VARIABLES
+
+    for key in PAGE_MLFLOW_VARIABLES:  # the page shortens MLflow's timeouts in its process: undo after
+        monkeypatch.delenv(key, raising=False)
+    app = create_app(mlflow_env.uri, user_dependency=any_user, authorizer=lambda request, user: None, models=(model,))
     with TestClient(app) as http:
         response = http.get("/api/models", params={"model": model})
         assert response.status_code == 200, response.text
@@ -134,8 +138,8 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
 def test_container_credentials_only_as_private_environment() -> None:
     from grounding_ops.pipeline.docker_tasks import GroundingContainerOperator, docker_kwargs, s3_environment
 
-    private = s3_environment(SECRETS["AWS_ACCESS_KEY_ID"], SECRETS["AWS_SECRET_ACCESS_KEY"],
-                             {"endpoint_url": "http://127.0.0.1:9", "aws_session_token": "fake-session-token-77"})
+    private = s3_environment(SECRETS["AWS_ACCESS_KEY_ID"], SECRETS["AWS_SECRET_ACCESS_KEY"], "fake-session-token-77",
+                             endpoint_url="http://127.0.0.1:9")
     private["WANDB_API_KEY"] = SECRETS["WANDB_API_KEY"]
     command = ["grounding-ops", "train", "--engine", "cpu", "--preset", "tiny-cpu", "--dataset", "s3://b/d/v1",
                "--output", "s3://b/r/1"]
@@ -172,12 +176,15 @@ def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("engine", ["cpu", "gpu"])
 def test_training_container_is_locked_down(engine: str) -> None:
-    from grounding_ops.pipeline.docker_tasks import docker_kwargs
+    from grounding_ops.pipeline.docker_tasks import docker_kwargs, host_config_options
 
     gpu = engine == "gpu"
     kwargs = docker_kwargs(engine=engine, command=["grounding-ops", "train"], container_name="c",
                            private_environment={}, gpus=8 if gpu else None,
                            work_volume="grounding-ops-trainer-work" if gpu else None)
+    host = host_config_options(engine)
+    assert host["cap_drop"] == ["ALL"] and host["security_opt"] == ["no-new-privileges:true"]
+    assert host["pids_limit"] > 0 and kwargs["mem_limit"]
     user = str(kwargs["user"])
     assert user and user.split(":")[0] not in ("0", "root")
     assert kwargs["privileged"] is False
@@ -187,7 +194,7 @@ def test_training_container_is_locked_down(engine: str) -> None:
     assert kwargs["mount_tmp_dir"] is False
     assert "docker.sock" not in repr(kwargs)
     assert isinstance(kwargs["command"], list)
-    assert kwargs["network_mode"] == "host" and kwargs["auto_remove"] == "force"
+    assert kwargs["auto_remove"] == "force"
     assert kwargs["retrieve_output"] is False
     assert (kwargs["device_requests"] is not None) == (engine == "gpu")
 
@@ -289,3 +296,18 @@ def test_training_fetch_verifies_the_manifest(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not match its manifest") as failure:
         runner.fetch_dataset(str(tmp_path / "ds"), tmp_path / "dest", None)
     assert "Traceback" not in str(failure.value)
+
+
+def test_container_network_is_a_setting_host_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grounding_ops.pipeline.docker_tasks import NETWORK_ENV, docker_kwargs
+
+    def network() -> str:
+        return docker_kwargs(engine="cpu", command=["grounding-ops"], container_name="c")["network_mode"]
+
+    assert network() == "host"  # the local profile: its dockerd has no bridge
+    monkeypatch.setenv(NETWORK_ENV, "grounding-trainers")
+    assert network() == "grounding-trainers"
+    for bad in ("container:airflow-worker", "a b"):
+        monkeypatch.setenv(NETWORK_ENV, bad)
+        with pytest.raises(ValueError, match=NETWORK_ENV):
+            network()

@@ -226,10 +226,10 @@ def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
 
 def test_the_dag_runs_trainer_containers_in_the_gpu_pool_one_evaluation_at_a_time() -> None:
     text = (REPO / "dags" / "grounding_train.py").read_text()
-    assert text.count("pool=GPU_POOL") == 2
-    assert "max_active_tis_per_dagrun=1" in text
+    assert text.count("pool=GPU_POOL") == 3  # train, evaluate, evaluate_test
+    assert text.count("max_active_tis_per_dagrun=1") == 2
     services = (REPO / "grounding_ops" / "services.py").read_text()
-    assert '"pools", "set", GPU_POOL' in services
+    assert '"pools", "set", gpu_pool(), str(gpu_pool_slots())' in services
 
 
 def test_gpu_image_is_pinned_and_its_example_uses_the_operators_shared_memory() -> None:

@@ -53,6 +53,52 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 DECLARED_KEYS: frozenset[str] = frozenset(PARAM_SCHEMAS)
 
+# The form's sections (Airflow shows each as a collapsible group), in order.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Input": ("input_uri", "images_root", "format"),
+    "Dataset": ("protocol", "val_fraction", "test_fraction", "min_pixels", "max_pixels"),
+    "Quality gate": ("max_quarantine_fraction",),
+}
+FORMAT_LABELS: dict[str, str] = {
+    "jsonl": "JSON Lines (one annotation per line)",
+    "coco": "COCO (instances JSON)",
+    "vindr-csv": "VinDr-CXR CSV",
+    "mscxr": "MS-CXR CSV",
+    "normalized": "Normalized (0-1 boxes) JSON Lines",
+}
+_FRAME_LABELS = {"resized": "pixels of the resized image", "grid1000": "0-1000 grid", "pixels": "image pixels",
+                 "unit": "0-1 fractions"}
+
+
+def format_display() -> dict[str, str]:
+    """Labels of the ``format`` choices (every reader's format, plus auto)."""
+    return {AUTO_FORMAT: "Detect from the file name", **{f: FORMAT_LABELS.get(f, f) for f in FORMATS}}
+
+
+def protocol_display() -> dict[str, str]:
+    """Labels of the ``protocol`` choices, from each protocol's syntax and coordinate frame."""
+    from grounding_ops.protocols import get_protocol
+
+    out = {}
+    for name in PROTOCOL_NAMES:
+        protocol = get_protocol(name)
+        shape = "x, y, w, h" if protocol.xywh else "x1, y1, x2, y2"
+        out[name] = f"{name}: {protocol.syntax} answer, {shape} in {_FRAME_LABELS.get(protocol.frame, protocol.frame)}"
+    return out
+
+
+def form_schemas() -> dict[str, dict[str, Any]]:
+    """:data:`PARAM_SCHEMAS` with each field's ``section`` and the choices' ``values_display``."""
+    section_of = {name: section for section, names in SECTIONS.items() for name in names}
+    displays = {"format": format_display(), "protocol": protocol_display()}
+    out = {}
+    for name, schema in PARAM_SCHEMAS.items():
+        schema = {**schema, "section": section_of.get(name, "Advanced")}
+        if name in displays:
+            schema["values_display"] = displays[name]
+        out[name] = schema
+    return out
+
 
 class UndeclaredParams(ValueError):
     """A run's conf carries keys the form does not declare."""
@@ -72,7 +118,7 @@ def build_params() -> dict[str, Any]:
     from airflow.sdk import Param
 
     params: dict[str, Any] = {}
-    for name, schema in PARAM_SCHEMAS.items():
+    for name, schema in form_schemas().items():
         schema = dict(schema)
         default = schema.pop("default")
         params[name] = Param(default, **schema)

@@ -193,7 +193,8 @@ def _download_staged(store: ObjectStore, staged: Mapping[str, str], local: Path)
 def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str,
              s3_client: Any | None = None) -> dict[str, Any]:
     """Validate the located inputs; stage valid rows, quarantine and GX results for export."""
-    from grounding_ops.data.prepare import PrepareError, validate_inputs
+    from grounding_ops.data.prepare import VALIDATION_DIR, PrepareError, validate_inputs
+    from grounding_ops.pipeline.lineage import dataset_ref, gx_assertions
 
     settings = settings_from_params(params)
     stage = staging_uri(str(located["output"]), run_id)
@@ -204,6 +205,7 @@ def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: s
         except PrepareError as exc:
             raise DataPipelineError(str(exc)) from None
         staged = _upload_tree(open_store(stage, s3_client=s3_client), Path(tmp))
+        assertions = gx_assertions(Path(tmp) / VALIDATION_DIR / "results")
     counts = summary.counts
     top = summary.top_reasons()
     reasons = ", ".join(f"{r} ({n})" for r, n in top) or "none"
@@ -212,7 +214,9 @@ def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: s
         f"({summary.quarantine_fraction:.1%}); top quarantine reasons: {reasons}")
     return {"staging": stage, "staged": staged, "counts": counts, "top_reasons": top, "summary": summary_line,
             "quarantine_fraction": summary.quarantine_fraction,
-            "lineage": {"inputs": list(located["inputs"]), "outputs": [join_uri(stage, "quarantine.jsonl")]}}
+            # The inputs with the suite's results; the staged rows are not a dataset (export publishes them).
+            "lineage": {"inputs": [dataset_ref(uri, assertions=assertions) for uri in located["inputs"]],
+                        "outputs": []}}
 
 
 # ----------------------------------------------------------------------------- export
@@ -261,8 +265,36 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
         "output": result.output_uri, "quarantine": result.quarantine_uri, "counts": result.counts,
         "reused": result.reused, "bytes_uploaded": result.bytes_uploaded,
         "summary": result.summary_lines()[0],
-        "lineage": {"inputs": list(located["inputs"]), "outputs": [result.manifest_uri]},
+        "lineage": {"inputs": list(located["inputs"]), "outputs": export_lineage_outputs(result, s3_client=s3_client)},
     }
+
+
+def export_lineage_outputs(result: Any, *, s3_client: Any | None = None) -> list[dict[str, Any]]:
+    """What ``export`` wrote, with facets: the version (its identity), each parquet file and the
+    published quarantine (version, schema, rows, bytes from the manifest), and the manifest."""
+    from grounding_ops.data.manifest import read_json
+    from grounding_ops.data.prepare import QUARANTINE, SPLIT_FILES
+    from grounding_ops.pipeline.lineage import dataset_ref, export_schema_fields
+
+    store = open_store(result.dataset_uri, s3_client=s3_client)
+    files = (read_json(store, "manifest.json") or {}).get("files") or {}
+    schema = export_schema_fields()
+    counts = dict(result.counts)
+
+    def size(name: str) -> int | None:
+        return (files.get(name) or {}).get("size")
+
+    parquet = {split: name for split, name in SPLIT_FILES.items() if name in files}
+    total = sum(size(n) or 0 for n in files)
+    outputs = [dataset_ref(result.dataset_uri, version=result.version, schema=schema,
+                           rows=sum(int(counts.get(s) or 0) for s in parquet), size=total, files=len(files))]
+    outputs += [dataset_ref(join_uri(result.dataset_uri, name), version=result.version, schema=schema,
+                            rows=int(counts.get(split) or 0), size=size(name), files=1)
+                for split, name in sorted(parquet.items())]
+    outputs.append(dataset_ref(result.quarantine_uri, version=result.version,
+                               rows=int(counts.get("quarantined") or 0), size=size(QUARANTINE), files=1))
+    outputs.append(dataset_ref(result.manifest_uri, version=result.version))
+    return outputs
 
 
 class QuarantineThresholdExceeded(DataPipelineError):
@@ -289,9 +321,15 @@ def s3_client(conn_id: str = S3_CONN_ID) -> Any:
 
 
 def bucket() -> str:
-    from airflow.sdk import Variable
+    """The dataset Asset's bucket (``GROUNDING_OPS_BUCKET``); a differing ``grounding_bucket`` Variable fails."""
+    from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, run_bucket
 
-    return Variable.get(BUCKET_VARIABLE, default=None) or default_bucket()
+    try:
+        return run_bucket(dataset_asset_uri(default_bucket(), dataset_name()))
+    except ValueError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from None
 
 
 def _conf_keys(context: Mapping[str, Any]) -> list[str]:

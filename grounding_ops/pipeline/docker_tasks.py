@@ -1,17 +1,26 @@
 """DockerOperator settings for the trainer images, and the two container tasks of ``grounding_train``.
 
-``docker_kwargs()`` is the single place that decides how a trainer container runs: the image by
-engine (overridable by an Airflow Variable), GPUs only on the gpu engine and only as many as the
-plan asks for (training: the spec's ``gpus_per_node``; each evaluation: one, since vLLM takes most
-of its GPU's memory), the shared memory NCCL and the dataloaders need, host networking, a container
-name unique per try, removal afterwards, the command as an argument list, credentials as private
-environment (never in the command or the rendered templates), a non-root user, nothing privileged,
-no Docker socket and no host path mount. GPU training writes its checkpoints to a named Docker
-volume mounted at the work folder (outside the container layer; reused, not accumulated, by the
-next run). It is a plain function, testable without Airflow running.
+``docker_kwargs()`` and ``host_config_options()`` are the single place that decides how a trainer
+container runs: the image by engine (overridable by an Airflow Variable), all GPUs only on the gpu
+engine, the network (``GROUNDING_OPS_CONTAINER_NETWORK``: ``host`` for the local profile whose
+dockerd has no bridge, a bridge network in deployments), a container name unique per try, removal
+afterwards, the command as an argument list, a non-root user, nothing privileged, every capability
+dropped, ``no-new-privileges``, pids and memory limits, no Docker socket and no temporary host mount.
+They are plain functions, testable without Airflow running.
 
-Both operators run in the Airflow pool ``GPU_POOL`` (one slot: a GPU node runs one trainer
-container at a time), and the mapped evaluations run one at a time.
+Credentials reach the container only as private environment (never in the command, the rendered
+templates or XCom), through DockerOperator's public ``private_environment`` argument:
+:class:`ContainerCredentials` is resolved when the container is created, on the worker, from
+``AwsBaseHook.get_credentials()`` (so assume-role, web identity and profile connections work and
+session tokens are included; the hook masks them) and the connection's S3 endpoint and region
+with S3Hook's precedence. Containers get no MLflow settings: only the platform talks to MLflow.
+
+GPU runs get only as many GPUs as the plan asks for (training: the spec's ``gpus_per_node``; each
+evaluation: one, since vLLM takes most of its GPU's memory) and the shared memory NCCL and the
+dataloaders need; GPU training writes its checkpoints to a named Docker volume mounted at the work
+folder (outside the container layer; reused, not accumulated, by the next run). Both operators run
+in the Airflow pool of :mod:`grounding_ops.pipeline.pools`, and the mapped evaluations run one at a
+time.
 
 ``TrainContainerOperator`` and ``EvaluateContainerOperator`` are DockerOperators that receive a
 ``plan`` (built by :mod:`grounding_ops.pipeline.train_tasks`) at run time, apply ``docker_kwargs``,
@@ -33,16 +42,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import os
 import time
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
-from grounding_ops.pipeline.lineage import operator_lineage
-from grounding_ops.pipeline.train_params import GPU_POOL, GPU_POOL_SLOTS  # noqa: F401  (the DAG's pool)
+from grounding_ops.pipeline.lineage import TRAINING_SPLITS, dataset_split_refs, operator_lineage
 
 DEFAULT_IMAGES: dict[str, str] = {
     "cpu": "grounding-ops/trainer-cpu:latest",
@@ -51,6 +60,7 @@ DEFAULT_IMAGES: dict[str, str] = {
 # Airflow Variables that override the image per engine (e.g. a registry path with a digest).
 IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": "grounding_trainer_image_gpu"}
 S3_CONN_ID = "grounding_s3"
+IMAGE_ENV = "GROUNDING_OPS_IMAGE"  # = grounding_ops.training.runner.IMAGE_ENV
 WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
 GPU_QUEUE_ENV = "GROUNDING_OPS_GPU_QUEUE"
@@ -62,6 +72,13 @@ _MAX_NAME = 120
 GPU_SHM_GB = 16
 GPU_SHM_SIZE = GPU_SHM_GB * 1024**3
 WORK_DIR = "/work"  # the trainer images' GROUNDING_OPS_WORK_DIR
+NETWORK_ENV = "GROUNDING_OPS_CONTAINER_NETWORK"  # "host" (local profile, the default) or a bridge network
+MEM_LIMIT_ENV = "GROUNDING_OPS_CONTAINER_MEM_LIMIT"  # e.g. "16g"; per-engine defaults below
+PIDS_LIMIT_ENV = "GROUNDING_OPS_CONTAINER_PIDS_LIMIT"
+DEFAULT_NETWORK = "host"
+DEFAULT_MEM_LIMITS: dict[str, str] = {"cpu": "16g", "gpu": "512g"}
+# Ray, vLLM and the data loaders of a GPU run start thousands of threads (each counts as a pid).
+DEFAULT_PIDS_LIMITS: dict[str, int] = {"cpu": 4096, "gpu": 65536}
 # Keys that must never be passed as plain (rendered, logged) environment.
 _SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "SESSION")
 
@@ -97,34 +114,66 @@ def container_name(dag_id: str, run_id: str, task_id: str, try_number: int, map_
     return name
 
 
-def resolve_image(engine: str, override: str | None = None) -> str:
-    """The trainer image for ``engine`` (``gpu``/``cpu``), or ``override`` (an Airflow Variable's value)."""
+def resolve_engine(engine: str) -> str:
     if engine not in DEFAULT_IMAGES:
         raise ValueError(f"engine {engine!r} is unknown: use one of {', '.join(DEFAULT_IMAGES)}")
+    return engine
+
+
+def resolve_image(engine: str, override: str | None = None) -> str:
+    """The trainer image for ``engine`` (``gpu``/``cpu``), or ``override`` (an Airflow Variable's value)."""
+    resolve_engine(engine)
     image = (override or "").strip() or DEFAULT_IMAGES[engine]
     if any(c.isspace() for c in image) or image.startswith("-"):
         raise ValueError(f"image {image!r} is not a Docker image reference; fix Variable {IMAGE_VARIABLES[engine]}")
     return image
 
 
-def s3_environment(login: str | None, password: str | None, extra: Mapping[str, Any] | None) -> dict[str, str]:
-    """boto3/MLflow environment variables from an Airflow AWS connection's fields."""
-    extra = dict(extra or {})
+def s3_environment(
+    access_key: str | None,
+    secret_key: str | None,
+    token: str | None = None,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> dict[str, str]:
+    """boto3 environment variables for credentials (a session token included), an endpoint and a region."""
     env: dict[str, str] = {}
-    if login:
-        env["AWS_ACCESS_KEY_ID"] = login
-    if password:
-        env["AWS_SECRET_ACCESS_KEY"] = password
-    if extra.get("aws_session_token"):
-        env["AWS_SESSION_TOKEN"] = str(extra["aws_session_token"])
-    endpoint = extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = str(endpoint)
-        env["MLFLOW_S3_ENDPOINT_URL"] = str(endpoint)
-    region = extra.get("region_name")
+    if access_key:
+        env["AWS_ACCESS_KEY_ID"] = access_key
+    if secret_key:
+        env["AWS_SECRET_ACCESS_KEY"] = secret_key
+    if token:
+        env["AWS_SESSION_TOKEN"] = token
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = str(endpoint_url)
     if region:
         env["AWS_DEFAULT_REGION"] = str(region)
     return env
+
+
+def container_network() -> str:
+    """``GROUNDING_OPS_CONTAINER_NETWORK`` (default ``host``, the local profile's only network)."""
+    network = (os.environ.get(NETWORK_ENV) or DEFAULT_NETWORK).strip()
+    if not network or any(c.isspace() for c in network) or network.startswith("container:"):
+        raise ValueError(f"{NETWORK_ENV}={network!r} is not a Docker network name: use host or a bridge network")
+    return network
+
+
+def _limit(name: str, default: Any) -> str:
+    value = (os.environ.get(name) or "").strip()
+    return value or str(default)
+
+
+def host_config_options(engine: str) -> dict[str, Any]:
+    """Docker host settings DockerOperator has no argument for: capabilities, privileges, pids."""
+    try:
+        pids = int(_limit(PIDS_LIMIT_ENV, DEFAULT_PIDS_LIMITS[engine]))
+    except ValueError as exc:
+        raise ValueError(f"{PIDS_LIMIT_ENV} must be a whole number of processes") from exc
+    if pids < 64:
+        raise ValueError(f"{PIDS_LIMIT_ENV}={pids} is too small for the trainer: use at least 64")
+    return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "pids_limit": pids}
 
 
 def check_command(command: Sequence[str]) -> list[str]:
@@ -146,7 +195,7 @@ def docker_kwargs(
     engine: str,
     command: Sequence[str],
     container_name: str,
-    private_environment: Mapping[str, str],
+    private_environment: Mapping[str, str] | None = None,
     environment: Mapping[str, str] | None = None,
     image: str | None = None,
     docker_url: str | None = None,
@@ -173,8 +222,8 @@ def docker_kwargs(
         "command": check_command(command),
         "container_name": container_name,
         "environment": env,
-        "private_environment": dict(private_environment),
-        "network_mode": "host",
+        "network_mode": container_network(),
+        "mem_limit": _limit(MEM_LIMIT_ENV, DEFAULT_MEM_LIMITS[resolve_engine(engine)]),
         "auto_remove": "force",
         "retrieve_output": False,
         "mount_tmp_dir": False,
@@ -187,6 +236,8 @@ def docker_kwargs(
         "device_requests": [DeviceRequest(count=gpus, capabilities=[["gpu"]])] if engine == "gpu" else None,
         "shm_size": GPU_SHM_SIZE if engine == "gpu" else None,
     }
+    if private_environment is not None:
+        kwargs["private_environment"] = private_environment
     if docker_url:
         kwargs["docker_url"] = docker_url
     return kwargs
@@ -195,16 +246,112 @@ def docker_kwargs(
 # --------------------------------------------------------------------------- runtime lookups
 
 
-def airflow_private_environment(s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE) -> dict[str, str]:
-    """Credentials for the container from the Airflow S3 connection and the W&B Variable."""
-    from airflow.sdk import BaseHook, Variable
+def aws_environment(s3_conn_id: str = S3_CONN_ID) -> dict[str, str]:
+    """Credentials, S3 endpoint and region for a container, from the Airflow AWS connection.
 
-    conn = BaseHook.get_connection(s3_conn_id)
-    env = s3_environment(conn.login, conn.password, conn.extra_dejson)
+    The credentials are ``AwsBaseHook.get_credentials()``: after role assumption, web identity or a
+    profile when the connection says so, frozen, session token included, masked in the task logs.
+    Temporary credentials expire (an assumed role: 1 hour by default); for runs longer than that use
+    an instance or pod role on the Docker host instead of keys (see docs/operations.md). The
+    endpoint follows S3Hook: ``service_config.s3.endpoint_url`` before the connection's
+    ``endpoint_url``.
+    """
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=s3_conn_id)
+    credentials = hook.get_credentials()
+    return s3_environment(credentials.access_key, credentials.secret_key, credentials.token,
+                          endpoint_url=hook.conn_config.get_service_endpoint_url("s3"),
+                          region=hook.conn_region_name)
+
+
+def airflow_private_environment(s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE) -> dict[str, str]:
+    """Credentials for the container: the Airflow S3 connection's and the W&B Variable's (masked)."""
+    from airflow.sdk import Variable
+    from airflow.sdk.log import mask_secret
+
+    env = aws_environment(s3_conn_id)
     key = Variable.get(wandb_variable, default=None)
     if key:
+        mask_secret(key)
         env["WANDB_API_KEY"] = key
     return env
+
+
+class ContainerCredentials(Mapping[str, str]):
+    """A container's private environment, looked up when the container is created (on the worker).
+
+    Passed to DockerOperator's ``private_environment`` when the DAG is parsed; nothing is read then
+    (the dag-processor never touches a secret and temporary credentials are fresh for each try).
+    ``refresh()`` drops what was read, so each try gets new credentials.
+    """
+
+    def __init__(self, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE) -> None:
+        self.s3_conn_id = s3_conn_id
+        self.wandb_variable = wandb_variable
+        self._env: dict[str, str] | None = None
+
+    def refresh(self) -> None:
+        self._env = None
+
+    def _resolved(self) -> dict[str, str]:
+        if self._env is None:
+            self._env = airflow_private_environment(self.s3_conn_id, self.wandb_variable)
+        return self._env
+
+    def __bool__(self) -> bool:  # configured, whatever it resolves to (DockerOperator tests truthiness)
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        return self._resolved()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __repr__(self) -> str:  # never print the values
+        return f"ContainerCredentials(s3_conn_id={self.s3_conn_id!r}, wandb_variable={self.wandb_variable!r})"
+
+    def __deepcopy__(self, memo: dict) -> "ContainerCredentials":
+        return ContainerCredentials(self.s3_conn_id, self.wandb_variable)
+
+
+class LockedDownClient:
+    """The Docker API client with the lock-down host settings added to every host config it builds."""
+
+    def __init__(self, client: Any, host_options: Callable[[], Mapping[str, Any]]) -> None:
+        self._client = client
+        self._host_options = host_options
+
+    def create_host_config(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.create_host_config(*args, **{**kwargs, **self._host_options()})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def image_reference(image: str, client: Callable[[], Any] | None = None) -> str:
+    """``image`` pinned to its content: the registry digest (``repo@sha256:...``) when it came from a
+    registry, else ``image@<local image id>``; ``image`` itself when the daemon cannot say.
+    ``client`` makes the Docker API client (default: the daemon of ``DOCKER_HOST``)."""
+    try:
+        if client is not None:
+            client = client()
+        else:
+            import docker
+
+            client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
+                                      timeout=10)
+        info = client.inspect_image(image)
+    except Exception as exc:  # noqa: BLE001 - an unknown digest is recorded as such, not fatal here
+        import logging
+
+        logging.getLogger(__name__).warning("cannot inspect image %s (%s): recording its tag only", image, exc)
+        return image
+    digests = [d for d in info.get("RepoDigests") or [] if "@sha256:" in d]
+    return sorted(digests)[0] if digests else f"{image}@{info['Id']}"
 
 
 def image_override(engine: str) -> str | None:
@@ -227,6 +374,13 @@ def _map_index(ti: Any) -> int:
     return -1 if index is None else int(index)
 
 
+def _argument(command: Sequence[str], flag: str) -> str | None:
+    try:
+        return str(command[list(command).index(flag) + 1])
+    except (ValueError, IndexError):
+        return None
+
+
 class GroundingContainerOperator(DockerOperator):
     """A trainer-image container whose image, command and settings come from a run-time ``plan``.
 
@@ -242,11 +396,13 @@ class GroundingContainerOperator(DockerOperator):
                  docker_conn_id: str | None = None, **kwargs: Any) -> None:
         # The real image is set from the plan at run time; this only names the default.
         kwargs.setdefault("image", DEFAULT_IMAGES["cpu"])
-        kwargs.setdefault("network_mode", "host")
+        # Resolved on the worker when the container is created (see ContainerCredentials).
+        credentials = kwargs.setdefault("private_environment", ContainerCredentials(s3_conn_id, wandb_variable))
         kwargs.setdefault("auto_remove", "force")
         kwargs.setdefault("mount_tmp_dir", False)
         kwargs.setdefault("user", CONTAINER_USER)
         super().__init__(**kwargs)
+        self.credentials: Mapping[str, str] = credentials
         self.plan = plan
         # The daemon to run on (grounding_ops.pipeline.docker_daemon), not DockerOperator's registry login.
         self.daemon_conn_id = docker_conn_id
@@ -255,6 +411,15 @@ class GroundingContainerOperator(DockerOperator):
         self.links: dict[str, str] = {}
         self.lineage_inputs: list[str] = []
         self.lineage_outputs: list[str] = []
+        self.host_options: dict[str, Any] = host_config_options("cpu")
+
+    @cached_property
+    def cli(self) -> Any:
+        return LockedDownClient(super().cli, lambda: self.host_options)
+
+    def container_environment(self) -> dict[str, str]:
+        """The private environment the container gets (resolved now)."""
+        return dict(self.credentials)
 
     def apply_plan(self, context: Any) -> None:
         plan = dict(self.plan or {})
@@ -266,17 +431,21 @@ class GroundingContainerOperator(DockerOperator):
             engine=engine,
             command=plan["command"],
             container_name=container_name(ti.dag_id, ti.run_id, ti.task_id, ti.try_number, _map_index(ti)),
-            private_environment=airflow_private_environment(self.s3_conn_id, self.wandb_variable),
             environment=plan.get("environment"),
             image=image_override(engine),
             gpus=plan.get("gpus") if engine == "gpu" else None,
             work_volume=plan.get("work_volume") if engine == "gpu" else None,
         )
         for key, value in kwargs.items():
-            attr = "_private_environment" if key == "private_environment" else key
-            setattr(self, attr, value)
+            setattr(self, key, value)
+        # The exact image, recorded by the run (run.json, then the MLflow tags of its evaluations).
+        self.image_ref = image_reference(self.image, lambda: self.cli)
+        self.environment = {**self.environment, IMAGE_ENV: self.image_ref}
+        self.host_options = host_config_options(engine)
+        if isinstance(self.credentials, ContainerCredentials):
+            self.credentials.refresh()  # fresh credentials for each try
         self.links = {k: v for k, v in (plan.get("links") or {}).items() if isinstance(v, str)}
-        self.lineage_inputs = list(plan.get("inputs") or [])
+        self.lineage_inputs = [*(plan.get("inputs") or []), *self.dataset_files_read(plan)]
         self.lineage_outputs = list(plan.get("outputs") or [])
 
     @cached_property
@@ -313,10 +482,31 @@ class GroundingContainerOperator(DockerOperator):
             self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
                           " ".join(self.command))
             super().execute(context)
-            return self.after_container(context)
+            return self.read_results(context)
         finally:
             if tls_files is not None:
                 tls_files.remove()
+
+    def dataset_files_read(self, plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The parquet files of the ``--dataset`` version the container reads (for lineage)."""
+        command = list(plan.get("command") or [])
+        dataset = _argument(command, "--dataset")
+        splits = (_argument(command, "--split"),) if "--split" in command else self.dataset_splits
+        if not dataset or not dataset.startswith("s3://"):
+            return []
+        return dataset_split_refs(dataset, [s for s in splits if s], plan.get("dataset_version"))
+
+    def read_results(self, context: Any) -> Any:
+        """:meth:`after_container`; a data error in what the container wrote fails at once."""
+        from grounding_ops.pipeline.retry_policy import fail_fast
+
+        try:
+            return self.after_container(context)
+        except Exception as exc:
+            raised = fail_fast(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
 
     def after_container(self, context: Any) -> Any:  # pragma: no cover - overridden
         return None
@@ -340,6 +530,7 @@ class TrainContainerOperator(GroundingContainerOperator):
     """
 
     ray_poll_s = 15.0
+    dataset_splits = TRAINING_SPLITS
 
     def execute(self, context: Any) -> Any:
         nodes = int(dict(self.plan or {}).get("nodes") or 1)
@@ -350,7 +541,7 @@ class TrainContainerOperator(GroundingContainerOperator):
 
         self.apply_plan(context)
         self._ray_address = ray_jobs.resolve_address()
-        env, withheld = ray_jobs.shareable_env({**(self.environment or {}), **self._private_environment})
+        env, withheld = ray_jobs.shareable_env({**(self.environment or {}), **self.container_environment()})
         # Container commands are arguments of the image's `grounding-ops` entrypoint.
         argv = ["grounding-ops", *self.command]
         self._ray_job = ray_jobs.submit_training(self._ray_address, argv, env_vars=env,
@@ -377,7 +568,7 @@ class TrainContainerOperator(GroundingContainerOperator):
             self.log.warning("could not read the log of Ray job %s: %s", job_id, exc)
         if event["status"] != "SUCCEEDED":
             raise ray_jobs.RayJobError(f"{event['message']}; see `ray job logs {job_id}` on the cluster")
-        return self.after_container(context)
+        return self.read_results(context)
 
     def on_kill(self) -> None:
         if getattr(self, "_ray_job", None):
@@ -395,6 +586,7 @@ class TrainContainerOperator(GroundingContainerOperator):
         plan = dict(self.plan)
         store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
         summary = train_tasks.read_training_result(store, plan)
+        summary["image"] = self.image_ref
         summary = train_tasks.record_training(store, summary, plan, tracking_uri=train_tasks.mlflow_tracking_uri())
         self.links["mlflow"] = summary["mlflow_url"]
         if summary.get("wandb_url"):

@@ -41,11 +41,6 @@ SPEC_KEYS: dict[str, str] = {
     "lora_rank": "lora_rank",
 }
 
-# The Airflow pool of trainer containers (``services`` creates it): one slot, so a training and an
-# evaluation never hold the node's GPUs at the same time.
-GPU_POOL = "grounding_gpu"
-GPU_POOL_SLOTS = 1
-
 
 def _default(env: str, fallback: str, allowed: tuple[str, ...]) -> str:
     value = os.environ.get(env) or fallback
@@ -173,12 +168,38 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     }
 
 
+# The form's sections (Airflow shows each as a collapsible group); fields not named here go to "Advanced".
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "What to train": ("preset", "engine", "dataset_version", "force"),
+    "Training settings": ("learning_rate", "rollout_n", "kl_coef", "total_steps", "epochs", "lora_rank"),
+    "Hardware": ("gpus_per_node", "nodes"),
+    "Evaluation and promotion": ("promotion_metric", "min_delta", "max_eval_samples"),
+}
+ENGINE_LABELS: dict[str, str] = {"gpu": "GPU: VeRL GRPO (trainer-verl image)",
+                                 "cpu": "CPU: the TRL twin (trainer-cpu image, demos and CI)"}
+METRIC_LABELS: dict[str, str] = {"acc_at_0_5": "Acc@0.5 (IoU >= 0.5)", "acc_at_0_75": "Acc@0.75 (IoU >= 0.75)",
+                                 "mean_iou": "mean IoU", "mean_score": "mean reward"}
+
+
+def form_sections(schemas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``schemas`` with each field's ``section`` and the choices' ``values_display`` added."""
+    section_of = {name: section for section, names in SECTIONS.items() for name in names}
+    displays = {"engine": ENGINE_LABELS, "promotion_metric": METRIC_LABELS}
+    out = {}
+    for name, schema in schemas.items():
+        schema = {"section": section_of.get(name, "Advanced"), **schema}
+        if name in displays and "values_display" not in schema:
+            schema["values_display"] = {v: displays[name].get(v, v) for v in schema.get("enum", [])}
+        out[name] = schema
+    return out
+
+
 def build_params() -> dict[str, Any]:
     """``Param`` objects for ``@dag(params=...)``."""
     from airflow.sdk import Param
 
     params: dict[str, Any] = {}
-    for name, schema in param_schemas().items():
+    for name, schema in form_sections(param_schemas()).items():
         schema = dict(schema)
         default = schema.pop("default")
         params[name] = Param(default, **schema)

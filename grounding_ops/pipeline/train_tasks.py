@@ -129,9 +129,12 @@ def resolve_dataset(
 # ----------------------------------------------------------------------------- skip decision
 
 
-def training_fingerprint(params: Mapping[str, Any]) -> str:
-    """A short hash of the form values that change what is trained (not the dataset version)."""
+def training_fingerprint(params: Mapping[str, Any], image: str | None = None) -> str:
+    """A short hash of the form values that change what is trained (not the dataset version), and of
+    the trainer image (``repo@sha256:...``) when given."""
     chosen = training_values(params)
+    if image:
+        chosen["image"] = image
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -668,7 +671,7 @@ def promote_best(
         "model_url": mlflow_model_url(tracking_uri, name, version or None),
         "lineage": {
             "inputs": [best["eval_uri"], best["model_uri"]],
-            "outputs": [mlflow_model_ref(tracking_uri, name, version)] if version else [],
+            "outputs": [mlflow_model_ref(name, version)] if version else [],
         },
     }
 
@@ -688,31 +691,23 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def mlflow_tracking_uri() -> str:
-    """The MLflow tracking URI: the ``grounding_mlflow`` connection, else ``MLFLOW_TRACKING_URI``."""
-    try:
-        from airflow.sdk import BaseHook
+    """The MLflow tracking URI of ``grounding_mlflow`` (else ``MLFLOW_TRACKING_URI``), credentials configured."""
+    from grounding_ops.pipeline import mlflow_connection
 
-        conn = BaseHook.get_connection(MLFLOW_CONN_ID)
-    except Exception:  # connection not defined
-        conn = None
-    if conn is not None and conn.host:
-        host = conn.host.rstrip("/")
-        if "://" not in host:
-            host = f"{conn.schema or 'http'}://{host}"
-        if conn.port and host.count(":") < 2:
-            host = f"{host}:{conn.port}"
-        return host
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise PipelineError(f"no MLflow server configured: define the Airflow connection {MLFLOW_CONN_ID!r} "
-                            "(type http, host http://host:port) or set MLFLOW_TRACKING_URI")
-    return uri
+    try:
+        return mlflow_connection.tracking_uri(MLFLOW_CONN_ID)
+    except mlflow_connection.MlflowConfigError as exc:
+        raise PipelineError(str(exc)) from exc
 
 
 def bucket() -> str:
-    from airflow.sdk import Variable
+    """The dataset Asset's bucket (``GROUNDING_OPS_BUCKET``); a differing ``grounding_bucket`` Variable fails."""
+    from grounding_ops.pipeline.lineage import run_bucket
 
-    return Variable.get(BUCKET_VARIABLE, default=None) or default_bucket()
+    try:
+        return run_bucket(dataset_asset_uri(default_bucket(), dataset_name()))
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def s3_endpoint(s3_conn_id: str) -> str | None:
@@ -773,6 +768,13 @@ def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, An
     return {**asdict(dataset), "summary": summary, "lineage": {"inputs": [dataset.manifest_uri], "outputs": []}}
 
 
+def trainer_image_reference(engine: str) -> str:
+    """The trainer image the run would use, pinned to its digest (part of the training fingerprint)."""
+    from grounding_ops.pipeline.docker_tasks import image_override, image_reference, resolve_image
+
+    return image_reference(resolve_image(engine, image_override(engine)))
+
+
 def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -780,7 +782,7 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
 
     params = dict(context["params"])
     ref = DatasetRef(**{k: dataset[k] for k in ("version", "uri", "manifest_uri", "source")})
-    fingerprint = training_fingerprint(params)
+    fingerprint = training_fingerprint(params, image=trainer_image_reference(str(params["engine"])))
     tracking = mlflow_tracking_uri()
     champion, challenger = model_states(tracking, model_name())
     decision = decide_training(ref.version, fingerprint, champion, challenger, force=bool(params.get("force")))

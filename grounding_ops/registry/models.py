@@ -8,6 +8,7 @@ versions registered without those tags the evaluation run is read instead.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -69,11 +70,13 @@ def _ui_base(tracking_uri: str) -> str | None:
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
 
 
-def _float(text: str | None) -> float | None:
+def _float(text: Any) -> float | None:
+    """A finite float, else None (a ``nan``/``inf`` tag must not break a JSON answer)."""
     try:
-        return None if text in (None, "", "None") else float(text)
-    except ValueError:
+        value = None if text in (None, "", "None") else float(text)
+    except (TypeError, ValueError):
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def list_model_versions(
@@ -124,7 +127,7 @@ def _row(client: Any, name: str, version: Any, aliases: dict[str, list[str]], ba
     if evaluation_run_id and all(v is None for v in metrics.values()):
         try:
             run = client.get_run(evaluation_run_id)
-            metrics = {m: run.data.metrics.get(m) for m in LISTED_METRICS}
+            metrics = {m: _float(run.data.metrics.get(m)) for m in LISTED_METRICS}
             tags.setdefault("grounding.dataset_version", run.data.params.get("dataset_version", ""))
         except Exception:  # a deleted run leaves the metrics empty, not the page broken
             pass
