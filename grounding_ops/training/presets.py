@@ -81,8 +81,8 @@ def _presets() -> dict[str, TrainingSpec]:
         ),
         # CPU engine (TRL) on a tiny random Qwen2-VL: laptops, CI and the demo. On the synthetic
         # shapes (112-pixel images, 4x4 visual tokens) a partial supervised warm-up teaches the
-        # answer format and is meant to take the model off the one-box-per-phrase plateau; GRPO
-        # is to earn the rest (benchmarks/grpo_gain.py measures base vs final, and a control).
+        # answer format, then GRPO on the IoU reward (benchmarks/grpo_gain.py measures base vs
+        # final and a constant-reward control; its README section has the figures so far).
         "tiny-cpu": TrainingSpec(
             model=TINY_MODEL_SCHEME + "qwen2-vl",
             model_family="qwen2-vl",
