@@ -14,11 +14,12 @@ What it does:
    :func:`grounding_ops.protocols.build_prompt` (the row's ``prompt``) with its ``<image>``
    placeholder removed, the decoded image in an ``images`` column (TRL puts the image block
    where the placeholder was: before the instruction), and the ground truth;
-2. a brief supervised warm-up (``spec.sft_warmup_steps`` steps of a plain torch loop) on the
+2. a partial supervised warm-up (``spec.sft_warmup_steps`` steps of a plain torch loop) on the
    perfect answers of the protocol, so that a random model starts earning non-zero IoU and
    GRPO gets a signal; the warmed-up model is saved to ``<checkpoints>/warmup`` and is GRPO's
    starting point and KL reference;
-3. GRPO with TRL's ``GRPOTrainer`` and our reward (:func:`grounding_ops.reward.score_response`)
+3. GRPO with TRL's ``GRPOTrainer`` and our reward (:func:`grounding_ops.reward.score_response`;
+   ``spec.reward_function=constant`` swaps in the control, see :func:`make_reward_function`)
    for ``spec.total_steps`` steps, one readable line per step, checkpoints every
    ``spec.save_freq`` steps (and at the end) to ``<checkpoints>/global_step_N`` (model,
    processor and trainer state; the folder loads with ``from_pretrained``), followed by the

@@ -28,7 +28,7 @@ def dataset_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     it accepts are built the same way here and exported and published by the real code.
     """
     base = tmp_path_factory.mktemp("data")
-    uri, counts = publish_synthetic_version(base, version="v-test", n_images=16, seed=5, val_fraction=0.4,
+    uri, counts = publish_synthetic_version(base, version="v-test", n_images=24, seed=5, val_fraction=0.4,
                                             min_size=48)
     assert counts["val"] >= 4, counts
     return uri  # the dataset folder: latest.json picks the version
