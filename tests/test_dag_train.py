@@ -815,7 +815,7 @@ print("STATES " + json.dumps({"run": str(run.state), **{
 
 def _run_dag(env, conf):
     out = subprocess.run([sys.executable, "-c", _RUN_DAG_CONF, str(DAG_FILE), json.dumps(conf)],
-                         capture_output=True, text=True, timeout=1500, env=env)
+                         capture_output=True, text=True, timeout=2400, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
     assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
     return json.loads(lines[-1][len("STATES "):]), out.stdout + out.stderr
@@ -842,14 +842,24 @@ def test_second_night_decides_against_the_champion_reevaluated_on_the_new_versio
     the champion came from dataset version 1; version 2 is published; the run trains, evaluates the
     checkpoints on val, evaluates the chosen one AND the champion on version 2's test split, and
     decides on the paired test samples. Nobody evaluates anything by hand."""
+    s3 = s3_service.client()
+    token = f"{time.time_ns()}"
+    name, dataset = f"night2-{token}", f"night2-{token}"
+    # a tag of its own: the shared `latest` tag may be rebuilt from other code while this test runs
+    image = f"grounding-ops/trainer-cpu:night2-{token}"
+    subprocess.run(["docker", "tag", trainer_cpu_image, image], check=True, timeout=60)
+    try:
+        _second_night(s3_service, mlflow_service, s3, token, name, dataset, image, tmp_path)
+    finally:
+        subprocess.run(["docker", "rmi", image], capture_output=True, timeout=60)
+
+
+def _second_night(s3_service, mlflow_service, s3, token, name, dataset, image, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.data.synthetic import publish_synthetic_version
     from grounding_ops.storage import open_store
 
-    s3 = s3_service.client()
-    token = f"{time.time_ns()}"
-    name, dataset = f"night2-{token}", f"night2-{token}"
     root = s3_service.uri("datasets", dataset)
     for version, images in (("v1", 24), ("v2", 40)):
         publish_synthetic_version(tmp_path / version, version=version, n_images=images, seed=3, val_fraction=0.2,
@@ -860,7 +870,7 @@ def test_second_night_decides_against_the_champion_reevaluated_on_the_new_versio
     model_dir.mkdir(mode=0o777)
     model_dir.chmod(0o777)
     subprocess.run(["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "-v",
-                    f"{model_dir}:/out", trainer_cpu_image, "tiny-model", "--family", "qwen2-vl", "--output",
+                    f"{model_dir}:/out", image, "tiny-model", "--family", "qwen2-vl", "--output",
                     "/out/model", "--seed", "1"], check=True, capture_output=True, timeout=600)
     champion_store = open_store(s3_service.uri("runs", f"night1-{token}", "train", "final"), s3_client=s3)
     for path in (model_dir / "model").rglob("*"):
@@ -880,7 +890,7 @@ def test_second_night_decides_against_the_champion_reevaluated_on_the_new_versio
     client.set_registered_model_alias(name, "champion", champion.version)
 
     env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_MODEL_NAME=name, GROUNDING_OPS_DATASET_NAME=dataset,
-                   AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=trainer_cpu_image, WANDB_MODE="disabled")
+                   AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=image, WANDB_MODE="disabled")
     conf = {"dataset_version": "v2", "total_steps": 2, "max_eval_samples": 24, "min_test_samples": 10}
     states, log = _run_dag(env, conf)
     failure = log.find("Task failed with exception")

@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None, help="answer length limit (default: 128)")
     parser.add_argument("--output", required=True, help="folder or s3:// prefix for the evaluation files")
     parser.add_argument("--role", choices=("candidate", "base", "champion"), default="candidate",
-                        help="'base' marks the untrained base model the first champion must beat")
+                        help="'base' marks the untrained base model the first champion must beat; 'champion' "
+                        "the current champion re-evaluated on a new dataset version")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="extra tag for the MLflow run (repeatable)")
     parser.add_argument("--mlflow", dest="mlflow", action="store_true", default=None,
