@@ -245,6 +245,15 @@ def s3_fetch(objects: int) -> None:
           f"{plain_s / check_s:.2f}x the plain download")
 
 
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that over from the
+    parent across fork and exec, so a child would report the benchmark parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_rss(rows: int, fmt: str) -> None:
     """Run a full prepare (validate + export + publish to a folder) and print the peak RSS."""
     from grounding_ops.data.prepare import prepare
@@ -258,7 +267,7 @@ def child_rss(rows: int, fmt: str) -> None:
         result = prepare([str(annotations)], images_root=str(root), output_uri=str(base / "out"), settings=settings())
         elapsed = time.perf_counter() - start
         assert result.counts["valid"] == rows, result.counts
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_rss_mib()
     print(json.dumps({"rows": rows, "format": fmt, "peak_rss_mib": round(peak_mib, 1), "seconds": round(elapsed, 1)}))
 
 

@@ -262,7 +262,7 @@ def malicious_pickle() -> bytes:
         def __reduce__(self):
             import os
 
-            return (os.system, ("echo pwned > /dev/null",))
+            return (os.system, ("exit 0",))
 
     return pickle.dumps([Exploit()], protocol=2)
 
