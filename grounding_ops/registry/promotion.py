@@ -3,9 +3,10 @@
 ``promote(eval_run_id)``:
 
 1. reads the candidate's evaluation run (metric value, model URI, dataset version, split);
-2. registers the model URI as a version of the registered model (the weights stay
-   where they are: the version's source is their S3 URI), or finds the version
-   registered before for this evaluation run or model URI, and tags it with lineage;
+2. logs the model at the model URI as an MLflow pyfunc model and registers a version
+   from it (:mod:`grounding_ops.registry.pyfunc_model`; tag ``grounding.model_uri``
+   keeps the weights' URI), or finds the version registered before for this evaluation
+   run or model URI, and tags it with lineage;
 3. points alias ``challenger`` at it;
 4. finds the bar (:func:`find_bar`): the current ``champion`` evaluated on the SAME dataset
    version and split (its own evaluation run when it matches, otherwise another evaluation of
