@@ -1,4 +1,4 @@
-"""Does GRPO make a better model? Base vs final mean IoU of the tiny-cpu recipe, and a control.
+"""Does GRPO make a better model? Base vs final mean IoU of the tiny-cpu-grpo recipe, and a control.
 
 Runs the recipe end to end through the command line, as a user would: ``synthetic-data`` ->
 ``prepare`` (platform environment: Great Expectations) -> ``train --engine cpu --preset
@@ -101,7 +101,7 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
     overrides = [item for pair in (("--set", s) for s in sets) for item in pair]
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    rss = _cli(python, out / "train.log", "train", "--engine", "cpu", "--preset", "tiny-cpu", "--dataset", dataset,
+    rss = _cli(python, out / "train.log", "train", "--engine", "cpu", "--preset", "tiny-cpu-grpo", "--dataset", dataset,
                   "--output", str(out / "run"), *overrides, peak_rss=True)
     seconds = time.perf_counter() - started
     run = json.loads((out / "run" / "run.json").read_text())
@@ -145,7 +145,7 @@ def main() -> int:
         if not args.skip_control:
             runs.append(_train_and_score("control", ml_python, dataset, work, [*sets, "reward_function=constant"]))
 
-    print(f"tiny-cpu recipe on {args.images} synthetic images, mean IoU on {runs[0].base.n} held-out samples "
+    print(f"tiny-cpu-grpo recipe on {args.images} synthetic images, mean IoU on {runs[0].base.n} held-out samples "
           "(95% bootstrap intervals); train s = warm-up + GRPO, peak RSS of the training processes")
     print(f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'(GRPO)':>7s} "
           f"{'peak RSS':>9s}")
