@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-platform setup-ml services services-stop services-status images image-base image-trainer-cpu test test-fast test-unit test-ml lint format typecheck demo bench clean
+.PHONY: setup setup-platform setup-ml services services-stop services-status images image-base image-trainer-cpu test test-fast test-unit test-heavy test-ml lint format typecheck demo bench clean
 
 # Code the linter and formatter look at.
 PY_SOURCES := grounding_ops dags plugins tests benchmarks scripts
@@ -50,13 +50,16 @@ image-base: setup-platform
 image-trainer-cpu: setup-platform
 	$(VENV)/bin/grounding-ops images build trainer-cpu
 
-test: setup ## the whole suite: platform tests, then ML-stack tests (slow ones included)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml $(PYTEST_ARGS)
+test: setup ## the whole suite: platform tests, then ML-stack tests (slow ones included; heavy ones: test-heavy)
+	$(VENV)/bin/python -m pytest -m "not heavy" $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: setup ## whole-deployment end-to-end runs (lineage walk, Celery profile, remote TLS daemon): a quiet machine
+	$(VENV)/bin/python -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: setup ## skip the slow end-to-end tests
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow and not heavy" $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not slow and not heavy" $(PYTEST_ARGS)
 
 test-unit: setup ## the tests that start no service, no Docker and no Airflow (a few minutes on 2 cores)
 	$(VENV)/bin/python -m pytest -m "not slow and not services and not docker" $(PYTEST_ARGS)

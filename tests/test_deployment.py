@@ -265,6 +265,7 @@ def test_container_on_a_remote_daemon_is_named_killed_and_removed_there(tls_dock
 
 @pytest.mark.slow
 @pytest.mark.docker
+@pytest.mark.heavy
 def test_training_container_runs_through_a_docker_connection_to_a_tls_daemon(
         tls_docker_daemon, trainer_cpu_image, s3_service, tmp_path, monkeypatch):
     import uuid

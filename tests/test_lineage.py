@@ -65,6 +65,7 @@ def _datasets(events: list[dict[str, Any]], job: str, side: str) -> list[dict[st
 
 @pytest.mark.slow
 @pytest.mark.docker
+@pytest.mark.heavy
 def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3_service, mlflow_service,
                                                                   trainer_cpu_image, tmp_path: Path) -> None:
     model = f"lineage-model-{time.time_ns()}"

@@ -158,6 +158,7 @@ def celery_services():
 
 @pytest.mark.slow
 @pytest.mark.docker
+@pytest.mark.heavy
 def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_services, trainer_cpu_image, tmp_path):
     """grounding_train end to end (CPU engine) with CeleryExecutor, Postgres and Redis: the task
     instances say train and the evaluations ran on the gpu-queue worker, everything else elsewhere."""
