@@ -119,20 +119,23 @@ def test_annotation_case_is_quarantined_with_its_reason(case: dict[str, Any], im
 
 
 def _assert_trainer_can_read(version_dir: Path, image_path: Path) -> None:
-    """An accepted odd image (CMYK, 16-bit, alpha, wrong extension) decodes to RGB from the parquet."""
+    """An accepted odd image (CMYK, 16-bit, alpha, wrong extension) decodes to RGB from the parquet, at
+    the size the model sees (the export resizes to ``resized_size``; unchanged bytes when no resize)."""
     import pyarrow.parquet as pq
     from PIL import Image
 
     original = image_path.read_bytes()
-    found = False
-    for split in ("train", "val"):
+    rows = 0
+    for split in ("train", "val", "test"):
         for row in pq.read_table(version_dir / f"{split}.parquet").to_pylist():
             data = row["images"][0]["bytes"]
             image = Image.open(io.BytesIO(data))
             rgb = image.convert("RGB")
-            assert rgb.size == tuple(row["extra_info"]["image_size"])
-            found |= data == original
-    assert found, "the original image bytes are exported unchanged"
+            assert rgb.size == tuple(row["extra_info"]["resized_size"])
+            if tuple(row["extra_info"]["resized_size"]) == tuple(row["extra_info"]["image_size"]):
+                assert data == original, "an image the model sees at its own size is exported unchanged"
+            rows += 1
+    assert rows, "the accepted image is exported"
 
 
 def test_quarantine_lines_are_strict_json(images_root: Path, tmp_path: Path) -> None:

@@ -135,14 +135,15 @@ def test_counts_reconcile(prepared) -> None:
 def test_group_split_is_disjoint(prepared) -> None:
     result, _ = prepared
     splits = {split: pq.read_table(Path(result.dataset_uri) / f"{split}.parquet").column("extra_info").to_pylist()
-              for split in ("train", "val")}
-    assert splits["train"] and splits["val"]
+              for split in ("train", "val", "test")}
+    assert splits["train"] and splits["val"] and splits["test"]
 
     def group(row_id: str) -> str:  # good-i rows carry group g<i>; the others default to their image
         return f"g{row_id.split('-')[1]}" if row_id.startswith("good-") else "ok.png"
 
     groups = {split: {group(e["id"]) for e in rows} for split, rows in splits.items()}
-    assert not groups["train"] & groups["val"]
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
     for split, rows in splits.items():
         assert [e["index"] for e in rows] == list(range(len(rows))) and {e["split"] for e in rows} == {split}
 

@@ -28,7 +28,7 @@ def test_exported_rows_with_a_perfect_answer_score_one(synthetic, tmp_path, prot
     assert rc == 0
     version = json.loads((out / "latest.json").read_text())["version"]
     rows = []
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         rows += pq.read_table(out / version / f"{split}.parquet").to_pylist()
     assert rows
     proto = get_protocol(protocol)
