@@ -266,7 +266,8 @@ def _plot(stats: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> 
         ax.bar(splits, values, bottom=bottom, label=source[:20])
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_title("rows per split and source", fontsize=9)
-    ax.legend(fontsize=6)
+    if sources:
+        ax.legend(fontsize=6)
     flat[0].legend(fontsize=7)
     for extra in flat[len(names) + 1:]:
         extra.axis("off")
