@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from grounding_ops.data.readers import MULTI_READER_MODES
 from grounding_ops.data.schema import FORMATS
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from grounding_ops.protocols import PROTOCOL_NAMES
@@ -43,6 +44,16 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "test_fraction": {"default": 0.1, "type": "number", "minimum": 0, "maximum": 0.45, "title": "Test share",
                       "description": "Share of groups in test, where the promotion decision is taken "
                                      "(never used for training or checkpoint selection)."},
+    "multi_reader": {"default": "fuse", "enum": list(MULTI_READER_MODES), "title": "Several readers per finding",
+                     "description": "Datasets where several annotators box each finding (VinDr-CXR's rad_id): fuse "
+                                    "their boxes into one consensus box per finding, keep one reader, or keep all."},
+    "group_by": {"default": "auto", "type": "string", "pattern": r"^(auto|image|patient|study|column:[A-Za-z0-9_.-]{1,64})$",
+                 "title": "Split groups",
+                 "description": "What keeps records together across train/val/test: auto (the format's patient or "
+                                "study key, else the image), image, patient, study, or column:<name>."},
+    "source_split": {"default": False, "type": "boolean", "title": "Use the release's own split column",
+                     "description": "MS-CXR's split column instead of the group-hash split (off: patient-level "
+                                    "hash split)."},
     "max_quarantine_fraction": {"default": 0.05, "type": "number", "minimum": 0, "maximum": 1,
                                 "title": "Maximum quarantined share",
                                 "description": "The run fails, naming the quarantine, above this share."},
@@ -55,7 +66,7 @@ DECLARED_KEYS: frozenset[str] = frozenset(PARAM_SCHEMAS)
 
 # The form's sections (Airflow shows each as a collapsible group), in order.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Input": ("input_uri", "images_root", "format"),
+    "Input": ("input_uri", "images_root", "format", "multi_reader", "group_by", "source_split"),
     "Dataset": ("protocol", "val_fraction", "test_fraction", "min_pixels", "max_pixels"),
     "Quality gate": ("max_quarantine_fraction",),
 }

@@ -154,6 +154,9 @@ def settings_from_params(params: Mapping[str, Any]) -> Any:
         val_fraction=float(params.get("val_fraction", 0.1)),
         test_fraction=float(params.get("test_fraction", 0.1)),
         max_quarantine_fraction=float(params.get("max_quarantine_fraction", 0.05)),
+        multi_reader=str(params.get("multi_reader") or "fuse"),
+        group_by=str(params.get("group_by") or "auto"),
+        source_split=bool(params.get("source_split", False)),
         min_pixels=int(params.get("min_pixels") or DEFAULT_MIN_PIXELS),
         max_pixels=int(params.get("max_pixels") or DEFAULT_MAX_PIXELS),
     )
