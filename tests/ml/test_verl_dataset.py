@@ -32,7 +32,8 @@ def _compose(overrides: list[str]):
     forked from a pytest process with torch threads, can hang)."""
     import verl
 
-    overrides = [*overrides, "data.filter_overlong_prompts_workers=1"]
+    overrides = [o for o in overrides if not o.startswith("data.filter_overlong_prompts_workers=")]
+    overrides.append("data.filter_overlong_prompts_workers=1")
     config_dir = str(Path(verl.__file__).resolve().parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return compose(config_name="ppo_trainer", overrides=overrides)
