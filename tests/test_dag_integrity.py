@@ -92,6 +92,7 @@ def test_trainer_containers_share_the_gpu_pool() -> None:
     from grounding_ops.pipeline.pools import DEFAULT_GPU_POOL
 
     dag = DagBag(str(Path(__file__).resolve().parent.parent / "dags" / "grounding_train.py")).dags["grounding_train"]
-    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in ("train", "evaluate")} == {
-        "train": DEFAULT_GPU_POOL, "evaluate": DEFAULT_GPU_POOL}
-    assert all(t.pool == "default_pool" for t in dag.tasks if t.task_id not in ("train", "evaluate"))
+    containers = ("train", "evaluate", "evaluate_test")
+    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in containers} == dict.fromkeys(containers,
+                                                                                               DEFAULT_GPU_POOL)
+    assert all(t.pool == "default_pool" for t in dag.tasks if t.task_id not in containers)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from grounding_ops.data.readers import MULTI_READER_MODES
 from grounding_ops.data.schema import FORMATS
-from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, RESIZE_FACTORS
 from grounding_ops.protocols import PROTOCOL_NAMES
 
 DEMO_INPUT = "demo"
@@ -44,6 +44,9 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "test_fraction": {"default": 0.1, "type": "number", "minimum": 0, "maximum": 0.45, "title": "Test share",
                       "description": "Share of groups in test, where the promotion decision is taken "
                                      "(never used for training or checkpoint selection)."},
+    "model_family": {"default": "qwen2.5-vl", "enum": list(RESIZE_FACTORS), "title": "Model family",
+                     "description": "The family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
+                                    "Qwen3-VL) sets the image size the model sees."},
     "multi_reader": {"default": "fuse", "enum": list(MULTI_READER_MODES), "title": "Several readers per finding",
                      "description": "Datasets where several annotators box each finding (VinDr-CXR's rad_id): fuse "
                                     "their boxes into one consensus box per finding, keep one reader, or keep all."},
@@ -67,7 +70,7 @@ DECLARED_KEYS: frozenset[str] = frozenset(PARAM_SCHEMAS)
 # The form's sections (Airflow shows each as a collapsible group), in order.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Input": ("input_uri", "images_root", "format", "multi_reader", "group_by", "source_split"),
-    "Dataset": ("protocol", "val_fraction", "test_fraction", "min_pixels", "max_pixels"),
+    "Dataset": ("protocol", "model_family", "val_fraction", "test_fraction", "min_pixels", "max_pixels"),
     "Quality gate": ("max_quarantine_fraction",),
 }
 FORMAT_LABELS: dict[str, str] = {
@@ -76,6 +79,16 @@ FORMAT_LABELS: dict[str, str] = {
     "vindr-csv": "VinDr-CXR CSV",
     "mscxr": "MS-CXR CSV",
     "normalized": "Normalized (0-1 boxes) JSON Lines",
+    "padchest-gr": "PadChest-GR grounded reports JSON",
+    "refcoco": "RefCOCO / RefCOCO+ / RefCOCOg (refs pickle + instances.json)",
+    "refcoco-parquet": "RefCOCO family parquet export (COCO xywh boxes)",
+    "odvg": "ODVG JSON Lines (Grounding-DINO regions)",
+    "verl-parquet": "Existing VeRL parquet (boxes in reward_model, images by path)",
+}
+MULTI_READER_LABELS: dict[str, str] = {
+    "fuse": "Fuse the readers' boxes into one consensus box per finding",
+    "one": "Keep one reader's boxes",
+    "all": "Keep every reader's box as ground truth",
 }
 _FRAME_LABELS = {"resized": "pixels of the resized image", "grid1000": "0-1000 grid", "pixels": "image pixels",
                  "unit": "0-1 fractions"}
@@ -101,7 +114,8 @@ def protocol_display() -> dict[str, str]:
 def form_schemas() -> dict[str, dict[str, Any]]:
     """:data:`PARAM_SCHEMAS` with each field's ``section`` and the choices' ``values_display``."""
     section_of = {name: section for section, names in SECTIONS.items() for name in names}
-    displays = {"format": format_display(), "protocol": protocol_display()}
+    displays = {"format": format_display(), "protocol": protocol_display(), "multi_reader": MULTI_READER_LABELS,
+                "model_family": {f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()}}
     out = {}
     for name, schema in PARAM_SCHEMAS.items():
         schema = {**schema, "section": section_of.get(name, "Advanced")}
