@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-GPU_TASKS = {"train", "evaluate"}
+GPU_TASKS = {"train", "evaluate", "evaluate_test"}
 
 
 def _queues(env_queue: str | None) -> dict[str, str]:
@@ -43,7 +43,7 @@ def test_gpu_tasks_go_to_the_gpu_queue_and_the_rest_to_the_default_queue():
     default = conf.get("operators", "default_queue")
     queues = _queues(None)
     assert GPU_TASKS <= set(queues)
-    assert {t: q for t, q in queues.items() if t in GPU_TASKS} == {"train": "gpu", "evaluate": "gpu"}
+    assert {t: q for t, q in queues.items() if t in GPU_TASKS} == dict.fromkeys(GPU_TASKS, "gpu")
     assert {q for t, q in queues.items() if t not in GPU_TASKS} == {default}
 
     renamed = _queues("a100-nodes")

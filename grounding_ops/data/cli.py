@@ -44,9 +44,10 @@ def add_parser(subparsers: Any) -> None:
                              ".p RefCOCO, .parquet VeRL/RefCOCO)")
     parser.add_argument("--protocol", default="qwen2.5-vl", choices=_protocol_names(),
                         help="answer format the prompts ask for (default: qwen2.5-vl)")
-    parser.add_argument("--model-family", default="qwen2.5-vl", choices=_model_families(),
+    parser.add_argument("--model-family", default="", choices=("", *_model_families()),
                         help="the model family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
-                             "Qwen3-VL) sets the image size the model sees (default: qwen2.5-vl)")
+                             "Qwen3-VL) sets the image size the model sees (default: the protocol's family, "
+                             "qwen2.5-vl for the generic protocols)")
     parser.add_argument("--val-fraction", type=FRACTION, default=0.1,
                         help="share of groups in val, where checkpoints are chosen (default 0.1)")
     parser.add_argument("--test-fraction", type=FRACTION, default=0.1,

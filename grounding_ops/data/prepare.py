@@ -36,10 +36,10 @@ from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineE
 from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
 from grounding_ops.data.vision import (
-    DEFAULT_FAMILY,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     RESIZE_FACTORS,
+    family_for_protocol,
     family_protocol_problem,
     resize_factor,
     smart_resize,
@@ -65,7 +65,8 @@ class PrepareError(ValueError):
 @dataclass(frozen=True)
 class PrepareSettings:
     protocol: str = "qwen2.5-vl"
-    model_family: str = DEFAULT_FAMILY  # sets the resize factor: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL
+    # Sets the resize factor (28 for Qwen2/2.5-VL, 32 for Qwen3-VL); "" follows the protocol's family.
+    model_family: str = ""
     input_format: str | None = None  # None: detected per input from its name
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -99,6 +100,10 @@ class PrepareSettings:
                            group_by=self.group_by, source_split=self.source_split,
                            image_extension=self.image_extension, box_format=self.box_format,
                            max_line_bytes=self.max_line_bytes, max_document_bytes=self.max_document_bytes)
+
+    def __post_init__(self) -> None:
+        if not self.model_family:
+            object.__setattr__(self, "model_family", family_for_protocol(self.protocol))
 
     def check(self) -> None:
         from grounding_ops.protocols import get_protocol

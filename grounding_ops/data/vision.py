@@ -35,6 +35,11 @@ def resize_factor(family: str) -> int:
         raise ValueError(f"model family {family!r} is unknown: use one of {', '.join(RESIZE_FACTORS)}") from None
 
 
+def family_for_protocol(protocol: str) -> str:
+    """The model family a protocol is named after (its resize factor), else :data:`DEFAULT_FAMILY`."""
+    return protocol if protocol in NATIVE_FRAME else DEFAULT_FAMILY
+
+
 def family_protocol_problem(family: str, protocol: str) -> str | None:
     """Why ``protocol`` does not suit a pretrained ``family`` model (None when it does)."""
     if family not in NATIVE_FRAME or protocol not in NATIVE_FRAME:

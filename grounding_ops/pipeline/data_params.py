@@ -20,6 +20,7 @@ from grounding_ops.protocols import PROTOCOL_NAMES
 
 DEMO_INPUT = "demo"
 AUTO_FORMAT = "auto"
+AUTO_FAMILY = "auto"
 MAX_LOCATION_CHARS = 1024
 
 PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -44,9 +45,9 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "test_fraction": {"default": 0.1, "type": "number", "minimum": 0, "maximum": 0.45, "title": "Test share",
                       "description": "Share of groups in test, where the promotion decision is taken "
                                      "(never used for training or checkpoint selection)."},
-    "model_family": {"default": "qwen2.5-vl", "enum": list(RESIZE_FACTORS), "title": "Model family",
+    "model_family": {"default": AUTO_FAMILY, "enum": [AUTO_FAMILY, *RESIZE_FACTORS], "title": "Model family",
                      "description": "The family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
-                                    "Qwen3-VL) sets the image size the model sees."},
+                                    "Qwen3-VL) sets the image size the model sees; 'auto' follows the protocol."},
     "multi_reader": {"default": "fuse", "enum": list(MULTI_READER_MODES), "title": "Several readers per finding",
                      "description": "Datasets where several annotators box each finding (VinDr-CXR's rad_id): fuse "
                                     "their boxes into one consensus box per finding, keep one reader, or keep all."},
@@ -115,7 +116,8 @@ def form_schemas() -> dict[str, dict[str, Any]]:
     """:data:`PARAM_SCHEMAS` with each field's ``section`` and the choices' ``values_display``."""
     section_of = {name: section for section, names in SECTIONS.items() for name in names}
     displays = {"format": format_display(), "protocol": protocol_display(), "multi_reader": MULTI_READER_LABELS,
-                "model_family": {f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()}}
+                "model_family": {AUTO_FAMILY: "The protocol's family (qwen2.5-vl for generic protocols)",
+                                 **{f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()}}}
     out = {}
     for name, schema in PARAM_SCHEMAS.items():
         schema = {**schema, "section": section_of.get(name, "Advanced")}

@@ -150,7 +150,7 @@ def settings_from_params(params: Mapping[str, Any]) -> Any:
     fmt = str(params.get("format") or "auto")
     return PrepareSettings(
         protocol=str(params.get("protocol") or "qwen2.5-vl"),
-        model_family=str(params.get("model_family") or "qwen2.5-vl"),
+        model_family="" if str(params.get("model_family") or "auto") == "auto" else str(params["model_family"]),
         input_format=None if fmt == "auto" else fmt,
         val_fraction=float(params.get("val_fraction", 0.1)),
         test_fraction=float(params.get("test_fraction", 0.1)),

@@ -390,6 +390,7 @@ class GroundingContainerOperator(DockerOperator):
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "plan")
     operator_extra_links = (WandbRunLink(), MlflowRunLink(), DatasetManifestLink())
+    dataset_splits: tuple[str, ...] = ()  # the splits a container reads when its command names none
     ui_color = "#d6eaf8"
 
     def __init__(self, *, plan: Any, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE,
