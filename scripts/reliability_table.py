@@ -162,6 +162,7 @@ KIND_TEST = {
     "params-normalized": "tests/test_bad_inputs.py::test_params_pass_integral_numbers_to_the_trainer_as_integers",
     "reward": "tests/test_bad_inputs.py::test_reward_never_raises",
     "manifest": "tests/test_bad_inputs.py::test_manifest_refused",
+    "data-form": "tests/test_bad_inputs.py::test_data_form_refuses_hostile_values",
 }
 
 EXTRA_BAD_INPUT: list[tuple[str, str, str]] = [
@@ -202,6 +203,8 @@ def _outcome(cases: list[dict]) -> str:
         return "accepted (JSON's 2.0 is the integer 2); the trainer gets the integer (`rollout_n=2`)"
     if kind == "reward":
         return "score 0, never raises (every protocol, score_response and VeRL compute_score)"
+    if kind == "data-form":
+        return "refused before anything is read: outside the input roots, `..`, or an undeclared key"
     return "; ".join(sorted({f"DatasetVerificationError: \"{c['expect']['error']}\"" for c in cases}))
 
 

@@ -38,6 +38,7 @@ PARAM_CASES = [c for c in CASES if c["kind"] == "params"]
 PARAM_NORMALIZED_CASES = [c for c in CASES if c["kind"] == "params-normalized"]
 REWARD_CASES = [c for c in make_cases.REWARD_CASES]
 MANIFEST_CASES = [c for c in CASES if c["kind"] == "manifest"]
+DATA_FORM_CASES = [c for c in CASES if c["kind"] == "data-form"]
 GROUNDING_OPS = Path(sys.executable).parent / "grounding-ops"
 
 
@@ -331,6 +332,18 @@ def _tamper(root: Path, how: str) -> str:
         (root / "latest.json").write_text(json.dumps({"version": "fedcba9876543210", "manifest": "x"}))
         return str(root)
     raise AssertionError(how)
+
+
+@pytest.mark.parametrize("case", DATA_FORM_CASES, ids=_ids(DATA_FORM_CASES))
+def test_data_form_refuses_hostile_values(case: dict[str, Any]) -> None:
+    """The grounding_data form reads nothing outside the configured input roots, and refuses keys it
+    does not declare, before a byte is read (no S3 client is even used)."""
+    from grounding_ops.pipeline.data_tasks import DataPipelineError, locate
+
+    conf = dict(case["conf"])
+    declared = {k: v for k, v in conf.items() if k != "dataset_name"}
+    with pytest.raises(DataPipelineError, match=case["expect"]["error"]):
+        locate(declared, bucket="grounding-ops", s3_client=object(), conf_keys=list(conf))
 
 
 @pytest.mark.parametrize("case", MANIFEST_CASES, ids=_ids(MANIFEST_CASES))

@@ -493,6 +493,27 @@ HOSTILE_CASES = [
 ANNOTATION_CASES = JSONL_CASES + OTHER_ANNOTATION_CASES + COCO_CASES + CSV_CASES + IMAGE_CASES + HOSTILE_CASES
 
 
+# The grounding_data form: locations outside the input roots and undeclared keys (trust boundaries).
+DATA_FORM_CASES: list[dict[str, Any]] = [
+    {"id": "data-form-proc-environ", "what": "the task's environment as the annotations, '/' as the images root",
+     "conf": {"input_uri": "/proc/self/environ", "format": "jsonl", "images_root": "/"}, "error": "input roots"},
+    {"id": "data-form-etc-passwd", "what": "/etc/passwd as the annotations",
+     "conf": {"input_uri": "/etc/passwd", "format": "jsonl", "images_root": "/etc"}, "error": "input roots"},
+    {"id": "data-form-other-bucket", "what": "another bucket, read with the platform's credentials",
+     "conf": {"input_uri": "s3://other-bucket/private/a.jsonl", "images_root": "s3://other-bucket/private"},
+     "error": "input roots"},
+    {"id": "data-form-prefix-lookalike", "what": "a prefix that only starts like the input root",
+     "conf": {"input_uri": "s3://grounding-ops/incoming-evil/a.jsonl", "images_root": "s3://grounding-ops/incoming-evil"},
+     "error": "input roots"},
+    {"id": "data-form-dotdot", "what": "'..' out of the input root",
+     "conf": {"input_uri": "s3://grounding-ops/incoming/../datasets/x.jsonl", "images_root": "s3://grounding-ops/incoming"},
+     "error": "not a plain"},
+    {"id": "data-form-undeclared-key", "what": "an undeclared dataset_name key steering the publish prefix",
+     "conf": {"input_uri": "s3://grounding-ops/incoming/a.jsonl", "dataset_name": "../../x"},
+     "error": "does not declare"},
+]
+
+
 def index() -> dict[str, Any]:
     """The corpus index (what ``index.json`` holds)."""
     def strip(case: dict[str, Any]) -> dict[str, Any]:
@@ -513,7 +534,9 @@ def index() -> dict[str, Any]:
             "expect": {"override": c["override"]}} for c in PARAM_NORMALIZED_CASES]
         + reward
         + [{"id": c["id"], "kind": "manifest", "class": "dataset manifest", "what": c["what"],
-            "tamper": c["tamper"], "expect": {"error": c["error"]}} for c in MANIFEST_CASES],
+            "tamper": c["tamper"], "expect": {"error": c["error"]}} for c in MANIFEST_CASES]
+        + [{"id": c["id"], "kind": "data-form", "class": "Params (grounding_data form)", "what": c["what"],
+            "conf": c["conf"], "expect": {"error": c["error"]}} for c in DATA_FORM_CASES],
     }
 
 
