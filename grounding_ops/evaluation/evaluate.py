@@ -29,7 +29,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 OUTPUT_FILES = (PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE)
 METRICS_SCHEMA = 1
-ROLES = ("candidate", "base")
+ROLES = ("candidate", "base", "champion")
 REPORT_EXAMPLES = 8
 # Training output written last by the trainer; holds the lineage of a trained model.
 TRAINING_RUN_FILE = "run.json"
