@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from grounding_ops.cli import POSITIVE_INT
+from grounding_ops.evaluation.evaluate import ROLES
 
 ENGINE_CHOICES = ("transformers", "vllm")
 
@@ -38,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
                         help="generation batch size (default: 8 for transformers, 256 for vllm)")
     parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None, help="answer length limit (default: 128)")
     parser.add_argument("--output", required=True, help="folder or s3:// prefix for the evaluation files")
-    parser.add_argument("--role", choices=("candidate", "base", "champion"), default="candidate",
+    parser.add_argument("--role", choices=ROLES, default="candidate",
                         help="'base' marks the untrained base model the first champion must beat; 'champion' "
                         "the current champion re-evaluated on a new dataset version")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",

@@ -31,7 +31,7 @@ OUTPUT_FILES = (PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE)
 PLOTS_PREFIX = "plots"  # the report's figures as PNG files (plots/<name>.png)
 EXAMPLES_FILE = "examples.parquet"  # the report's examples with their images (for W&B tables)
 METRICS_SCHEMA = 1
-ROLES = ("candidate", "base")
+ROLES = ("candidate", "base", "champion")
 REPORT_EXAMPLES = 8
 # Training output written last by the trainer; holds the lineage of a trained model.
 TRAINING_RUN_FILE = "run.json"
