@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== ours (score_response) on the same {args.n} cases in every protocol")
     for protocol in PROTOCOL_NAMES:
         texts = render(cases, protocol)
-        t = _time(lambda: run_ours(texts, protocol), args.rounds)
+        t = _time(lambda texts=texts, protocol=protocol: run_ours(texts, protocol), args.rounds)
         print(f"{protocol:<18}{t * us:>10.2f} us/response")
 
     size = args.adversarial_size
@@ -249,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             times = {}
             for name, text in adv.items():
                 times[name] = 1000 * _time(
-                    lambda: score_response(text, gt, image_size=(100, 100), protocol=protocol, max_answer_chars=limit),
+                    lambda text=text, protocol=protocol, limit=limit: score_response(
+                        text, gt, image_size=(100, 100), protocol=protocol, max_answer_chars=limit),
                     repeat,
                 )
             worst = max(times, key=times.get)
             print(f"{protocol:<18}{str(limit):>10}{times[worst]:>10.2f}  {worst:<22}"
                   f"{statistics.median(times.values()):>10.2f}")
-    g_times = {name: 1000 * _time(lambda: guide_reward(text, gt), repeat) for name, text in adv.items()}
+    g_times = {name: 1000 * _time(lambda text=text: guide_reward(text, gt), repeat) for name, text in adv.items()}
     worst = max(g_times, key=g_times.get)
     print(f"{'guide (click only)':<18}{'none':>10}{g_times[worst]:>10.2f}  {worst:<22}"
           f"{statistics.median(g_times.values()):>10.2f}")

@@ -76,9 +76,10 @@ def test_gpu_image_build_context_sends_only_what_the_dockerfile_copies() -> None
     import re
 
     root = Path(__file__).resolve().parent.parent
-    lines = [l.strip() for l in (root / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "ignore everything, then allow what the image needs"
-    allowed = {l[1:] for l in lines if l.startswith("!")}
+    allowed = {line[1:] for line in lines if line.startswith("!")}
     copied = set()
     for line in (root / "docker" / "trainer" / "Dockerfile.verl").read_text().splitlines():
         if re.match(r"^(COPY|ADD)\s", line) and "--from" not in line:

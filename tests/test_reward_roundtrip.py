@@ -39,7 +39,7 @@ def test_exported_rows_with_a_perfect_answer_score_one(synthetic, tmp_path, prot
         # the prompt the model saw is the protocol's prompt
         assert row["prompt"] == build_prompt(extra["phrase"], protocol)
 
-        def score(answer: str) -> dict:
+        def score(answer: str, row=row, gt=gt, extra=extra) -> dict:
             return compute_score(row["data_source"], answer, gt, dict(extra))
 
         exact = proto.format_answer(gt["boxes"], gt["image_size"], gt["resized_size"], label=extra["phrase"],

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import os
 import time
 from functools import cached_property
 from typing import Any, Callable, Iterator, Mapping, Sequence

@@ -34,8 +34,9 @@ from grounding_ops.pipeline.train_params import (
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
 
-GPU_WORK_VOLUME = "grounding-ops-trainer-work"  # named volume at the GPU trainer's /work
 from grounding_ops.training.runner import RUN_JSON as RUN_FILE
+
+GPU_WORK_VOLUME = "grounding-ops-trainer-work"  # named volume at the GPU trainer's /work
 
 log = logging.getLogger(__name__)
 

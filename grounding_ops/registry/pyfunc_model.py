@@ -94,8 +94,8 @@ def resized_size(processor: Any, width: int, height: int) -> tuple[int, int]:
 
     ip = processor.image_processor
     size = getattr(ip, "size", None) or {}
-    min_pixels = int(size.get("shortest_edge") or getattr(ip, "min_pixels"))
-    max_pixels = int(size.get("longest_edge") or getattr(ip, "max_pixels"))
+    min_pixels = int(size.get("shortest_edge") or ip.min_pixels)
+    max_pixels = int(size.get("longest_edge") or ip.max_pixels)
     factor = int(ip.patch_size) * int(getattr(ip, "merge_size", 1))
     return smart_resize(width, height, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 

@@ -436,7 +436,7 @@ def final_from_verl_checkpoint(step_dir: Path, target: Path, terminator: _Termin
     exclude = LORA_EXCLUDE_MODULES if spec is not None and spec.use_lora else None
     command = verl_engine.merge_command(step_dir, target, exclude_modules=exclude)
     _log("merging the FSDP checkpoint into a Hugging Face folder: " + " ".join(command[1:]))
-    rc = stream_process(command, env=verl_engine.trainer_env(), on_line=lambda l: print(l, flush=True), terminator=terminator)
+    rc = stream_process(command, env=verl_engine.trainer_env(), on_line=lambda line: print(line, flush=True), terminator=terminator)
     if rc != 0 or not (target / "config.json").is_file():
         raise RunError(f"the model merge of {step_dir} failed (exit code {rc}); the checkpoints are in the output")
     return target
