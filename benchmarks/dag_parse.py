@@ -19,7 +19,7 @@ from pathlib import Path
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 
-EMPTY_DAG = '''
+EMPTY_DAG = """
 from airflow.sdk import dag
 
 
@@ -29,7 +29,7 @@ def empty_baseline():
 
 
 empty_baseline()
-'''
+"""
 
 PROBE = """
 import json, sys, time
@@ -43,8 +43,9 @@ print(json.dumps({"seconds": elapsed, "errors": len(bag.import_errors), "dags": 
 
 
 def parse_once(path: Path, env: dict[str, str]) -> dict:
-    result = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True,
-                            env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -56,8 +57,7 @@ def main() -> int:
         baseline = Path(tmp) / "empty_baseline.py"
         baseline.write_text(EMPTY_DAG)
         files = [baseline, *sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))]
-        env = {**os.environ, "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
-               "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+        env = {**os.environ, "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
         samples: dict[str, list[float]] = {f.name: [] for f in files}
         errors: dict[str, int] = {}
         for _ in range(args.repeats):  # interleaved so drift hits every file alike
@@ -69,8 +69,10 @@ def main() -> int:
     print(f"{'file':28} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'x baseline':>10} {'errors':>6}")
     for name, values in samples.items():
         median = statistics.median(values)
-        print(f"{name:28} {median * 1e3:10.1f} {min(values) * 1e3:8.1f} {max(values) * 1e3:8.1f} "
-              f"{median / base:10.2f} {errors[name]:6d}")
+        print(
+            f"{name:28} {median * 1e3:10.1f} {min(values) * 1e3:8.1f} {max(values) * 1e3:8.1f} "
+            f"{median / base:10.2f} {errors[name]:6d}"
+        )
     return 1 if any(errors.values()) else 0
 
 

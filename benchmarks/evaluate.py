@@ -23,8 +23,9 @@ def _requests(work: Path, n: int) -> list:
     from grounding_ops.data.synthetic import publish_synthetic_version
     from grounding_ops.evaluation.evaluate import build_requests, read_samples
 
-    uri, _ = publish_synthetic_version(work / "data", version="bench", n_images=max(8, n), seed=1,
-                                       val_fraction=0.5, min_size=48)
+    uri, _ = publish_synthetic_version(
+        work / "data", version="bench", n_images=max(8, n), seed=1, val_fraction=0.5, min_size=48
+    )
     samples = []
     for split in ("val", "train"):
         samples += read_samples(Path(uri) / "bench" / f"{split}.parquet")
@@ -57,9 +58,11 @@ def main() -> int:
             output = generate_transformers(model, requests, batch_size=batch_size, max_new_tokens=args.max_new_tokens)
             results[batch_size] = (output.samples_per_s, time.perf_counter() - started)
 
-    print(f"transformers engine on CPU ({torch.get_num_threads()} threads), tiny random Qwen2.5-VL "
-          f"({parameters:,} parameters), {len(requests)} samples, greedy, "
-          f"max_new_tokens={args.max_new_tokens}")
+    print(
+        f"transformers engine on CPU ({torch.get_num_threads()} threads), tiny random Qwen2.5-VL "
+        f"({parameters:,} parameters), {len(requests)} samples, greedy, "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
     for batch_size, (rate, wall) in results.items():
         print(f"  batch {batch_size:>3}: {rate:8.2f} samples/s (generation), {wall:6.2f} s including model load")
     single, batched = results[1][0], results[args.batch_size][0]

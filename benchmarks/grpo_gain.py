@@ -76,8 +76,9 @@ def _cli(python: str, log: Path, *args: str, peak_rss: bool = False) -> float | 
     if peak_rss:
         command = [python, "-c", _PEAK_RSS, *command]
     with open(log, "w") as handle:
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                              check=False).returncode
+        code = subprocess.run(
+            command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
+        ).returncode
     text = log.read_text()
     if code != 0:
         sys.stderr.write(text[-6000:])
@@ -89,8 +90,22 @@ def _cli(python: str, log: Path, *args: str, peak_rss: bool = False) -> float | 
 
 
 def _score(python: str, model: Path, dataset: str, out: Path, role: str) -> Score:
-    _cli(python, out.with_suffix(".log"), "evaluate", "--model", str(model), "--dataset", dataset, "--split", "val", "--role", role,
-         "--output", str(out), "--no-mlflow")
+    _cli(
+        python,
+        out.with_suffix(".log"),
+        "evaluate",
+        "--model",
+        str(model),
+        "--dataset",
+        dataset,
+        "--split",
+        "val",
+        "--role",
+        role,
+        "--output",
+        str(out),
+        "--no-mlflow",
+    )
     overall = json.loads((out / "metrics.json").read_text())["metrics"]["overall"]
     iou = overall["mean_iou"]
     return Score(iou["value"], iou["ci_low"], iou["ci_high"], int(overall["n"]))
@@ -101,8 +116,21 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
     overrides = [item for pair in (("--set", s) for s in sets) for item in pair]
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    rss = _cli(python, out / "train.log", "train", "--engine", "cpu", "--preset", "tiny-cpu-grpo", "--dataset", dataset,
-                  "--output", str(out / "run"), *overrides, peak_rss=True)
+    rss = _cli(
+        python,
+        out / "train.log",
+        "train",
+        "--engine",
+        "cpu",
+        "--preset",
+        "tiny-cpu-grpo",
+        "--dataset",
+        dataset,
+        "--output",
+        str(out / "run"),
+        *overrides,
+        peak_rss=True,
+    )
     seconds = time.perf_counter() - started
     run = json.loads((out / "run" / "run.json").read_text())
     train_seconds = float(run["timings"].get("engine_s") or seconds)
@@ -119,40 +147,73 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     parser.add_argument("--skip-control", action="store_true", help="do not run the constant-reward control")
-    parser.add_argument("--platform-python", default=str(REPO / ".venv" / "bin" / "python"),
-                        help="Python of the platform environment, for prepare (default .venv/bin/python)")
+    parser.add_argument(
+        "--platform-python",
+        default=str(REPO / ".venv" / "bin" / "python"),
+        help="Python of the platform environment, for prepare (default .venv/bin/python)",
+    )
     parser.add_argument("--keep", default=None, help="keep the work files in this folder")
     args = parser.parse_args()
     ensure_ml_python()
     ml_python = sys.executable
     if not Path(args.platform_python).exists():
-        sys.exit(f"no platform environment at {args.platform_python}: run `make setup-platform` "
-                 "or pass --platform-python")
+        sys.exit(
+            f"no platform environment at {args.platform_python}: run `make setup-platform` or pass --platform-python"
+        )
     from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        _cli(ml_python, work / "synthetic-data.log", "synthetic-data", "--output", str(work / "syn"), "--images", str(args.images),
-             "--seed", str(args.seed))
-        _cli(args.platform_python, work / "prepare.log", "prepare", str(work / "syn" / "annotations.jsonl"), "--images-root",
-             str(work / "syn"), "--output", str(work / "dataset"), "--protocol", "qwen2.5-vl",
-             "--val-fraction", str(args.val_fraction), "--min-pixels", str(MIN_PIXELS),
-             "--max-pixels", str(MAX_PIXELS))
+        _cli(
+            ml_python,
+            work / "synthetic-data.log",
+            "synthetic-data",
+            "--output",
+            str(work / "syn"),
+            "--images",
+            str(args.images),
+            "--seed",
+            str(args.seed),
+        )
+        _cli(
+            args.platform_python,
+            work / "prepare.log",
+            "prepare",
+            str(work / "syn" / "annotations.jsonl"),
+            "--images-root",
+            str(work / "syn"),
+            "--output",
+            str(work / "dataset"),
+            "--protocol",
+            "qwen2.5-vl",
+            "--val-fraction",
+            str(args.val_fraction),
+            "--min-pixels",
+            str(MIN_PIXELS),
+            "--max-pixels",
+            str(MAX_PIXELS),
+        )
         dataset = str(work / "dataset")
         sets = [f"total_steps={args.steps}"] if args.steps else []
         runs = [_train_and_score("grpo", ml_python, dataset, work, sets)]
         if not args.skip_control:
             runs.append(_train_and_score("control", ml_python, dataset, work, [*sets, "reward_function=constant"]))
 
-    print(f"tiny-cpu-grpo recipe on {args.images} synthetic images, mean IoU on {runs[0].base.n} held-out samples "
-          "(95% bootstrap intervals); train s = warm-up + GRPO, peak RSS of the training processes")
-    print(f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'(GRPO)':>7s} "
-          f"{'peak RSS':>9s}")
+    print(
+        f"tiny-cpu-grpo recipe on {args.images} synthetic images, mean IoU on {runs[0].base.n} held-out samples "
+        "(95% bootstrap intervals); train s = warm-up + GRPO, peak RSS of the training processes"
+    )
+    print(
+        f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'(GRPO)':>7s} "
+        f"{'peak RSS':>9s}"
+    )
     for run in runs:
         label = "GRPO, IoU reward" if run.name == "grpo" else "control, constant reward"
-        print(f"{label:24s} {str(run.base):>22s} {str(run.final):>22s} {run.gain:+7.3f} "
-              f"{'yes' if run.apart else 'no':>6s} {run.train_seconds:8.0f} {run.grpo_seconds:7.0f} {run.peak_rss_mib:6.0f} MiB")
+        print(
+            f"{label:24s} {str(run.base):>22s} {str(run.final):>22s} {run.gain:+7.3f} "
+            f"{'yes' if run.apart else 'no':>6s} {run.train_seconds:8.0f} {run.grpo_seconds:7.0f} {run.peak_rss_mib:6.0f} MiB"
+        )
     return 0
 
 

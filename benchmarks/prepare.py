@@ -56,9 +56,21 @@ def make_data(folder: Path, rows: int, seed: int = 0, fmt: str = "jsonl") -> tup
             i = r % N_IMAGES
             width, height, drawn = shapes[i]
             color, shape, box = drawn[r % len(drawn)]
-            handle.write(json.dumps({"id": f"r{r}", "image": f"images/{i:04d}.png", "phrase": f"the {color} {shape}",
-                                     "boxes": [box], "width": width, "height": height, "source": "bench",
-                                     "group": f"p{r % 5000}"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"r{r}",
+                        "image": f"images/{i:04d}.png",
+                        "phrase": f"the {color} {shape}",
+                        "boxes": [box],
+                        "width": width,
+                        "height": height,
+                        "source": "bench",
+                        "group": f"p{r % 5000}",
+                    }
+                )
+                + "\n"
+            )
     return annotations, folder
 
 
@@ -87,13 +99,25 @@ def baseline_write(work: Path, out: Path, prepare_settings) -> float:
             if data is None:
                 data = cache[row["image"]] = (work.parent / "data" / row["image"]).read_bytes()
             size = (row["width"], row["height"])
-            rows.append(build_row(
-                record_id=row["id"], source=row["source"], phrase=row["phrase"], boxes=row["boxes"], image_bytes=data,
-                image_size=size, resized_size=smart_resize(*size, min_pixels=prepare_settings.min_pixels,
-                                                           max_pixels=prepare_settings.max_pixels),
-                prompt=build_prompt(row["phrase"], prepare_settings.protocol), protocol=prepare_settings.protocol,
-                split="train", index=index, min_pixels=prepare_settings.min_pixels,
-                max_pixels=prepare_settings.max_pixels))
+            rows.append(
+                build_row(
+                    record_id=row["id"],
+                    source=row["source"],
+                    phrase=row["phrase"],
+                    boxes=row["boxes"],
+                    image_bytes=data,
+                    image_size=size,
+                    resized_size=smart_resize(
+                        *size, min_pixels=prepare_settings.min_pixels, max_pixels=prepare_settings.max_pixels
+                    ),
+                    prompt=build_prompt(row["phrase"], prepare_settings.protocol),
+                    protocol=prepare_settings.protocol,
+                    split="train",
+                    index=index,
+                    min_pixels=prepare_settings.min_pixels,
+                    max_pixels=prepare_settings.max_pixels,
+                )
+            )
     pq.write_table(pa.Table.from_pylist(rows, schema=verl_schema()), out / "baseline.parquet", compression="zstd")
     return time.perf_counter() - start
 
@@ -107,11 +131,19 @@ def _write_coco(folder: Path, rows: int, shapes: list) -> Path:
         width, height, drawn = shapes[i]
         color, shape, box = drawn[r % len(drawn)]
         images.append({"id": r, "file_name": f"images/{i:04d}.png", "width": width, "height": height})
-        annotations.append({"id": r, "image_id": r, "category_id": 1, "caption": f"the {color} {shape}",
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+        annotations.append(
+            {
+                "id": r,
+                "image_id": r,
+                "category_id": 1,
+                "caption": f"the {color} {shape}",
+                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+            }
+        )
     path = folder / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "shape"}]}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "shape"}]})
+    )
     return path
 
 
@@ -153,8 +185,18 @@ def make_real_size_data(folder: Path, rows: int, size: int = 1024) -> tuple[Path
             noise = rng.normal(0, 12, (size, size)).astype(np.float32)
             pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels, mode="L").save(images / f"{r:05d}.jpg", quality=90)
-            handle.write(json.dumps({"id": f"x{r}", "image": f"images/{r:05d}.jpg", "phrase": "the opacity",
-                                     "boxes": [[100.0, 200.0, 400.0, 600.0]], "group": f"p{r}"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"x{r}",
+                        "image": f"images/{r:05d}.jpg",
+                        "phrase": "the opacity",
+                        "boxes": [[100.0, 200.0, 400.0, 600.0]],
+                        "group": f"p{r}",
+                    }
+                )
+                + "\n"
+            )
     return annotations, folder
 
 
@@ -201,7 +243,8 @@ def s3_fetch(objects: int) -> None:
         try:
             client = services.s3_client(config)
             client.create_bucket(Bucket=config.bucket) if config.bucket not in [
-                b["Name"] for b in client.list_buckets().get("Buckets", [])] else None
+                b["Name"] for b in client.list_buckets().get("Buckets", [])
+            ] else None
             _, root = make_real_size_data(base / "data", objects)
             keys = []
             for path in sorted((root / "images").iterdir()):
@@ -239,10 +282,14 @@ def s3_fetch(objects: int) -> None:
     mib = total / 2**20
     print(f"[S3] {objects} objects, {mib:.0f} MiB, {workers} threads each")
     print(f"  plain parallel get_object:                 {mib / plain_s:8.1f} MiB/s  ({plain_s:.1f} s)")
-    print(f"  image fetch (ImageResolver.read):          {mib / fetch_s:8.1f} MiB/s  ({fetch_s:.1f} s)  "
-          f"{plain_s / fetch_s:.2f}x the plain download")
-    print(f"  image checks (fetch + decode + sha256):    {mib / check_s:8.1f} MiB/s  ({check_s:.1f} s)  "
-          f"{plain_s / check_s:.2f}x the plain download")
+    print(
+        f"  image fetch (ImageResolver.read):          {mib / fetch_s:8.1f} MiB/s  ({fetch_s:.1f} s)  "
+        f"{plain_s / fetch_s:.2f}x the plain download"
+    )
+    print(
+        f"  image checks (fetch + decode + sha256):    {mib / check_s:8.1f} MiB/s  ({check_s:.1f} s)  "
+        f"{plain_s / check_s:.2f}x the plain download"
+    )
 
 
 def _peak_rss_mib() -> float:
@@ -294,16 +341,24 @@ def main() -> int:
     for fmt in [f for f in args.rss_formats.split(",") if f]:
         results = []
         for size in sizes:
-            out = subprocess.run([sys.executable, __file__, "--child-rss", str(size), "--child-format", fmt],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child-rss", str(size), "--child-format", fmt],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results[-1]
-            print(f"peak RSS, full prepare, {fmt:>9}, {r['rows']:>8} rows: {r['peak_rss_mib']:8.1f} MiB "
-                  f"({r['seconds']} s)")
+            print(
+                f"peak RSS, full prepare, {fmt:>9}, {r['rows']:>8} rows: {r['peak_rss_mib']:8.1f} MiB "
+                f"({r['seconds']} s)"
+            )
         if len(results) >= 2:
             small, large = results[0], results[-1]
-            print(f"  {fmt}: rows x{large['rows'] / small['rows']:.0f} -> peak RSS "
-                  f"x{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}")
+            print(
+                f"  {fmt}: rows x{large['rows'] / small['rows']:.0f} -> peak RSS "
+                f"x{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}"
+            )
     return 0
 
 

@@ -117,8 +117,12 @@ def _interleaved(contenders: dict, rounds: int, before=None) -> dict[str, float]
 
 def _exported_truth(protocol: str, box, size, resized) -> dict:
     """``reward_model.ground_truth`` as the data export writes it and ``datasets`` reads it back."""
-    return {"boxes": [[float(v) for v in box]], "protocol": protocol, "image_size": [int(size[0]), int(size[1])],
-            "resized_size": [int(resized[0]), int(resized[1])]}
+    return {
+        "boxes": [[float(v) for v in box]],
+        "protocol": protocol,
+        "image_size": [int(size[0]), int(size[1])],
+        "resized_size": [int(resized[0]), int(resized[1])],
+    }
 
 
 def single_box_cases(n: int, seed: int = 1) -> list[dict]:
@@ -147,14 +151,20 @@ def single_box_section(n: int, rounds: int) -> None:
         proto = get_protocol(protocol)
         texts = [proto.format_answer([c["pred"]], c["size"], c["resized"], label="object") for c in cases]
         shared: dict[int, dict] = {}
-        rows = {"shared dict": [shared.setdefault(c["group"], _exported_truth(protocol, c["gt"], c["size"],
-                                                                              c["resized"])) for c in cases]}
+        rows = {
+            "shared dict": [
+                shared.setdefault(c["group"], _exported_truth(protocol, c["gt"], c["size"], c["resized"]))
+                for c in cases
+            ]
+        }
         if protocol in ("qwen2.5-vl", "click-xywh"):
             rows["equal copy"] = [_exported_truth(protocol, c["gt"], c["size"], c["resized"]) for c in cases]
             rng = random.Random(2)
-            rows["no reuse"] = [_exported_truth(protocol, _jitter(rng, c["gt"], 0.01), c["size"], c["resized"])
-                                for c in cases]
+            rows["no reuse"] = [
+                _exported_truth(protocol, _jitter(rng, c["gt"], 0.01), c["size"], c["resized"]) for c in cases
+            ]
         for how, these in rows.items():
+
             def run(texts=texts, rows=these):
                 return [compute_score("grounding/bench", t, r, None) for t, r in zip(texts, rows)]
 
@@ -164,8 +174,10 @@ def single_box_section(n: int, rounds: int) -> None:
     best = _interleaved(contenders, rounds, before=_scoring._TARGET_CACHE.clear)
     guide = best["guide max-IoU regex (click)"]
     us = 1e6 / n
-    print(f"== {n} single-box responses, the VeRL path (CPU time, min of {rounds} interleaved rounds; "
-          f"{ROLLOUTS} rollouts per prompt)")
+    print(
+        f"== {n} single-box responses, the VeRL path (CPU time, min of {rounds} interleaved rounds; "
+        f"{ROLLOUTS} rollouts per prompt)"
+    )
     print(f"{'reward':<48}{'us/response':>12}{'x guide':>9}")
     for name, t in best.items():
         print(f"{name:<48}{t * us:>12.2f}{t / guide:>9.2f}")
@@ -173,11 +185,13 @@ def single_box_section(n: int, rounds: int) -> None:
 
 def profile_single_box(n: int) -> None:
     cases = single_box_cases(n)
-    texts = [get_protocol("qwen2.5-vl").format_answer([c["pred"]], c["size"], c["resized"], label="object")
-             for c in cases]
+    texts = [
+        get_protocol("qwen2.5-vl").format_answer([c["pred"]], c["size"], c["resized"], label="object") for c in cases
+    ]
     shared: dict[int, dict] = {}
-    rows = [shared.setdefault(c["group"], _exported_truth("qwen2.5-vl", c["gt"], c["size"], c["resized"]))
-            for c in cases]
+    rows = [
+        shared.setdefault(c["group"], _exported_truth("qwen2.5-vl", c["gt"], c["size"], c["resized"])) for c in cases
+    ]
     _scoring._TARGET_CACHE.clear()
     profiler = cProfile.Profile()
     profiler.enable()
@@ -202,34 +216,41 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = mixed_cases(args.n)
     click = render(cases, "click-xywh")
-    rows = [_exported_truth("click-xywh", (0, 0, 1, 1), c["size"], c["size"]) | {"boxes": [list(b) for b in c["gt"]]}
-            for c in cases]
+    rows = [
+        _exported_truth("click-xywh", (0, 0, 1, 1), c["size"], c["size"]) | {"boxes": [list(b) for b in c["gt"]]}
+        for c in cases
+    ]
 
     def run_guide():
         return [guide_reward(t, c["gt"]) for t, c in zip(click, cases)]
 
     def run_ours(texts=click, protocol="click-xywh"):
-        return [score_response(t, c["gt"], image_size=c["size"], protocol=protocol)["score"]
-                for t, c in zip(texts, cases)]
+        return [
+            score_response(t, c["gt"], image_size=c["size"], protocol=protocol)["score"] for t, c in zip(texts, cases)
+        ]
 
     def run_verl():
         return [compute_score("grounding/bench", t, r, None)["score"] for t, r in zip(click, rows)]
 
     run_guide(), run_ours(), run_verl()  # warm up imports (scipy) outside the timed region
-    best = _interleaved({"guide": run_guide, "ours": run_ours, "verl": run_verl}, args.rounds,
-                        before=_scoring._TARGET_CACHE.clear)
+    best = _interleaved(
+        {"guide": run_guide, "ours": run_ours, "verl": run_verl}, args.rounds, before=_scoring._TARGET_CACHE.clear
+    )
     g_scores, o_scores = run_guide(), run_ours()
     us = 1e6 / args.n
     print(f"\n== {args.n} mixed click-xywh responses (CPU time, min of {args.rounds} interleaved rounds)")
     print(f"{'reward':<46}{'us/response':>12}{'x guide':>9}{'mean reward':>13}")
     print(f"{'guide max-IoU regex':<46}{best['guide'] * us:>12.2f}{1.0:>9.2f}{statistics.fmean(g_scores):>13.3f}")
-    print(f"{'ours, score_response':<46}{best['ours'] * us:>12.2f}{best['ours'] / best['guide']:>9.2f}"
-          f"{statistics.fmean(o_scores):>13.3f}")
-    print(f"{'ours, compute_score (a dict per row)':<46}{best['verl'] * us:>12.2f}"
-          f"{best['verl'] / best['guide']:>9.2f}")
+    print(
+        f"{'ours, score_response':<46}{best['ours'] * us:>12.2f}{best['ours'] / best['guide']:>9.2f}"
+        f"{statistics.fmean(o_scores):>13.3f}"
+    )
+    print(f"{'ours, compute_score (a dict per row)':<46}{best['verl'] * us:>12.2f}{best['verl'] / best['guide']:>9.2f}")
     grid = [i for i, c in enumerate(cases) if c["kind"] == "grid"]
-    print(f"grid responses ({len(grid)}): guide mean {statistics.fmean(g_scores[i] for i in grid):.3f}, "
-          f"ours mean {statistics.fmean(o_scores[i] for i in grid):.3f}")
+    print(
+        f"grid responses ({len(grid)}): guide mean {statistics.fmean(g_scores[i] for i in grid):.3f}, "
+        f"ours mean {statistics.fmean(o_scores[i] for i in grid):.3f}"
+    )
 
     print(f"\n== ours (score_response) on the same {args.n} cases in every protocol")
     for protocol in PROTOCOL_NAMES:
@@ -250,16 +271,21 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in adv.items():
                 times[name] = 1000 * _time(
                     lambda text=text, protocol=protocol, limit=limit: score_response(
-                        text, gt, image_size=(100, 100), protocol=protocol, max_answer_chars=limit),
+                        text, gt, image_size=(100, 100), protocol=protocol, max_answer_chars=limit
+                    ),
                     repeat,
                 )
             worst = max(times, key=times.get)
-            print(f"{protocol:<18}{str(limit):>10}{times[worst]:>10.2f}  {worst:<22}"
-                  f"{statistics.median(times.values()):>10.2f}")
+            print(
+                f"{protocol:<18}{str(limit):>10}{times[worst]:>10.2f}  {worst:<22}"
+                f"{statistics.median(times.values()):>10.2f}"
+            )
     g_times = {name: 1000 * _time(lambda text=text: guide_reward(text, gt), repeat) for name, text in adv.items()}
     worst = max(g_times, key=g_times.get)
-    print(f"{'guide (click only)':<18}{'none':>10}{g_times[worst]:>10.2f}  {worst:<22}"
-          f"{statistics.median(g_times.values()):>10.2f}")
+    print(
+        f"{'guide (click only)':<18}{'none':>10}{g_times[worst]:>10.2f}  {worst:<22}"
+        f"{statistics.median(g_times.values()):>10.2f}"
+    )
     return 0
 
 

@@ -62,8 +62,9 @@ def main() -> int:
         base = Path(tmp)
         dataset = _publish_dataset(base)
         # a short warm-up: this measures GRPO steps and the platform around them (grpo_gain.py runs the recipe)
-        spec = get_preset("tiny-cpu").with_overrides([f"total_steps={args.steps}", f"save_freq={args.save_freq}",
-                                                      "sft_warmup_steps=100"])
+        spec = get_preset("tiny-cpu").with_overrides(
+            [f"total_steps={args.steps}", f"save_freq={args.save_freq}", "sft_warmup_steps=100"]
+        )
         started = time.perf_counter()
         code = run_training(spec, dataset_uri=dataset, output_uri=str(base / "out"), engine="cpu")
         wall = time.perf_counter() - started
@@ -87,8 +88,10 @@ def main() -> int:
     ]
     if container is not None:
         rows.append(("container start (docker run --version)", container))
-    print(f"CPU engine: {per_step:.3f} s per GRPO step ({spec.train_batch_size} prompts x {spec.rollout_n} rollouts, "
-          f"max {spec.max_response_length} new tokens), {run['steps_trained']} steps")
+    print(
+        f"CPU engine: {per_step:.3f} s per GRPO step ({spec.train_batch_size} prompts x {spec.rollout_n} rollouts, "
+        f"max {spec.max_response_length} new tokens), {run['steps_trained']} steps"
+    )
     print(f"{'phase':42s} {'seconds':>8s} {'fraction':>9s}")
     for name, seconds in rows:
         print(f"{name:42s} {seconds:8.2f} {seconds / total:9.1%}")

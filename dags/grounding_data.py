@@ -62,13 +62,19 @@ def grounding_data():
     def validate(located: dict, **context):
         return dt.validate_task(context, located)
 
-    @lineage_task(task_id="export", doc_md="Writes the parquet files and publishes the version "
-                                           "(fails, naming the quarantine, over the threshold).")
+    @lineage_task(
+        task_id="export",
+        doc_md="Writes the parquet files and publishes the version (fails, naming the quarantine, over the threshold).",
+    )
     def export(validated: dict, located: dict, **context):
         return dt.export_task(context, validated, located)
 
-    @lineage_task(task_id="publish", outlets=[DATASET_ASSET], retries=3,
-                  doc_md="Emits the dataset Asset event with the version in its extra.")
+    @lineage_task(
+        task_id="publish",
+        outlets=[DATASET_ASSET],
+        retries=3,
+        doc_md="Emits the dataset Asset event with the version in its extra.",
+    )
     def publish(exported: dict, **context):
         return dt.publish_task(context, exported, DATASET_ASSET)
 

@@ -66,16 +66,23 @@ default_args = {
     dagrun_timeout=timedelta(hours=48),
 )
 def grounding_train():
-    @lineage_task(task_id="resolve_dataset", inlets=[DATASET_ASSET], retries=3,
-                  doc_md="Finds the dataset version: the form's value, or the newest event of the dataset "
-                         "asset published by grounding_data, or its latest.json. Read-only; retried.")
+    @lineage_task(
+        task_id="resolve_dataset",
+        inlets=[DATASET_ASSET],
+        retries=3,
+        doc_md="Finds the dataset version: the form's value, or the newest event of the dataset "
+        "asset published by grounding_data, or its latest.json. Read-only; retried.",
+    )
     def resolve_dataset(**context):
         return tt.resolve_dataset_task(context, DATASET_ASSET)
 
-    @lineage_task(task_id="decide", retries=3,
-                  doc_md="Skips the rest of the run when the dataset version and the training settings are "
-                         "those of the current champion (or of the last rejected candidate); otherwise plans "
-                         "the training container. Read-only; retried.")
+    @lineage_task(
+        task_id="decide",
+        retries=3,
+        doc_md="Skips the rest of the run when the dataset version and the training settings are "
+        "those of the current champion (or of the last rejected candidate); otherwise plans "
+        "the training container. Read-only; retried.",
+    )
     def decide(dataset: dict, **context):
         return tt.decide_task(context, dataset)
 
@@ -88,13 +95,15 @@ def grounding_train():
         execution_timeout=timedelta(hours=24),
         pool=GPU_POOL,
         doc_md="Runs `grounding-ops train` in the trainer image (gpu: VeRL on gpus_per_node GPUs; cpu: the TRL twin). "
-               "Checkpoints go to S3 as they are saved; a retry resumes from the latest one. "
-               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
+        "Checkpoints go to S3 as they are saved; a retry resumes from the latest one. "
+        f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     )
 
-    @lineage_task(task_id="list_checkpoints",
-                  doc_md="Lists the evaluable checkpoints of the training run (Hugging Face folders under "
-                         "checkpoints/, final/, and the base model) and plans one evaluation per checkpoint.")
+    @lineage_task(
+        task_id="list_checkpoints",
+        doc_md="Lists the evaluable checkpoints of the training run (Hugging Face folders under "
+        "checkpoints/, final/, and the base model) and plans one evaluation per checkpoint.",
+    )
     def list_checkpoints(training: dict, **context):
         return tt.list_checkpoints_task(context, training)
 
@@ -108,19 +117,27 @@ def grounding_train():
         pool=GPU_POOL,
         max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
         doc_md="Runs `grounding-ops evaluate` on one checkpoint in the trainer image, then logs the "
-               "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried. "
-               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
+        "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried. "
+        f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     ).expand(plan=checkpoints)
 
-    @lineage_task(task_id="pick_best", retries=1, execution_timeout=timedelta(minutes=5),
-                  doc_md="Picks the checkpoint with the best promotion metric on the val split (ties: the later one).")
+    @lineage_task(
+        task_id="pick_best",
+        retries=1,
+        execution_timeout=timedelta(minutes=5),
+        doc_md="Picks the checkpoint with the best promotion metric on the val split (ties: the later one).",
+    )
     def pick_best(results, **context):
         return tt.pick_best_task(context, list(results))
 
-    @lineage_task(task_id="plan_decision", retries=3, execution_timeout=timedelta(minutes=5),
-                  doc_md="Plans the evaluations on the test split: the chosen checkpoint, and the bar (the "
-                         "champion unless it was already evaluated on this dataset version's test split, or "
-                         "the base model before the first promotion). Read-only; retried.")
+    @lineage_task(
+        task_id="plan_decision",
+        retries=3,
+        execution_timeout=timedelta(minutes=5),
+        doc_md="Plans the evaluations on the test split: the chosen checkpoint, and the bar (the "
+        "champion unless it was already evaluated on this dataset version's test split, or "
+        "the base model before the first promotion). Read-only; retried.",
+    )
     def plan_decision(choice: dict, training: dict, **context):
         return tt.plan_decision_task(context, choice, training)
 
@@ -134,16 +151,21 @@ def grounding_train():
         pool=GPU_POOL,
         max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
         doc_md="Runs `grounding-ops evaluate` on the test split for the chosen checkpoint and the bar, then "
-               "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried. "
-               f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
+        "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried. "
+        f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
     ).expand(plan=plan_decision(choice, train.output))
 
-    @lineage_task(task_id="promote", outlets=[MODEL_ASSET], retries=2, on_success_callback=[PromotionNotifier()],
-                  doc_md="Registers the chosen checkpoint in the MLflow Model Registry and moves the champion "
-                         "alias only when the paired bootstrap interval of its gain over the bar (champion, or "
-                         "base model) on the same test samples clears the minimum delta. The log states the "
-                         "decision: metric, both values, difference with interval, n, dataset version and "
-                         "split, reason. Idempotent; retried.")
+    @lineage_task(
+        task_id="promote",
+        outlets=[MODEL_ASSET],
+        retries=2,
+        on_success_callback=[PromotionNotifier()],
+        doc_md="Registers the chosen checkpoint in the MLflow Model Registry and moves the champion "
+        "alias only when the paired bootstrap interval of its gain over the bar (champion, or "
+        "base model) on the same test samples clears the minimum delta. The log states the "
+        "decision: metric, both values, difference with interval, n, dataset version and "
+        "split, reason. Idempotent; retried.",
+    )
     def promote(choice: dict, decision_results, **context):
         return tt.promote_task(context, choice, list(decision_results), MODEL_ASSET)
 

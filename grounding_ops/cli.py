@@ -25,16 +25,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def number_type(kind: type[int] | type[float], *, minimum: float | None = None,
-                maximum: float | None = None) -> Callable[[str], Any]:
+def number_type(
+    kind: type[int] | type[float], *, minimum: float | None = None, maximum: float | None = None
+) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses an int or float within [minimum, maximum] (NaN refused)."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if value != value or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             low = "" if minimum is None else f">= {minimum:g}"
             high = "" if maximum is None else f"<= {maximum:g}"
@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as exc:  # disk full, unwritable folder, file size limit: no traceback, say what to fix
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"error: {exc.strerror or exc}{where}: check free disk space and that the output and "
-              "temporary folders (TMPDIR) are writable", file=sys.stderr)
+        print(
+            f"error: {exc.strerror or exc}{where}: check free disk space and that the output and "
+            "temporary folders (TMPDIR) are writable",
+            file=sys.stderr,
+        )
         return 1
-

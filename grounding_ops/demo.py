@@ -74,15 +74,20 @@ class AirflowRestClient:
             except RuntimeError:
                 pass
             time.sleep(3)
-        raise RuntimeError(f"DAG {dag_id} did not appear within {timeout:.0f}s; "
-                           f"see {self.settings.log_dir / 'airflow-dag-processor.log'}")
+        raise RuntimeError(
+            f"DAG {dag_id} did not appear within {timeout:.0f}s; "
+            f"see {self.settings.log_dir / 'airflow-dag-processor.log'}"
+        )
 
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._request("POST", f"/dags/{dag_id}/dagRuns",
-                            {"logical_date": None, "conf": conf, "note": "started by grounding-ops demo"})
+        run = self._request(
+            "POST",
+            f"/dags/{dag_id}/dagRuns",
+            {"logical_date": None, "conf": conf, "note": "started by grounding-ops demo"},
+        )
         return run["dag_run_id"]
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
@@ -100,8 +105,10 @@ class AirflowRestClient:
         return states
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
-        path = (f"/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}"
-                f"/taskInstances/{task_id}/xcomEntries/return_value")
+        path = (
+            f"/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}"
+            f"/taskInstances/{task_id}/xcomEntries/return_value"
+        )
         try:
             return self._request("GET", path).get("value")
         except RuntimeError:
@@ -180,8 +187,9 @@ def _night(client: AirflowRestClient, settings: ServiceSettings, input_dir: Path
         print(f"grounding_data failed; task logs: {settings.log_dir / 'airflow-tasks'}", file=sys.stderr)
         return None
     dataset = client.xcom("grounding_data", data_run, "publish") or {}
-    print(f"  published dataset version {dataset.get('version', '?')}; grounding_train starts from its asset",
-          flush=True)
+    print(
+        f"  published dataset version {dataset.get('version', '?')}; grounding_train starts from its asset", flush=True
+    )
     train_run = client.wait_for_new_run("grounding_train", after=triggered, timeout=300)
     state = client.wait_for_run("grounding_train", train_run, timeout=timeout)
     decision = client.xcom("grounding_train", train_run, "promote")
@@ -220,8 +228,11 @@ def run_demo(args: argparse.Namespace) -> int:
     for number, n_images in ((1, args.images), (2, args.images + args.new_images)):
         what = "a first dataset" if number == 1 else f"{args.new_images} new images' annotations arrive"
         step = 3 if number == 1 else 4
-        print(f"== {step}/5 night {number}: {what} ({n_images} images); grounding_data publishes a version, "
-              "grounding_train trains, evaluates and decides", flush=True)
+        print(
+            f"== {step}/5 night {number}: {what} ({n_images} images); grounding_data publishes a version, "
+            "grounding_train trains, evaluates and decides",
+            flush=True,
+        )
         generate_synthetic(input_dir, n_images=n_images, seed=args.seed, n_invalid=args.invalid, patients=groups)
         night = _night(client, settings, input_dir, args.timeout)
         if night is None:
@@ -233,8 +244,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     print(f"Airflow UI        {settings.airflow_url}  (login {services.airflow_login_line(settings)})")
     for number, night in enumerate(nights, start=1):
-        print(f"Night {number}           dataset {night.dataset.get('version', '?')}; grounding_train / "
-              f"{night.train_run}: {night.state} ({night.seconds:.0f}s)")
+        print(
+            f"Night {number}           dataset {night.dataset.get('version', '?')}; grounding_train / "
+            f"{night.train_run}: {night.state} ({night.seconds:.0f}s)"
+        )
         print(f"  decision        {_decision_line(night)}")
     print(f"Champion          {_champion_summary(settings, args.model_name)}")
     print(f"MLflow            {settings.mlflow_uri}")
@@ -266,8 +279,12 @@ def demo_data_conf(input_uri: str) -> dict[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole loop on the embedded local services")
     parser.add_argument("--images", type=int, default=DEMO_IMAGES, help="synthetic images of night 1")
-    parser.add_argument("--new-images", type=int, default=DEMO_NEW_IMAGES,
-                        help="images whose annotations arrive for night 2 (a new dataset version)")
+    parser.add_argument(
+        "--new-images",
+        type=int,
+        default=DEMO_NEW_IMAGES,
+        help="images whose annotations arrive for night 2 (a new dataset version)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--invalid", type=int, default=2, help="deliberately broken rows (to show the quarantine)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each DAG run")

@@ -53,8 +53,9 @@ def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
 
-def docker_build(context: Path, tag: str, dockerfile: Path | None = None,
-                 build_args: dict[str, str] | None = None) -> str:
+def docker_build(
+    context: Path, tag: str, dockerfile: Path | None = None, build_args: dict[str, str] | None = None
+) -> str:
     argv = ["docker", "build", "--network", "host", "-t", tag]
     if dockerfile is not None:
         argv += ["-f", str(dockerfile)]
@@ -70,12 +71,13 @@ def build_rootfs_image(mirror: str = DEBIAN_MIRROR) -> str:
     if image_exists(ROOTFS_IMAGE):
         return ROOTFS_IMAGE
     if not shutil.which("debootstrap"):
-        raise ImageBuildError("debootstrap is not installed: `apt-get install debootstrap` (or build the "
-                              "base with --build-arg BASE_IMAGE=debian:bookworm-slim from a registry)")
+        raise ImageBuildError(
+            "debootstrap is not installed: `apt-get install debootstrap` (or build the "
+            "base with --build-arg BASE_IMAGE=debian:bookworm-slim from a registry)"
+        )
     with tempfile.TemporaryDirectory(prefix="rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
-        _run(["debootstrap", "--variant=minbase", "bookworm", str(root), mirror],
-             stdout=subprocess.DEVNULL)
+        _run(["debootstrap", "--variant=minbase", "bookworm", str(root), mirror], stdout=subprocess.DEVNULL)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         _run(["docker", "import", "-", ROOTFS_IMAGE], stdin=tar.stdout)
         tar.wait()
@@ -91,8 +93,9 @@ def _stage_context(name: str, sources: dict[str, Path]) -> Path:
     for target, source in sources.items():
         destination = context / target
         if source.is_dir():
-            shutil.copytree(source, destination, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", "*.egg-info", ".context"))
+            shutil.copytree(
+                source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".context")
+            )
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
@@ -140,9 +143,24 @@ def fill_wheelhouse(wheelhouse: Path) -> None:
     """Download the trainer's pinned packages (and build tools) into one folder."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     trainer = REPO_ROOT / "docker" / "trainer"
-    _run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
-          "-r", str(trainer / "requirements.txt"), "-c", str(trainer / "constraints.txt"),
-          "pip", "setuptools", "wheel"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "-d",
+            str(wheelhouse),
+            "-r",
+            str(trainer / "requirements.txt"),
+            "-c",
+            str(trainer / "constraints.txt"),
+            "pip",
+            "setuptools",
+            "wheel",
+        ]
+    )
 
 
 def build_trainer_cpu_image() -> str:
@@ -151,21 +169,27 @@ def build_trainer_cpu_image() -> str:
     deps_tag = trainer_deps_tag()
     if not image_exists(deps_tag):
         trainer = REPO_ROOT / "docker" / "trainer"
-        context = _stage_context("trainer-deps", {
-            "Dockerfile": trainer / "Dockerfile.cpu-deps",
-            "requirements.txt": trainer / "requirements.txt",
-            "constraints.txt": trainer / "constraints.txt",
-        })
+        context = _stage_context(
+            "trainer-deps",
+            {
+                "Dockerfile": trainer / "Dockerfile.cpu-deps",
+                "requirements.txt": trainer / "requirements.txt",
+                "constraints.txt": trainer / "constraints.txt",
+            },
+        )
         wheelhouse = CONTEXT_ROOT / "wheelhouse"
         fill_wheelhouse(wheelhouse)
         with serve_directory(wheelhouse) as url:
             docker_build(context, deps_tag, build_args={"BASE_IMAGE": BASE_IMAGE, "WHEELS_URL": url})
-    context = _stage_context("trainer-cpu", {
-        "Dockerfile": REPO_ROOT / "docker" / "trainer" / "Dockerfile.cpu",
-        "pyproject.toml": REPO_ROOT / "pyproject.toml",
-        "README.md": REPO_ROOT / "README.md",
-        "grounding_ops": REPO_ROOT / "grounding_ops",
-    })
+    context = _stage_context(
+        "trainer-cpu",
+        {
+            "Dockerfile": REPO_ROOT / "docker" / "trainer" / "Dockerfile.cpu",
+            "pyproject.toml": REPO_ROOT / "pyproject.toml",
+            "README.md": REPO_ROOT / "README.md",
+            "grounding_ops": REPO_ROOT / "grounding_ops",
+        },
+    )
     return docker_build(context, TRAINER_CPU_IMAGE, build_args={"DEPS_IMAGE": deps_tag, "GIT_COMMIT": git_commit()})
 
 

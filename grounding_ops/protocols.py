@@ -158,9 +158,7 @@ class Protocol:
             return "```json\n[\n" + ",\n".join(items) + "\n]\n```"
         if self.syntax == "pairs":
             ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label is not None else ""
-            return ref + "".join(
-                f"<|box_start|>({v[0]},{v[1]}),({v[2]},{v[3]})<|box_end|>" for v in converted
-            )
+            return ref + "".join(f"<|box_start|>({v[0]},{v[1]}),({v[2]},{v[3]})<|box_end|>" for v in converted)
         if self.syntax == "click":
             return " ".join(f"<click>{', '.join(v)}</click>" for v in converted)
         # bracket
@@ -223,12 +221,20 @@ class Protocol:
                         format_ok, reason = False, "reversed_coordinates"
                     x1, x2 = min(x1, x2), max(x1, x2)
                     y1, y2 = min(y1, y2), max(y1, y2)
-                return [(
-                    x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
-                    y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
-                    x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
-                    y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
-                )], 1, format_ok, reason, False
+                return (
+                    [
+                        (
+                            x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
+                            y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
+                            x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
+                            y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
+                        )
+                    ],
+                    1,
+                    format_ok,
+                    reason,
+                    False,
+                )
         raw, n_entries, format_ok, reason, too_many = parsing.scan_general(text, self.syntax, max_boxes)
         if not wrapper_ok and not too_many:  # the wrapper is the first problem in the text
             format_ok, reason = False, wrapper_reason
@@ -245,12 +251,14 @@ class Protocol:
                     format_ok, reason = False, "reversed_coordinates"
                 x1, x2 = min(x1, x2), max(x1, x2)
                 y1, y2 = min(y1, y2), max(y1, y2)
-            boxes.append((  # clipped to the image
-                x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
-                y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
-                x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
-                y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
-            ))
+            boxes.append(
+                (  # clipped to the image
+                    x1 if 0.0 <= x1 <= w else (0.0 if x1 < 0.0 else w),
+                    y1 if 0.0 <= y1 <= h else (0.0 if y1 < 0.0 else h),
+                    x2 if 0.0 <= x2 <= w else (0.0 if x2 < 0.0 else w),
+                    y2 if 0.0 <= y2 <= h else (0.0 if y2 < 0.0 else h),
+                )
+            )
         return boxes, n_entries, format_ok, reason, too_many
 
     def parse(
@@ -334,9 +342,7 @@ def get_protocol(name: str | Protocol) -> Protocol:
     try:
         return _PROTOCOLS[str(name).strip().lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown answer protocol {name!r}; use one of: {', '.join(PROTOCOL_NAMES)}"
-        ) from None
+        raise ValueError(f"unknown answer protocol {name!r}; use one of: {', '.join(PROTOCOL_NAMES)}") from None
 
 
 def build_prompt(phrase: str, protocol: str | Protocol, *, reasoning: bool = False) -> list[dict]:

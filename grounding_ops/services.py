@@ -167,8 +167,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, logfile: Path | None,
-               process: ManagedProcess | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, logfile: Path | None, process: ManagedProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -244,8 +245,9 @@ def s3_process(settings: ServiceSettings) -> ManagedProcess:
     )
 
 
-def _start_http_service(proc: ManagedProcess, *, host: str, port: int, port_variable: str, health_url: str,
-                        what: str, timeout: float) -> None:
+def _start_http_service(
+    proc: ManagedProcess, *, host: str, port: int, port_variable: str, health_url: str, what: str, timeout: float
+) -> None:
     """Start ``proc`` unless it runs already, refusing a port that a stranger holds, and await health."""
     if proc.pid() is None and port_in_use(host, port):
         raise ServiceError(f"port {port} is taken by another program; set {port_variable} to a free port")
@@ -254,9 +256,15 @@ def _start_http_service(proc: ManagedProcess, *, host: str, port: int, port_vari
 
 
 def start_s3(settings: ServiceSettings, timeout: float = 60.0) -> None:
-    _start_http_service(s3_process(settings), host=settings.host, port=settings.s3_port,
-                        port_variable="GROUNDING_OPS_S3_PORT", health_url=f"{settings.s3_endpoint}/moto-api/",
-                        what="S3 endpoint (moto)", timeout=timeout)
+    _start_http_service(
+        s3_process(settings),
+        host=settings.host,
+        port=settings.s3_port,
+        port_variable="GROUNDING_OPS_S3_PORT",
+        health_url=f"{settings.s3_endpoint}/moto-api/",
+        what="S3 endpoint (moto)",
+        timeout=timeout,
+    )
     ensure_bucket(settings)
 
 
@@ -293,12 +301,18 @@ def mlflow_process(settings: ServiceSettings) -> ManagedProcess:
     return ManagedProcess(
         name="mlflow",
         argv=[
-            _bin("mlflow", platform_first=True), "server",
-            "--backend-store-uri", f"sqlite:///{db}",
-            "--artifacts-destination", f"s3://{settings.bucket}/mlflow",
-            "--host", settings.host,
-            "--port", str(settings.mlflow_port),
-            "--workers", "1",
+            _bin("mlflow", platform_first=True),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            f"s3://{settings.bucket}/mlflow",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
         ],
         env=env,
         state_dir=settings.state_dir,
@@ -307,9 +321,15 @@ def mlflow_process(settings: ServiceSettings) -> ManagedProcess:
 
 
 def start_mlflow(settings: ServiceSettings, timeout: float = 120.0) -> None:
-    _start_http_service(mlflow_process(settings), host=settings.host, port=settings.mlflow_port,
-                        port_variable="GROUNDING_OPS_MLFLOW_PORT", health_url=f"{settings.mlflow_uri}/health",
-                        what="MLflow tracking server", timeout=timeout)
+    _start_http_service(
+        mlflow_process(settings),
+        host=settings.host,
+        port=settings.mlflow_port,
+        port_variable="GROUNDING_OPS_MLFLOW_PORT",
+        health_url=f"{settings.mlflow_uri}/health",
+        what="MLflow tracking server",
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------- Airflow
@@ -384,63 +404,74 @@ def airflow_env(settings: ServiceSettings) -> dict[str, str]:
     _airflow_secret(settings, "jwt-secret")
     passwords = home / "simple_auth_manager_passwords.json"
     lineage_log = settings.state_dir / "lineage" / "openlineage-events.jsonl"
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "GROUNDING_OPS_INPUT_ROOTS": settings.input_roots,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if settings.profile == "celery" else "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
-        "AIRFLOW__CORE__FERNET_KEY_CMD": _cmd_reading(folder / "fernet-key"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": _cmd_reading(_database_url_file(settings)),
-        "AIRFLOW__API__HOST": settings.host,
-        "AIRFLOW__API__PORT": str(settings.airflow_port),
-        "AIRFLOW__API__BASE_URL": settings.airflow_url,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _cmd_reading(folder / "jwt-secret"),
-        "AIRFLOW__API_AUTH__JWT_ISSUER": "grounding-ops",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.log_dir / "airflow-tasks"),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_port + 1),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.airflow_port + 2),
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        # A task whose supervisor died (e.g. with a restarted scheduler) is failed, and retried, after this.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
-        "AIRFLOW__OPENLINEAGE__TRANSPORT": os.environ.get(
-            "AIRFLOW__OPENLINEAGE__TRANSPORT",
-            json.dumps({"type": "file", "log_file_path": str(lineage_log), "append": True}),
-        ),
-        "AIRFLOW__OPENLINEAGE__NAMESPACE": os.environ.get("AIRFLOW__OPENLINEAGE__NAMESPACE", "grounding-ops"),
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws",
-            "login": settings.s3_access_key,
-            "password": settings.s3_secret_key,
-            "extra": {"endpoint_url": settings.s3_endpoint, "region_name": "us-east-1"},
-        }),
-        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": settings.mlflow_uri}),
-        "AIRFLOW_VAR_GROUNDING_BUCKET": settings.bucket,
-        "GROUNDING_OPS_STATE_DIR": str(settings.state_dir),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "GROUNDING_OPS_INPUT_ROOTS": settings.input_roots,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if settings.profile == "celery" else "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+            "AIRFLOW__CORE__FERNET_KEY_CMD": _cmd_reading(folder / "fernet-key"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": _cmd_reading(_database_url_file(settings)),
+            "AIRFLOW__API__HOST": settings.host,
+            "AIRFLOW__API__PORT": str(settings.airflow_port),
+            "AIRFLOW__API__BASE_URL": settings.airflow_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _cmd_reading(folder / "jwt-secret"),
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "grounding-ops",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.log_dir / "airflow-tasks"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_port + 1),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.airflow_port + 2),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # A task whose supervisor died (e.g. with a restarted scheduler) is failed, and retried, after this.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": os.environ.get(
+                "AIRFLOW__OPENLINEAGE__TRANSPORT",
+                json.dumps({"type": "file", "log_file_path": str(lineage_log), "append": True}),
+            ),
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": os.environ.get("AIRFLOW__OPENLINEAGE__NAMESPACE", "grounding-ops"),
+            "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": settings.s3_access_key,
+                    "password": settings.s3_secret_key,
+                    "extra": {"endpoint_url": settings.s3_endpoint, "region_name": "us-east-1"},
+                }
+            ),
+            "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": settings.mlflow_uri}),
+            "AIRFLOW_VAR_GROUNDING_BUCKET": settings.bucket,
+            "GROUNDING_OPS_STATE_DIR": str(settings.state_dir),
+        }
+    )
     if settings.profile == "celery":
-        env.update({
-            "AIRFLOW__CELERY__BROKER_URL_CMD": _cmd_reading(folder / "celery-broker-url"),
-            "AIRFLOW__CELERY__RESULT_BACKEND_CMD": _cmd_reading(folder / "celery-result-backend"),
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
-        })
+        env.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL_CMD": _cmd_reading(folder / "celery-broker-url"),
+                "AIRFLOW__CELERY__RESULT_BACKEND_CMD": _cmd_reading(folder / "celery-result-backend"),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+                "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            }
+        )
     lineage_log.parent.mkdir(parents=True, exist_ok=True)
     return env
 
 
-SECRET_OPTIONS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-                  "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND")
+SECRET_OPTIONS = (
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+)
 
 
 def _database_url_file(settings: ServiceSettings) -> Path:
@@ -506,15 +537,34 @@ def celery_worker_processes(settings: ServiceSettings, env: dict[str, str]) -> l
     for name, queue in celery_workers(settings):
         pid = settings.state_dir / "celery" / f"{name}.pid"
         pid.parent.mkdir(parents=True, exist_ok=True)
-        workers.append(ManagedProcess(
-            name=f"airflow-{name}",
-            argv=[airflow, "celery", "worker", "--queues", queue, "--concurrency", "2", "--celery-hostname",
-                  f"{name}@%h", "--pid", str(pid), "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-            env={**env, "GROUNDING_OPS_WORKER_NAME": name,
-                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "grounding_ops.services.worker_hostname"},
-            state_dir=settings.state_dir,
-            marker=f"{name}@",  # Celery retitles its processes: "[celeryd: celery-gpu@host:MainProcess] ..."
-        ))
+        workers.append(
+            ManagedProcess(
+                name=f"airflow-{name}",
+                argv=[
+                    airflow,
+                    "celery",
+                    "worker",
+                    "--queues",
+                    queue,
+                    "--concurrency",
+                    "2",
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--pid",
+                    str(pid),
+                    "--skip-serve-logs",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env={
+                    **env,
+                    "GROUNDING_OPS_WORKER_NAME": name,
+                    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "grounding_ops.services.worker_hostname",
+                },
+                state_dir=settings.state_dir,
+                marker=f"{name}@",  # Celery retitles its processes: "[celeryd: celery-gpu@host:MainProcess] ..."
+            )
+        )
     return workers
 
 
@@ -525,8 +575,10 @@ def _postgres_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
-                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     if candidates:
         return str(candidates[-1])
     raise ServiceError(f"PostgreSQL's {name} is not installed: `apt-get install -y postgresql` (Debian)")
@@ -565,8 +617,10 @@ def _postgres_user() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise ServiceError("running as root, but there is no `postgres` user to run PostgreSQL as: "
-                           "`apt-get install -y postgresql` creates it") from None
+        raise ServiceError(
+            "running as root, but there is no `postgres` user to run PostgreSQL as: "
+            "`apt-get install -y postgresql` creates it"
+        ) from None
     return "postgres"
 
 
@@ -595,8 +649,19 @@ def postgres_process(settings: ServiceSettings) -> ManagedProcess:
     data = settings.state_dir / "postgres" / "data"
     return ManagedProcess(
         name="postgres",
-        argv=[_postgres_bin("postgres"), "-D", str(data), "-h", settings.host, "-p", str(postgres_port(settings)),
-              "-c", f"unix_socket_directories={data}", "-c", "max_connections=200"],
+        argv=[
+            _postgres_bin("postgres"),
+            "-D",
+            str(data),
+            "-h",
+            settings.host,
+            "-p",
+            str(postgres_port(settings)),
+            "-c",
+            f"unix_socket_directories={data}",
+            "-c",
+            "max_connections=200",
+        ],
         env={k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
         state_dir=settings.state_dir,
         marker=str(data),
@@ -622,10 +687,27 @@ def _initdb(settings: ServiceSettings, user: str | None) -> None:
     try:
         with open(log, "ab") as handle:
             result = subprocess.run(
-                [_postgres_bin("initdb"), "-D", str(data), "-U", POSTGRES_USER, "--pwfile", str(pwfile),
-                 "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C.UTF-8"],
-                stdout=handle, stderr=subprocess.STDOUT, timeout=300, user=user, group=user,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+                [
+                    _postgres_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    POSTGRES_USER,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=peer",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+                user=user,
+                group=user,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            )
     finally:
         pwfile.unlink(missing_ok=True)
     if result.returncode != 0:
@@ -636,8 +718,7 @@ def _postgres_ready(settings: ServiceSettings) -> bool:
     import psycopg2
 
     try:
-        psycopg2.connect(postgres_url(settings, "postgresql", "postgres"),
-                         connect_timeout=2).close()
+        psycopg2.connect(postgres_url(settings, "postgresql", "postgres"), connect_timeout=2).close()
     except psycopg2.OperationalError:
         return False
     return True
@@ -654,8 +735,9 @@ def start_postgres(settings: ServiceSettings, timeout: float = 120.0) -> None:
         (settings.state_dir / "postgres" / "port").unlink()  # a stranger took it since: pick another
         proc = postgres_process(settings)
     proc.start()
-    wait_until(lambda: _postgres_ready(settings), timeout=timeout, what="PostgreSQL", logfile=proc.logfile,
-               process=proc)
+    wait_until(
+        lambda: _postgres_ready(settings), timeout=timeout, what="PostgreSQL", logfile=proc.logfile, process=proc
+    )
     admin = psycopg2.connect(postgres_url(settings, "postgresql", "postgres"))
     try:
         admin.autocommit = True
@@ -670,8 +752,13 @@ def start_postgres(settings: ServiceSettings, timeout: float = 120.0) -> None:
 def redis_process(settings: ServiceSettings) -> ManagedProcess:
     config = settings.state_dir / "redis" / "redis.conf"
     redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return ManagedProcess(name="redis", argv=[redis, str(config)], env=dict(os.environ), state_dir=settings.state_dir,
-                          marker="redis-server")
+    return ManagedProcess(
+        name="redis",
+        argv=[redis, str(config)],
+        env=dict(os.environ),
+        state_dir=settings.state_dir,
+        marker="redis-server",
+    )
 
 
 def start_redis(settings: ServiceSettings, timeout: float = 60.0) -> None:
@@ -684,10 +771,22 @@ def start_redis(settings: ServiceSettings, timeout: float = 60.0) -> None:
     password = _airflow_secret(settings, "redis-password")
     folder = settings.state_dir / "redis"
     # The password lives in this 0600 file, not on the command line (visible in /proc to everyone).
-    write_private(folder / "redis.conf", "\n".join([
-        f"bind {settings.host}", f"port {redis_port(settings)}", "protected-mode yes", f"dir {folder}",
-        'save ""', "appendonly no", "daemonize no", f"requirepass {password}",
-    ]) + "\n")
+    write_private(
+        folder / "redis.conf",
+        "\n".join(
+            [
+                f"bind {settings.host}",
+                f"port {redis_port(settings)}",
+                "protected-mode yes",
+                f"dir {folder}",
+                'save ""',
+                "appendonly no",
+                "daemonize no",
+                f"requirepass {password}",
+            ]
+        )
+        + "\n",
+    )
     proc.start()
     folder = secrets_dir(settings)
     write_private(folder / "celery-broker-url", f"redis://:{password}@{settings.host}:{redis_port(settings)}/0")
@@ -697,8 +796,11 @@ def start_redis(settings: ServiceSettings, timeout: float = 60.0) -> None:
         import redis as redis_client
 
         try:
-            return bool(redis_client.Redis(host=settings.host, port=redis_port(settings), password=password,
-                                           socket_timeout=2).ping())
+            return bool(
+                redis_client.Redis(
+                    host=settings.host, port=redis_port(settings), password=password, socket_timeout=2
+                ).ping()
+            )
         except redis_client.RedisError:
             return False
 
@@ -714,16 +816,32 @@ def prepare_airflow(settings: ServiceSettings) -> None:
     log = settings.log_dir / "airflow-db-migrate.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        result = subprocess.run([_bin("airflow"), "db", "migrate"], env=airflow_env(settings),
-                                stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+        result = subprocess.run(
+            [_bin("airflow"), "db", "migrate"],
+            env=airflow_env(settings),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     if result.returncode != 0:
         raise ServiceError(f"`airflow db migrate` failed; see {log}:\n{_tail(log)}")
     from grounding_ops.pipeline.pools import gpu_pool, gpu_pool_slots
 
     with open(log, "ab") as handle:  # the trainer containers' pool (tasks in a missing pool never run)
-        result = subprocess.run([_bin("airflow"), "pools", "set", gpu_pool(), str(gpu_pool_slots()),
-                                 "GPU trainer containers (see docs/operations.md)"], env=airflow_env(settings),
-                                stdout=handle, stderr=subprocess.STDOUT, timeout=300)
+        result = subprocess.run(
+            [
+                _bin("airflow"),
+                "pools",
+                "set",
+                gpu_pool(),
+                str(gpu_pool_slots()),
+                "GPU trainer containers (see docs/operations.md)",
+            ],
+            env=airflow_env(settings),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     if result.returncode != 0:
         raise ServiceError(f"`airflow pools set {gpu_pool()}` failed; see {log}:\n{_tail(log)}")
 
@@ -731,9 +849,7 @@ def prepare_airflow(settings: ServiceSettings) -> None:
 def start_airflow(settings: ServiceSettings, timeout: float = 180.0) -> None:
     processes = airflow_processes(settings)
     if processes[0].pid() is None and port_in_use(settings.host, settings.airflow_port):
-        raise ServiceError(
-            f"port {settings.airflow_port} is taken by another program; set GROUNDING_OPS_AIRFLOW_PORT"
-        )
+        raise ServiceError(f"port {settings.airflow_port} is taken by another program; set GROUNDING_OPS_AIRFLOW_PORT")
     if settings.profile == "celery":
         start_postgres(settings)
         start_redis(settings)
@@ -741,15 +857,21 @@ def start_airflow(settings: ServiceSettings, timeout: float = 180.0) -> None:
     for proc in processes:
         proc.start()
     api = processes[0]
-    wait_until(lambda: http_ok(f"{settings.airflow_url}/api/v2/monitor/health"), timeout=timeout,
-               what="Airflow api-server", logfile=api.logfile, process=api)
+    wait_until(
+        lambda: http_ok(f"{settings.airflow_url}/api/v2/monitor/health"),
+        timeout=timeout,
+        what="Airflow api-server",
+        logfile=api.logfile,
+        process=api,
+    )
 
 
 def airflow_token(settings: ServiceSettings) -> str:
     """A JWT for Airflow's REST API, from the admin login."""
     body = json.dumps({"username": settings.airflow_admin, "password": airflow_password(settings)}).encode()
-    request = urllib.request.Request(f"{settings.airflow_url}/auth/token", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{settings.airflow_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback only)
         return json.load(response)["access_token"]
 
@@ -761,8 +883,9 @@ def docker_reachable(timeout: float = 5.0) -> bool:
     if not shutil.which("docker"):
         return False
     try:
-        result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                                capture_output=True, timeout=timeout, text=True)
+        result = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=timeout, text=True
+        )
     except (subprocess.TimeoutExpired, OSError):
         return False
     return result.returncode == 0
@@ -772,8 +895,7 @@ def docker_process(settings: ServiceSettings) -> ManagedProcess:
     dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
     return ManagedProcess(
         name="dockerd",
-        argv=[dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false",
-              "--host", f"unix://{DOCKER_SOCKET}"],
+        argv=[dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false", "--host", f"unix://{DOCKER_SOCKET}"],
         env=dict(os.environ),
         state_dir=settings.state_dir,
         marker="dockerd",
@@ -789,8 +911,11 @@ def start_docker(settings: ServiceSettings, timeout: float = 60.0) -> None:
     if not shutil.which("dockerd"):
         if not Path("/etc/debian_version").exists():
             raise ServiceError("no Docker daemon is reachable and dockerd is not installed; install Docker")
-        subprocess.run(["apt-get", "install", "-y", "-q", "docker.io"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "docker.io"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     proc = docker_process(settings)
     proc.start()
     wait_until(docker_reachable, timeout=timeout, what="Docker daemon", logfile=proc.logfile, process=proc)
@@ -821,10 +946,18 @@ def reset_mlflow_store(settings: ServiceSettings) -> None:
 
 def stop(settings: ServiceSettings) -> list[str]:
     stopped = []
-    backends = [make(settings) for name, make in (("redis", redis_process), ("postgres", postgres_process))
-                if (settings.state_dir / name).exists()]  # the celery profile's, if it ever ran here
-    processes = [*reversed(airflow_processes(settings, "celery")), *backends, mlflow_process(settings),
-                 s3_process(settings), docker_process(settings)]
+    backends = [
+        make(settings)
+        for name, make in (("redis", redis_process), ("postgres", postgres_process))
+        if (settings.state_dir / name).exists()
+    ]  # the celery profile's, if it ever ran here
+    processes = [
+        *reversed(airflow_processes(settings, "celery")),
+        *backends,
+        mlflow_process(settings),
+        s3_process(settings),
+        docker_process(settings),
+    ]
     for proc in processes:
         if proc.stop():
             stopped.append(proc.name)
@@ -853,8 +986,10 @@ def _print_summary(settings: ServiceSettings) -> None:
     print(f"Airflow login    {airflow_login_line(settings)}")
     if settings.profile == "celery":
         workers = ", ".join(f"{name} (queue {queue})" for name, queue in celery_workers(settings))
-        print(f"Celery profile   Postgres 127.0.0.1:{postgres_port(settings)}, Redis 127.0.0.1:{redis_port(settings)}, "
-              f"workers {workers}")
+        print(
+            f"Celery profile   Postgres 127.0.0.1:{postgres_port(settings)}, Redis 127.0.0.1:{redis_port(settings)}, "
+            f"workers {workers}"
+        )
     print(f"Logs             {settings.log_dir}")
 
 
@@ -901,9 +1036,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("services", help="start/stop the embedded local services (127.0.0.1)")
     parser.add_argument("action", choices=("start", "stop", "status", "env"))
     parser.add_argument("--only", nargs="+", choices=SERVICE_NAMES, help="start only these services")
-    parser.add_argument("--profile", choices=PROFILES,
-                        help="local: SQLite + LocalExecutor (default, GROUNDING_OPS_PROFILE); celery: Postgres, "
-                             "Redis and two Celery workers (one for the GPU queue only)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="local: SQLite + LocalExecutor (default, GROUNDING_OPS_PROFILE); celery: Postgres, "
+        "Redis and two Celery workers (one for the GPU queue only)",
+    )
     parser.set_defaults(func=_cmd_services)
 
     images_parser = subparsers.add_parser("images", help="build the project's Docker images offline")

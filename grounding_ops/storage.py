@@ -55,8 +55,10 @@ def local_path_for_key(dest: str | Path, key: str) -> Path:
     """
     parts = key.split("/")
     if not key or "\x00" in key or "\\" in key or any(part in ("", ".", "..") for part in parts):
-        raise StorageError(f"refusing object key {key!r}: it is absolute or has empty, '.' or '..' segments, "
-                           "so it cannot be placed under the destination folder")
+        raise StorageError(
+            f"refusing object key {key!r}: it is absolute or has empty, '.' or '..' segments, "
+            "so it cannot be placed under the destination folder"
+        )
     root = Path(dest).resolve()
     path = (root / PurePosixPath(*parts)).resolve()
     if root not in path.parents:
@@ -73,7 +75,7 @@ def download_tree(store: "ObjectStore", dest: str | Path, prefix: str = "") -> l
     base = prefix.strip("/")
     pairs: list[tuple[str, Path]] = []
     for info in store.list(base):
-        relative = info.key[len(base) + 1:] if base else info.key
+        relative = info.key[len(base) + 1 :] if base else info.key
         pairs.append((info.key, local_path_for_key(dest, relative)))
     for key, path in pairs:
         store.download_file(key, path)
@@ -251,8 +253,14 @@ class S3Store:
         """Upload (multipart above 64 MiB); ``sha256`` is kept as object metadata for :meth:`checksum`."""
         extra = {"Metadata": {"sha256": sha256}} if sha256 else None
         self._call(
-            "upload", key, self.client.upload_file, str(path), self.bucket, self._key(key),
-            ExtraArgs=extra, Config=self._transfer_config(),
+            "upload",
+            key,
+            self.client.upload_file,
+            str(path),
+            self.bucket,
+            self._key(key),
+            ExtraArgs=extra,
+            Config=self._transfer_config(),
         )
 
     def checksum(self, key: str) -> str | None:
@@ -267,7 +275,12 @@ class S3Store:
         destination.parent.mkdir(parents=True, exist_ok=True)
         tmp = destination.with_name(f".{destination.name}.part")
         self._call(
-            "download", key, self.client.download_file, self.bucket, self._key(key), str(tmp),
+            "download",
+            key,
+            self.client.download_file,
+            self.bucket,
+            self._key(key),
+            str(tmp),
             Config=self._transfer_config(),
         )
         os.replace(tmp, destination)
@@ -286,7 +299,7 @@ class S3Store:
                     key = item["Key"]
                     if not key.startswith(query) or not key.startswith(base):
                         continue  # an endpoint that ignores Prefix must not leak other folders
-                    yield ObjectInfo(key[len(base):], int(item["Size"]))
+                    yield ObjectInfo(key[len(base) :], int(item["Size"]))
         except StorageError:
             raise
         except Exception as exc:
@@ -314,7 +327,7 @@ def s3_client_from_env(**overrides: Any) -> Any:
 def split_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise StorageError(f"not an s3:// URI: {uri!r}")
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     return bucket, prefix.strip("/")
 

@@ -23,15 +23,25 @@ from grounding_ops.settings import ServiceSettings
 # Fixtures that start a real process, by the marker a test using them gets (see
 # :func:`pytest_collection_modifyitems`): `make test-unit` deselects them, so it needs no service.
 SERVICE_FIXTURES: dict[str, str] = {
-    "s3_service": "services", "s3_env": "services", "mlflow_service": "services", "mlflow_env": "services",
-    "airflow_service": "services", "airflow_db": "services", "ray_head": "services",
-    "docker_daemon": "docker", "base_image": "docker", "trainer_cpu_image": "docker",
+    "s3_service": "services",
+    "s3_env": "services",
+    "mlflow_service": "services",
+    "mlflow_env": "services",
+    "airflow_service": "services",
+    "airflow_db": "services",
+    "ray_head": "services",
+    "docker_daemon": "docker",
+    "base_image": "docker",
+    "trainer_cpu_image": "docker",
 }
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "services: starts a real local service (S3, MLflow, Airflow, Ray); "
-                                       "added automatically from the fixtures a test uses")
+    config.addinivalue_line(
+        "markers",
+        "services: starts a real local service (S3, MLflow, Airflow, Ray); "
+        "added automatically from the fixtures a test uses",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,7 +115,9 @@ class AirflowService:
         """Call Airflow's REST API (``/api/v2/...``) as the admin user; returns parsed JSON."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self.url}{path}", data=data, method=method,
+            f"{self.url}{path}",
+            data=data,
+            method=method,
             headers={"Authorization": f"Bearer {self.api_token()}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
@@ -194,8 +206,9 @@ def trainer_cpu_image(docker_daemon: str) -> str:
     return build_trainer_cpu_image()
 
 
-def write_verl_step(root: Path, step: int, *, world_size: int = 1, ranks: tuple[int, ...] | None = None,
-                    tracker: bool = True) -> Path:
+def write_verl_step(
+    root: Path, step: int, *, world_size: int = 1, ranks: tuple[int, ...] | None = None, tracker: bool = True
+) -> Path:
     """A ``global_step_N`` folder laid out as verl 0.9.1's FSDP checkpoint manager writes it
     (``actor/`` shards of ``ranks``, ``fsdp_config.json``, ``huggingface/config.json``, ``data.pt``),
     with placeholder bytes; the tracker file is moved to ``step`` when ``tracker``."""

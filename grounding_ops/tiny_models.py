@@ -79,9 +79,20 @@ VISION_HEADS = 2
 def _corpus() -> list[str]:
     """Text of the grounding task: instructions, answer formats, phrases, numbers, JSON."""
     phrases = [
-        "the red square", "the blue circle", "the green triangle", "the yellow star", "the cat",
-        "the dog", "the person on the left", "the car", "the tree", "the button labelled OK",
-        "the search box", "the largest object", "the small white box", "the black label",
+        "the red square",
+        "the blue circle",
+        "the green triangle",
+        "the yellow star",
+        "the cat",
+        "the dog",
+        "the person on the left",
+        "the car",
+        "the tree",
+        "the button labelled OK",
+        "the search box",
+        "the largest object",
+        "the small white box",
+        "the black label",
     ]
     lines: list[str] = [
         "You are a helpful assistant.",

@@ -74,10 +74,21 @@ def log_run(
     project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
     root = Path(directory or os.environ.get("WANDB_DIR") or Path.cwd()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    for attempt_mode in ([mode, "offline"] if mode == "online" else [mode]):
+    for attempt_mode in [mode, "offline"] if mode == "online" else [mode]:
         try:
-            return _log(wandb, attempt_mode, name, dict(config), dict(metrics), job_type, project, tags, root,
-                        group=group, predictions=predictions)
+            return _log(
+                wandb,
+                attempt_mode,
+                name,
+                dict(config),
+                dict(metrics),
+                job_type,
+                project,
+                tags,
+                root,
+                group=group,
+                predictions=predictions,
+            )
         except Exception as exc:  # no network, bad key, service start failure: never fatal
             log.warning("W&B %s logging failed (%s: %s)", attempt_mode, type(exc).__name__, exc)
     return None
@@ -152,6 +163,11 @@ def predictions_table(wandb: Any, rows: list[Mapping[str, Any]]) -> Any:
             "ground_truth": {"box_data": _wandb_boxes(row.get("gt_boxes"), 0, "truth"), "class_labels": labels},
             "predictions": {"box_data": _wandb_boxes(row.get("pred_boxes"), 1, "predicted"), "class_labels": labels},
         }
-        table.add_data(str(row.get("id")), wandb.Image(image, boxes=boxes), str(row.get("phrase")),
-                       float(row.get("iou") or 0.0), str(row.get("response") or "")[:500])
+        table.add_data(
+            str(row.get("id")),
+            wandb.Image(image, boxes=boxes),
+            str(row.get("phrase")),
+            float(row.get("iou") or 0.0),
+            str(row.get("response") or "")[:500],
+        )
     return table

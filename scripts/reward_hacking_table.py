@@ -51,8 +51,10 @@ def _multiscale() -> list[tuple[float, float, float, float]]:
 def _hedge(k: int) -> list[tuple[float, float, float, float]]:
     """The exact box among ``k - 1`` plausible alternatives of the same size."""
     bw, bh = GT[2] - GT[0], GT[3] - GT[1]
-    others = [(GT[0] + dx * bw, GT[1] + dy * bh, GT[2] + dx * bw, GT[3] + dy * bh)
-              for dx, dy in ((1, 0), (0, 1), (1, 1), (-0.25, 0), (0, -0.25))]
+    others = [
+        (GT[0] + dx * bw, GT[1] + dy * bh, GT[2] + dx * bw, GT[3] + dy * bh)
+        for dx, dy in ((1, 0), (0, 1), (1, 1), (-0.25, 0), (0, -0.25))
+    ]
     return [others[i] for i in range(k - 1)][:1] + [GT] + others[1 : k - 1]
 
 
@@ -76,15 +78,26 @@ def strategies() -> list[tuple[str, int, str]]:
         ("exact box + whole-image box", 2, _click([GT, (0, 0, w, h)])),
         ("exact box duplicated 5 times", 5, _click([GT] * 5)),
         ("exact box + 9 random boxes", 10, _click([GT] + randoms)),
-        ("exact box in <think>, shifted box in <answer>", 2,
-         f"<think>{_click([GT])}</think><answer>{_click([shifted])}</answer>"),
+        (
+            "exact box in <think>, shifted box in <answer>",
+            2,
+            f"<think>{_click([GT])}</think><answer>{_click([shifted])}</answer>",
+        ),
         ("hedging: 4 candidate boxes, one of them exact", 4, _click(_hedge(4))),
-        ("reasoning quotes the tags, exact box in <answer>", 1,
-         ("<think>I must answer inside <answer></answer> tags as <click>x, y, w, h</click>.</think>"
-          f"<answer>{_click([GT])}</answer>")),
+        (
+            "reasoning quotes the tags, exact box in <answer>",
+            1,
+            (
+                "<think>I must answer inside <answer></answer> tags as <click>x, y, w, h</click>.</think>"
+                f"<answer>{_click([GT])}</answer>"
+            ),
+        ),
         ("exact box + 49 invalid entries (padding)", 50, _click([GT]) + " <click>1, 2, 3</click>" * 49),
-        ("exact box in Qwen2.5-VL JSON (guide cannot parse)", 1,
-         get_protocol("qwen2.5-vl").format_answer([GT], IMAGE, label="car")),
+        (
+            "exact box in Qwen2.5-VL JSON (guide cannot parse)",
+            1,
+            get_protocol("qwen2.5-vl").format_answer([GT], IMAGE, label="car"),
+        ),
         ("empty answer", 0, ""),
     ]
 

@@ -33,6 +33,5 @@ def airflow_db() -> Path:
     import sys
 
     airflow = Path(sys.executable).parent / "airflow"
-    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=dict(os.environ),
-                   timeout=600)
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=dict(os.environ), timeout=600)
     return Path(os.environ["AIRFLOW_HOME"])

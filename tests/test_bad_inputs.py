@@ -86,8 +86,9 @@ def _quarantine(version_dir: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("case", ANNOTATION_CASES, ids=_ids(ANNOTATION_CASES))
-def test_annotation_case_is_quarantined_with_its_reason(case: dict[str, Any], images_root: Path,
-                                                         tmp_path: Path) -> None:
+def test_annotation_case_is_quarantined_with_its_reason(
+    case: dict[str, Any], images_root: Path, tmp_path: Path
+) -> None:
     expect = case["expect"]
     settings = PrepareSettings(input_format=case["format"], max_quarantine_fraction=1.0, **case.get("settings", {}))
     inputs = [str(BAD / case["file"])]
@@ -143,8 +144,12 @@ def test_quarantine_lines_are_strict_json(images_root: Path, tmp_path: Path) -> 
     """quarantine.jsonl must parse with a strict JSON parser (no bare NaN/Infinity tokens):
     other tools (jq, Spark, browsers) read it."""
     case = next(c for c in ANNOTATION_CASES if c["id"] == "jsonl-nan-box")
-    result = prepare([str(BAD / case["file"])], images_root=str(images_root), output_uri=str(tmp_path / "out"),
-                     settings=PrepareSettings(max_quarantine_fraction=1.0))
+    result = prepare(
+        [str(BAD / case["file"])],
+        images_root=str(images_root),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(max_quarantine_fraction=1.0),
+    )
 
     def refuse(token: str) -> Any:
         raise ValueError(f"non-standard JSON token {token}")
@@ -156,11 +161,18 @@ def test_quarantine_lines_are_strict_json(images_root: Path, tmp_path: Path) -> 
 def test_all_bad_cases_in_one_run_reconcile(images_root: Path, tmp_path: Path) -> None:
     """Every auto-detectable annotation file of the corpus in ONE prepare run: the counts still add up
     (cases that need their own size caps are left out)."""
-    one_run = [c for c in ANNOTATION_CASES if c["format"] != "normalized" and "error" not in c["expect"]
-               and "settings" not in c]
+    one_run = [
+        c
+        for c in ANNOTATION_CASES
+        if c["format"] != "normalized" and "error" not in c["expect"] and "settings" not in c
+    ]
     files = [str(BAD / c["file"]) for c in one_run]
-    result = prepare(files, images_root=str(images_root), output_uri=str(tmp_path / "out"),
-                     settings=PrepareSettings(max_quarantine_fraction=1.0))
+    result = prepare(
+        files,
+        images_root=str(images_root),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(max_quarantine_fraction=1.0),
+    )
     counts = result.counts
     assert counts["received"] == counts["valid"] + counts["quarantined"]
     expected_bad = sum(c["expect"]["quarantined"] for c in one_run)
@@ -197,8 +209,9 @@ def test_params_refuse_bad_values(case: dict[str, Any], dag_params: dict[str, An
 
 
 @pytest.mark.parametrize("case", PARAM_NORMALIZED_CASES, ids=_ids(PARAM_NORMALIZED_CASES))
-def test_params_pass_integral_numbers_to_the_trainer_as_integers(case: dict[str, Any],
-                                                                 dag_params: dict[str, Any]) -> None:
+def test_params_pass_integral_numbers_to_the_trainer_as_integers(
+    case: dict[str, Any], dag_params: dict[str, Any]
+) -> None:
     """JSON Schema cannot tell 2.0 from 2: the form accepts it, and the trainer gets the integer."""
     from grounding_ops.pipeline.train_params import spec_overrides
 
@@ -244,8 +257,13 @@ def test_hostile_values_stay_single_arguments() -> None:
         spec_overrides({"learning_rate": "1e-6; rm -rf /"})
     fields = {f for f in DatasetRef.__dataclass_fields__}
     ref = DatasetRef(**{f: "s3://b/datasets/d/v1 $(id)" if f in ("uri", "manifest_uri") else "v1" for f in fields})
-    plan = plan_training({"engine": "cpu", "preset": "tiny-cpu", "learning_rate": 1e-6}, ref,
-                         output_uri="s3://b/runs/r1", fingerprint="f", airflow_run="r")
+    plan = plan_training(
+        {"engine": "cpu", "preset": "tiny-cpu", "learning_rate": 1e-6},
+        ref,
+        output_uri="s3://b/runs/r1",
+        fingerprint="f",
+        airflow_run="r",
+    )
     assert isinstance(plan["command"], list)
     assert "s3://b/datasets/d/v1 $(id)" in plan["command"]  # one element, never split or expanded
     assert plan["command"][plan["command"].index("--set") + 1] == "learning_rate=1e-06"
@@ -290,8 +308,12 @@ def published(tmp_path_factory: pytest.TempPathFactory, images_root: Path) -> Pa
     """A clean dataset folder (latest.json + one version) to copy and tamper with."""
     out = tmp_path_factory.mktemp("published") / "datasets"
     case = next(c for c in ANNOTATION_CASES if c["id"] == "jsonl-duplicate-id")
-    prepare([str(BAD / case["file"])], images_root=str(images_root), output_uri=str(out),
-            settings=PrepareSettings(max_quarantine_fraction=1.0))
+    prepare(
+        [str(BAD / case["file"])],
+        images_root=str(images_root),
+        output_uri=str(out),
+        settings=PrepareSettings(max_quarantine_fraction=1.0),
+    )
     return out
 
 
@@ -354,8 +376,11 @@ def test_manifest_refused(case: dict[str, Any], published: Path, tmp_path: Path)
     uri = _tamper(root, case["tamper"])
     dest = tmp_path / "dest"
     with pytest.raises(DatasetVerificationError, match=case["expect"]["error"]):
-        load_verified_dataset(uri, dest, files=None if case["tamper"] == "delete_val" else
-                              ("train.parquet", "val.parquet", "quarantine.jsonl"))
+        load_verified_dataset(
+            uri,
+            dest,
+            files=None if case["tamper"] == "delete_val" else ("train.parquet", "val.parquet", "quarantine.jsonl"),
+        )
     if dest.exists():  # a file that failed its checksum is not left for anyone to use
         assert not any(p.name == "train.parquet" for p in dest.iterdir()) or case["tamper"] == "delete_val"
 
@@ -378,8 +403,7 @@ def test_evaluation_refuses_tampered_dataset(published: Path, tmp_path: Path) ->
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return subprocess.run([str(GROUNDING_OPS), *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run([str(GROUNDING_OPS), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def _assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, message: str) -> None:
@@ -392,47 +416,83 @@ def _assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, mes
 
 def test_cli_rows_over_threshold_exit_1_with_summary(images_root: Path, tmp_path: Path) -> None:
     case = next(c for c in ANNOTATION_CASES if c["id"] == "jsonl-path-traversal")
-    proc = _cli("prepare", str(BAD / case["file"]), "--images-root", str(images_root), "--output",
-                str(tmp_path / "out"), cwd=tmp_path)
+    proc = _cli(
+        "prepare",
+        str(BAD / case["file"]),
+        "--images-root",
+        str(images_root),
+        "--output",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, 1, "quarantined")
     assert "image_inside_root (1)" in proc.stderr
     assert not (tmp_path / "out" / "latest.json").exists(), "a rejected version does not move latest.json"
 
 
 def test_cli_missing_input_is_one_line_error(images_root: Path, tmp_path: Path) -> None:
-    proc = _cli("prepare", str(tmp_path / "nope.jsonl"), "--images-root", str(images_root), "--output",
-                str(tmp_path / "out"), cwd=tmp_path)
+    proc = _cli(
+        "prepare",
+        str(tmp_path / "nope.jsonl"),
+        "--images-root",
+        str(images_root),
+        "--output",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, 2, "does not exist")
     assert proc.stderr.strip().count("\n") == 0
 
 
 def test_cli_empty_input_is_one_line_error(images_root: Path, tmp_path: Path) -> None:
     case = next(c for c in ANNOTATION_CASES if c["id"] == "jsonl-blank-lines-only")
-    proc = _cli("prepare", str(BAD / case["file"]), "--images-root", str(images_root), "--output",
-                str(tmp_path / "out"), cwd=tmp_path)
+    proc = _cli(
+        "prepare",
+        str(BAD / case["file"]),
+        "--images-root",
+        str(images_root),
+        "--output",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, 2, "no annotation rows")
 
 
 def test_cli_unknown_extension_is_one_line_error(images_root: Path, tmp_path: Path) -> None:
     odd = tmp_path / "annotations.txt"
     odd.write_text("hello\n")
-    proc = _cli("prepare", str(odd), "--images-root", str(images_root), "--output", str(tmp_path / "out"),
-                cwd=tmp_path)
+    proc = _cli("prepare", str(odd), "--images-root", str(images_root), "--output", str(tmp_path / "out"), cwd=tmp_path)
     _assert_clean_failure(proc, 2, "--format")
 
 
 def test_cli_unparseable_coco_no_traceback(images_root: Path, tmp_path: Path) -> None:
     """A document with no valid row at all: quarantined, reported, exit 1 — not a crash."""
     case = next(c for c in ANNOTATION_CASES if c["id"] == "coco-not-json")
-    proc = _cli("prepare", str(BAD / case["file"]), "--images-root", str(images_root), "--output",
-                str(tmp_path / "out"), cwd=tmp_path)
+    proc = _cli(
+        "prepare",
+        str(BAD / case["file"]),
+        "--images-root",
+        str(images_root),
+        "--output",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     _assert_clean_failure(proc, 1, "quarantined")
 
 
 def test_cli_accepts_with_threshold(images_root: Path, tmp_path: Path) -> None:
     case = next(c for c in ANNOTATION_CASES if c["id"] == "jsonl-nan-box")
-    proc = _cli("prepare", str(BAD / case["file"]), "--images-root", str(images_root), "--output",
-                str(tmp_path / "out"), "--max-quarantine-fraction", "0.5", cwd=tmp_path)
+    proc = _cli(
+        "prepare",
+        str(BAD / case["file"]),
+        "--images-root",
+        str(images_root),
+        "--output",
+        str(tmp_path / "out"),
+        "--max-quarantine-fraction",
+        "0.5",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     uri = proc.stdout.strip().splitlines()[-1]
@@ -443,13 +503,26 @@ def test_validation_pages_escape_annotation_text(images_root: Path, tmp_path: Pa
     """An id (or phrase, or source) that is HTML reaches the published Data Docs escaped: GX
     renders failing rows' ids into the pages as they are (stored XSS)."""
     path = tmp_path / "html.jsonl"
-    path.write_text(json.dumps({"id": "<script>alert(1)</script>", "image": make_cases.GOOD_IMAGE,
-                                "phrase": "<img src=x onerror=alert(2)>", "source": "<b>lab</b>",
-                                "boxes": [[40, 4, 4, 30]]}) + "\n"
-                    + json.dumps({"id": "ok", "image": make_cases.GOOD_IMAGE, "phrase": "p",
-                                  "boxes": [make_cases.GOOD_BOX]}) + "\n")
-    result = prepare([str(path)], images_root=str(images_root), output_uri=str(tmp_path / "out"),
-                     settings=PrepareSettings(max_quarantine_fraction=1.0))
+    path.write_text(
+        json.dumps(
+            {
+                "id": "<script>alert(1)</script>",
+                "image": make_cases.GOOD_IMAGE,
+                "phrase": "<img src=x onerror=alert(2)>",
+                "source": "<b>lab</b>",
+                "boxes": [[40, 4, 4, 30]],
+            }
+        )
+        + "\n"
+        + json.dumps({"id": "ok", "image": make_cases.GOOD_IMAGE, "phrase": "p", "boxes": [make_cases.GOOD_BOX]})
+        + "\n"
+    )
+    result = prepare(
+        [str(path)],
+        images_root=str(images_root),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(max_quarantine_fraction=1.0),
+    )
     pages = [p for p in (Path(result.dataset_uri) / "validation" / "docs").rglob("*.html")]
     text = "".join(p.read_text(encoding="utf-8") for p in pages)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the failing row is listed, escaped

@@ -16,8 +16,15 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("GROUNDING_OPS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 MODEL = "grounding-model"  # the default registered model name of the services
 
 
@@ -61,8 +68,11 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                     args=CHROMIUM_ARGS, headless=True)
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=CHROMIUM_ARGS,
+            headless=True,
+        )
         try:
             yield browser
         finally:
@@ -102,9 +112,22 @@ def test_ui_login_trigger_form_and_models_page(airflow_service, champion, browse
         if not preset.first.is_visible():
             dialog.get_by_text("Run Parameters").first.click()
         preset.first.wait_for(state="visible")
-        for title in ("Model preset", "Engine", "Dataset version", "Learning rate", "Rollouts per prompt",
-                      "KL coefficient", "Total steps", "Epochs", "GPUs per node", "Nodes", "LoRA rank",
-                      "Promotion metric", "Minimum improvement", "Train even if nothing changed"):
+        for title in (
+            "Model preset",
+            "Engine",
+            "Dataset version",
+            "Learning rate",
+            "Rollouts per prompt",
+            "KL coefficient",
+            "Total steps",
+            "Epochs",
+            "GPUs per node",
+            "Nodes",
+            "LoRA rank",
+            "Promotion metric",
+            "Minimum improvement",
+            "Train even if nothing changed",
+        ):
             assert dialog.get_by_text(title).count() >= 1, f"form field {title!r} not shown"
         # keep the DAG paused: the run is created (queued) but starts no container in the shared services
         unpause = dialog.get_by_role("checkbox").first

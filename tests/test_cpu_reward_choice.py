@@ -10,8 +10,9 @@ from grounding_ops.protocols import get_protocol
 from grounding_ops.training.cpu_engine import CONSTANT_REWARD, EngineError, make_reward_function
 from grounding_ops.training.presets import get_preset
 
-TRUTH = json.dumps({"boxes": [[10, 10, 50, 50]], "protocol": "qwen2.5-vl", "image_size": [112, 112],
-                    "resized_size": [112, 112]})
+TRUTH = json.dumps(
+    {"boxes": [[10, 10, 50, 50]], "protocol": "qwen2.5-vl", "image_size": [112, 112], "resized_size": [112, 112]}
+)
 PERFECT = get_protocol("qwen2.5-vl").format_answer([[10, 10, 50, 50]], [112, 112], [112, 112])
 COMPLETIONS = [[{"role": "assistant", "content": PERFECT}], [{"role": "assistant", "content": "no idea"}]]
 

@@ -25,10 +25,22 @@ def role_connection(s3_service, monkeypatch: pytest.MonkeyPatch) -> str:
     endpoints, as S3Hook does.
     """
     endpoint = s3_service.endpoint
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_S3", json.dumps({
-        "conn_type": "aws", "login": BASE_KEY, "password": BASE_SECRET,
-        "extra": {"role_arn": ROLE_ARN, "region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9",
-                  "service_config": {"s3": {"endpoint_url": endpoint}, "sts": {"endpoint_url": endpoint}}}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_S3",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": BASE_KEY,
+                "password": BASE_SECRET,
+                "extra": {
+                    "role_arn": ROLE_ARN,
+                    "region_name": "eu-west-1",
+                    "endpoint_url": "http://127.0.0.1:9",
+                    "service_config": {"s3": {"endpoint_url": endpoint}, "sts": {"endpoint_url": endpoint}},
+                },
+            }
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_WANDB_API_KEY", "wandb-key-for-the-container-0123456789")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
@@ -46,21 +58,28 @@ def _boto3_as_container(env: dict[str, str], bucket: str, key: str) -> dict[str,
         "print(json.dumps({'arn': identity['Arn'], 'body': body}))\n"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW_CONN_"))}
-    result = subprocess.run([sys.executable, "-c", script], env={**clean, **env, "AWS_CONFIG_FILE": os.devnull,
-                                                                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**clean, **env, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _plan() -> dict:
-    return {"engine": "cpu", "command": ["grounding-ops", "train"], "environment": {"PYTHONUNBUFFERED": "1"},
-            "output_uri": "s3://b/runs/x/train"}
+    return {
+        "engine": "cpu",
+        "command": ["grounding-ops", "train"],
+        "environment": {"PYTHONUNBUFFERED": "1"},
+        "output_uri": "s3://b/runs/x/train",
+    }
 
 
 def _context(run_id: str) -> dict:
-    return {"ti": SimpleNamespace(dag_id="grounding_train", run_id=run_id, task_id="train", try_number=1,
-                                  map_index=-1)}
+    return {"ti": SimpleNamespace(dag_id="grounding_train", run_id=run_id, task_id="train", try_number=1, map_index=-1)}
 
 
 def test_role_connection_gives_the_container_working_temporary_credentials(role_connection, s3_service) -> None:
@@ -91,23 +110,26 @@ def test_role_connection_gives_the_container_working_temporary_credentials(role_
 
 
 # One line (container arguments carry no newlines): what the process inside sees of its own limits.
-LOCKDOWN_PROBE = "; ".join([
-    "import hashlib, os",
-    "st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)",
-    "cg = lambda *ns: next((open('/sys/fs/cgroup/' + n).read().strip() for n in ns "
-    "if os.path.exists('/sys/fs/cgroup/' + n)), 'missing')",  # cgroup v2, else v1
-    "print('probe', 'nnp=' + st['NoNewPrivs'].strip(), 'capeff=' + st['CapEff'].strip(), "
-    "'pids=' + cg('pids.max', 'pids/pids.max'), 'mem=' + cg('memory.max', 'memory/memory.limit_in_bytes'), "
-    "'uid=' + str(os.getuid()), "
-    "'token=' + hashlib.sha256(os.environ.get('AWS_SESSION_TOKEN', '').encode()).hexdigest()[:16], "
-    "'mlflow=' + str(any(k.startswith('MLFLOW') for k in os.environ)), "
-    "'image=' + os.environ.get('GROUNDING_OPS_IMAGE', ''))",
-])
+LOCKDOWN_PROBE = "; ".join(
+    [
+        "import hashlib, os",
+        "st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)",
+        "cg = lambda *ns: next((open('/sys/fs/cgroup/' + n).read().strip() for n in ns "
+        "if os.path.exists('/sys/fs/cgroup/' + n)), 'missing')",  # cgroup v2, else v1
+        "print('probe', 'nnp=' + st['NoNewPrivs'].strip(), 'capeff=' + st['CapEff'].strip(), "
+        "'pids=' + cg('pids.max', 'pids/pids.max'), 'mem=' + cg('memory.max', 'memory/memory.limit_in_bytes'), "
+        "'uid=' + str(os.getuid()), "
+        "'token=' + hashlib.sha256(os.environ.get('AWS_SESSION_TOKEN', '').encode()).hexdigest()[:16], "
+        "'mlflow=' + str(any(k.startswith('MLFLOW') for k in os.environ)), "
+        "'image=' + os.environ.get('GROUNDING_OPS_IMAGE', ''))",
+    ]
+)
 
 
 @pytest.mark.docker
-def test_container_gets_the_role_credentials_and_runs_locked_down(role_connection, base_image, monkeypatch,
-                                                                  capfd: pytest.CaptureFixture) -> None:
+def test_container_gets_the_role_credentials_and_runs_locked_down(
+    role_connection, base_image, monkeypatch, capfd: pytest.CaptureFixture
+) -> None:
     from grounding_ops.pipeline import docker_tasks
 
     monkeypatch.setattr(docker_tasks, "image_override", lambda engine: base_image)
@@ -134,9 +156,19 @@ def test_mlflow_connection_credentials_reach_the_clients_and_never_the_uri(monke
     from grounding_ops.pipeline import mlflow_connection
     from grounding_ops.pipeline.train_tasks import mlflow_tracking_uri
 
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps(
-        {"conn_type": "http", "host": "mlflow.internal", "schema": "https", "port": 5000,
-         "login": "svc-grounding", "password": "conn-password-9Xq"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_MLFLOW",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "mlflow.internal",
+                "schema": "https",
+                "port": 5000,
+                "login": "svc-grounding",
+                "password": "conn-password-9Xq",
+            }
+        ),
+    )
     for key in mlflow_connection.CREDENTIAL_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     assert mlflow_tracking_uri() == "https://mlflow.internal:5000"
@@ -147,9 +179,16 @@ def test_mlflow_connection_credentials_reach_the_clients_and_never_the_uri(monke
     creds = get_default_host_creds("https://mlflow.internal:5000")
     assert (creds.username, creds.password) == ("svc-grounding", "conn-password-9Xq")
 
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps(
-        {"conn_type": "http", "host": "http://embedded:url-password-7Zr@127.0.0.1:5310/",
-         "extra": {"token": "bearer-token-3Kp"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_MLFLOW",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "http://embedded:url-password-7Zr@127.0.0.1:5310/",
+                "extra": {"token": "bearer-token-3Kp"},
+            }
+        ),
+    )
     uri = mlflow_tracking_uri()
     assert uri == "http://127.0.0.1:5310" and "url-password" not in uri
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "url-password-7Zr"

@@ -76,8 +76,11 @@ def test_gpu_image_build_context_sends_only_what_the_dockerfile_copies() -> None
     import re
 
     root = Path(__file__).resolve().parent.parent
-    lines = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "ignore everything, then allow what the image needs"
     allowed = {line[1:] for line in lines if line.startswith("!")}
     copied = set()
@@ -94,6 +97,7 @@ def test_trainer_containers_share_the_gpu_pool() -> None:
 
     dag = DagBag(str(Path(__file__).resolve().parent.parent / "dags" / "grounding_train.py")).dags["grounding_train"]
     containers = ("train", "evaluate", "evaluate_test")
-    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in containers} == dict.fromkeys(containers,
-                                                                                               DEFAULT_GPU_POOL)
+    assert {t.task_id: t.pool for t in dag.tasks if t.task_id in containers} == dict.fromkeys(
+        containers, DEFAULT_GPU_POOL
+    )
     assert all(t.pool == "default_pool" for t in dag.tasks if t.task_id not in containers)

@@ -48,8 +48,13 @@ def test_dag_file_imports_no_heavy_module():
         "import runpy, sys, json; runpy.run_path(sys.argv[1]); "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(DAG_FILE)], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(DAG_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -69,20 +74,29 @@ def test_schedule_is_nightly_cron_or_dataset_asset(serialized):
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert dag.max_active_runs == 1 and dag.catchup is False
     deps = data["dag"]["dag_dependencies"]
-    assert any(d["dependency_type"] == "asset" and d["target"] == "grounding_train"
-               and d["label"] == asset["uri"] for d in deps), deps
+    assert any(
+        d["dependency_type"] == "asset" and d["target"] == "grounding_train" and d["label"] == asset["uri"]
+        for d in deps
+    ), deps
     # the promotion publishes the registered-model asset
     promote = next(t for t in data["dag"]["tasks"] if t["__var"]["task_id"] == "promote")["__var"]
     assert any(o["__var"]["uri"].startswith("mlflow://registry/models/") for o in promote["outlets"])
 
 
 def test_cron_and_timezone_come_from_the_environment():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GROUNDING_OPS_TRAIN_CRON": "30 3 * * 1-5",
-           "GROUNDING_OPS_TRAIN_TIMEZONE": "Europe/Berlin"}
-    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; b = DagBag(sys.argv[1]); "
-            "t = b.dags['grounding_train'].timetable.timetable; print(t.expression, t.timezone)")
-    out = subprocess.run([sys.executable, "-c", code, str(DAG_FILE)], capture_output=True, text=True,
-                         timeout=120, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "GROUNDING_OPS_TRAIN_CRON": "30 3 * * 1-5",
+        "GROUNDING_OPS_TRAIN_TIMEZONE": "Europe/Berlin",
+    }
+    code = (
+        "import sys; from airflow.dag_processing.dagbag import DagBag; b = DagBag(sys.argv[1]); "
+        "t = b.dags['grounding_train'].timetable.timetable; print(t.expression, t.timezone)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(DAG_FILE)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "30 3 * * 1-5 Europe/Berlin"
 
@@ -96,8 +110,16 @@ def test_every_task_has_doc_retries_and_timeout(dag):
     train = dag.get_task("train")
     assert train.retry_exponential_backoff
     assert [t.task_id for t in dag.topological_sort()] == [
-        "resolve_dataset", "decide", "train", "list_checkpoints", "evaluate", "pick_best", "plan_decision",
-        "evaluate_test", "promote"]
+        "resolve_dataset",
+        "decide",
+        "train",
+        "list_checkpoints",
+        "evaluate",
+        "pick_best",
+        "plan_decision",
+        "evaluate_test",
+        "promote",
+    ]
 
 
 def test_extra_links_on_train_and_evaluate(serialized):
@@ -111,10 +133,25 @@ def test_extra_links_on_train_and_evaluate(serialized):
 # ----------------------------------------------------------------------------- the form
 
 
-GOOD = {"preset": "tiny-cpu", "engine": "cpu", "dataset_version": "20250101T000000-ab12", "learning_rate": 1e-5,
-        "rollout_n": 4, "kl_coef": 0.0, "total_steps": 10, "epochs": 1, "gpus_per_node": 1, "nodes": 1,
-        "lora_rank": 0, "promotion_metric": "mean_iou", "min_delta": 0.0, "force": True, "max_eval_samples": 8,
-        "confidence": 0.9, "min_test_samples": 50}
+GOOD = {
+    "preset": "tiny-cpu",
+    "engine": "cpu",
+    "dataset_version": "20250101T000000-ab12",
+    "learning_rate": 1e-5,
+    "rollout_n": 4,
+    "kl_coef": 0.0,
+    "total_steps": 10,
+    "epochs": 1,
+    "gpus_per_node": 1,
+    "nodes": 1,
+    "lora_rank": 0,
+    "promotion_metric": "mean_iou",
+    "min_delta": 0.0,
+    "force": True,
+    "max_eval_samples": 8,
+    "confidence": 0.9,
+    "min_test_samples": 50,
+}
 
 
 def _validate(dag, conf):
@@ -142,19 +179,47 @@ def test_form_accepts_good_input_and_defaults(serialized):
     assert defaults["dataset_version"] == "latest" and defaults["learning_rate"] is None
 
 
-@pytest.mark.parametrize("key,value", [
-    ("learning_rate", -1e-5), ("learning_rate", 0.5), ("learning_rate", "fast"),
-    ("rollout_n", 1), ("rollout_n", 2.5), ("rollout_n", "8"), ("kl_coef", -0.1),
-    ("total_steps", 0), ("epochs", 10_000), ("gpus_per_node", 0), ("nodes", 1000), ("lora_rank", -8),
-    ("engine", "tpu"), ("preset", "qwen9-vl"), ("promotion_metric", "parse_failure_rate"),
-    ("min_delta", 2), ("min_delta", "0.1"), ("force", "yes"), ("max_eval_samples", 0),
-    ("learning_rate", float("nan")), ("kl_coef", float("nan")), ("min_delta", float("nan")),
-    ("learning_rate", float("inf")), ("rollout_n", float("nan")), ("confidence", float("nan")),
-    ("confidence", 1.0), ("confidence", 0.2), ("min_test_samples", 0), ("min_test_samples", 2.5),
-    ("dataset_version", "latest; rm -rf /"), ("dataset_version", "../../etc/passwd"),
-    ("dataset_version", "$(id)"), ("dataset_version", "v1\n--privileged"), ("dataset_version", ""),
-    ("dataset_version", "-rf"), ("dataset_version", "x" * 101),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("learning_rate", -1e-5),
+        ("learning_rate", 0.5),
+        ("learning_rate", "fast"),
+        ("rollout_n", 1),
+        ("rollout_n", 2.5),
+        ("rollout_n", "8"),
+        ("kl_coef", -0.1),
+        ("total_steps", 0),
+        ("epochs", 10_000),
+        ("gpus_per_node", 0),
+        ("nodes", 1000),
+        ("lora_rank", -8),
+        ("engine", "tpu"),
+        ("preset", "qwen9-vl"),
+        ("promotion_metric", "parse_failure_rate"),
+        ("min_delta", 2),
+        ("min_delta", "0.1"),
+        ("force", "yes"),
+        ("max_eval_samples", 0),
+        ("learning_rate", float("nan")),
+        ("kl_coef", float("nan")),
+        ("min_delta", float("nan")),
+        ("learning_rate", float("inf")),
+        ("rollout_n", float("nan")),
+        ("confidence", float("nan")),
+        ("confidence", 1.0),
+        ("confidence", 0.2),
+        ("min_test_samples", 0),
+        ("min_test_samples", 2.5),
+        ("dataset_version", "latest; rm -rf /"),
+        ("dataset_version", "../../etc/passwd"),
+        ("dataset_version", "$(id)"),
+        ("dataset_version", "v1\n--privileged"),
+        ("dataset_version", ""),
+        ("dataset_version", "-rf"),
+        ("dataset_version", "x" * 101),
+    ],
+)
 def test_form_refuses_bad_input(serialized, key, value):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -211,15 +276,18 @@ def test_fingerprint_tracks_training_settings_only():
     from grounding_ops.pipeline.train_tasks import training_fingerprint
 
     base = dict(GOOD)
-    assert training_fingerprint(base) == training_fingerprint({**base, "min_delta": 0.5, "dataset_version": "x",
-                                                               "force": False, "promotion_metric": "acc_at_0_5"})
+    assert training_fingerprint(base) == training_fingerprint(
+        {**base, "min_delta": 0.5, "dataset_version": "x", "force": False, "promotion_metric": "acc_at_0_5"}
+    )
     assert training_fingerprint(base) != training_fingerprint({**base, "learning_rate": 2e-5})
     assert training_fingerprint(base) != training_fingerprint({**base, "engine": "gpu"})
 
 
 def _register(client, name, dataset_version, fingerprint, alias, *, metric=0.5):
-    run = client.create_run(client.create_experiment(f"exp-{time.time_ns()}"), tags={
-        "grounding.dataset_version": dataset_version, "grounding.train_fingerprint": fingerprint})
+    run = client.create_run(
+        client.create_experiment(f"exp-{time.time_ns()}"),
+        tags={"grounding.dataset_version": dataset_version, "grounding.train_fingerprint": fingerprint},
+    )
     client.log_metric(run.info.run_id, "acc_at_0_5", metric)
     client.set_terminated(run.info.run_id)
     try:
@@ -250,8 +318,11 @@ def test_model_states_read_from_the_real_registry(mlflow_service):
 def _put_dataset(s3, bucket, version):
     prefix = f"datasets/grounding/{version}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=json.dumps({"version": version}).encode())
-    s3.put_object(Bucket=bucket, Key="datasets/grounding/latest.json",
-                  Body=json.dumps({"version": version, "manifest": f"s3://{bucket}/{prefix}/manifest.json"}).encode())
+    s3.put_object(
+        Bucket=bucket,
+        Key="datasets/grounding/latest.json",
+        Body=json.dumps({"version": version, "manifest": f"s3://{bucket}/{prefix}/manifest.json"}).encode(),
+    )
 
 
 _RUN_DAG = """
@@ -291,20 +362,26 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
         "GROUNDING_OPS_MODEL_NAME": model,
         "GROUNDING_OPS_BUCKET": s3_service.bucket,
         "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
-            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
-            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+                "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"},
+            }
+        ),
         "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-            {"type": "file", "log_file_path": str(events_file), "append": True}),
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "grounding-test",
     }
-    out = subprocess.run([sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True,
-                         timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True, timeout=600, env=env
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
     assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
-    states = json.loads(lines[-1][len("STATES "):])
+    states = json.loads(lines[-1][len("STATES ") :])
     assert states["resolve_dataset"] == "success", states
     assert states["decide"] == "skipped", states
     for task_id in ("train", "list_checkpoints", "pick_best", "plan_decision", "promote"):
@@ -313,8 +390,9 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     assert "SKIP training: nothing changed" in out.stdout + out.stderr
 
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
-    resolved = [e for e in events if e["job"]["name"] == "grounding_train.resolve_dataset"
-                and e["eventType"] == "COMPLETE"]
+    resolved = [
+        e for e in events if e["job"]["name"] == "grounding_train.resolve_dataset" and e["eventType"] == "COMPLETE"
+    ]
     assert resolved, [(e["job"]["name"], e["eventType"]) for e in events]
     inputs = [(d["namespace"], d["name"]) for d in resolved[-1]["inputs"]]
     assert (f"s3://{s3_service.bucket}", f"datasets/grounding/{version}/manifest.json") in inputs
@@ -341,51 +419,86 @@ def test_docker_kwargs_are_locked_down():
 
     from grounding_ops.pipeline.docker_tasks import docker_kwargs
 
-    cpu = docker_kwargs(engine="cpu", command=["grounding-ops", "train"], container_name="c1",
-                        private_environment={"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, environment={"A": "1"})
+    cpu = docker_kwargs(
+        engine="cpu",
+        command=["grounding-ops", "train"],
+        container_name="c1",
+        private_environment={"AWS_SECRET_ACCESS_KEY": "s3cr3t"},
+        environment={"A": "1"},
+    )
     assert cpu["image"] == "grounding-ops/trainer-cpu:latest"
     assert cpu["network_mode"] == "host" and cpu["privileged"] is False and cpu["user"] == "1000:1000"
     assert cpu["auto_remove"] in ("success", "force") and cpu["retrieve_output"] is False
     assert cpu["mount_tmp_dir"] is False and cpu["mounts"] == [] and cpu["device_requests"] is None
-    assert cpu["command"] == ["grounding-ops", "train"] and cpu["private_environment"] == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    assert cpu["command"] == ["grounding-ops", "train"] and cpu["private_environment"] == {
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t"
+    }
     assert "s3cr3t" not in json.dumps([cpu["command"], cpu["environment"]])
-    gpu = docker_kwargs(engine="gpu", command=["x"], container_name="c2", private_environment={},
-                        image="registry.local/trainer@sha256:abc", gpus=1)
+    gpu = docker_kwargs(
+        engine="gpu",
+        command=["x"],
+        container_name="c2",
+        private_environment={},
+        image="registry.local/trainer@sha256:abc",
+        gpus=1,
+    )
     assert gpu["image"] == "registry.local/trainer@sha256:abc"
     assert len(gpu["device_requests"]) == 1
     request = gpu["device_requests"][0]
     assert isinstance(request, DeviceRequest) and request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
     assert gpu["mounts"] == []
     with pytest.raises(ValueError, match="not a shell string"):
-        docker_kwargs(engine="cpu", command="grounding-ops train; curl evil", container_name="c",
-                      private_environment={})
+        docker_kwargs(
+            engine="cpu", command="grounding-ops train; curl evil", container_name="c", private_environment={}
+        )
     with pytest.raises(ValueError, match="private_environment"):
-        docker_kwargs(engine="cpu", command=["x"], container_name="c", private_environment={},
-                      environment={"WANDB_API_KEY": "k"})
+        docker_kwargs(
+            engine="cpu", command=["x"], container_name="c", private_environment={}, environment={"WANDB_API_KEY": "k"}
+        )
     with pytest.raises(ValueError, match="engine"):
         docker_kwargs(engine="tpu", command=["x"], container_name="c", private_environment={})
 
 
 def _context(task_id="train", try_number=1, map_index=-1):
-    ti = SimpleNamespace(dag_id="grounding_train", run_id="manual__2025-01-01T00:00:00+00:00", task_id=task_id,
-                         try_number=try_number, map_index=map_index)
+    ti = SimpleNamespace(
+        dag_id="grounding_train",
+        run_id="manual__2025-01-01T00:00:00+00:00",
+        task_id=task_id,
+        try_number=try_number,
+        map_index=map_index,
+    )
     return {"ti": ti}
 
 
 @pytest.fixture()
 def airflow_connections(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_S3", json.dumps({
-        "conn_type": "aws", "login": "AKIDEXAMPLE", "password": "very-secret-key",
-        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_S3",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIDEXAMPLE",
+                "password": "very-secret-key",
+                "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+            }
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_WANDB_API_KEY", "wandb-secret-key")
 
 
 def _plan(**extra):
-    plan = {"engine": "cpu", "command": ["grounding-ops", "train", "--dataset", "s3://b/datasets/grounding/v1"],
-            "environment": {"PYTHONUNBUFFERED": "1"}, "output_uri": "s3://b/runs/x/train",
-            "links": {"manifest": "http://127.0.0.1:9/b/datasets/grounding/v1/manifest.json",
-                      "wandb": "javascript:alert(1)"},
-            "inputs": ["s3://b/datasets/grounding/v1"], "outputs": ["s3://b/runs/x/train"]}
+    plan = {
+        "engine": "cpu",
+        "command": ["grounding-ops", "train", "--dataset", "s3://b/datasets/grounding/v1"],
+        "environment": {"PYTHONUNBUFFERED": "1"},
+        "output_uri": "s3://b/runs/x/train",
+        "links": {
+            "manifest": "http://127.0.0.1:9/b/datasets/grounding/v1/manifest.json",
+            "wandb": "javascript:alert(1)",
+        },
+        "inputs": ["s3://b/datasets/grounding/v1"],
+        "outputs": ["s3://b/runs/x/train"],
+    }
     plan.update(extra)
     return plan
 
@@ -394,7 +507,9 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
     from grounding_ops.pipeline.docker_tasks import TrainContainerOperator
     from grounding_ops.pipeline.links import DatasetManifestLink, WandbRunLink
 
-    op = TrainContainerOperator(task_id="train", plan=_plan(engine="gpu", gpus=8, work_volume="grounding-ops-trainer-work"))
+    op = TrainContainerOperator(
+        task_id="train", plan=_plan(engine="gpu", gpus=8, work_volume="grounding-ops-trainer-work")
+    )
     assert "private_environment" not in op.template_fields and "plan" in op.template_fields
     op.apply_plan(_context(try_number=3))
     assert op.image == "grounding-ops/trainer-verl:latest" and op.device_requests[0]["Count"] == 8
@@ -416,13 +531,19 @@ def test_operator_reports_openlineage_inputs_and_outputs(airflow_connections):
     from grounding_ops.pipeline.docker_tasks import EvaluateContainerOperator
     from grounding_ops.pipeline.lineage import mlflow_model_ref, operator_lineage
 
-    op = EvaluateContainerOperator(task_id="evaluate", plan=_plan(
-        inputs=["s3://b/datasets/grounding/v1", "s3://b/runs/x/train/final"], outputs=["s3://b/runs/x/eval/final"]))
+    op = EvaluateContainerOperator(
+        task_id="evaluate",
+        plan=_plan(
+            inputs=["s3://b/datasets/grounding/v1", "s3://b/runs/x/train/final"], outputs=["s3://b/runs/x/eval/final"]
+        ),
+    )
     op.apply_plan(_context("evaluate", 1, 2))
     assert op.container_name.endswith("-m2-t1")
     lineage = op.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [
-        ("s3://b", "datasets/grounding/v1"), ("s3://b", "runs/x/train/final")]
+        ("s3://b", "datasets/grounding/v1"),
+        ("s3://b", "runs/x/train/final"),
+    ]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "runs/x/eval/final")]
     model = operator_lineage([], [mlflow_model_ref("grounding-model", 7)]).outputs[0]
     assert (model.namespace, model.name) == ("mlflow://registry", "models/grounding-model/versions/7")
@@ -434,10 +555,16 @@ def test_python_tasks_report_lineage_from_their_result():
     from grounding_ops.pipeline.lineage import LineagePythonOperator, lineage_task
 
     with DAG("lineage_probe", schedule=None):
+
         @lineage_task(task_id="probe")
         def probe():
-            return {"summary": "x", "lineage": {"inputs": ["s3://b/in/manifest.json"],
-                                                 "outputs": [{"namespace": "http://m:5000", "name": "models/g/versions/1"}]}}
+            return {
+                "summary": "x",
+                "lineage": {
+                    "inputs": ["s3://b/in/manifest.json"],
+                    "outputs": [{"namespace": "http://m:5000", "name": "models/g/versions/1"}],
+                },
+            }
 
         op = probe().operator
     assert isinstance(op, LineagePythonOperator)
@@ -452,18 +579,32 @@ def test_plans_are_argument_lists_with_no_credentials():
 
     dataset = DatasetRef("v1", "s3://b/datasets/grounding/v1", "s3://b/datasets/grounding/v1/manifest.json", "param")
     params = {**GOOD, "engine": "gpu", "learning_rate": 1e-6, "epochs": None}
-    plan = plan_training(params, dataset, output_uri="s3://b/runs/r/train", fingerprint="fp",
-                         airflow_run="grounding_train/r", s3_endpoint="http://127.0.0.1:9310")
+    plan = plan_training(
+        params,
+        dataset,
+        output_uri="s3://b/runs/r/train",
+        fingerprint="fp",
+        airflow_run="grounding_train/r",
+        s3_endpoint="http://127.0.0.1:9310",
+    )
     cmd = plan["command"]
     assert cmd[:3] == ["train", "--engine", "verl"]  # arguments of the image's grounding-ops entrypoint
-    assert ["--set", "learning_rate=1e-06"] == cmd[cmd.index("learning_rate=1e-06") - 1: cmd.index("learning_rate=1e-06") + 1]
+    assert ["--set", "learning_rate=1e-06"] == cmd[
+        cmd.index("learning_rate=1e-06") - 1 : cmd.index("learning_rate=1e-06") + 1
+    ]
     assert "total_epochs" not in " ".join(cmd)  # empty fields keep the preset's values
     assert plan["links"]["manifest"] == "http://127.0.0.1:9310/b/datasets/grounding/v1/manifest.json"
     training = {"dataset_uri": dataset.uri, "dataset_version": "v1", "fingerprint": "fp", "wandb_url": ""}
-    plans = plan_evaluations(params, training, [
-        {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 11, "role": "candidate"},
-        {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"}],
-        run_uri="s3://b/runs/r", airflow_run="grounding_train/r")
+    plans = plan_evaluations(
+        params,
+        training,
+        [
+            {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 11, "role": "candidate"},
+            {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"},
+        ],
+        run_uri="s3://b/runs/r",
+        airflow_run="grounding_train/r",
+    )
     assert [p["output_uri"] for p in plans] == ["s3://b/runs/r/eval/final", "s3://b/runs/r/eval/base"]
     assert plans[1]["command"][plans[1]["command"].index("--role") + 1] == "base"
     assert all(isinstance(a, str) for p in plans for a in p["command"])
@@ -476,8 +617,12 @@ def test_list_checkpoints_and_pick_best(tmp_path):
     store = open_store(tmp_path / "train")
     with pytest.raises(PipelineError, match="no evaluable checkpoint"):
         list_checkpoints(store, {})
-    for key in ("checkpoints/global_step_10/config.json", "checkpoints/global_step_2/huggingface/config.json",
-                "checkpoints/global_step_5/actor/model_world_size_1_rank_0.pt", "final/config.json"):
+    for key in (
+        "checkpoints/global_step_10/config.json",
+        "checkpoints/global_step_2/huggingface/config.json",
+        "checkpoints/global_step_5/actor/model_world_size_1_rank_0.pt",
+        "final/config.json",
+    ):
         store.put_bytes(key, b"{}")
     base = tmp_path / "base"
     found = list_checkpoints(store, {"steps_done": 10, "base_model": str(base)})
@@ -486,12 +631,30 @@ def test_list_checkpoints_and_pick_best(tmp_path):
     assert [c["name"] for c in list_checkpoints(store, {"base_model": "tiny:qwen2-vl"})][-1] == "final"
 
     results = [
-        {"candidate": "global_step_10", "role": "candidate", "step": 10, "metrics": {"acc_at_0_5": 0.4},
-         "mlflow_run_id": "a", "eval_uri": "e1"},
-        {"candidate": "final", "role": "candidate", "step": 11, "metrics": {"acc_at_0_5": 0.4},
-         "mlflow_run_id": "b", "eval_uri": "e2"},
-        {"candidate": "base", "role": "base", "step": -1, "metrics": {"acc_at_0_5": 0.9},
-         "mlflow_run_id": "c", "eval_uri": "e3"},
+        {
+            "candidate": "global_step_10",
+            "role": "candidate",
+            "step": 10,
+            "metrics": {"acc_at_0_5": 0.4},
+            "mlflow_run_id": "a",
+            "eval_uri": "e1",
+        },
+        {
+            "candidate": "final",
+            "role": "candidate",
+            "step": 11,
+            "metrics": {"acc_at_0_5": 0.4},
+            "mlflow_run_id": "b",
+            "eval_uri": "e2",
+        },
+        {
+            "candidate": "base",
+            "role": "base",
+            "step": -1,
+            "metrics": {"acc_at_0_5": 0.9},
+            "mlflow_run_id": "c",
+            "eval_uri": "e3",
+        },
     ]
     choice = pick_best(results, "acc_at_0_5")
     assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
@@ -510,8 +673,9 @@ def test_on_kill_stops_and_removes_the_container(docker_daemon, base_image, airf
     base = base_image
     client = docker.DockerClient(base_url=docker_daemon)
     monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU", base)
-    op = GroundingContainerOperator(task_id="killme", plan={"engine": "cpu", "command": ["sleep", "300"]},
-                                    docker_url=docker_daemon)
+    op = GroundingContainerOperator(
+        task_id="killme", plan={"engine": "cpu", "command": ["sleep", "300"]}, docker_url=docker_daemon
+    )
     context = _context("killme", try_number=int(time.time()))
     errors: list[BaseException] = []
 
@@ -561,8 +725,12 @@ def test_api_server_refuses_bad_conf_before_any_run(airflow_service):
             assert time.time() < deadline, "the dag-processor did not parse grounding_train"
             time.sleep(3)
     before = airflow_service.api("GET", "/api/v2/dags/grounding_train/dagRuns")["total_entries"]
-    for conf in ({"learning_rate": "fast"}, {"dataset_version": "latest; rm -rf /"}, {"rollout_n": 1},
-                 {"engine": "tpu"}):
+    for conf in (
+        {"learning_rate": "fast"},
+        {"dataset_version": "latest; rm -rf /"},
+        {"rollout_n": 1},
+        {"engine": "tpu"},
+    ):
         with pytest.raises(urllib.error.HTTPError) as refused:
             airflow_service.api("POST", "/api/v2/dags/grounding_train/dagRuns", {"logical_date": None, "conf": conf})
         assert refused.value.code == 400, conf
@@ -589,21 +757,58 @@ def _write_evaluation(plan, dataset_uri, s3, hits, n=120):
     from grounding_ops.storage import open_store
 
     command = plan["command"]
-    tags = dict(arg.split("=", 1) for arg in command[command.index("--tag") + 1::2]
-                if "=" in arg and arg.startswith("grounding."))
+    tags = dict(
+        arg.split("=", 1)
+        for arg in command[command.index("--tag") + 1 :: 2]
+        if "=" in arg and arg.startswith("grounding.")
+    )
     candidate = plan["candidate"]
     samples, predictions = [], []
     for i in range(n):
         iou = 0.8 if i < hits else 0.1
-        samples.append(EvalSample(f"{plan['split']}-{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG_1x1,
-                                  [[0.0, 0.0, 1.0, 1.0]], (1, 1), (28, 28)))
-        predictions.append(Prediction(f"{plan['split']}-{i}", "synthetic", "the red circle", "[...]",
-                                      [[0.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]], iou, iou, iou, True, "", 1, 1))
-    info = {"model_uri": candidate["uri"], "dataset_uri": dataset_uri, "dataset_version": plan["dataset_version"],
-            "split": command[command.index("--split") + 1], "protocol": "qwen2.5-vl", "engine": "transformers",
-            "batch_size": 8, "max_new_tokens": 64, "max_samples": None, "role": candidate["role"], "tags": tags}
-    write_outputs(plan["output_uri"], info=info, samples=samples, predictions=predictions, seconds=1.0,
-                  s3_client=s3)
+        samples.append(
+            EvalSample(
+                f"{plan['split']}-{i}",
+                "synthetic",
+                "the red circle",
+                "qwen2.5-vl",
+                PNG_1x1,
+                [[0.0, 0.0, 1.0, 1.0]],
+                (1, 1),
+                (28, 28),
+            )
+        )
+        predictions.append(
+            Prediction(
+                f"{plan['split']}-{i}",
+                "synthetic",
+                "the red circle",
+                "[...]",
+                [[0.0, 0.0, 1.0, 1.0]],
+                [[0.0, 0.0, 1.0, 1.0]],
+                iou,
+                iou,
+                iou,
+                True,
+                "",
+                1,
+                1,
+            )
+        )
+    info = {
+        "model_uri": candidate["uri"],
+        "dataset_uri": dataset_uri,
+        "dataset_version": plan["dataset_version"],
+        "split": command[command.index("--split") + 1],
+        "protocol": "qwen2.5-vl",
+        "engine": "transformers",
+        "batch_size": 8,
+        "max_new_tokens": 64,
+        "max_samples": None,
+        "role": candidate["role"],
+        "tags": tags,
+    }
+    write_outputs(plan["output_uri"], info=info, samples=samples, predictions=predictions, seconds=1.0, s3_client=s3)
     if candidate["role"] == "candidate":  # a stand-in model folder: promotion logs the candidate as an MLflow model
         open_store(candidate["uri"], s3_client=s3).put_bytes("config.json", b'{"model_type": "qwen2_vl"}')
 
@@ -616,8 +821,16 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.pipeline.train_tasks import (
-        DECISION_SPLIT, current_champion, decide_training, decision_candidates, existing_evaluation, model_states,
-        pick_best, plan_evaluations, promote_best, record_evaluation,
+        DECISION_SPLIT,
+        current_champion,
+        decide_training,
+        decision_candidates,
+        existing_evaluation,
+        model_states,
+        pick_best,
+        plan_evaluations,
+        promote_best,
+        record_evaluation,
     )
     from grounding_ops.storage import open_store
 
@@ -630,40 +843,63 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
         dataset_uri = s3_service.uri("datasets", "grounding", version)
         training = {"dataset_uri": dataset_uri, "dataset_version": version, "fingerprint": "fp-7", "wandb_url": ""}
         candidates = [
-            {"name": "global_step_1", "uri": f"{run_uri}/train/checkpoints/global_step_1", "step": 1, "role": "candidate"},
+            {
+                "name": "global_step_1",
+                "uri": f"{run_uri}/train/checkpoints/global_step_1",
+                "step": 1,
+                "role": "candidate",
+            },
             {"name": "final", "uri": f"{run_uri}/train/final", "step": 2, "role": "candidate"},
             {"name": "base", "uri": s3_service.uri("models", "base"), "step": -1, "role": "base"},
         ]
         results = []
-        for plan in plan_evaluations({"engine": "cpu"}, training, candidates, run_uri=run_uri,
-                                     airflow_run="grounding_train/manual__x"):
+        for plan in plan_evaluations(
+            {"engine": "cpu"}, training, candidates, run_uri=run_uri, airflow_run="grounding_train/manual__x"
+        ):
             _write_evaluation(plan, dataset_uri, s3, val_hits[plan["candidate"]["name"]])
-            results.append(record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan,
-                                             tracking_uri=mlflow_service.uri))
+            results.append(
+                record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan, tracking_uri=mlflow_service.uri)
+            )
         # the evaluations of the DAG run are nested under one parent run
-        parents = {MlflowClient(mlflow_service.uri).get_run(r["mlflow_run_id"]).data.tags.get("mlflow.parentRunId")
-                   for r in results}
+        parents = {
+            MlflowClient(mlflow_service.uri).get_run(r["mlflow_run_id"]).data.tags.get("mlflow.parentRunId")
+            for r in results
+        }
         assert len(parents) == 1 and None not in parents
         choice = pick_best(results, "acc_at_0_5")
         champion = current_champion(mlflow_service.uri, name)
-        champion_eval = existing_evaluation(mlflow_service.uri, champion.model_uri, version, DECISION_SPLIT) \
-            if champion else None
+        champion_eval = (
+            existing_evaluation(mlflow_service.uri, champion.model_uri, version, DECISION_SPLIT) if champion else None
+        )
         models, _ = decision_candidates(choice, champion, champion_evaluation=champion_eval, base_evaluation=None)
         decision_results = []
-        for plan in plan_evaluations({"engine": "cpu"}, training, models, run_uri=run_uri,
-                                     airflow_run="grounding_train/manual__x", split=DECISION_SPLIT):
+        for plan in plan_evaluations(
+            {"engine": "cpu"},
+            training,
+            models,
+            run_uri=run_uri,
+            airflow_run="grounding_train/manual__x",
+            split=DECISION_SPLIT,
+        ):
             key = plan["candidate"]["role"] if plan["candidate"]["role"] != "candidate" else plan["candidate"]["name"]
             _write_evaluation(plan, dataset_uri, s3, test_hits[key])
-            decision_results.append(record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan,
-                                                      tracking_uri=mlflow_service.uri))
+            decision_results.append(
+                record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan, tracking_uri=mlflow_service.uri)
+            )
         return choice, models, decision_results
 
-    choice, models, tested = night("v7", {"global_step_1": 30, "final": 70, "base": 20},
-                                   {"final": 80, "base": 20})
+    choice, models, tested = night("v7", {"global_step_1": 30, "final": 70, "base": 20}, {"final": 80, "base": 20})
     assert choice["best"]["candidate"] == "final" and choice["split"] == "val"
     assert [m["role"] for m in models] == ["candidate", "base"]
-    first = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name,
-                         airflow_run="grounding_train/manual__x", s3_client=s3)
+    first = promote_best(
+        choice,
+        tested,
+        min_delta=0.01,
+        tracking_uri=mlflow_service.uri,
+        name=name,
+        airflow_run="grounding_train/manual__x",
+        s3_client=s3,
+    )
     assert first["promoted"] and first["version"] == "1", first["summary"]
     assert first["decision"]["split"] == "test" and first["decision"]["n"] == 120
     assert first["selection_split"] == "val" and first["decision_split"] == "test"
@@ -680,8 +916,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     assert decide_training("v8", "fp-7", champion, challenger).train
 
     # night 2: new dataset version; the champion is re-evaluated on its test split in the same run
-    choice, models, tested = night("v8", {"global_step_1": 30, "final": 90, "base": 20},
-                                   {"final": 85, "champion": 80})
+    choice, models, tested = night("v8", {"global_step_1": 30, "final": 90, "base": 20}, {"final": 85, "champion": 80})
     assert [m["role"] for m in models] == ["candidate", "champion"]
     second = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     champion_test = next(r for r in tested if r["role"] == "champion")
@@ -697,23 +932,41 @@ def test_selection_and_decision_splits_differ_in_every_path():
     """Every DAG path (first promotion against the base model, base evaluation reused, champion to
     re-evaluate, champion evaluation reused): checkpoints are chosen on val, the gate sees test only."""
     from grounding_ops.pipeline.train_tasks import (
-        DECISION_SPLIT, SELECTION_SPLIT, Champion, PipelineError, decided_on, decision_candidates, pick_best,
+        DECISION_SPLIT,
+        SELECTION_SPLIT,
+        Champion,
+        PipelineError,
+        decided_on,
+        decision_candidates,
+        pick_best,
         plan_evaluations,
     )
 
     assert SELECTION_SPLIT == "val" and DECISION_SPLIT == "test"
     training = {"dataset_uri": "s3://b/datasets/grounding/v2", "dataset_version": "v2", "fingerprint": "fp"}
-    candidates = [{"name": "final", "uri": "s3://b/runs/r/train/final", "step": 3, "role": "candidate"},
-                  {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"}]
+    candidates = [
+        {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 3, "role": "candidate"},
+        {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"},
+    ]
     selection = plan_evaluations({"engine": "cpu"}, training, candidates, run_uri="s3://b/runs/r", airflow_run="x")
 
     def split_of(plan):
         return plan["command"][plan["command"].index("--split") + 1]
 
     assert {split_of(p) for p in selection} == {"val"}
-    val_results = [{"candidate": p["candidate"]["name"], "role": p["candidate"]["role"], "step": p["candidate"]["step"],
-                    "model_uri": p["candidate"]["uri"], "split": "val", "metrics": {"mean_iou": 0.5},
-                    "mlflow_run_id": p["candidate"]["name"], "eval_uri": p["output_uri"]} for p in selection]
+    val_results = [
+        {
+            "candidate": p["candidate"]["name"],
+            "role": p["candidate"]["role"],
+            "step": p["candidate"]["step"],
+            "model_uri": p["candidate"]["uri"],
+            "split": "val",
+            "metrics": {"mean_iou": 0.5},
+            "mlflow_run_id": p["candidate"]["name"],
+            "eval_uri": p["output_uri"],
+        }
+        for p in selection
+    ]
     choice = pick_best(val_results, "mean_iou")
     champion = Champion("1", "s3://b/runs/night1/train/final")
     paths = {
@@ -726,8 +979,9 @@ def test_selection_and_decision_splits_differ_in_every_path():
         models, note = decision_candidates(choice, champ, champion_evaluation=champion_eval, base_evaluation=base_eval)
         assert [m["role"] for m in models] == roles, path
         assert note, path
-        plans = plan_evaluations({"engine": "cpu"}, training, models, run_uri="s3://b/runs/r", airflow_run="x",
-                                 split=DECISION_SPLIT)
+        plans = plan_evaluations(
+            {"engine": "cpu"}, training, models, run_uri="s3://b/runs/r", airflow_run="x", split=DECISION_SPLIT
+        )
         assert {split_of(p) for p in plans} == {"test"}, path
         assert not {p["output_uri"] for p in plans} & {p["output_uri"] for p in selection}, path
         test_results = [{**r, "split": "test"} for r in val_results if r["role"] == "candidate"]
@@ -772,16 +1026,30 @@ def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
     from grounding_ops.storage import open_store
 
     store = open_store(tmp_path)
-    plan = {"dataset_version": "v1", "dataset_uri": "s3://b/datasets/grounding/v1", "engine": "cpu",
-            "fingerprint": "fp"}
+    plan = {
+        "dataset_version": "v1",
+        "dataset_uri": "s3://b/datasets/grounding/v1",
+        "engine": "cpu",
+        "fingerprint": "fp",
+    }
     with pytest.raises(PipelineError, match="run.json is missing"):
         read_training_result(store, plan)
     store.put_bytes("run.json", json.dumps({"steps_done": 0}).encode())
     with pytest.raises(PipelineError, match="nothing was trained"):
         read_training_result(store, plan)
-    store.put_bytes("run.json", json.dumps({
-        "steps_done": 12, "dataset_version": "v1", "wandb_url": "https://wandb.ai/x/y/runs/z", "engine": "cpu",
-        "spec": {"model": "tiny:qwen2-vl"}, "final_metrics": {"reward_mean": 0.42}}).encode())
+    store.put_bytes(
+        "run.json",
+        json.dumps(
+            {
+                "steps_done": 12,
+                "dataset_version": "v1",
+                "wandb_url": "https://wandb.ai/x/y/runs/z",
+                "engine": "cpu",
+                "spec": {"model": "tiny:qwen2-vl"},
+                "final_metrics": {"reward_mean": 0.42},
+            }
+        ).encode(),
+    )
     summary = read_training_result(store, plan)
     assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
     assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
@@ -793,10 +1061,14 @@ def _dag_env(s3_service, mlflow_service, **extra):
         "PYTHONPATH": str(REPO),
         "GROUNDING_OPS_BUCKET": s3_service.bucket,
         "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
-            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
-            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+                "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"},
+            }
+        ),
         "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
         **extra,
     }
@@ -814,11 +1086,16 @@ print("STATES " + json.dumps({"run": str(run.state), **{
 
 
 def _run_dag(env, conf):
-    out = subprocess.run([sys.executable, "-c", _RUN_DAG_CONF, str(DAG_FILE), json.dumps(conf)],
-                         capture_output=True, text=True, timeout=2400, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_DAG_CONF, str(DAG_FILE), json.dumps(conf)],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env=env,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
     assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
-    return json.loads(lines[-1][len("STATES "):]), out.stdout + out.stderr
+    return json.loads(lines[-1][len("STATES ") :]), out.stdout + out.stderr
 
 
 @pytest.mark.slow
@@ -837,7 +1114,8 @@ def test_first_unpause_without_a_dataset_skips_quietly(airflow_db, s3_service, m
 @pytest.mark.slow
 @pytest.mark.docker
 def test_second_night_decides_against_the_champion_reevaluated_on_the_new_version(
-        airflow_db, s3_service, mlflow_service, trainer_cpu_image, tmp_path):
+    airflow_db, s3_service, mlflow_service, trainer_cpu_image, tmp_path
+):
     """Nightly retraining on new data, through dag.test() with the real trainer containers, S3 and MLflow:
     the champion came from dataset version 1; version 2 is published; the run trains, evaluates the
     checkpoints on val, evaluates the chosen one AND the champion on version 2's test split, and
@@ -862,47 +1140,89 @@ def _second_night(s3_service, mlflow_service, s3, token, name, dataset, image, t
 
     root = s3_service.uri("datasets", dataset)
     for version, images in (("v1", 24), ("v2", 40)):
-        publish_synthetic_version(tmp_path / version, version=version, n_images=images, seed=3, val_fraction=0.2,
-                                  test_fraction=0.3, store_uri=root, s3_client=s3)
+        publish_synthetic_version(
+            tmp_path / version,
+            version=version,
+            n_images=images,
+            seed=3,
+            val_fraction=0.2,
+            test_fraction=0.3,
+            store_uri=root,
+            s3_client=s3,
+        )
 
     # night 1's champion: a tiny model in S3, registered from an evaluation on version 1
     model_dir = tmp_path / "champion"
     model_dir.mkdir(mode=0o777)
     model_dir.chmod(0o777)
-    subprocess.run(["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "-v",
-                    f"{model_dir}:/out", image, "tiny-model", "--family", "qwen2-vl", "--output",
-                    "/out/model", "--seed", "1"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--user",
+            "1000:1000",
+            "-v",
+            f"{model_dir}:/out",
+            image,
+            "tiny-model",
+            "--family",
+            "qwen2-vl",
+            "--output",
+            "/out/model",
+            "--seed",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     champion_store = open_store(s3_service.uri("runs", f"night1-{token}", "train", "final"), s3_client=s3)
     for path in (model_dir / "model").rglob("*"):
         if path.is_file():
             champion_store.put_bytes(path.relative_to(model_dir / "model").as_posix(), path.read_bytes())
     client = MlflowClient(mlflow_service.uri)
-    night1 = client.create_run(client.create_experiment(f"night1-{token}"),
-                               tags={"grounding.dataset_version": "v1", "grounding.train_fingerprint": "night-1"})
+    night1 = client.create_run(
+        client.create_experiment(f"night1-{token}"),
+        tags={"grounding.dataset_version": "v1", "grounding.train_fingerprint": "night-1"},
+    )
     client.log_param(night1.info.run_id, "dataset_version", "v1")
     client.log_param(night1.info.run_id, "split", "test")
     client.log_param(night1.info.run_id, "model_uri", champion_store.uri)
     client.set_terminated(night1.info.run_id)
     client.create_registered_model(name)
-    champion = client.create_model_version(name, champion_store.uri, run_id=night1.info.run_id,
-                                           tags={"grounding.dataset_version": "v1",
-                                                 "grounding.evaluation_run_id": night1.info.run_id})
+    champion = client.create_model_version(
+        name,
+        champion_store.uri,
+        run_id=night1.info.run_id,
+        tags={"grounding.dataset_version": "v1", "grounding.evaluation_run_id": night1.info.run_id},
+    )
     client.set_registered_model_alias(name, "champion", champion.version)
 
-    env = _dag_env(s3_service, mlflow_service, GROUNDING_OPS_MODEL_NAME=name, GROUNDING_OPS_DATASET_NAME=dataset,
-                   AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=image, WANDB_MODE="disabled")
+    env = _dag_env(
+        s3_service,
+        mlflow_service,
+        GROUNDING_OPS_MODEL_NAME=name,
+        GROUNDING_OPS_DATASET_NAME=dataset,
+        AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU=image,
+        WANDB_MODE="disabled",
+    )
     conf = {"dataset_version": "v2", "total_steps": 2, "max_eval_samples": 24, "min_test_samples": 10}
     states, log = _run_dag(env, conf)
     failure = log.find("Task failed with exception")
     if states["run"] != "success":
-        pytest.fail(f"{states}\n" + (log[max(0, failure - 3000):failure + 5000] if failure >= 0 else log[-8000:]))
+        pytest.fail(f"{states}\n" + (log[max(0, failure - 3000) : failure + 5000] if failure >= 0 else log[-8000:]))
     assert states["promote"] == "success" and states["evaluate_test[1]"] == "success", states
     assert "champion v1 (" in log and "is evaluated on test too" in log
 
     champion_evals = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        filter_string=(f"params.model_uri = '{champion_store.uri}' and params.dataset_version = 'v2' "
-                       "and params.split = 'test'"))
+        filter_string=(
+            f"params.model_uri = '{champion_store.uri}' and params.dataset_version = 'v2' and params.split = 'test'"
+        ),
+    )
     assert len(champion_evals) == 1, "the run evaluated the champion on version 2's test split itself"
     candidate = client.get_model_version(name, "2")
     tags = candidate.tags

@@ -46,19 +46,25 @@ def test_grounding_data_dag_publishes_demo_dataset(airflow_db, s3_service, tmp_p
         "GROUNDING_OPS_BUCKET": s3_service.bucket,
         "GROUNDING_OPS_DATASET_NAME": name,
         "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
-            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
-            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+                "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"},
+            }
+        ),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-            {"type": "file", "log_file_path": str(tmp_path / "ol.jsonl"), "append": True}),
+            {"type": "file", "log_file_path": str(tmp_path / "ol.jsonl"), "append": True}
+        ),
     }
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(key, None)  # the DAG must get S3 from the Airflow connection
-    out = subprocess.run([sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True,
-                         timeout=900, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True, timeout=900, env=env
+    )
     logs = out.stdout + out.stderr
-    states = [json.loads(line[len("STATES "):]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    states = [json.loads(line[len("STATES ") :]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
     assert out.returncode == 0 and len(states) == 2, (out.stdout[-4000:], out.stderr[-4000:])
     demo, strict = states
     assert demo["run"] == "success" and all(demo[t] == "success" for t in ("locate", "validate", "export", "publish"))
@@ -67,7 +73,7 @@ def test_grounding_data_dag_publishes_demo_dataset(airflow_db, s3_service, tmp_p
     assert strict["run"] == "failed" and strict["export"] == "failed" and strict["publish"] != "success", strict
     assert "quarantine.jsonl — fix those rows or raise max_quarantine_fraction" in logs
 
-    events = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("EVENTS "))[len("EVENTS "):])
+    events = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("EVENTS "))[len("EVENTS ") :])
     asset_uri = f"s3://{s3_service.bucket}/datasets/{name}"
     extras = [extra for uri, extra in events if uri == asset_uri]
     assert len(extras) == 1, events
@@ -92,14 +98,27 @@ def test_locate_inputs_file_folder_and_missing(tmp_path: Path) -> None:
     assert locate_inputs(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv")]
     with pytest.raises(DataPipelineError, match="input_uri"):
         locate_inputs(str(tmp_path / "empty"))
-    assert staging_uri("s3://b/datasets/g", "manual__2025-01-01T00:00:00+00:00") == \
-        "s3://b/datasets/g/_staging/manual__2025-01-01T00-00-00-00-00"
+    assert (
+        staging_uri("s3://b/datasets/g", "manual__2025-01-01T00:00:00+00:00")
+        == "s3://b/datasets/g/_staging/manual__2025-01-01T00-00-00-00-00"
+    )
 
 
 def test_asset_extra_names_the_version_without_credentials() -> None:
     from grounding_ops.pipeline.data_tasks import asset_extra
 
-    extra = asset_extra({"version": "abc", "uri": "s3://b/datasets/g/abc", "manifest": "s3://b/datasets/g/abc/manifest.json",
-                         "counts": {"received": 3, "valid": 2, "quarantined": 1}, "bytes_uploaded": 5})
-    assert extra == {"version": "abc", "uri": "s3://b/datasets/g/abc", "manifest": "s3://b/datasets/g/abc/manifest.json",
-                     "counts": {"received": 3, "valid": 2, "quarantined": 1}}
+    extra = asset_extra(
+        {
+            "version": "abc",
+            "uri": "s3://b/datasets/g/abc",
+            "manifest": "s3://b/datasets/g/abc/manifest.json",
+            "counts": {"received": 3, "valid": 2, "quarantined": 1},
+            "bytes_uploaded": 5,
+        }
+    )
+    assert extra == {
+        "version": "abc",
+        "uri": "s3://b/datasets/g/abc",
+        "manifest": "s3://b/datasets/g/abc/manifest.json",
+        "counts": {"received": 3, "valid": 2, "quarantined": 1},
+    }

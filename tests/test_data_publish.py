@@ -101,8 +101,17 @@ def test_cli_prepare_prints_uri_and_fails_over_threshold(s3_env, tmp_path: Path,
 
     data = generate_synthetic(tmp_path / "syn", n_images=8, seed=2, n_invalid=5)
     output = s3_env.uri("datasets", f"cli-{uuid.uuid4().hex[:8]}")
-    args = [str(data.annotations), "--images-root", str(data.images_root), "--output", output,
-            "--min-pixels", "3136", "--max-pixels", "12544"]
+    args = [
+        str(data.annotations),
+        "--images-root",
+        str(data.images_root),
+        "--output",
+        output,
+        "--min-pixels",
+        "3136",
+        "--max-pixels",
+        "12544",
+    ]
     code = main(["prepare", *args, "--max-quarantine-fraction", "0.05"])
     captured = capsys.readouterr()
     assert code == 1
@@ -125,6 +134,7 @@ def test_cli_prepare_prints_uri_and_fails_over_threshold(s3_env, tmp_path: Path,
 def test_cli_reports_user_errors(tmp_path: Path, capsys) -> None:
     from grounding_ops.cli import main
 
-    code = main(["prepare", str(tmp_path / "missing.jsonl"), "--images-root", str(tmp_path), "--output",
-                 str(tmp_path / "out")])
+    code = main(
+        ["prepare", str(tmp_path / "missing.jsonl"), "--images-root", str(tmp_path), "--output", str(tmp_path / "out")]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err

@@ -21,15 +21,35 @@ def _split(items):
 def test_canonical_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "ann.jsonl"
     path.write_text(
-        json.dumps({"id": "a", "image": "x.png", "phrase": " the dog ", "boxes": [[1, 2, 3, 4]], "width": 10,
-                    "height": 8, "source": "s", "group": "p1"}) + "\n\n"
-        + json.dumps({"id": 7, "image": "y.png", "phrase": "cat", "boxes": [[0, 0, 1, 1], [2, 2, 3, 3]]}) + "\n"
+        json.dumps(
+            {
+                "id": "a",
+                "image": "x.png",
+                "phrase": " the dog ",
+                "boxes": [[1, 2, 3, 4]],
+                "width": 10,
+                "height": 8,
+                "source": "s",
+                "group": "p1",
+            }
+        )
+        + "\n\n"
+        + json.dumps({"id": 7, "image": "y.png", "phrase": "cat", "boxes": [[0, 0, 1, 1], [2, 2, 3, 3]]})
+        + "\n"
     )
     records, failures, _ = _split(list(read_records(path)))
     assert not failures
     a, b = records
     assert (a.id, a.image, a.phrase, a.boxes, a.width, a.height, a.source, a.group) == (
-        "a", "x.png", "the dog", [[1, 2, 3, 4]], 10, 8, "s", "p1")
+        "a",
+        "x.png",
+        "the dog",
+        [[1, 2, 3, 4]],
+        10,
+        8,
+        "s",
+        "p1",
+    )
     assert (b.id, b.source, b.group_key, b.position) == ("7", "ann", "y.png", "ann.jsonl:3")
     assert b.raw["phrase"] == "cat"
 
@@ -71,18 +91,22 @@ def test_normalized_jsonl_marks_units(tmp_path: Path) -> None:
 
 def test_coco_category_and_caption(tmp_path: Path) -> None:
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 50, "height": 40}, {"id": 2, "file_name": "b.png"}],
-        "categories": [{"id": 3, "name": "dog"}, {"id": 4, "name": "cat"}],
-        "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20]},
-            {"id": 11, "image_id": 1, "category_id": 3, "bbox": [20, 5, 5, 5]},
-            {"id": 12, "image_id": 2, "category_id": 4, "bbox": [0, 0, 3, 3], "caption": "the sleepy cat"},
-            {"id": 13, "image_id": 99, "category_id": 3, "bbox": [0, 0, 1, 1]},
-            {"id": 14, "image_id": 2, "category_id": 77, "bbox": [0, 0, 1, 1]},
-            {"id": 15, "image_id": 2, "category_id": 4, "bbox": [0, 0, "x", 1]},
-        ],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 50, "height": 40}, {"id": 2, "file_name": "b.png"}],
+                "categories": [{"id": 3, "name": "dog"}, {"id": 4, "name": "cat"}],
+                "annotations": [
+                    {"id": 10, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20]},
+                    {"id": 11, "image_id": 1, "category_id": 3, "bbox": [20, 5, 5, 5]},
+                    {"id": 12, "image_id": 2, "category_id": 4, "bbox": [0, 0, 3, 3], "caption": "the sleepy cat"},
+                    {"id": 13, "image_id": 99, "category_id": 3, "bbox": [0, 0, 1, 1]},
+                    {"id": 14, "image_id": 2, "category_id": 77, "bbox": [0, 0, 1, 1]},
+                    {"id": 15, "image_id": 2, "category_id": 4, "bbox": [0, 0, "x", 1]},
+                ],
+            }
+        )
+    )
     records, failures, _ = _split(list(read_records(path)))
     by_phrase = {r.phrase: r for r in records}
     dog = by_phrase["dog"]
@@ -136,8 +160,7 @@ def test_mscxr_xywh_rows(tmp_path: Path) -> None:
     assert not failures
     effusion = next(r for r in records if r.image == "d1.png")
     assert effusion.boxes == [[10.0, 20.0, 40.0, 60.0], [50.0, 60.0, 55.0, 65.0]]
-    assert (effusion.width, effusion.height, effusion.group, effusion.phrase) == (100, 200, "p9",
-                                                                                 "small left effusion")
+    assert (effusion.width, effusion.height, effusion.group, effusion.phrase) == (100, 200, "p9", "small left effusion")
     assert next(r for r in records if r.phrase == "cardiomegaly").image == "d2.jpg"
     assert effusion.id == "mscxr:d1.png:small left effusion"
 

@@ -17,19 +17,30 @@ sys.path.insert(0, str(REPO / "tests" / "data" / "releases"))
 import make_releases  # noqa: E402
 
 from grounding_ops.data.prepare import PrepareSettings, prepare  # noqa: E402
-from grounding_ops.data.readers import (ReadInfo, ReadOptions, SkippedRow, detect_format,  # noqa: E402
-                                        fuse_reader_boxes, read_records)
+from grounding_ops.data.readers import (  # noqa: E402
+    ReadInfo,
+    ReadOptions,
+    SkippedRow,
+    detect_format,
+    fuse_reader_boxes,
+    read_records,
+)
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure  # noqa: E402
 
 SMALL = dict(min_pixels=56 * 56, max_pixels=112 * 112, val_fraction=0.25, test_fraction=0.25)
 
 
-def _read(path: Path, fmt: str | None = None, **options: Any) -> tuple[list[CanonicalRecord], list[ParseFailure],
-                                                                        list[SkippedRow], ReadInfo]:
+def _read(
+    path: Path, fmt: str | None = None, **options: Any
+) -> tuple[list[CanonicalRecord], list[ParseFailure], list[SkippedRow], ReadInfo]:
     info = ReadInfo()
     items = list(read_records(path, fmt, options=ReadOptions(**options), info=info))
-    return ([i for i in items if isinstance(i, CanonicalRecord)], [i for i in items if isinstance(i, ParseFailure)],
-            [i for i in items if isinstance(i, SkippedRow)], info)
+    return (
+        [i for i in items if isinstance(i, CanonicalRecord)],
+        [i for i in items if isinstance(i, ParseFailure)],
+        [i for i in items if isinstance(i, SkippedRow)],
+        info,
+    )
 
 
 def _prepare(release: make_releases.Release, tmp_path: Path, **settings: Any) -> tuple[Any, dict, list[dict], dict]:
@@ -38,9 +49,13 @@ def _prepare(release: make_releases.Release, tmp_path: Path, **settings: Any) ->
     import pyarrow.parquet as pq
 
     work = tmp_path / "work"
-    result = prepare([str(p) for p in release.inputs], images_root=str(release.images_root),
-                     output_uri=str(tmp_path / "out"), settings=PrepareSettings(**{**SMALL, **settings}),
-                     work_dir=work)
+    result = prepare(
+        [str(p) for p in release.inputs],
+        images_root=str(release.images_root),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(**{**SMALL, **settings}),
+        work_dir=work,
+    )
     manifest = json.loads((Path(result.dataset_uri) / "manifest.json").read_text())
     rows = []
     for split in ("train", "val", "test"):
@@ -72,8 +87,14 @@ def _consensus_score(row: dict, box: list[float]) -> float:
 
 
 def test_fusion_merges_three_readers_and_keeps_separate_findings() -> None:
-    fused = fuse_reader_boxes({"R1": [[10.0, 10.0, 50.0, 50.0], [200.0, 200.0, 240.0, 260.0]],
-                               "R2": [[12.0, 11.0, 52.0, 49.0]], "R3": [[8.0, 12.0, 51.0, 51.0]]}, 0.3)
+    fused = fuse_reader_boxes(
+        {
+            "R1": [[10.0, 10.0, 50.0, 50.0], [200.0, 200.0, 240.0, 260.0]],
+            "R2": [[12.0, 11.0, 52.0, 49.0]],
+            "R3": [[8.0, 12.0, 51.0, 51.0]],
+        },
+        0.3,
+    )
     assert fused == [[10.0, 11.0, 51.0, 50.0], [200.0, 200.0, 240.0, 260.0]]
     # the same reader's two boxes never merge, however much they overlap
     assert len(fuse_reader_boxes({"R1": [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]]}, 0.3)) == 2
@@ -109,8 +130,9 @@ def test_vindr_keep_every_reader_scores_a_third(tmp_path: Path) -> None:
 
 def test_vindr_one_reader_and_rad_ID_column_and_jpeg_names(tmp_path: Path) -> None:
     release = make_releases.write_vindr(tmp_path / "vindr", images=4, reader_column="rad_ID", extension=".jpg")
-    records, failures, skipped, info = _read(release.inputs[0], multi_reader="one", reader_id="R10",
-                                             image_extension=".jpg")
+    records, failures, skipped, info = _read(
+        release.inputs[0], multi_reader="one", reader_id="R10", image_extension=".jpg"
+    )
     assert not failures and info.multi_reader["reader_column"] == "rad_ID"
     record = next(r for r in records if r.phrase == "Aortic enlargement")
     assert record.boxes == [[153.0, 42.0, 203.0, 92.0]]  # R10's box only
@@ -122,11 +144,13 @@ def test_vindr_one_reader_and_rad_ID_column_and_jpeg_names(tmp_path: Path) -> No
 
 def test_vindr_bad_rows_are_quarantined(tmp_path: Path) -> None:
     path = tmp_path / "annotations_train.csv"
-    path.write_text("image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
-                    "a,R1,Nodule/Mass,1,2,abc,4\n"
-                    ",R1,Nodule/Mass,1,2,3,4\n"
-                    "b,R1,Nodule/Mass,1,2,3,4,99\n"
-                    "c,R1,No finding,,,,\n")
+    path.write_text(
+        "image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
+        "a,R1,Nodule/Mass,1,2,abc,4\n"
+        ",R1,Nodule/Mass,1,2,3,4\n"
+        "b,R1,Nodule/Mass,1,2,3,4,99\n"
+        "c,R1,No finding,,,,\n"
+    )
     records, failures, skipped, _ = _read(path)
     assert records[0].boxes == [[1.0, 2.0, "abc", 4.0]]  # left for validation to reject
     assert [f.position for f in failures] == ["annotations_train.csv:3", "annotations_train.csv:4"]
@@ -135,7 +159,9 @@ def test_vindr_bad_rows_are_quarantined(tmp_path: Path) -> None:
 
 def test_dicom_ids_become_image_file_names(tmp_path: Path) -> None:
     path = tmp_path / "annotations_train.csv"
-    path.write_text("image_id,class_name,x_min,y_min,x_max,y_max\nabc.dicom,Nodule/Mass,1,2,3,4\nxyz.png,Nodule/Mass,1,2,3,4\n")
+    path.write_text(
+        "image_id,class_name,x_min,y_min,x_max,y_max\nabc.dicom,Nodule/Mass,1,2,3,4\nxyz.png,Nodule/Mass,1,2,3,4\n"
+    )
     records, _, _, _ = _read(path, image_extension=".jpg")
     assert sorted(r.image for r in records) == ["abc.jpg", "xyz.png"]
 
@@ -167,10 +193,12 @@ def test_mscxr_release_split_only_when_asked(tmp_path: Path) -> None:
 
 def test_mscxr_bad_rows(tmp_path: Path) -> None:
     path = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
-    path.write_text(",".join(make_releases.MSCXR_HEADER) + "\n"
-                    "d1,Pneumonia,opacity,files/p10/p10000001/s1/d1.jpg,1,2,3,4,10,10,train\n"
-                    "d2,Pneumonia,opacity,,1,2,3,4,10,10,train\n"
-                    "d3,Pneumonia,opacity,files/p10/p10000001/s1/d3.jpg,1,2,3,4,10,10,holdout\n")
+    path.write_text(
+        ",".join(make_releases.MSCXR_HEADER) + "\n"
+        "d1,Pneumonia,opacity,files/p10/p10000001/s1/d1.jpg,1,2,3,4,10,10,train\n"
+        "d2,Pneumonia,opacity,,1,2,3,4,10,10,train\n"
+        "d3,Pneumonia,opacity,files/p10/p10000001/s1/d3.jpg,1,2,3,4,10,10,holdout\n"
+    )
     records, failures, _, info = _read(path, source_split=True)
     assert [r.image for r in records] == ["files/p10/p10000001/s1/d1.jpg", "d2.png"]  # d2: from dicom_id
     assert records[1].group == "d2.png" and info.notes == ["1 rows had no patient: grouped by image"]
@@ -202,8 +230,11 @@ def test_padchest_gr_official_split_and_bad_studies(tmp_path: Path) -> None:
     records, _, _, _ = _read(release.inputs[0], source_split=True)
     assert {r.split for r in records} == {"train", "val", "test"}
     bad = tmp_path / "grounded_reports_bad.json"
-    bad.write_text(json.dumps([{"ImageID": "x.png", "findings": [{"sentence_en": "Nodule.", "boxes": "0,0,1,1"}]},
-                               {"findings": []}, 7]))
+    bad.write_text(
+        json.dumps(
+            [{"ImageID": "x.png", "findings": [{"sentence_en": "Nodule.", "boxes": "0,0,1,1"}]}, {"findings": []}, 7]
+        )
+    )
     _, failures, _, _ = _read(bad, group_by="image")
     assert len(failures) == 3 and "'boxes'" in failures[0].detail and "ImageID" in failures[1].detail
 
@@ -259,8 +290,12 @@ def test_odvg_regions_by_phrase(tmp_path: Path) -> None:
     result, _, rows, groups = _prepare(release, tmp_path)
     assert result.accepted and result.counts["valid"] == 12 and _no_group_crosses_splits(rows, groups)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"filename": "a.jpg", "grounding": {"regions": [{"bbox": [0, 0, 1, 1]}]}}) + "\n"
-                   + json.dumps({"filename": "a.jpg"}) + "\n")
+    bad.write_text(
+        json.dumps({"filename": "a.jpg", "grounding": {"regions": [{"bbox": [0, 0, 1, 1]}]}})
+        + "\n"
+        + json.dumps({"filename": "a.jpg"})
+        + "\n"
+    )
     _, failures, _, _ = _read(bad, "odvg")
     assert "'phrase'" in failures[0].detail and "grounding.regions" in failures[1].detail
 
@@ -274,7 +309,10 @@ def test_verl_parquet_import(tmp_path: Path) -> None:
     records, failures, _, _ = _read(release.inputs[0])
     assert not failures
     assert (records[0].phrase, records[0].boxes, records[0].source) == (
-        "Locate the left lower lobe opacity.", [[30.0, 40.0, 120.0, 160.0]], "radvlm_grounding")
+        "Locate the left lower lobe opacity.",
+        [[30.0, 40.0, 120.0, 160.0]],
+        "radvlm_grounding",
+    )
     result, _, rows, groups = _prepare(release, tmp_path)
     assert result.accepted and result.counts["valid"] == 8 and _no_group_crosses_splits(rows, groups)
     assert rows[0]["gt"]["image_size"] == [256, 256]
@@ -286,12 +324,21 @@ def test_verl_parquet_box_conventions_and_bad_rows(tmp_path: Path) -> None:
 
     path = tmp_path / "mine.parquet"
     rows = [
-        {"prompt": "<image> find it", "reward_model": {"ground_truth": json.dumps([{"x": 1, "y": 2, "width": 3,
-                                                                                   "height": 4}])},
-         "extra_info": {"image_path": "a.png", "phrase": "the thing"}},
-        {"prompt": "<image> find it", "reward_model": {"ground_truth": "[[0.1, 0.2, 0.5, 0.6]]"},
-         "extra_info": {"image_path": "a.png"}},
-        {"prompt": "<image> find it", "reward_model": {"ground_truth": "{not json"}, "extra_info": {"image_path": "a.png"}},
+        {
+            "prompt": "<image> find it",
+            "reward_model": {"ground_truth": json.dumps([{"x": 1, "y": 2, "width": 3, "height": 4}])},
+            "extra_info": {"image_path": "a.png", "phrase": "the thing"},
+        },
+        {
+            "prompt": "<image> find it",
+            "reward_model": {"ground_truth": "[[0.1, 0.2, 0.5, 0.6]]"},
+            "extra_info": {"image_path": "a.png"},
+        },
+        {
+            "prompt": "<image> find it",
+            "reward_model": {"ground_truth": "{not json"},
+            "extra_info": {"image_path": "a.png"},
+        },
         {"prompt": "<image> find it", "reward_model": {"ground_truth": "[]"}, "extra_info": {"image_path": None}},
     ]
     pq.write_table(pa.Table.from_pylist(rows), path)

@@ -22,8 +22,17 @@ def _manifest(result) -> dict:
 def test_stats_histograms_and_drift() -> None:
     stats = DatasetStats()
     for i in range(10):
-        stats.add({"id": f"a{i}", "phrase": "the red circle", "source": "s1", "width": 100, "height": 50,
-                   "boxes": [[0, 0, 10, 10], [10, 10, 60, 30]]}, "train" if i < 8 else "val")
+        stats.add(
+            {
+                "id": f"a{i}",
+                "phrase": "the red circle",
+                "source": "s1",
+                "width": 100,
+                "height": 50,
+                "boxes": [[0, 0, 10, 10], [10, 10, 60, 30]],
+            },
+            "train" if i < 8 else "val",
+        )
     first = stats.finish().to_json()
     assert first["rows"] == {"train": 8, "val": 2, "all": 10} and first["distinct_ids"]["all"] == 10
     assert first["histograms"]["boxes_per_phrase"]["counts"][1] == 10  # all in the "2 boxes" bin
@@ -31,8 +40,9 @@ def test_stats_histograms_and_drift() -> None:
     assert first["histograms"]["box_aspect"]["counts"][4] == 10  # 10x10: aspect 1, in [2/3, 1.5)
     assert drift(first, first)["max_tvd"] == 0.0
     other = DatasetStats()
-    other.add({"id": "b", "phrase": "x", "source": "s2", "width": 100, "height": 50, "boxes": [[0, 0, 90, 45]]},
-              "train")
+    other.add(
+        {"id": "b", "phrase": "x", "source": "s2", "width": 100, "height": 50, "boxes": [[0, 0, 90, 45]]}, "train"
+    )
     changed = drift(other.finish().to_json(), first)
     assert changed["histogram_tvd"]["boxes_per_phrase"] == 1.0
     assert changed["sources_added"] == ["s2"] and changed["sources_removed"] == ["s1"]
@@ -41,12 +51,19 @@ def test_stats_histograms_and_drift() -> None:
 def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) -> None:
     output = str(tmp_path / "out")
     first_data = generate_synthetic(tmp_path / "a", n_images=12, seed=1)
-    first = prepare([str(first_data.annotations)], images_root=str(first_data.images_root), output_uri=output,
-                    settings=PrepareSettings(**SETTINGS))
+    first = prepare(
+        [str(first_data.annotations)],
+        images_root=str(first_data.images_root),
+        output_uri=output,
+        settings=PrepareSettings(**SETTINGS),
+    )
     manifest = _manifest(first)
     assert first.accepted and manifest["validation"]["success"] is True
-    assert manifest["validation"]["acceptance"] == {"success": True, "failures": [],
-                                                    "results": "validation/acceptance.json"}
+    assert manifest["validation"]["acceptance"] == {
+        "success": True,
+        "failures": [],
+        "results": "validation/acceptance.json",
+    }
     report = Path(first.dataset_uri) / "report"
     assert {p.name for p in report.iterdir()} == {"index.html", "stats.png", "stats.json"}
     assert (report / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,8 +73,12 @@ def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) ->
     assert set(manifest["files"]) >= {"report/index.html", "report/stats.png", "report/stats.json"}
 
     second_data = generate_synthetic(tmp_path / "b", n_images=20, seed=2)
-    second = prepare([str(second_data.annotations)], images_root=str(second_data.images_root), output_uri=output,
-                     settings=PrepareSettings(**SETTINGS))
+    second = prepare(
+        [str(second_data.annotations)],
+        images_root=str(second_data.images_root),
+        output_uri=output,
+        settings=PrepareSettings(**SETTINGS),
+    )
     manifest = _manifest(second)
     assert manifest["report"]["previous_version"] == first.version
     assert set(manifest["report"]["drift"]["histogram_tvd"]) >= {"boxes_per_phrase", "box_area_fraction"}
@@ -65,8 +86,12 @@ def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) ->
     assert f"compared with the previous version {first.version}" in html
     # rerunning the second version compares with the same previous version: same report bytes
     before = (Path(second.dataset_uri) / "report" / "stats.json").read_bytes()
-    again = prepare([str(second_data.annotations)], images_root=str(second_data.images_root), output_uri=output,
-                    settings=PrepareSettings(**SETTINGS))
+    again = prepare(
+        [str(second_data.annotations)],
+        images_root=str(second_data.images_root),
+        output_uri=output,
+        settings=PrepareSettings(**SETTINGS),
+    )
     assert again.version == second.version and again.reused and again.bytes_uploaded == 0
     assert (Path(second.dataset_uri) / "report" / "stats.json").read_bytes() == before
 
@@ -74,12 +99,17 @@ def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) ->
 def test_acceptance_suite_refuses_a_version_out_of_bounds(tmp_path: Path) -> None:
     data = generate_synthetic(tmp_path / "a", n_images=12, seed=3)
     output = tmp_path / "out"
-    result = prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=str(output),
-                     settings=PrepareSettings(**SETTINGS, max_mean_boxes=0.5))
+    result = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=str(output),
+        settings=PrepareSettings(**SETTINGS, max_mean_boxes=0.5),
+    )
     manifest = _manifest(result)
     assert not result.accepted and "boxes_per_phrase_bounds" in result.rejection
     assert manifest["validation"]["success"] is False and manifest["validation"]["acceptance"]["failures"] == [
-        "boxes_per_phrase_bounds"]
+        "boxes_per_phrase_bounds"
+    ]
     assert not (output / "latest.json").exists()
     assert "FAILED: boxes_per_phrase_bounds" in (Path(result.dataset_uri) / "report" / "index.html").read_text()
 
@@ -87,8 +117,12 @@ def test_acceptance_suite_refuses_a_version_out_of_bounds(tmp_path: Path) -> Non
 def test_drift_bound_refuses_a_changed_distribution(tmp_path: Path) -> None:
     output = str(tmp_path / "out")
     data = generate_synthetic(tmp_path / "a", n_images=12, seed=4)
-    prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=output,
-            settings=PrepareSettings(**SETTINGS))
+    prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=output,
+        settings=PrepareSettings(**SETTINGS),
+    )
     path = tmp_path / "big_boxes.jsonl"
     rows = [json.loads(line) for line in data.annotations.read_text().splitlines()]
     lines = []
@@ -96,6 +130,10 @@ def test_drift_bound_refuses_a_changed_distribution(tmp_path: Path) -> None:
         row["boxes"] = [[0, 0, row["width"], row["height"]]] if row.get("width") else row["boxes"]
         lines.append(json.dumps(row))
     path.write_text("\n".join(lines) + "\n")
-    result = prepare([str(path)], images_root=str(data.images_root), output_uri=output,
-                     settings=PrepareSettings(**SETTINGS, max_drift=0.3))
+    result = prepare(
+        [str(path)],
+        images_root=str(data.images_root),
+        output_uri=output,
+        settings=PrepareSettings(**SETTINGS, max_drift=0.3),
+    )
     assert not result.accepted and "drift_bounds" in result.rejection

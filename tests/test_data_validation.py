@@ -30,7 +30,12 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _refuse(token: str):
@@ -83,11 +88,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     lines += ['{"id": "r-parse", "image": ', json.dumps(_row("r-type", boxes="1,2,3,4"))]
     lines += [json.dumps(_row("r-normalized-ok"))]
     (base / "ann.jsonl").write_text("\n".join(lines) + "\n")
-    settings = PrepareSettings(max_quarantine_fraction=1.0, suite=SuiteConfig(allowed_sources=("lab",)),
-                               val_fraction=0.3, min_pixels=56 * 56, max_pixels=112 * 112)
-    result = prepare([str(base / "ann.jsonl")], images_root=str(root), output_uri=str(base / "out"),
-                     settings=settings)
-    quarantine = [json.loads(line, parse_constant=_refuse) for line in Path(result.quarantine_uri).read_text().splitlines()]
+    settings = PrepareSettings(
+        max_quarantine_fraction=1.0,
+        suite=SuiteConfig(allowed_sources=("lab",)),
+        val_fraction=0.3,
+        min_pixels=56 * 56,
+        max_pixels=112 * 112,
+    )
+    result = prepare([str(base / "ann.jsonl")], images_root=str(root), output_uri=str(base / "out"), settings=settings)
+    quarantine = [
+        json.loads(line, parse_constant=_refuse) for line in Path(result.quarantine_uri).read_text().splitlines()
+    ]
     return result, quarantine
 
 
@@ -127,15 +138,18 @@ def test_counts_reconcile(prepared) -> None:
     assert manifest["counts"] == c and manifest["accepted"] is True
     assert any(name.startswith("validation/results/") for name in manifest["files"])
     assert "validation/docs/index.html" in manifest["files"]
-    gx = json.loads((Path(result.dataset_uri) / "validation/results/batch-00000.json").read_text(),
-                    parse_constant=_refuse)
+    gx = json.loads(
+        (Path(result.dataset_uri) / "validation/results/batch-00000.json").read_text(), parse_constant=_refuse
+    )
     assert gx["success"] is False and len(gx["results"]) == len(REASONS)
 
 
 def test_group_split_is_disjoint(prepared) -> None:
     result, _ = prepared
-    splits = {split: pq.read_table(Path(result.dataset_uri) / f"{split}.parquet").column("extra_info").to_pylist()
-              for split in ("train", "val", "test")}
+    splits = {
+        split: pq.read_table(Path(result.dataset_uri) / f"{split}.parquet").column("extra_info").to_pylist()
+        for split in ("train", "val", "test")
+    }
     assert splits["train"] and splits["val"] and splits["test"]
 
     def group(row_id: str) -> str:  # good-i rows carry group g<i>; the others default to their image
@@ -155,8 +169,15 @@ def test_image_path_traversal_is_refused(tmp_path: Path) -> None:
     (root / "sub" / "link.png").symlink_to(tmp_path / "secret.png")
     Image.new("RGB", (4, 4)).save(root / "sub" / "fine.png")
     resolver = ImageResolver(root)
-    for ref in ("../secret.png", "sub/../../secret.png", str(tmp_path / "secret.png"), "sub/link.png",
-                "s3://other-bucket/x.png", "http://example.invalid/x.png", "sub\\..\\..\\secret.png"):
+    for ref in (
+        "../secret.png",
+        "sub/../../secret.png",
+        str(tmp_path / "secret.png"),
+        "sub/link.png",
+        "s3://other-bucket/x.png",
+        "http://example.invalid/x.png",
+        "sub\\..\\..\\secret.png",
+    ):
         with pytest.raises(UnsafeImagePath):
             resolver.locate(ref)
         assert resolver.check(ref, 10_000).inside_root is False
@@ -165,7 +186,12 @@ def test_image_path_traversal_is_refused(tmp_path: Path) -> None:
     s3 = ImageResolver("s3://images-bucket/xray", s3_client=object())
     assert s3.locate("a/b.png") == ("s3://images-bucket", "xray/a/b.png")
     assert s3.locate("s3://images-bucket/xray/c.png") == ("s3://images-bucket", "xray/c.png")
-    for ref in ("s3://images-bucket/other/c.png", "s3://evil/xray/c.png", "s3://images-bucket/xray/../c.png", "/abs.png"):
+    for ref in (
+        "s3://images-bucket/other/c.png",
+        "s3://evil/xray/c.png",
+        "s3://images-bucket/xray/../c.png",
+        "/abs.png",
+    ):
         with pytest.raises(UnsafeImagePath):
             s3.locate(ref)
 
@@ -221,15 +247,21 @@ def test_small_datasets_keep_every_held_out_split_non_empty_when_they_can() -> N
 def test_same_input_gives_same_version_and_bytes(tmp_path: Path) -> None:
     data = generate_synthetic(tmp_path / "syn", n_images=10, seed=5)
     settings = PrepareSettings(max_pixels=112 * 112, min_pixels=56 * 56, val_fraction=0.3)
-    a = prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "a"),
-                settings=settings)
-    b = prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "b"),
-                settings=settings)
+    a = prepare(
+        [str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "a"), settings=settings
+    )
+    b = prepare(
+        [str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "b"), settings=settings
+    )
     assert a.version == b.version
     for name in ("train.parquet", "val.parquet", "quarantine.jsonl"):
         assert (Path(a.dataset_uri) / name).read_bytes() == (Path(b.dataset_uri) / name).read_bytes()
-    c = prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "c"),
-                settings=PrepareSettings(max_pixels=112 * 112, min_pixels=56 * 56, val_fraction=0.5))
+    c = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=str(tmp_path / "c"),
+        settings=PrepareSettings(max_pixels=112 * 112, min_pixels=56 * 56, val_fraction=0.5),
+    )
     assert c.version != a.version
 
 
@@ -238,19 +270,30 @@ def test_normalized_boxes_are_scaled_to_pixels(tmp_path: Path) -> None:
     root.mkdir()
     Image.new("RGB", (200, 100)).save(root / "a.png")
     path = tmp_path / "n.jsonl"
-    path.write_text(json.dumps({"id": "n1", "image": "a.png", "phrase": "p", "boxes": [[0.1, 0.2, 0.5, 1.0]]}) + "\n"
-                    + json.dumps({"id": "n2", "image": "a.png", "phrase": "p", "boxes": [[0.1, 0.2, 1.5, 1.0]]}) + "\n")
-    result = prepare([str(path)], images_root=str(root), output_uri=str(tmp_path / "out"),
-                     settings=PrepareSettings(input_format="normalized", max_quarantine_fraction=1.0))
-    rows = pq.read_table(Path(result.dataset_uri) / "train.parquet").to_pylist() + \
-        pq.read_table(Path(result.dataset_uri) / "val.parquet").to_pylist()
+    path.write_text(
+        json.dumps({"id": "n1", "image": "a.png", "phrase": "p", "boxes": [[0.1, 0.2, 0.5, 1.0]]})
+        + "\n"
+        + json.dumps({"id": "n2", "image": "a.png", "phrase": "p", "boxes": [[0.1, 0.2, 1.5, 1.0]]})
+        + "\n"
+    )
+    result = prepare(
+        [str(path)],
+        images_root=str(root),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(input_format="normalized", max_quarantine_fraction=1.0),
+    )
+    rows = (
+        pq.read_table(Path(result.dataset_uri) / "train.parquet").to_pylist()
+        + pq.read_table(Path(result.dataset_uri) / "val.parquet").to_pylist()
+    )
     (row,) = rows
     assert row["reward_model"]["ground_truth"]["boxes"] == [[20.0, 20.0, 100.0, 100.0]]
     assert result.counts["quarantined"] == 1 and result.top_reasons == [("box_x2_within_width", 1)]
 
 
-@pytest.mark.parametrize("size,expected", [((64, 48), (56, 56)), ((1000, 500), (140, 56)), ((112, 112), (112, 112)),
-                                           ((30, 300), (28, 308))])
+@pytest.mark.parametrize(
+    "size,expected", [((64, 48), (56, 56)), ((1000, 500), (140, 56)), ((112, 112), (112, 112)), ((30, 300), (28, 308))]
+)
 def test_smart_resize_matches_qwen_rule(size, expected) -> None:
     # expected values computed by qwen_vl_utils.smart_resize (factor 28) with min 56*56 and max 112*112 / defaults
     w, h = size

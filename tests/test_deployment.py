@@ -28,8 +28,9 @@ def _queues(env_queue: str | None) -> dict[str, str]:
         "dag = bag.dags['grounding_train']\n"
         "print(json.dumps({t.task_id: [t.queue, t.doc_md or ''] for t in dag.tasks}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = json.loads(result.stdout.strip().splitlines()[-1])
     for task_id in GPU_TASKS:
@@ -67,8 +68,11 @@ def test_a_bad_gpu_queue_name_is_refused_with_the_variable_named(monkeypatch):
 def test_docker_connection_fields_become_a_daemon_or_a_clear_refusal():
     from grounding_ops.pipeline.docker_daemon import DockerDaemonError, daemon_from_connection
 
-    pem = {"ca_cert": "-----BEGIN CERTIFICATE-----\nA\n", "client_cert": "-----BEGIN CERTIFICATE-----\nB\n",
-           "client_key": "-----BEGIN PRIVATE KEY-----\nC\n"}
+    pem = {
+        "ca_cert": "-----BEGIN CERTIFICATE-----\nA\n",
+        "client_cert": "-----BEGIN CERTIFICATE-----\nB\n",
+        "client_key": "-----BEGIN PRIVATE KEY-----\nC\n",
+    }
     assert daemon_from_connection("c", "tcp://gpu-1", None, pem).url == "tcp://gpu-1:2376"
     assert daemon_from_connection("c", "gpu-1", 3376, pem).url == "tcp://gpu-1:3376"
     assert daemon_from_connection("c", "unix:///run/d.sock", None, {}).url == "unix:///run/d.sock"
@@ -96,31 +100,56 @@ def _certificates(folder: Path) -> dict[str, Path]:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     def cert(subject: str, key, issuer_key, issuer: str, *extensions) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(issuer_key, hashes.SHA256())
 
     ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = cert("grounding-test-ca", ca_key, ca_key, "grounding-test-ca",
-              (x509.BasicConstraints(ca=True, path_length=None), True))
-    server = cert("127.0.0.1", server_key, ca_key, "grounding-test-ca",
-                  (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                x509.DNSName("localhost")]), False),
-                  (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False))
-    client = cert("grounding-airflow-worker", client_key, ca_key, "grounding-test-ca",
-                  (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False))
+    ca = cert(
+        "grounding-test-ca",
+        ca_key,
+        ca_key,
+        "grounding-test-ca",
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+    )
+    server = cert(
+        "127.0.0.1",
+        server_key,
+        ca_key,
+        "grounding-test-ca",
+        (
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            False,
+        ),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    )
+    client = cert(
+        "grounding-airflow-worker",
+        client_key,
+        ca_key,
+        "grounding-test-ca",
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    )
     files = {}
     for label, obj in (("ca", ca), ("server", server), ("client", client)):
         files[label] = folder / f"{label}.pem"
         files[label].write_bytes(obj.public_bytes(serialization.Encoding.PEM))
     for label, key in (("server-key", server_key), ("client-key", client_key)):
         files[label] = folder / f"{label}.pem"
-        files[label].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+        files[label].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         files[label].chmod(0o600)
     return files
 
@@ -133,33 +162,76 @@ class TlsDaemon:
         self.certs = certs
 
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "--host", self.url, "--tlsverify", "--tlscacert", str(self.certs["ca"]),
-                               "--tlscert", str(self.certs["client"]), "--tlskey", str(self.certs["client-key"]),
-                               *args], capture_output=True, text=True, **kwargs)
+        return subprocess.run(
+            [
+                "docker",
+                "--host",
+                self.url,
+                "--tlsverify",
+                "--tlscacert",
+                str(self.certs["ca"]),
+                "--tlscert",
+                str(self.certs["client"]),
+                "--tlskey",
+                str(self.certs["client-key"]),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            **kwargs,
+        )
 
     def client(self):
         import docker
 
-        tls = docker.tls.TLSConfig(ca_cert=str(self.certs["ca"]), verify=True,
-                                   client_cert=(str(self.certs["client"]), str(self.certs["client-key"])))
+        tls = docker.tls.TLSConfig(
+            ca_cert=str(self.certs["ca"]),
+            verify=True,
+            client_cert=(str(self.certs["client"]), str(self.certs["client-key"])),
+        )
         client = docker.DockerClient(base_url=self.url.replace("tcp://", "https://"), tls=tls, version="1.41")
         client.api.trust_env = False  # else REQUESTS_CA_BUNDLE replaces our CA (psf/requests#3829)
         return client
 
     def connection(self) -> str:
         host, port = self.url.removeprefix("tcp://").rsplit(":", 1)
-        return json.dumps({"conn_type": "docker", "host": f"tcp://{host}", "port": int(port), "extra": {
-            "ca_cert": self.certs["ca"].read_text(), "client_cert": self.certs["client"].read_text(),
-            "client_key": self.certs["client-key"].read_text()}})
+        return json.dumps(
+            {
+                "conn_type": "docker",
+                "host": f"tcp://{host}",
+                "port": int(port),
+                "extra": {
+                    "ca_cert": self.certs["ca"].read_text(),
+                    "client_cert": self.certs["client"].read_text(),
+                    "client_key": self.certs["client-key"].read_text(),
+                },
+            }
+        )
 
     def load(self, image: str) -> None:
         """``docker save | docker load`` from the local daemon into this one."""
         if self.cli("image", "inspect", image, timeout=60).returncode == 0:
             return
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        loaded = subprocess.run(["docker", "--host", self.url, "--tlsverify", "--tlscacert", str(self.certs["ca"]),
-                                 "--tlscert", str(self.certs["client"]), "--tlskey", str(self.certs["client-key"]),
-                                 "load"], stdin=save.stdout, capture_output=True, text=True, timeout=900)
+        loaded = subprocess.run(
+            [
+                "docker",
+                "--host",
+                self.url,
+                "--tlsverify",
+                "--tlscacert",
+                str(self.certs["ca"]),
+                "--tlscert",
+                str(self.certs["client"]),
+                "--tlskey",
+                str(self.certs["client-key"]),
+                "load",
+            ],
+            stdin=save.stdout,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         save.stdout.close()
         assert save.wait(timeout=60) == 0 and loaded.returncode == 0, loaded.stderr[-2000:]
 
@@ -182,17 +254,43 @@ def tls_docker_daemon(docker_daemon) -> TlsDaemon:
     port = services.free_port()
     proc = services.ManagedProcess(
         name="dockerd-tls",
-        argv=[dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false",
-              "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-              "--pidfile", str(root / "dockerd.pid"), "--config-file", str(root / "daemon.json"),
-              "--host", f"tcp://127.0.0.1:{port}", "--tlsverify", "--tlscacert", str(certs["ca"]),
-              "--tlscert", str(certs["server"]), "--tlskey", str(certs["server-key"])],
-        env=dict(os.environ), state_dir=root, marker=str(root / "data"))
+        argv=[
+            dockerd,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "dockerd.pid"),
+            "--config-file",
+            str(root / "daemon.json"),
+            "--host",
+            f"tcp://127.0.0.1:{port}",
+            "--tlsverify",
+            "--tlscacert",
+            str(certs["ca"]),
+            "--tlscert",
+            str(certs["server"]),
+            "--tlskey",
+            str(certs["server-key"]),
+        ],
+        env=dict(os.environ),
+        state_dir=root,
+        marker=str(root / "data"),
+    )
     daemon = TlsDaemon(f"tcp://127.0.0.1:{port}", certs)
     proc.start()
     try:
-        services.wait_until(lambda: daemon.cli("version", timeout=10).returncode == 0, timeout=90,
-                            what="second dockerd (TLS)", logfile=proc.logfile, process=proc)
+        services.wait_until(
+            lambda: daemon.cli("version", timeout=10).returncode == 0,
+            timeout=90,
+            what="second dockerd (TLS)",
+            logfile=proc.logfile,
+            process=proc,
+        )
         # Without the client certificate the daemon refuses the connection.
         plain = subprocess.run(["docker", "--host", daemon.url, "version"], capture_output=True, text=True, timeout=30)
         assert plain.returncode != 0
@@ -202,8 +300,11 @@ def tls_docker_daemon(docker_daemon) -> TlsDaemon:
             daemon.cli("rm", "-f", container, timeout=60)
         proc.stop(timeout=30)
         # dockerd leaves its host network namespace bind-mounted under the exec-root: unmount what is ours.
-        ours = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                if line.split()[1].startswith(str(root) + "/")]
+        ours = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(root) + "/")
+        ]
         for mount in sorted(ours, key=len, reverse=True):
             subprocess.run(["umount", mount], capture_output=True, timeout=30)
         shutil.rmtree(root, ignore_errors=True)
@@ -212,8 +313,11 @@ def tls_docker_daemon(docker_daemon) -> TlsDaemon:
 def _ti_context(task_id: str, try_number: int):
     from types import SimpleNamespace
 
-    return {"ti": SimpleNamespace(dag_id="grounding_train", run_id="manual__remote", task_id=task_id,
-                                  try_number=try_number, map_index=-1)}
+    return {
+        "ti": SimpleNamespace(
+            dag_id="grounding_train", run_id="manual__remote", task_id=task_id, try_number=try_number, map_index=-1
+        )
+    }
 
 
 @pytest.mark.slow
@@ -267,7 +371,8 @@ def test_container_on_a_remote_daemon_is_named_killed_and_removed_there(tls_dock
 @pytest.mark.docker
 @pytest.mark.heavy
 def test_training_container_runs_through_a_docker_connection_to_a_tls_daemon(
-        tls_docker_daemon, trainer_cpu_image, s3_service, tmp_path, monkeypatch):
+    tls_docker_daemon, trainer_cpu_image, s3_service, tmp_path, monkeypatch
+):
     import uuid
 
     from grounding_ops.data.prepare import PrepareSettings, prepare
@@ -280,21 +385,49 @@ def test_training_container_runs_through_a_docker_connection_to_a_tls_daemon(
     prefix = f"remote-train-{uuid.uuid4().hex[:8]}"
     client = s3_service.client()
     data = generate_synthetic(tmp_path / "synthetic", n_images=8)
-    dataset = prepare([str(data.annotations)], images_root=str(data.images_root),
-                      output_uri=s3_service.uri(prefix, "datasets"),
-                      settings=PrepareSettings(min_pixels=preset.min_pixels, max_pixels=preset.max_pixels),
-                      s3_client=client)
+    dataset = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=s3_service.uri(prefix, "datasets"),
+        settings=PrepareSettings(min_pixels=preset.min_pixels, max_pixels=preset.max_pixels),
+        s3_client=client,
+    )
     output = s3_service.uri(prefix, "run")
     monkeypatch.setenv("AIRFLOW_CONN_GPU_NODE_1", tls_docker_daemon.connection())
     monkeypatch.setenv("AIRFLOW_VAR_GROUNDING_TRAINER_IMAGE_CPU", trainer_cpu_image)
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_S3", json.dumps({
-        "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
-        "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
-        "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}))
-    plan = {"engine": "cpu", "output_uri": output, "environment": {"WANDB_MODE": "disabled"},
-            "command": ["train", "--engine", "cpu", "--preset", "tiny-cpu", "--set", "total_steps=2",
-                        "--set", "sft_warmup_steps=2", "--set", "save_freq=1",
-                        "--dataset", dataset.dataset_uri, "--output", output]}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_S3",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+                "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    plan = {
+        "engine": "cpu",
+        "output_uri": output,
+        "environment": {"WANDB_MODE": "disabled"},
+        "command": [
+            "train",
+            "--engine",
+            "cpu",
+            "--preset",
+            "tiny-cpu",
+            "--set",
+            "total_steps=2",
+            "--set",
+            "sft_warmup_steps=2",
+            "--set",
+            "save_freq=1",
+            "--dataset",
+            dataset.dataset_uri,
+            "--output",
+            output,
+        ],
+    }
     op = TrainContainerOperator(task_id="train", plan=plan, docker_conn_id="gpu_node_1")
     summary = op.execute(_ti_context("train", 1))
     assert summary["steps_done"] == 2 and summary["output_uri"] == output

@@ -37,8 +37,7 @@ def _sample(protocol: str = "qwen2.5-vl", boxes=((8.0, 8.0, 40.0, 32.0),), sourc
 @pytest.mark.parametrize("protocol", ["qwen2.5-vl", "qwen2-vl", "click-xywh", "normalized-xyxy"])
 def test_a_perfect_answer_scores_one(protocol: str) -> None:
     sample = _sample(protocol)
-    answer = get_protocol(protocol).format_answer(sample.gt_boxes, sample.image_size, sample.resized_size,
-                                                  precise=True)
+    answer = get_protocol(protocol).format_answer(sample.gt_boxes, sample.image_size, sample.resized_size, precise=True)
     prediction = score_sample(sample, answer)
     assert prediction.format_ok and prediction.iou == pytest.approx(1.0, abs=1e-4)
     assert prediction.pred_boxes[0] == pytest.approx(sample.gt_boxes[0], abs=1e-3)
@@ -58,15 +57,30 @@ def test_known_ious_and_failures() -> None:
 
 def _verl_row(index: int, protocol: str = "qwen2.5-vl") -> dict:
     phrase = f"the shape {index}"
-    info = {"split": "val", "index": index, "id": f"row-{index}", "source": "synthetic", "phrase": phrase,
-            "protocol": protocol, "image_size": [64, 48], "resized_size": [56, 56]}
+    info = {
+        "split": "val",
+        "index": index,
+        "id": f"row-{index}",
+        "source": "synthetic",
+        "phrase": phrase,
+        "protocol": protocol,
+        "image_size": [64, 48],
+        "resized_size": [56, 56],
+    }
     return {
         "data_source": "grounding/synthetic",
         "prompt": build_prompt(phrase, protocol),
         "images": [{"bytes": _png()}],
         "ability": "grounding",
-        "reward_model": {"style": "rule", "ground_truth": {"boxes": [[1.0, 2.0, 30.0, 40.0]], "protocol": protocol,
-                                                           "image_size": [64, 48], "resized_size": [56, 56]}},
+        "reward_model": {
+            "style": "rule",
+            "ground_truth": {
+                "boxes": [[1.0, 2.0, 30.0, 40.0]],
+                "protocol": protocol,
+                "image_size": [64, 48],
+                "resized_size": [56, 56],
+            },
+        },
         "extra_info": info,
     }
 
@@ -105,10 +119,19 @@ def test_model_is_fetched_from_s3(s3_env, tmp_path) -> None:
 
 def test_outputs_written_to_s3(s3_env) -> None:
     samples = [_sample(source=src) for src in ("a", "a", "b")]
-    answers = ["[{\"bbox_2d\": [7, 9, 35, 37]}]", "nonsense", "[{\"bbox_2d\": [0, 0, 56, 56]}]"]
+    answers = ['[{"bbox_2d": [7, 9, 35, 37]}]', "nonsense", '[{"bbox_2d": [0, 0, 56, 56]}]']
     predictions = [score_sample(s, a) for s, a in zip(samples, answers)]
-    info = {"model_uri": "s3://x/m", "dataset_uri": "s3://x/d", "dataset_version": "v9", "split": "val",
-            "protocol": "qwen2.5-vl", "engine": "transformers", "role": "candidate", "tags": {}, "lineage": {}}
+    info = {
+        "model_uri": "s3://x/m",
+        "dataset_uri": "s3://x/d",
+        "dataset_version": "v9",
+        "split": "val",
+        "protocol": "qwen2.5-vl",
+        "engine": "transformers",
+        "role": "candidate",
+        "tags": {},
+        "lineage": {},
+    }
     output = s3_env.uri("eval-io", "out")
     result = write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=1.5)
     document = read_metrics_document(output)
@@ -119,8 +142,9 @@ def test_outputs_written_to_s3(s3_env) -> None:
     client = s3_env.client()
     page = client.get_object(Bucket=s3_env.bucket, Key="eval-io/out/report.html")["Body"].read().decode()
     assert page.count("data:image/png;base64,") == 1 + 3 and "the blue square" in page
-    table = pq.read_table(io.BytesIO(client.get_object(Bucket=s3_env.bucket,
-                                                       Key="eval-io/out/predictions.parquet")["Body"].read()))
+    table = pq.read_table(
+        io.BytesIO(client.get_object(Bucket=s3_env.bucket, Key="eval-io/out/predictions.parquet")["Body"].read())
+    )
     assert table.num_rows == 3 and table.column("response").to_pylist() == answers
     json.dumps(result.metrics.to_dict())
 

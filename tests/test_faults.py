@@ -181,8 +181,12 @@ def own_s3(tmp_path: Path):
 
 
 def _s3_client(settings: Any, endpoint_url: str) -> Any:
-    return s3_client_from_env(endpoint_url=endpoint_url, aws_access_key_id=settings.s3_access_key,
-                              aws_secret_access_key=settings.s3_secret_key, region_name="us-east-1")
+    return s3_client_from_env(
+        endpoint_url=endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name="us-east-1",
+    )
 
 
 @pytest.mark.slow
@@ -194,8 +198,9 @@ def test_s3_endpoint_lost_mid_export_then_retry_uploads_only_missing(own_s3, tmp
     direct = services.s3_client(settings)  # behind the endpoint: what really is in the bucket
     data = generate_synthetic(tmp_path / "synthetic", n_images=12)
     work = tmp_path / "work"
-    validate_inputs([str(data.annotations)], images_root=str(data.images_root), settings=PrepareSettings(),
-                    work_dir=work)
+    validate_inputs(
+        [str(data.annotations)], images_root=str(data.images_root), settings=PrepareSettings(), work_dir=work
+    )
     output = f"s3://{settings.bucket}/datasets/demo"
 
     def lose_endpoint(n_uploaded: int) -> None:
@@ -223,7 +228,8 @@ def test_s3_endpoint_lost_mid_export_then_retry_uploads_only_missing(own_s3, tmp
     assert "datasets/demo/latest.json" in after
     assert not set(first.uploaded) & set(retry.uploaded), (
         f"the retry uploaded {first.uploaded} again although the first attempt had stored them "
-        f"(retry uploaded {len(retry.uploaded)} objects, {retry.bytes} bytes)")
+        f"(retry uploaded {len(retry.uploaded)} objects, {retry.bytes} bytes)"
+    )
     assert len(retry.uploaded) == len(after) - len(first.uploaded)
 
     # and a third run with the endpoint up uploads nothing at all
@@ -239,11 +245,28 @@ def test_s3_endpoint_down_cli_prepare_one_line_error(own_s3, tmp_path: Path) -> 
     settings, endpoint = own_s3
     endpoint.stop()
     data = generate_synthetic(tmp_path / "synthetic", n_images=4)
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint.url, "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-           "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
-    proc = subprocess.run([str(GROUNDING_OPS), "prepare", str(data.annotations), "--images-root",
-                           str(data.images_root), "--output", f"s3://{settings.bucket}/datasets/x"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": endpoint.url,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    proc = subprocess.run(
+        [
+            str(GROUNDING_OPS),
+            "prepare",
+            str(data.annotations),
+            "--images-root",
+            str(data.images_root),
+            "--output",
+            f"s3://{settings.bucket}/datasets/x",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _no_traceback(proc)
     assert f"s3://{settings.bucket}/datasets/x" in line
@@ -265,8 +288,9 @@ def test_s3_upload_refused_by_server_is_a_storage_error(s3_service, tmp_path: Pa
 @pytest.fixture()
 def own_mlflow(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An MLflow server of this test only (artifacts in the session's S3), fast-failing clients."""
-    settings = dataclasses.replace(s3_env.settings, state_dir=tmp_path / "mlflow-state",
-                                   mlflow_port=services.free_port())
+    settings = dataclasses.replace(
+        s3_env.settings, state_dir=tmp_path / "mlflow-state", mlflow_port=services.free_port()
+    )
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -292,14 +316,39 @@ def _evaluation(s3: Any, prefix: str, name: str, acc: float, role: str) -> str:
     samples, predictions = [], []
     for i in range(n):
         iou = 0.8 if i < hits else 0.2
-        samples.append(EvalSample(f"s{i}", "synthetic", "the box", "qwen2.5-vl", png, [[4.0, 4.0, 20.0, 20.0]],
-                                  (32, 24), (28, 28)))
-        predictions.append(Prediction(f"s{i}", "synthetic", "the box", "[...]", [[4.0, 4.0, 20.0, 20.0]],
-                                      [[4.0, 4.0, 20.0, 20.0]], iou, iou, iou, True, "", 1, 1))
+        samples.append(
+            EvalSample(f"s{i}", "synthetic", "the box", "qwen2.5-vl", png, [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28))
+        )
+        predictions.append(
+            Prediction(
+                f"s{i}",
+                "synthetic",
+                "the box",
+                "[...]",
+                [[4.0, 4.0, 20.0, 20.0]],
+                [[4.0, 4.0, 20.0, 20.0]],
+                iou,
+                iou,
+                iou,
+                True,
+                "",
+                1,
+                1,
+            )
+        )
     info = {
-        "model_uri": s3.uri(prefix, "models", name), "dataset_uri": s3.uri(prefix, "datasets", "v1"),
-        "dataset_version": "v1", "split": "val", "protocol": "qwen2.5-vl", "engine": "transformers",
-        "batch_size": 8, "max_new_tokens": 64, "max_samples": None, "role": role, "tags": {}, "lineage": {},
+        "model_uri": s3.uri(prefix, "models", name),
+        "dataset_uri": s3.uri(prefix, "datasets", "v1"),
+        "dataset_version": "v1",
+        "split": "val",
+        "protocol": "qwen2.5-vl",
+        "engine": "transformers",
+        "batch_size": 8,
+        "max_new_tokens": 64,
+        "max_samples": None,
+        "role": role,
+        "tags": {},
+        "lineage": {},
     }
     output = s3.uri(prefix, "evaluations", name)
     write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=1.0)
@@ -335,8 +384,9 @@ def test_mlflow_down_during_promotion_then_retry_is_consistent(own_mlflow, s3_se
     model = f"grounding-{prefix}"
     client = mlflow_client(settings.mlflow_uri)
     log_evaluation(_evaluation(s3_service, prefix, "base", 0.2, "base"), client=client, experiment=prefix)
-    run_id = log_evaluation(_evaluation(s3_service, prefix, "candidate", 0.6, "candidate"), client=client,
-                            experiment=prefix)
+    run_id = log_evaluation(
+        _evaluation(s3_service, prefix, "candidate", 0.6, "candidate"), client=client, experiment=prefix
+    )
 
     stop = lambda: services.mlflow_process(settings).stop()  # noqa: E731
     flaky = _ServerDiesAfter(client, "create_model_version", stop)
@@ -362,8 +412,9 @@ def test_mlflow_down_during_promotion_then_retry_is_consistent(own_mlflow, s3_se
 def test_mlflow_down_cli_promote_one_line_error(own_mlflow, tmp_path: Path) -> None:
     services.mlflow_process(own_mlflow).stop()
     env = {**os.environ, "MLFLOW_TRACKING_URI": own_mlflow.mlflow_uri}
-    proc = subprocess.run([str(GROUNDING_OPS), "promote", "--candidate", "0" * 32], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [str(GROUNDING_OPS), "promote", "--candidate", "0" * 32], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode != 0
     line = _no_traceback(proc)
     assert own_mlflow.mlflow_uri in line, line
@@ -391,9 +442,22 @@ def test_disk_full_during_prepare_clean_error_no_corrupt_files(limit: int, tmp_p
     data = generate_synthetic(tmp_path / "synthetic", n_images=12)
     out = tmp_path / "out"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.run([str(GROUNDING_OPS), "prepare", str(data.annotations), "--images-root",
-                           str(data.images_root), "--output", str(out)], capture_output=True, text=True,
-                          preexec_fn=_limit_file_size(limit), env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            str(GROUNDING_OPS),
+            "prepare",
+            str(data.annotations),
+            "--images-root",
+            str(data.images_root),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(limit),
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0
     line = _no_traceback(proc)
     assert "too large" in line.lower() or "disk" in line.lower(), line
@@ -408,9 +472,20 @@ def test_output_under_a_regular_file_is_a_clean_error(tmp_path: Path) -> None:
     data = generate_synthetic(tmp_path / "synthetic", n_images=4)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where a folder should be\n")
-    proc = subprocess.run([str(GROUNDING_OPS), "prepare", str(data.annotations), "--images-root",
-                           str(data.images_root), "--output", str(blocker / "datasets")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(GROUNDING_OPS),
+            "prepare",
+            str(data.annotations),
+            "--images-root",
+            str(data.images_root),
+            "--output",
+            str(blocker / "datasets"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _no_traceback(proc)
     assert str(blocker) in line, line
@@ -429,8 +504,13 @@ def test_local_store_write_past_limit_leaves_old_object_intact(tmp_path: Path) -
         "except StorageError as exc:\n"
         "    print('refused:', exc); sys.exit(3)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True,
-                          preexec_fn=_limit_file_size(10_000), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(10_000),
+        timeout=120,
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "cannot write" in proc.stdout
     assert (root / "v1" / "manifest.json").read_bytes() == b'{"old": true}'
@@ -447,8 +527,19 @@ def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
 def _image_has_runner(image: str) -> bool:
     if _docker("image", "inspect", image, check=False).returncode != 0:
         return False
-    probe = _docker("run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c",
-                    "import grounding_ops.training.runner", check=False, timeout=300)
+    probe = _docker(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        "import grounding_ops.training.runner",
+        check=False,
+        timeout=300,
+    )
     return probe.returncode == 0
 
 
@@ -468,11 +559,13 @@ def test_train_task_command_matches_the_image_entrypoint(trainer_cpu_image) -> N
     from grounding_ops.pipeline.train_tasks import DatasetRef, plan_training
 
     ref = DatasetRef("v1", "s3://b/datasets/d/v1", "s3://b/datasets/d/v1/manifest.json", "param")
-    plan = plan_training({"engine": "cpu", "preset": "tiny-cpu"}, ref, output_uri="s3://b/runs/r1",
-                         fingerprint="f", airflow_run="r")
+    plan = plan_training(
+        {"engine": "cpu", "preset": "tiny-cpu"}, ref, output_uri="s3://b/runs/r1", fingerprint="f", airflow_run="r"
+    )
     argv = _entrypoint(TRAINER_IMAGE) + plan["command"]
-    proc = _docker("run", "--rm", "--network", "host", TRAINER_IMAGE, *plan["command"][:1], "--help",
-                   check=False, timeout=300)
+    proc = _docker(
+        "run", "--rm", "--network", "host", TRAINER_IMAGE, *plan["command"][:1], "--help", check=False, timeout=300
+    )
     assert argv[:2] == ["grounding-ops", "train"], f"the container would run {argv[:4]}"
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
@@ -492,19 +585,45 @@ def test_training_container_sigkill_resumes_to_target(trainer_cpu_image, s3_serv
     prefix = f"fault-train-{uuid.uuid4().hex[:8]}"
     client = s3_service.client()
     data = generate_synthetic(tmp_path / "synthetic", n_images=16)
-    dataset = prepare([str(data.annotations)], images_root=str(data.images_root),
-                      output_uri=s3_service.uri(prefix, "datasets"),
-                      settings=PrepareSettings(min_pixels=preset.min_pixels, max_pixels=preset.max_pixels),
-                      s3_client=client)
+    dataset = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=s3_service.uri(prefix, "datasets"),
+        settings=PrepareSettings(min_pixels=preset.min_pixels, max_pixels=preset.max_pixels),
+        s3_client=client,
+    )
     output = s3_service.uri(prefix, "run")
     store = open_store(output, s3_client=client)
     env_args = [a for k, v in s3_service.env.items() for a in ("-e", f"{k}={v}")]
 
     def start(name: str) -> None:
-        _docker("run", "-d", "--name", name, "--network", "host", "--user", "1000:1000", *env_args,
-                "-e", "WANDB_MODE=disabled", TRAINER_IMAGE, *_entry_args(TRAINER_IMAGE, "train"), "--engine", "cpu",
-                "--preset", "tiny-cpu", "--set", f"total_steps={target}", "--set", "save_freq=1",
-                "--dataset", dataset.dataset_uri, "--output", output)
+        _docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--user",
+            "1000:1000",
+            *env_args,
+            "-e",
+            "WANDB_MODE=disabled",
+            TRAINER_IMAGE,
+            *_entry_args(TRAINER_IMAGE, "train"),
+            "--engine",
+            "cpu",
+            "--preset",
+            "tiny-cpu",
+            "--set",
+            f"total_steps={target}",
+            "--set",
+            "save_freq=1",
+            "--dataset",
+            dataset.dataset_uri,
+            "--output",
+            output,
+        )
 
     def wait_exit(name: str, timeout: float) -> int:
         return int(_docker("wait", name, timeout=timeout).stdout.strip())
@@ -517,8 +636,10 @@ def test_training_container_sigkill_resumes_to_target(trainer_cpu_image, s3_serv
             state = _docker("inspect", "-f", "{{.State.Running}}", first).stdout.strip()
             if state != "true":
                 logs = _docker("logs", first, check=False)
-                pytest.fail(f"the first training run ended before its first checkpoint reached S3:\n"
-                            f"{(logs.stdout + logs.stderr)[-4000:]}")
+                pytest.fail(
+                    f"the first training run ended before its first checkpoint reached S3:\n"
+                    f"{(logs.stdout + logs.stderr)[-4000:]}"
+                )
             assert time.monotonic() < deadline, "no checkpoint reached S3 within 15 minutes"
             time.sleep(0.5)
         _docker("kill", "--signal", "KILL", first)
@@ -559,8 +680,7 @@ def _operator(monkeypatch: pytest.MonkeyPatch, command: list[str]) -> Any:
 
 
 def _context(run_id: str, try_number: int) -> dict[str, Any]:
-    ti = SimpleNamespace(dag_id="grounding_train", run_id=run_id, task_id="train", try_number=try_number,
-                         map_index=-1)
+    ti = SimpleNamespace(dag_id="grounding_train", run_id=run_id, task_id="train", try_number=try_number, map_index=-1)
     return {"ti": ti}
 
 
@@ -641,8 +761,9 @@ def test_scheduler_restart_mid_run_completes_without_repeating_finished_work(air
         except Exception:
             time.sleep(3)
     airflow_service.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-    run = airflow_service.api("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                              {"logical_date": None, "conf": {"input_uri": "demo"}})
+    run = airflow_service.api(
+        "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {"input_uri": "demo"}}
+    )
     run_path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
 
     def task(task_id: str) -> dict[str, Any]:

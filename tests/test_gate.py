@@ -26,11 +26,21 @@ TABLE = [
     ("clear gain", *_pairs(200, both=40, only_candidate=40, only_bar=2), 0.01, True, "exceeds min_delta"),
     ("gain inside the noise", *_pairs(200, both=40, only_candidate=6, only_bar=3), 0.0, False, "within the noise"),
     ("worse", *_pairs(200, both=40, only_candidate=2, only_bar=30), 0.0, False, "not better"),
-    ("clear gain but too few samples", *_pairs(40, both=5, only_candidate=30, only_bar=0), 0.01, False,
-     "fewer than the minimum 100"),
+    (
+        "clear gain but too few samples",
+        *_pairs(40, both=5, only_candidate=30, only_bar=0),
+        0.01,
+        False,
+        "fewer than the minimum 100",
+    ),
     ("tie on every sample", _binary(150, 60), _binary(150, 60), 0.0, False, "tie"),
-    ("gain smaller than min_delta", *_pairs(400, both=40, only_candidate=60, only_bar=20), 0.2, False,
-     "does not exceed min_delta 0.2"),
+    (
+        "gain smaller than min_delta",
+        *_pairs(400, both=40, only_candidate=60, only_bar=20),
+        0.2,
+        False,
+        "does not exceed min_delta 0.2",
+    ),
 ]
 
 
@@ -97,5 +107,6 @@ def test_seeded_and_configurable():
     narrow = decide(cand, bar, metric="acc_at_0_5", min_delta=0.0, seed=3, confidence=0.8)
     assert wide.ci_low < first.ci_low < narrow.ci_low
     assert not decide(cand, bar, metric="acc_at_0_5", min_delta=0.0, min_samples=500).promoted
-    assert decide(*_pairs(40, both=5, only_candidate=30, only_bar=0), metric="acc_at_0_5", min_delta=0.0,
-                  min_samples=20).promoted
+    assert decide(
+        *_pairs(40, both=5, only_candidate=30, only_bar=0), metric="acc_at_0_5", min_delta=0.0, min_samples=20
+    ).promoted

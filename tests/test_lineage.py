@@ -66,8 +66,9 @@ def _datasets(events: list[dict[str, Any]], job: str, side: str) -> list[dict[st
 @pytest.mark.slow
 @pytest.mark.docker
 @pytest.mark.heavy
-def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3_service, mlflow_service,
-                                                                  trainer_cpu_image, tmp_path: Path) -> None:
+def test_demo_run_lineage_walks_from_annotations_to_model_version(
+    airflow_db, s3_service, mlflow_service, trainer_cpu_image, tmp_path: Path
+) -> None:
     model = f"lineage-model-{time.time_ns()}"
     events_file = tmp_path / "openlineage.jsonl"
     env = {
@@ -77,15 +78,21 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3
         "GROUNDING_OPS_DATASET_NAME": f"lineage-{time.time_ns()}",
         "GROUNDING_OPS_BUCKET": s3_service.bucket,
         "AIRFLOW_VAR_GROUNDING_BUCKET": s3_service.bucket,
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws", "login": s3_service.env["AWS_ACCESS_KEY_ID"],
-            "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
-            "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_service.env["AWS_ACCESS_KEY_ID"],
+                "password": s3_service.env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_service.endpoint, "region_name": "us-east-1"},
+            }
+        ),
         # credentials the server does not ask for, to prove they never reach the events or the logs
-        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri,
-                                                     "login": "lineage-user", "password": MLFLOW_PASSWORD}),
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps(
+            {"conn_type": "http", "host": mlflow_service.uri, "login": "lineage-user", "password": MLFLOW_PASSWORD}
+        ),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-            {"type": "file", "log_file_path": str(events_file), "append": True}),
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "grounding-test",
         "WANDB_MODE": "offline",
     }
@@ -96,13 +103,18 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(airflow_db, s3
     # as `make demo` does: the demo set, resized for the tiny model's processor
     data_conf = {"protocol": "qwen2.5-vl", "val_fraction": 0.25, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
     train_conf = {"total_steps": 2, "max_eval_samples": 4, "force": True}
-    out = subprocess.run([sys.executable, "-c", _RUN_BOTH, str(REPO / "dags"), json.dumps(data_conf),
-                          json.dumps(train_conf)],
-                         capture_output=True, text=True, timeout=1500, env=env)
-    states = [json.loads(line[len("STATES "):]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_BOTH, str(REPO / "dags"), json.dumps(data_conf), json.dumps(train_conf)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=env,
+    )
+    states = [json.loads(line[len("STATES ") :]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
     (tmp_path / "run.log").write_text(out.stdout + out.stderr)
-    errors = "\n".join(line for line in (out.stdout + out.stderr).splitlines()
-                       if "ERROR" in line or "Error" in line or "error" in line)[-6000:]
+    errors = "\n".join(
+        line for line in (out.stdout + out.stderr).splitlines() if "ERROR" in line or "Error" in line or "error" in line
+    )[-6000:]
     assert out.returncode == 0 and len(states) == 2, (out.stdout[-4000:], out.stderr[-4000:])
     assert all(s["run"] == "success" for s in states), (states, errors, str(tmp_path / "run.log"))
 

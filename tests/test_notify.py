@@ -42,10 +42,21 @@ def smtp_sink(monkeypatch: pytest.MonkeyPatch):
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     monkeypatch.setenv("GROUNDING_OPS_NOTIFY", "smtp")
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_SMTP", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"from": "airflow@grounding.test", "to": "ml-team@grounding.test, oncall@grounding.test",
-                  "security": "none"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_SMTP",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "extra": {
+                    "from": "airflow@grounding.test",
+                    "to": "ml-team@grounding.test, oncall@grounding.test",
+                    "security": "none",
+                },
+            }
+        ),
+    )
     try:
         yield sink
     finally:
@@ -53,13 +64,31 @@ def smtp_sink(monkeypatch: pytest.MonkeyPatch):
 
 
 def _result(promoted: bool) -> dict[str, Any]:
-    decision = {"promoted": promoted, "model_name": "grounding-model", "metric": "acc_at_0_5", "min_delta": 0.01,
-                "candidate_run_id": "cand123", "candidate_value": 0.6123 if promoted else 0.5049,
-                "baseline": "champion", "baseline_value": 0.5, "baseline_run_id": "champ456",
-                "champion_before": "3", "champion_after": "4" if promoted else "3", "version": "4",
-                "dataset_version": "ds-abc", "reason": "r"}
-    return {"model_name": "grounding-model", "version": "4", "promoted": promoted, "decision": decision,
-            "metric": "acc_at_0_5", "summary": "summary line", "model_url": "http://127.0.0.1:5310/#/models/x"}
+    decision = {
+        "promoted": promoted,
+        "model_name": "grounding-model",
+        "metric": "acc_at_0_5",
+        "min_delta": 0.01,
+        "candidate_run_id": "cand123",
+        "candidate_value": 0.6123 if promoted else 0.5049,
+        "baseline": "champion",
+        "baseline_value": 0.5,
+        "baseline_run_id": "champ456",
+        "champion_before": "3",
+        "champion_after": "4" if promoted else "3",
+        "version": "4",
+        "dataset_version": "ds-abc",
+        "reason": "r",
+    }
+    return {
+        "model_name": "grounding-model",
+        "version": "4",
+        "promoted": promoted,
+        "decision": decision,
+        "metric": "acc_at_0_5",
+        "summary": "summary line",
+        "model_url": "http://127.0.0.1:5310/#/models/x",
+    }
 
 
 class _TaskInstance(SimpleNamespace):
@@ -71,8 +100,9 @@ class _TaskInstance(SimpleNamespace):
 def test_every_promotion_decision_is_mailed_with_its_numbers(smtp_sink, promoted: bool) -> None:
     from grounding_ops.pipeline.notify import PromotionNotifier
 
-    ti = _TaskInstance(dag_id="grounding_train", run_id="scheduled__2026", task_id="promote", map_index=-1,
-                       returned=_result(promoted))
+    ti = _TaskInstance(
+        dag_id="grounding_train", run_id="scheduled__2026", task_id="promote", map_index=-1, returned=_result(promoted)
+    )
     PromotionNotifier()({"ti": ti})
     [message] = smtp_sink.messages
     subject, body = message["Subject"], message.get_content()
@@ -87,20 +117,32 @@ def test_every_promotion_decision_is_mailed_with_its_numbers(smtp_sink, promoted
 def test_a_failed_task_is_mailed(smtp_sink) -> None:
     from grounding_ops.pipeline.notify import FailureNotifier
 
-    ti = SimpleNamespace(dag_id="grounding_data", run_id="manual__bad", task_id="export", try_number=3,
-                         map_index=-1, log_url="http://127.0.0.1:8080/dags/grounding_data/runs/manual__bad")
+    ti = SimpleNamespace(
+        dag_id="grounding_data",
+        run_id="manual__bad",
+        task_id="export",
+        try_number=3,
+        map_index=-1,
+        log_url="http://127.0.0.1:8080/dags/grounding_data/runs/manual__bad",
+    )
     FailureNotifier()({"ti": ti, "exception": RuntimeError("too many rows quarantined: see quarantine.jsonl")})
     [message] = smtp_sink.messages
     assert message["Subject"] == "[grounding-ops] grounding_data.export failed (manual__bad, try 3)"
-    assert "too many rows quarantined" in message.get_content() and "Log: http://127.0.0.1:8080" in message.get_content()
+    assert (
+        "too many rows quarantined" in message.get_content() and "Log: http://127.0.0.1:8080" in message.get_content()
+    )
 
 
 def test_an_unreachable_mail_server_never_fails_the_task(monkeypatch, caplog) -> None:
     from grounding_ops.pipeline.notify import FailureNotifier
 
     monkeypatch.setenv("GROUNDING_OPS_NOTIFY", "smtp")
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_SMTP", json.dumps(
-        {"conn_type": "smtp", "host": "127.0.0.1", "port": _free_port(), "extra": {"to": "x@y", "security": "none"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_SMTP",
+        json.dumps(
+            {"conn_type": "smtp", "host": "127.0.0.1", "port": _free_port(), "extra": {"to": "x@y", "security": "none"}}
+        ),
+    )
     FailureNotifier()({"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="t", try_number=1, map_index=-1)})
     assert "could not send the notification" in caplog.text
 

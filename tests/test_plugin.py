@@ -15,10 +15,18 @@ XSS = '<script>alert("x")</script>'
 
 def _decide(client, name, version, run_id, *, promoted, candidate, baseline):
     """Decision tags as grounding_ops.registry.promotion records them."""
-    tags = {"eval_run_id": run_id, "metric": "acc_at_0_5", "min_delta": "0.01", "candidate_value": repr(candidate),
-            "baseline": "champion", "baseline_value": repr(baseline), "champion_before": "3",
-            "reason": "beats the champion" if promoted else "does not beat the champion by min_delta",
-            "decided_at": f"2026-01-0{version}T02:00:00+00:00", "promoted": "true" if promoted else "false"}
+    tags = {
+        "eval_run_id": run_id,
+        "metric": "acc_at_0_5",
+        "min_delta": "0.01",
+        "candidate_value": repr(candidate),
+        "baseline": "champion",
+        "baseline_value": repr(baseline),
+        "champion_before": "3",
+        "reason": "beats the champion" if promoted else "does not beat the champion by min_delta",
+        "decided_at": f"2026-01-0{version}T02:00:00+00:00",
+        "promoted": "true" if promoted else "false",
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, f"grounding.promotion.{key}", value)
 
@@ -35,12 +43,17 @@ def registry(mlflow_service):
     for number in range(1, 6):
         run = client.create_run(experiment)
         client.log_param(run.info.run_id, "dataset_version", f"ds-{number}")  # as log_evaluation records it
-        for metric, value in (("acc_at_0_5", 0.1 * number), ("acc_at_0_75", 0.05 * number), ("mean_iou", 0.08 * number)):
+        for metric, value in (
+            ("acc_at_0_5", 0.1 * number),
+            ("acc_at_0_75", 0.05 * number),
+            ("mean_iou", 0.08 * number),
+        ):
             client.log_metric(run.info.run_id, metric, value)
         client.set_terminated(run.info.run_id)
         version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
-        client.set_model_version_tag(name, version.version, "grounding.airflow_run",
-                                     f"grounding_train/manual__run-{number}")
+        client.set_model_version_tag(
+            name, version.version, "grounding.airflow_run", f"grounding_train/manual__run-{number}"
+        )
         if number == 3:  # a non-finite metric tag must not break the JSON answer
             client.set_model_version_tag(name, version.version, "grounding.metric.acc_at_0_5", "0.3")
             client.set_model_version_tag(name, version.version, "grounding.metric.mean_iou", "nan")
@@ -54,7 +67,9 @@ def registry(mlflow_service):
         if number == 2:
             client.set_model_version_tag(name, version.version, "grounding.dataset_version", XSS)
             client.set_model_version_tag(name, version.version, "grounding.wandb_run", "javascript:alert(1)")
-            client.set_model_version_tag(name, version.version, "grounding.training_run_id", '"><img src=x onerror=alert(1)>')
+            client.set_model_version_tag(
+                name, version.version, "grounding.training_run_id", '"><img src=x onerror=alert(1)>'
+            )
     client.set_registered_model_alias(name, "champion", "4")
     client.set_registered_model_alias(name, "challenger", "5")
     return name
@@ -118,8 +133,9 @@ def test_unauthenticated_requests_are_refused(api):
 
 def test_json_lists_versions_newest_first_with_champion(api, registry):
     client, token = api
-    response = client.get("/grounding/api/models", params={"model": registry},
-                          headers={"Authorization": f"Bearer {token}"})
+    response = client.get(
+        "/grounding/api/models", params={"model": registry}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     versions = data["versions"]
@@ -149,7 +165,9 @@ def test_pagination_follows_tokens_without_overlap(api, registry):
             break
     assert seen == ["5", "4", "3", "2", "1"]
     assert client.get("/grounding/api/models", params={"page_size": 0}, cookies={"_token": token}).status_code == 422
-    assert client.get("/grounding/api/models", params={"model": "x'; drop"}, cookies={"_token": token}).status_code == 422
+    assert (
+        client.get("/grounding/api/models", params={"model": "x'; drop"}, cookies={"_token": token}).status_code == 422
+    )
 
 
 def test_html_page_escapes_registry_values_and_highlights_champion(api, registry):
@@ -184,8 +202,9 @@ def test_only_the_configured_model_is_readable(api, mlflow_service):
 def test_a_user_without_permission_on_grounding_train_is_refused(api, roleless_token):
     client, _ = api
     assert client.get("/grounding/api/models", cookies={"_token": roleless_token}).status_code == 403
-    page = client.get("/grounding/models", headers={"Accept": "text/html"}, cookies={"_token": roleless_token},
-                      follow_redirects=False)
+    page = client.get(
+        "/grounding/models", headers={"Accept": "text/html"}, cookies={"_token": roleless_token}, follow_redirects=False
+    )
     assert page.status_code == 403 and "champion" not in page.text
 
 
@@ -205,9 +224,12 @@ def test_page_shows_chart_champion_sources_and_decisions(api, registry):
     decisions = {d["version"]: d for d in data["decisions"]}
     assert decisions["4"]["promoted"] and decisions["4"]["candidate_value"] == 0.4
     assert not decisions["5"]["promoted"] and decisions["5"]["baseline_value"] == 0.4
-    assert decisions["5"]["evaluation_url"].startswith("http://127.0.0.1") and "/#/runs/" in decisions["5"]["evaluation_url"]
+    assert (
+        decisions["5"]["evaluation_url"].startswith("http://127.0.0.1")
+        and "/#/runs/" in decisions["5"]["evaluation_url"]
+    )
     page = client.get("/grounding/models", cookies={"_token": token}).text
-    chart = page[page.index('<svg id="chart"'):page.index("</svg>")]
+    chart = page[page.index('<svg id="chart"') : page.index("</svg>")]
     assert [f'data-version="{n}"' in chart for n in "12345"] == [True] * 5
     assert 'data-source="vindr"' in page and "0.2500" in page
     assert '<tr data-decision="5">' in page and "not promoted" in page and "0.5000" in page
@@ -235,8 +257,10 @@ class _DeadMlflow:
 def test_api_server_keeps_answering_while_mlflow_is_down(api, monkeypatch, kind):
     client, token = api
     dead = _DeadMlflow(kind)
-    monkeypatch.setenv("AIRFLOW_CONN_GROUNDING_MLFLOW", json.dumps(
-        {"conn_type": "http", "host": f"http://admin:hunter2-secret@127.0.0.1:{dead.port}"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GROUNDING_MLFLOW",
+        json.dumps({"conn_type": "http", "host": f"http://admin:hunter2-secret@127.0.0.1:{dead.port}"}),
+    )
     answers: dict[str, object] = {}
 
     def open_page(key: str, path: str) -> None:
@@ -245,8 +269,10 @@ def test_api_server_keeps_answering_while_mlflow_is_down(api, monkeypatch, kind)
         answers[key] = (response, time.monotonic() - started)
 
     try:
-        pages = [threading.Thread(target=open_page, args=(f"page{i}", p))
-                 for i, p in enumerate(("/grounding/models", "/grounding/api/models?page_size=7"))]
+        pages = [
+            threading.Thread(target=open_page, args=(f"page{i}", p))
+            for i, p in enumerate(("/grounding/models", "/grounding/api/models?page_size=7"))
+        ]
         for thread in pages:
             thread.start()
         time.sleep(0.3)  # both page requests are now waiting on MLflow

@@ -48,8 +48,9 @@ def registry(mlflow_env, s3_service, monkeypatch, tmp_path):
     }
 
 
-def _evaluate(reg, name: str, *, acc: float, dataset_version: str = "v1", role: str = "candidate",
-              model_uri: str | None = None) -> str:
+def _evaluate(
+    reg, name: str, *, acc: float, dataset_version: str = "v1", role: str = "candidate", model_uri: str | None = None
+) -> str:
     """Write an evaluation output with Acc@0.5 == acc to S3 and log it; return the run id."""
     output = _write(reg, name, acc=acc, dataset_version=dataset_version, role=role, model_uri=model_uri)
     return log_evaluation(output, client=reg["client"], experiment=reg["experiment"])
@@ -61,10 +62,28 @@ def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model
     samples, predictions = [], []
     for i in range(N):
         iou = 0.8 if i < hits else 0.2
-        samples.append(EvalSample(f"s{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG,
-                                  [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28)))
-        predictions.append(Prediction(f"s{i}", "synthetic", "the red circle", "[...]", [[4.0, 4.0, 20.0, 20.0]],
-                                      [[4.0, 4.0, 20.0, 20.0]], iou, iou, iou, True, "", 1, 1))
+        samples.append(
+            EvalSample(
+                f"s{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG, [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28)
+            )
+        )
+        predictions.append(
+            Prediction(
+                f"s{i}",
+                "synthetic",
+                "the red circle",
+                "[...]",
+                [[4.0, 4.0, 20.0, 20.0]],
+                [[4.0, 4.0, 20.0, 20.0]],
+                iou,
+                iou,
+                iou,
+                True,
+                "",
+                1,
+                1,
+            )
+        )
     model_uri = model_uri or s3.uri(reg["prefix"], "train", name, "final")
     _put_model_folder(s3, model_uri)
     info = {
@@ -162,8 +181,14 @@ def test_first_champion_must_beat_the_base_model(registry):
     assert _aliases(registry) == {CHALLENGER: refused.version}
 
     # a base evaluation on ANOTHER dataset version does not count
-    _evaluate(registry, "base", acc=0.10, role="base", dataset_version="v0",
-              model_uri=registry["s3"].uri("base-models", "tiny"))
+    _evaluate(
+        registry,
+        "base",
+        acc=0.10,
+        role="base",
+        dataset_version="v0",
+        model_uri=registry["s3"].uri("base-models", "tiny"),
+    )
     assert _promote(registry, candidate).baseline == "none"
 
     _evaluate(registry, "base", acc=0.30, role="base", model_uri=registry["s3"].uri("base-models", "tiny"))
@@ -191,8 +216,9 @@ def test_champion_from_another_dataset_version(registry):
     assert _aliases(registry)[CHAMPION] == champion.version
 
     # evaluate the champion's model on v2: the gate now compares on v2
-    champion_model = registry["client"].get_model_version(registry["model"], champion.version).tags[
-        "grounding.model_uri"]
+    champion_model = (
+        registry["client"].get_model_version(registry["model"], champion.version).tags["grounding.model_uri"]
+    )
     bar = _evaluate(registry, "champ", acc=0.40, dataset_version="v2", model_uri=champion_model)
     decision = _promote(registry, candidate)
     assert decision.promoted and decision.baseline_run_id == bar
@@ -211,9 +237,13 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     client = s3.client()
     train_prefix = f"{registry['prefix']}/train/lineage"
     run_json = {
-        "dataset_version": "v1", "dataset_uri": s3.uri(registry["prefix"], "datasets", "v1"),
-        "image": "sha256:" + "ab" * 32, "git_commit": "0123456789abcdef", "steps_done": 4,
-        "wandb_url": "https://wandb.ai/team/grounding/runs/xyz", "checkpoints": [],
+        "dataset_version": "v1",
+        "dataset_uri": s3.uri(registry["prefix"], "datasets", "v1"),
+        "image": "sha256:" + "ab" * 32,
+        "git_commit": "0123456789abcdef",
+        "steps_done": 4,
+        "wandb_url": "https://wandb.ai/team/grounding/runs/xyz",
+        "checkpoints": [],
     }
     client.put_object(Bucket=s3.bucket, Key=f"{train_prefix}/run.json", Body=json.dumps(run_json).encode())
     model_uri = s3.uri(train_prefix, "final")
@@ -259,8 +289,9 @@ def test_model_listing_is_paginated_with_metrics_and_aliases(registry):
     assert champion_row.metrics["acc_at_0_5"] == pytest.approx(0.6)
     assert champion_row.dataset_version == "v1" and champion_row.mlflow_url.endswith("/versions/2")
     assert page.rows[0].aliases == [CHALLENGER]
-    rest = list_model_versions(registry["model"], page_size=2, page_token=page.next_page_token,
-                               client=registry["client"])
+    rest = list_model_versions(
+        registry["model"], page_size=2, page_token=page.next_page_token, client=registry["client"]
+    )
     assert [r.version for r in rest.rows] == ["1"] and rest.next_page_token is None
     json.dumps(rest.to_dict())
     assert list_model_versions("no-such-model", client=registry["client"]).rows == []
@@ -286,8 +317,22 @@ def test_cli_prints_the_decision_and_exit_codes(registry, capsys):
     out = capsys.readouterr().out
     assert "NOT PROMOTED" in out and "acc_at_0_5 0.2000 vs base 0.2000" in out and "tie" in out
     better = _evaluate(registry, "better", acc=0.6)
-    assert main(["promote", "--candidate", better, "--model-name", registry["model"], "--min-samples", "500",
-                 "--confidence", "0.9"]) == 0
+    assert (
+        main(
+            [
+                "promote",
+                "--candidate",
+                better,
+                "--model-name",
+                registry["model"],
+                "--min-samples",
+                "500",
+                "--confidence",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "NOT PROMOTED" in out and "only 200 paired test samples, fewer than the minimum 500" in out
     assert "90% CI" in out
@@ -316,8 +361,15 @@ def test_wandb_predictions_table_draws_true_and_predicted_boxes():
 
     from grounding_ops.tracking_wandb import predictions_table
 
-    row = {"id": "s1", "image_bytes": PNG, "phrase": "the red circle", "iou": 0.5, "response": "[...]",
-           "gt_boxes": [[4.0, 4.0, 20.0, 20.0]], "pred_boxes": [[2.0, 3.0, 18.0, 22.0], [0.0, 0.0, 5.0, 5.0]]}
+    row = {
+        "id": "s1",
+        "image_bytes": PNG,
+        "phrase": "the red circle",
+        "iou": 0.5,
+        "response": "[...]",
+        "gt_boxes": [[4.0, 4.0, 20.0, 20.0]],
+        "pred_boxes": [[2.0, 3.0, 18.0, 22.0], [0.0, 0.0, 5.0, 5.0]],
+    }
     table = predictions_table(wandb, [row])
     (image,) = table.get_column("image")
     boxes = {key: value._val for key, value in image._boxes.items()}
@@ -331,8 +383,11 @@ def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):
     s3 = registry["s3"]
     base_a, base_b = s3.uri("base-models", "a"), s3.uri("base-models", "b")
     train_prefix = f"{registry['prefix']}/train/from-a"
-    s3.client().put_object(Bucket=s3.bucket, Key=f"{train_prefix}/run.json",
-                           Body=json.dumps({"dataset_version": "v1", "spec": {"model": base_a}}).encode())
+    s3.client().put_object(
+        Bucket=s3.bucket,
+        Key=f"{train_prefix}/run.json",
+        Body=json.dumps({"dataset_version": "v1", "spec": {"model": base_a}}).encode(),
+    )
     _evaluate(registry, "base-a", acc=0.10, role="base", model_uri=base_a)
     _evaluate(registry, "base-b", acc=0.50, role="base", model_uri=base_b)  # logged later, not our base
     decision = _promote(registry, _evaluate(registry, "cand", acc=0.30, model_uri=s3.uri(train_prefix, "final")))

@@ -74,14 +74,45 @@ def ray_head():
     # Credentials provided on the node (the environment `ray start` runs with), never with a job.
     env["AWS_SECRET_ACCESS_KEY"] = NODE_SECRET
     cmd = [
-        str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-        "--ray-client-server-port", str(client), "--node-manager-port", str(nm), "--object-manager-port", str(om),
-        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_agent),
-        "--min-worker-port", str(worker_lo), "--max-worker-port", str(worker_lo + 99),
-        "--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", temp_dir,
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
+        "--node-manager-port",
+        str(nm),
+        "--object-manager-port",
+        str(om),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--metrics-export-port",
+        str(metrics),
+        "--runtime-env-agent-port",
+        str(rt_agent),
+        "--min-worker-port",
+        str(worker_lo),
+        "--max-worker-port",
+        str(worker_lo + 99),
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        str(100 * 1024 * 1024),
+        "--temp-dir",
+        temp_dir,
     ]
     log = open(Path(temp_dir) / "ray-start.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -92,7 +123,9 @@ def ray_head():
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"ray start exited {proc.returncode}: {(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"ray start exited {proc.returncode}: {(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}"
+                )
             try:
                 JobSubmissionClient(address).list_jobs()
                 break
@@ -115,9 +148,16 @@ def ray_head():
 
 
 def test_credentials_never_go_into_a_runtime_env() -> None:
-    env, withheld = ray_jobs.shareable_env({"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s",
-                                            "AWS_SESSION_TOKEN": "t", "WANDB_API_KEY": "w",
-                                            "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"})
+    env, withheld = ray_jobs.shareable_env(
+        {
+            "AWS_ACCESS_KEY_ID": "AKID",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_SESSION_TOKEN": "t",
+            "WANDB_API_KEY": "w",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     assert env == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"}
     assert withheld == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY"]
     with pytest.raises(ray_jobs.RayJobError, match="WANDB_API_KEY look like credentials.*on the nodes"):
@@ -193,9 +233,14 @@ def _airflow_env(ray_head: str, tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         "AIRFLOW_CONN_GROUNDING_RAY": json.dumps({"conn_type": "generic", "host": "127.0.0.1", "port": port}),
-        "AIRFLOW_CONN_GROUNDING_S3": json.dumps({
-            "conn_type": "aws", "login": "AKIDTASK", "password": "task-secret-key",
-            "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_GROUNDING_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIDTASK",
+                "password": "task-secret-key",
+                "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+            }
+        ),
         "AIRFLOW_VAR_GROUNDING_WANDB_API_KEY": "task-wandb-key",
     }
 
@@ -207,24 +252,39 @@ def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_
     output.mkdir()
     # What the trainer writes last; this job only prints its overrides, so the result is staged here.
     (output / "run.json").write_text(json.dumps({"steps_done": 4, "engine": "gpu", "dataset_version": "v1"}))
-    command = ray_jobs.train_argv(preset="qwen2.5-vl-7b-2node", dataset_uri="s3://b/datasets/demo",
-                                  output_uri="s3://b/runs/demo", extra_args=["--print-overrides"])[1:]
-    plan = {"engine": "gpu", "nodes": 2, "command": command, "output_uri": str(output),
-            "environment": {"GROUNDING_OPS_WORK_DIR": "/srv/run"}}
+    command = ray_jobs.train_argv(
+        preset="qwen2.5-vl-7b-2node",
+        dataset_uri="s3://b/datasets/demo",
+        output_uri="s3://b/runs/demo",
+        extra_args=["--print-overrides"],
+    )[1:]
+    plan = {
+        "engine": "gpu",
+        "nodes": 2,
+        "command": command,
+        "output_uri": str(output),
+        "environment": {"GROUNDING_OPS_WORK_DIR": "/srv/run"},
+    }
     bundle = tmp_path / "dags"
     bundle.mkdir()
     dag_file = bundle / "ray_deferral_probe.py"
     dag_file.write_text(_PROBE_DAG)
     # dag.test() runs DAGs of a configured bundle: the project's dags folder plus this probe's folder.
-    bundles = [{"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
-               {"name": "ray-deferral-probe", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(bundle)}}]
-    env = {**_airflow_env(ray_head, tmp_path), "PROBE_PLAN": json.dumps(plan),
-           "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles)}
-    out = subprocess.run([sys.executable, "-c", _DEFERRED_RUN, str(dag_file)], capture_output=True, text=True,
-                         timeout=400, env=env)
+    bundles = [
+        {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
+        {"name": "ray-deferral-probe", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(bundle)}},
+    ]
+    env = {
+        **_airflow_env(ray_head, tmp_path),
+        "PROBE_PLAN": json.dumps(plan),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _DEFERRED_RUN, str(dag_file)], capture_output=True, text=True, timeout=400, env=env
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert [e["status"] for e in result["events"]] == ["SUCCEEDED"], result  # it deferred; the trigger fired
     assert result["state"] == "success", result
     job_id = result["events"][0]["job_id"]
@@ -239,9 +299,13 @@ def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_
 def test_credentials_come_from_the_node_and_killing_the_deferred_task_stops_the_job(ray_head: str) -> None:
     from grounding_ops.pipeline.ray_trigger import CLASSPATH, RayJobTrigger
 
-    probe = [sys.executable, "-c", "import os, time; "
-             f"print('node credentials:', os.environ.get('AWS_SECRET_ACCESS_KEY') == {NODE_SECRET!r}, flush=True); "
-             "time.sleep(600)"]
+    probe = [
+        sys.executable,
+        "-c",
+        "import os, time; "
+        f"print('node credentials:', os.environ.get('AWS_SECRET_ACCESS_KEY') == {NODE_SECRET!r}, flush=True); "
+        "time.sleep(600)",
+    ]
     job_id = ray_jobs.submit_training(ray_head, probe)
     classpath, kwargs = RayJobTrigger(ray_head, job_id, poll_s=1.0).serialize()
     assert classpath == CLASSPATH
@@ -266,15 +330,18 @@ def test_credentials_come_from_the_node_and_killing_the_deferred_task_stops_the_
 
 @pytest.mark.slow
 def test_failed_job_raises_and_running_job_is_stopped(ray_head: str) -> None:
-    bad = ray_jobs.train_argv(preset="qwen2.5-vl-7b", dataset_uri="d", output_uri="o", sets=["rollout_n=1"],
-                              extra_args=["--print-overrides"])
+    bad = ray_jobs.train_argv(
+        preset="qwen2.5-vl-7b", dataset_uri="d", output_uri="o", sets=["rollout_n=1"], extra_args=["--print-overrides"]
+    )
     with pytest.raises(ray_jobs.RayJobError, match="FAILED"):
         ray_jobs.run_training_job(ray_head, bad, poll_s=1.0, timeout_s=240, on_log=None)
 
     sleeper = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"]
     with pytest.raises(TimeoutError, match="stopped"):
         ray_jobs.run_training_job(ray_head, sleeper, poll_s=1.0, timeout_s=15, on_log=None)
-    jobs = [j for j in ray.job_submission.JobSubmissionClient(ray_head).list_jobs() if "time.sleep(600)" in j.entrypoint]
+    jobs = [
+        j for j in ray.job_submission.JobSubmissionClient(ray_head).list_jobs() if "time.sleep(600)" in j.entrypoint
+    ]
     assert jobs
     deadline = time.monotonic() + 60
     while ray_jobs.job_status(ray_head, jobs[0].submission_id) != "STOPPED":

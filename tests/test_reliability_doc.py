@@ -18,8 +18,7 @@ def _script():
 
 def test_reliability_doc_is_up_to_date() -> None:
     script = _script()
-    assert (REPO / "docs" / "reliability.md").read_text() == script.render(), \
-        "run: python scripts/reliability_table.py"
+    assert (REPO / "docs" / "reliability.md").read_text() == script.render(), "run: python scripts/reliability_table.py"
 
 
 def test_every_test_named_in_the_doc_exists() -> None:
@@ -35,6 +34,13 @@ def test_every_test_named_in_the_doc_exists() -> None:
 
 def test_every_corpus_kind_has_a_row() -> None:
     text = (REPO / "docs" / "reliability.md").read_text()
-    for kind in ("annotation (COCO)", "annotation (VinDr CSV)", "annotation (MS-CXR)", "image", "Params",
-                 "model response", "dataset manifest"):
+    for kind in (
+        "annotation (COCO)",
+        "annotation (VinDr CSV)",
+        "annotation (MS-CXR)",
+        "image",
+        "Params",
+        "model response",
+        "dataset manifest",
+    ):
         assert kind in text

@@ -17,9 +17,14 @@ def _real_s3_connection_error() -> BaseException:
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{_refused_port()}", region_name="us-east-1",
-                          aws_access_key_id="a", aws_secret_access_key="b",
-                          config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{_refused_port()}",
+        region_name="us-east-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
     try:
         client.head_bucket(Bucket="x")
     except Exception as exc:  # noqa: BLE001 - the real error is what is classified
@@ -57,8 +62,12 @@ def test_transient_errors_are_retried_and_data_errors_are_not(monkeypatch) -> No
         raise PipelineError("could not read the champion") from mlflow_down
     except PipelineError as wrapped:
         assert is_transient(wrapped) and fail_fast(wrapped) is wrapped  # caused by MLflow being down
-    for exc in (PipelineError("no evaluable checkpoint"), DataPipelineError("no annotation file"),
-                PromotionError("no MLflow run"), ValueError("bad number")):
+    for exc in (
+        PipelineError("no evaluable checkpoint"),
+        DataPipelineError("no annotation file"),
+        PromotionError("no MLflow run"),
+        ValueError("bad number"),
+    ):
         assert is_data_error(exc), exc
         assert type(fail_fast(exc)).__name__ == "AirflowFailException"
     assert not is_transient(missing) and fail_fast(missing) is missing  # unknown: Airflow's default

@@ -22,16 +22,46 @@ KEYS = {"score", "iou", "acc", "format_ok", "n_pred", "n_gt", "reason"}
 
 # Protocol-frame coordinates of named boxes (see the frames in grounding_ops.protocols).
 FRAME = {
-    "qwen2.5-vl": {"G": (32, 24, 160, 120), "H": (192, 144, 288, 216), "shift": (96, 24, 224, 120),
-                   "rev": (160, 120, 32, 24), "neg": (-50, -50, 160, 120), "far": (400, 300, 9e9, 9e9)},
-    "qwen2-vl": {"G": (100, 100, 500, 500), "H": (600, 600, 900, 900), "shift": (300, 100, 700, 500),
-                 "rev": (500, 500, 100, 100), "neg": (-100, -100, 500, 500), "far": (800, 800, 9e9, 9e9)},
-    "qwen3-vl": {"G": (100, 100, 500, 500), "H": (600, 600, 900, 900), "shift": (300, 100, 700, 500),
-                 "rev": (500, 500, 100, 100), "neg": (-100, -100, 500, 500), "far": (800, 800, 9e9, 9e9)},
-    "click-xywh": {"G": (64, 48, 256, 192), "H": (384, 288, 192, 144), "shift": (192, 48, 256, 192),
-                   "rev": (320, 240, -256, -192), "neg": (-64, -48, 384, 288), "far": (600, 450, 9e9, 9e9)},
-    "normalized-xyxy": {"G": (0.1, 0.1, 0.5, 0.5), "H": (0.6, 0.6, 0.9, 0.9), "shift": (0.3, 0.1, 0.7, 0.5),
-                        "rev": (0.5, 0.5, 0.1, 0.1), "neg": (-0.1, -0.1, 0.5, 0.5), "far": (0.95, 0.95, 9e9, 9e9)},
+    "qwen2.5-vl": {
+        "G": (32, 24, 160, 120),
+        "H": (192, 144, 288, 216),
+        "shift": (96, 24, 224, 120),
+        "rev": (160, 120, 32, 24),
+        "neg": (-50, -50, 160, 120),
+        "far": (400, 300, 9e9, 9e9),
+    },
+    "qwen2-vl": {
+        "G": (100, 100, 500, 500),
+        "H": (600, 600, 900, 900),
+        "shift": (300, 100, 700, 500),
+        "rev": (500, 500, 100, 100),
+        "neg": (-100, -100, 500, 500),
+        "far": (800, 800, 9e9, 9e9),
+    },
+    "qwen3-vl": {
+        "G": (100, 100, 500, 500),
+        "H": (600, 600, 900, 900),
+        "shift": (300, 100, 700, 500),
+        "rev": (500, 500, 100, 100),
+        "neg": (-100, -100, 500, 500),
+        "far": (800, 800, 9e9, 9e9),
+    },
+    "click-xywh": {
+        "G": (64, 48, 256, 192),
+        "H": (384, 288, 192, 144),
+        "shift": (192, 48, 256, 192),
+        "rev": (320, 240, -256, -192),
+        "neg": (-64, -48, 384, 288),
+        "far": (600, 450, 9e9, 9e9),
+    },
+    "normalized-xyxy": {
+        "G": (0.1, 0.1, 0.5, 0.5),
+        "H": (0.6, 0.6, 0.9, 0.9),
+        "shift": (0.3, 0.1, 0.7, 0.5),
+        "rev": (0.5, 0.5, 0.1, 0.1),
+        "neg": (-0.1, -0.1, 0.5, 0.5),
+        "far": (0.95, 0.95, 9e9, 9e9),
+    },
 }
 
 
@@ -74,12 +104,33 @@ CASES = [
     ("extra_box", [G], lambda p: answer(p, "G", "H"), 0.5, 0.0, True, ""),
     ("duplicated_box", [G], lambda p: answer(p, "G", "G", "G"), 1 / 3, 0.0, True, ""),
     ("fenced_or_prose", [G], lambda p: fenced(p, answer(p, "G")), 1.0, 1.0, True, ""),
-    ("think_answer", [G], lambda p: f"<think>maybe {answer(p, 'H')}</think><answer>{answer(p, 'G')}</answer>",
-     1.0, 1.0, True, ""),
-    ("only_answer_counts", [G], lambda p: f"<think>{answer(p, 'G')}</think>\n<answer>{answer(p, 'shift')}</answer>",
-     1 / 3, 0.0, True, ""),
-    ("after_think_without_answer_tag", [G], lambda p: f"<think>{answer(p, 'H')}</think> {answer(p, 'G')}",
-     1.0, 1.0, True, ""),
+    (
+        "think_answer",
+        [G],
+        lambda p: f"<think>maybe {answer(p, 'H')}</think><answer>{answer(p, 'G')}</answer>",
+        1.0,
+        1.0,
+        True,
+        "",
+    ),
+    (
+        "only_answer_counts",
+        [G],
+        lambda p: f"<think>{answer(p, 'G')}</think>\n<answer>{answer(p, 'shift')}</answer>",
+        1 / 3,
+        0.0,
+        True,
+        "",
+    ),
+    (
+        "after_think_without_answer_tag",
+        [G],
+        lambda p: f"<think>{answer(p, 'H')}</think> {answer(p, 'G')}",
+        1.0,
+        1.0,
+        True,
+        "",
+    ),
     ("unclosed_think", [G], lambda p: f"<think>{answer(p, 'G')}", 0.0, 0.0, False, "unclosed_think"),
     ("unclosed_answer", [G], lambda p: f"<answer>{answer(p, 'G')}", 1.0, 1.0, False, "unclosed_answer"),
     ("garbage", [G], lambda p: "I cannot find it, sorry. {[(<click>", 0.0, 0.0, False, None),
@@ -170,8 +221,9 @@ def test_more_than_max_boxes_scores_zero_with_reason(protocol):
     names = ["G"] + ["H"] * 50
     r = score_response(answer(protocol, *names), [G], image_size=IMAGE, resized_size=RESIZED, protocol=protocol)
     assert r["score"] == 0.0 and r["reason"] == "too_many_boxes" and r["n_pred"] == 51
-    r = score_response(answer(protocol, "G", "H", "H"), [G], image_size=IMAGE, resized_size=RESIZED,
-                       protocol=protocol, max_boxes=2)
+    r = score_response(
+        answer(protocol, "G", "H", "H"), [G], image_size=IMAGE, resized_size=RESIZED, protocol=protocol, max_boxes=2
+    )
     assert r["score"] == 0.0 and r["reason"] == "too_many_boxes"
 
 
@@ -189,8 +241,9 @@ def test_answer_longer_than_the_limit_scores_zero():
     r = score_response(long_answer, [G], image_size=IMAGE, protocol="click-xywh")
     assert r["score"] == 0.0 and r["reason"] == "answer_too_long"
     # long reasoning is fine: only the answer counts against the limit
-    r = score_response("<think>" + "x" * 200_000 + "</think>" + answer("click-xywh", "G"), [G],
-                       image_size=IMAGE, protocol="click-xywh")
+    r = score_response(
+        "<think>" + "x" * 200_000 + "</think>" + answer("click-xywh", "G"), [G], image_size=IMAGE, protocol="click-xywh"
+    )
     assert r["score"] == 1.0
     r = score_response(long_answer, [G], image_size=IMAGE, protocol="click-xywh", max_answer_chars=None)
     assert r["score"] == 1.0
@@ -198,9 +251,14 @@ def test_answer_longer_than_the_limit_scores_zero():
 
 # -- compute_score: the VeRL signature and the exported ground truth -----------------------
 
+
 def ground_truth(protocol="qwen2.5-vl", boxes=(G,)):
-    return {"boxes": [list(b) for b in boxes], "protocol": protocol, "image_size": list(IMAGE),
-            "resized_size": list(RESIZED)}
+    return {
+        "boxes": [list(b) for b in boxes],
+        "protocol": protocol,
+        "image_size": list(IMAGE),
+        "resized_size": list(RESIZED),
+    }
 
 
 @pytest.mark.parametrize(
@@ -208,8 +266,12 @@ def ground_truth(protocol="qwen2.5-vl", boxes=(G,)):
     [
         lambda gt: gt,
         lambda gt: json.dumps(gt),
-        lambda gt: {**gt, "boxes": np.array(gt["boxes"]), "image_size": np.array(IMAGE),
-                    "resized_size": np.array(RESIZED)},
+        lambda gt: {
+            **gt,
+            "boxes": np.array(gt["boxes"]),
+            "image_size": np.array(IMAGE),
+            "resized_size": np.array(RESIZED),
+        },
         # datasets/parquet hand nested lists over as object arrays of arrays
         lambda gt: {**gt, "boxes": np.array([np.array(b) for b in gt["boxes"]] + [None], dtype=object)[:-1]},
         lambda gt: {**gt, "boxes": tuple(tuple(b) for b in gt["boxes"])},
@@ -253,12 +315,17 @@ def test_verl_reward_file_loads_standalone_by_path():
     spec.loader.exec_module(module)
     fn = getattr(module, VERL_REWARD_FUNCTION)
     response = answer("qwen2.5-vl", "G")
-    got = fn(data_source="grounding/x", solution_str=response, ground_truth=ground_truth(),
-             extra_info={"num_turns": None, "rollout_reward_scores": {}})
+    got = fn(
+        data_source="grounding/x",
+        solution_str=response,
+        ground_truth=ground_truth(),
+        extra_info={"num_turns": None, "rollout_reward_scores": {}},
+    )
     assert got == score_response(response, [G], image_size=IMAGE, resized_size=RESIZED, protocol="qwen2.5-vl")
 
 
 # -- never raises, stays fast --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
 def test_adversarial_megabyte_responses_are_cheap_and_score_zero(protocol):
@@ -297,10 +364,24 @@ def test_adversarial_cost_grows_linearly(protocol):
 @pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
 @pytest.mark.parametrize(
     "response",
-    ["", "\x00", "🙂" * 10, None, 12345, b"<click>1,2,3,4</click>".decode(), "[nan, inf, -inf, 1]",
-     "<click>1e308, 1e308, 1e308, 1e308</click>", "(1e400,1),(2,3)", '[{"bbox_2d": [-1e308, -1e308, 1e308, 1e308]}]',
-     "[" * 5000 + "]" * 5000, '{"bbox_2d": ' * 3000, "<answer></answer>", "<think></think><answer>",
-     "9" * 5000, "[" + "9" * 5000 + ", 1, 2, 3]"],
+    [
+        "",
+        "\x00",
+        "🙂" * 10,
+        None,
+        12345,
+        b"<click>1,2,3,4</click>".decode(),
+        "[nan, inf, -inf, 1]",
+        "<click>1e308, 1e308, 1e308, 1e308</click>",
+        "(1e400,1),(2,3)",
+        '[{"bbox_2d": [-1e308, -1e308, 1e308, 1e308]}]',
+        "[" * 5000 + "]" * 5000,
+        '{"bbox_2d": ' * 3000,
+        "<answer></answer>",
+        "<think></think><answer>",
+        "9" * 5000,
+        "[" + "9" * 5000 + ", 1, 2, 3]",
+    ],
 )
 def test_never_raises_on_odd_input(protocol, response):
     r = score_response(response, [G], image_size=IMAGE, resized_size=RESIZED, protocol=protocol)
@@ -308,6 +389,8 @@ def test_never_raises_on_odd_input(protocol, response):
 
 
 def test_json_boxes_nested_in_objects_are_found():
-    response = '{"objects": [{"bbox_2d": [100, 100, 500, 500], "label": "car"}], "note": {"bbox_2d": [600, 600, 900, 900]}}'
+    response = (
+        '{"objects": [{"bbox_2d": [100, 100, 500, 500], "label": "car"}], "note": {"bbox_2d": [600, 600, 900, 900]}}'
+    )
     r = score_response(response, [G, H], image_size=IMAGE, protocol="qwen3-vl")
     assert r["score"] == pytest.approx(1.0) and r["format_ok"] and r["n_pred"] == 2

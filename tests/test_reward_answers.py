@@ -47,19 +47,24 @@ def test_reasoning_that_quotes_the_tags_does_not_hide_the_answer(protocol, menti
 
 
 def test_the_issue_example_scores_one():
-    response = ('<think>I must put the box inside <answer></answer> tags as JSON.</think><answer>'
-                '[{"bbox_2d": [32, 24, 160, 120], "label": "car"}]</answer>')
+    response = (
+        "<think>I must put the box inside <answer></answer> tags as JSON.</think><answer>"
+        '[{"bbox_2d": [32, 24, 160, 120], "label": "car"}]</answer>'
+    )
     assert score(response)["score"] == 1.0
 
 
 def test_a_qwen3_thinking_response_without_the_opening_tag():
     # the chat template opens <think> in the prompt: the response only closes it
-    r = score("the car is on the left, I answer <answer>[...]</answer>\n</think>\n\n" + native("qwen3-vl", G),
-              protocol="qwen3-vl")
+    r = score(
+        "the car is on the left, I answer <answer>[...]</answer>\n</think>\n\n" + native("qwen3-vl", G),
+        protocol="qwen3-vl",
+    )
     assert (r["score"], r["format_ok"]) == (1.0, True)
 
 
 # -- 2. drafts inside the reasoning; reasoning does not count against the length limit ---------
+
 
 @pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
 @pytest.mark.parametrize(
@@ -71,8 +76,13 @@ def test_a_qwen3_thinking_response_without_the_opening_tag():
         ("<think>draft <answer>{exact}</think><answer>{shift}</answer>", 1 / 3),
         ("<think>a</think>x<think>draft <answer>{exact}</answer></think><answer>{shift}</answer>", 1 / 3),
     ],
-    ids=["draft_shift_final_exact", "draft_exact_final_shift", "no_answer_tags", "unclosed_draft",
-         "two_reasoning_blocks"],
+    ids=[
+        "draft_shift_final_exact",
+        "draft_exact_final_shift",
+        "no_answer_tags",
+        "unclosed_draft",
+        "two_reasoning_blocks",
+    ],
 )
 def test_only_the_final_answer_is_scored(protocol, template, expected):
     response = template.format(exact=native(protocol, G), shift=native(protocol, SHIFT))
@@ -100,9 +110,9 @@ def test_several_answer_blocks_after_the_reasoning_keep_the_last_and_flag_it():
 @pytest.mark.parametrize(
     "response,reason",
     [
-        ("<think>never closed <answer>[{\"bbox_2d\": [32, 24, 160, 120]}]</answer>", "unclosed_think"),
-        ("[{\"bbox_2d\": [32, 24, 160, 120]}]</answer>", "unopened_answer"),
-        ("<answer>[{\"bbox_2d\": [32, 24, 160, 120]}]", "unclosed_answer"),
+        ('<think>never closed <answer>[{"bbox_2d": [32, 24, 160, 120]}]</answer>', "unclosed_think"),
+        ('[{"bbox_2d": [32, 24, 160, 120]}]</answer>', "unopened_answer"),
+        ('<answer>[{"bbox_2d": [32, 24, 160, 120]}]', "unclosed_answer"),
     ],
 )
 def test_broken_wrappers_are_named(response, reason):
@@ -141,6 +151,7 @@ def test_every_json_value_and_fence_counts(protocol, response, gt, expected, n_p
 
 # -- 4. recoverable boxes are recovered and flagged ---------------------------------------------
 
+
 @pytest.mark.parametrize(
     "response,expected,n_pred,reason",
     [
@@ -148,7 +159,7 @@ def test_every_json_value_and_fence_counts(protocol, response, gt, expected, n_p
         ('[{"bbox_2d": ["32", "24.0", " 160", "120"], "label": "car"}]', 1.0, 1, "string_numbers"),
         ('{"bbox_2d": [[32, 24, 160, 120]]}', 1.0, 1, "nested_box"),
         ("[32, 24, 160, 120]", 1.0, 1, "bare_box"),
-        ('[[32, 24, 160, 120]]', 1.0, 1, "bare_box"),
+        ("[[32, 24, 160, 120]]", 1.0, 1, "bare_box"),
         # the reader does not stop at the first invalid entry; the invalid one still counts
         ('[{"bbox_2d": [1, 2, 3]}, {"bbox_2d": [32, 24, 160, 120]}]', 0.5, 2, "invalid_bbox_2d"),
         ('[{"bbox_2d": ["a", "b", "c", "d"]}, {"bbox_2d": ["32", "24", "160", "120"]}]', 0.5, 2, "invalid_bbox_2d"),
@@ -209,6 +220,7 @@ def test_an_invalid_entry_is_not_a_match_for_a_second_object():
 
 # -- 6. Qwen2-VL: plain four-number tuples and lists on the 0-1000 grid ------------------------
 
+
 @pytest.mark.parametrize(
     "response,expected,n_pred,format_ok,reason",
     [
@@ -226,9 +238,14 @@ def test_qwen2_vl_reads_plain_grid_tuples_as_recovered(response, expected, n_pre
 
 # -- compute_score: the ground truth is read once per dict, safely -----------------------------
 
+
 def _truth(boxes=(G,)) -> dict:
-    return {"boxes": [list(b) for b in boxes], "protocol": "qwen2.5-vl", "image_size": list(IMAGE),
-            "resized_size": list(RESIZED)}
+    return {
+        "boxes": [list(b) for b in boxes],
+        "protocol": "qwen2.5-vl",
+        "image_size": list(IMAGE),
+        "resized_size": list(RESIZED),
+    }
 
 
 def test_a_ground_truth_dict_changed_in_place_is_read_again():
@@ -242,10 +259,12 @@ def test_a_ground_truth_dict_changed_in_place_is_read_again():
     assert compute_score("grounding/x", native("qwen2.5-vl", H), truth, None)["score"] == 1.0
     truth["image_size"] = [1280, 960]
     assert compute_score("grounding/x", answer, truth, None) == score_response(
-        answer, [H], image_size=(1280, 960), resized_size=RESIZED, protocol="qwen2.5-vl")
+        answer, [H], image_size=(1280, 960), resized_size=RESIZED, protocol="qwen2.5-vl"
+    )
     truth["protocol"] = "qwen3-vl"
     assert compute_score("grounding/x", answer, truth, None) == score_response(
-        answer, [H], image_size=(1280, 960), resized_size=RESIZED, protocol="qwen3-vl")
+        answer, [H], image_size=(1280, 960), resized_size=RESIZED, protocol="qwen3-vl"
+    )
     with pytest.raises(ValueError, match="four finite numbers"):
         compute_score("grounding/x", answer, {**_truth(), "boxes": [[1, 2, "x", 4]]}, None)
 

@@ -22,21 +22,75 @@ numbers = st.one_of(
     st.integers(-2000, 5000).map(str),
     st.integers(0, 1000).map(str),
     st.floats(-1e4, 1e4, allow_nan=False).map(lambda f: f"{f:.{abs(hash(f)) % 6}f}"),
-    st.sampled_from(["0", "-0", "00", "01", "+5", ".5", "5.", "1e2", "1E+2", "1e-2", "1e999", "-1e400",
-                     "12345678901234567", "1234567890123456", "0.12345678901234567", "1.123456789012345678",
-                     "NaN", "Infinity", "1_000", "٣", "1e99", "1e100", "9" * 30, ""]),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "00",
+            "01",
+            "+5",
+            ".5",
+            "5.",
+            "1e2",
+            "1E+2",
+            "1e-2",
+            "1e999",
+            "-1e400",
+            "12345678901234567",
+            "1234567890123456",
+            "0.12345678901234567",
+            "1.123456789012345678",
+            "NaN",
+            "Infinity",
+            "1_000",
+            "٣",
+            "1e99",
+            "1e100",
+            "9" * 30,
+            "",
+        ]
+    ),
 )
 spaces = st.sampled_from(["", "", "", " ", " ", "  ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "\x0b", " \n\t "])
 clean_numbers = st.one_of(st.integers(-50, 2000).map(str), st.floats(-10, 2000).map(lambda f: f"{f:.3f}"))
 json_spaces = st.sampled_from(["", "", " ", "\n", "\t", "\r\n", "\n\t"])
 clean_noise = st.sampled_from(["", "", "Sure. ", "The box: ", "\n", " done.", "<|im_end|>"])
-labels = st.one_of(st.text(max_size=12), st.sampled_from(['car', 'a \\"b\\"', "x\\ny", "[1,2,3,4]", "bbox_2d", ""]))
+labels = st.one_of(st.text(max_size=12), st.sampled_from(["car", 'a \\"b\\"', "x\\ny", "[1,2,3,4]", "bbox_2d", ""]))
 noise = st.one_of(
     st.just(""),
     st.just(""),
-    st.sampled_from(["", "Sure. ", "Here: ", " done.", "<|im_end|>", "```", "```json\n", "\n```", "'", '"', "[", "]",
-                     "{", "}", "(", ")", "<", "<click>", "</click>", "<|box_start|>", "<|box_end|>", "bbox_2d",
-                     '"bbox_2d": [1, 2', "(1,2)", "[1, 2, 3, 4]", "<answer>", "</think>", "<think>"]),
+    st.sampled_from(
+        [
+            "",
+            "Sure. ",
+            "Here: ",
+            " done.",
+            "<|im_end|>",
+            "```",
+            "```json\n",
+            "\n```",
+            "'",
+            '"',
+            "[",
+            "]",
+            "{",
+            "}",
+            "(",
+            ")",
+            "<",
+            "<click>",
+            "</click>",
+            "<|box_start|>",
+            "<|box_end|>",
+            "bbox_2d",
+            '"bbox_2d": [1, 2',
+            "(1,2)",
+            "[1, 2, 3, 4]",
+            "<answer>",
+            "</think>",
+            "<think>",
+        ]
+    ),
     st.text(alphabet=st.sampled_from(list("ab ,.:;-+eE0123456789[](){}<>\"'\\/\n\t`|_")), max_size=12),
 )
 
@@ -49,8 +103,11 @@ def single_box_answers(draw, syntax: str) -> str:
     sp = lambda: draw(json_spaces if clean else spaces)  # noqa: E731
     if syntax == "json":
         label = draw(st.sampled_from(["car", "the red car", "", "a/b", "框"]) if clean else labels)
-        obj = (f'{{{sp()}"bbox_2d"{sp()}:{sp()}[{sp()}{a}{sp()},{sp()}{b}{sp()},{sp()}{c}{sp()},{sp()}{d}{sp()}]'
-               + (f',{sp()}"label"{sp()}:{sp()}"{label}"' if draw(st.booleans()) else "") + f"{sp()}}}")
+        obj = (
+            f'{{{sp()}"bbox_2d"{sp()}:{sp()}[{sp()}{a}{sp()},{sp()}{b}{sp()},{sp()}{c}{sp()},{sp()}{d}{sp()}]'
+            + (f',{sp()}"label"{sp()}:{sp()}"{label}"' if draw(st.booleans()) else "")
+            + f"{sp()}}}"
+        )
         if draw(st.booleans()):
             obj = f"[{sp()}{obj}{sp()}]"
         if draw(st.booleans()):
@@ -68,7 +125,7 @@ def single_box_answers(draw, syntax: str) -> str:
     text = draw(noise) + obj + draw(noise)
     for _ in range(draw(st.integers(0, 2))):  # random edits
         i = draw(st.integers(0, len(text)))
-        text = text[:i] + draw(st.sampled_from(list("[]{}(),\"' 0-.e"))) + text[i + draw(st.integers(0, 1)):]
+        text = text[:i] + draw(st.sampled_from(list("[]{}(),\"' 0-.e"))) + text[i + draw(st.integers(0, 1)) :]
     return text
 
 
@@ -95,8 +152,7 @@ def test_fast_path_equals_general_path(data, protocol):
 
 
 @settings(max_examples=300, deadline=None)
-@given(protocol=st.sampled_from(PROTOCOL_NAMES), text=st.text(max_size=200),
-       max_boxes=st.integers(0, 2))
+@given(protocol=st.sampled_from(PROTOCOL_NAMES), text=st.text(max_size=200), max_boxes=st.integers(0, 2))
 def test_fast_path_equals_general_path_on_any_text(protocol, text, max_boxes):
     fast, general, (s_fast, s_general) = _both_ways(protocol, text, max_boxes)
     assert fast == general and s_fast == s_general
@@ -107,8 +163,9 @@ def test_fast_path_fires_on_what_models_write(protocol):
     """Otherwise the equality above would hold trivially."""
     proto = get_protocol(protocol)
     for precise in (False, True):
-        text = proto.format_answer([(10.3, 20.7, 110.2, 219.9)], (640, 480), (644, 476), label="the car",
-                                   precise=precise)
+        text = proto.format_answer(
+            [(10.3, 20.7, 110.2, 219.9)], (640, 480), (644, 476), label="the car", precise=precise
+        )
         # VeRL strips special tokens before scoring; raw Qwen2-VL text keeps its box tokens
         for wrapped in (text, f"<think>it is on the left</think><answer>{text}</answer>", f"</think>\n\n{text}"):
             answer = parsing.extract_answer(wrapped)[0]

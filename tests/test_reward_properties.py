@@ -152,7 +152,7 @@ def hostile_answers(draw):
                 "({body}),({body})",
                 "<|box_start|>({body})<|box_end|>",
                 "<think>{body}</think><answer>[{body}]</answer>",
-                "```json\n{{\"bbox_2d\": [{body}]\n```",
+                '```json\n{{"bbox_2d": [{body}]\n```',
             ]
         )
     )
@@ -164,8 +164,9 @@ def hostile_answers(draw):
 @given(protocol=protocols, size=sizes(), response=st.one_of(hostile_answers(), st.text(max_size=300)))
 def test_never_raises_and_stays_in_range(protocol, size, response):
     image, resized = size
-    r = score_response(response, [(1, 2, 30, 40), (5, 5, 9, 9)], image_size=image, resized_size=resized,
-                       protocol=protocol)
+    r = score_response(
+        response, [(1, 2, 30, 40), (5, 5, 9, 9)], image_size=image, resized_size=resized, protocol=protocol
+    )
     assert 0.0 <= r["score"] <= 1.0 and math.isfinite(r["score"])
     assert 0.0 <= r["iou"] <= 1.0
     assert r["acc"] in (0.0, 1.0)
@@ -184,9 +185,9 @@ def test_mutated_valid_answers_never_raise(protocol, data):
         if op == "insert":
             text = text[:i] + ch + text[i:]
         elif op == "delete":
-            text = text[:i] + text[i + 1:]
+            text = text[:i] + text[i + 1 :]
         else:
-            text = text[:i] + ch + text[i + 1:]
+            text = text[:i] + ch + text[i + 1 :]
     r = score_response(text, [(10, 20, 110, 220)], image_size=(640, 480), resized_size=(644, 476), protocol=protocol)
     assert 0.0 <= r["score"] <= 1.0
 
@@ -195,15 +196,31 @@ def test_mutated_valid_answers_never_raise(protocol, data):
 
 reasoning_text = st.one_of(
     st.text(max_size=80),
-    st.lists(st.sampled_from(["<answer>", "</answer>", "<think>", "[1, 2, 3, 4]", "<click>1, 2, 3, 4</click>",
-                              "(100,100),(500,500)", '{"bbox_2d": [10, 20, 110, 220]}', "```json\n", "```", " ",
-                              "the box is", "<|box_start|>", "\n"]), max_size=12).map("".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "<answer>",
+                "</answer>",
+                "<think>",
+                "[1, 2, 3, 4]",
+                "<click>1, 2, 3, 4</click>",
+                "(100,100),(500,500)",
+                '{"bbox_2d": [10, 20, 110, 220]}',
+                "```json\n",
+                "```",
+                " ",
+                "the box is",
+                "<|box_start|>",
+                "\n",
+            ]
+        ),
+        max_size=12,
+    ).map("".join),
 )
 
 
 @SETTINGS
-@given(data=st.data(), protocol=protocols, size=sizes(), n=st.integers(0, 3), text=reasoning_text,
-       tagged=st.booleans())
+@given(data=st.data(), protocol=protocols, size=sizes(), n=st.integers(0, 3), text=reasoning_text, tagged=st.booleans())
 def test_text_inside_think_never_changes_the_score(data, protocol, size, n, text, tagged):
     image, resized = size
     gt = [data.draw(boxes_in(image))]
@@ -241,8 +258,14 @@ def _append(protocol: str, answer_boxes, extra: str | None, image, resized, extr
 
 
 @SETTINGS
-@given(data=st.data(), protocol=protocols, size=sizes(), n_gt=st.integers(1, 3), n_pred=st.integers(1, 4),
-       invalid=st.booleans())
+@given(
+    data=st.data(),
+    protocol=protocols,
+    size=sizes(),
+    n_gt=st.integers(1, 3),
+    n_pred=st.integers(1, 4),
+    invalid=st.booleans(),
+)
 def test_appending_an_invalid_or_extra_box_never_raises_the_score(data, protocol, size, n_gt, n_pred, invalid):
     """An invalid entry dilutes the score by exactly one more entry in the denominator; an
     extra box that finds no object never raises it."""

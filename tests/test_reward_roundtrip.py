@@ -23,8 +23,18 @@ def synthetic(tmp_path_factory):
 @pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
 def test_exported_rows_with_a_perfect_answer_score_one(synthetic, tmp_path, protocol):
     out = tmp_path / "datasets"
-    rc = cli_main(["prepare", str(synthetic.annotations), "--images-root", str(synthetic.images_root),
-                   "--output", str(out), "--protocol", protocol])
+    rc = cli_main(
+        [
+            "prepare",
+            str(synthetic.annotations),
+            "--images-root",
+            str(synthetic.images_root),
+            "--output",
+            str(out),
+            "--protocol",
+            protocol,
+        ]
+    )
     assert rc == 0
     version = json.loads((out / "latest.json").read_text())["version"]
     rows = []
@@ -42,8 +52,9 @@ def test_exported_rows_with_a_perfect_answer_score_one(synthetic, tmp_path, prot
         def score(answer: str, row=row, gt=gt, extra=extra) -> dict:
             return compute_score(row["data_source"], answer, gt, dict(extra))
 
-        exact = proto.format_answer(gt["boxes"], gt["image_size"], gt["resized_size"], label=extra["phrase"],
-                                    precise=True)
+        exact = proto.format_answer(
+            gt["boxes"], gt["image_size"], gt["resized_size"], label=extra["phrase"], precise=True
+        )
         result = score(exact)
         assert result["score"] == 1.0 and result["acc"] == 1.0 and result["format_ok"], (exact, gt, result)
         # as the model family writes it (integers on its grid): right to the grid's resolution

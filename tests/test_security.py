@@ -66,9 +66,23 @@ def test_export_never_writes_or_prints_credentials(s3_service, tmp_path: Path) -
     data = generate_synthetic(tmp_path / "synthetic", n_images=6, n_invalid=2)
     output = s3_service.uri(f"sec-{uuid.uuid4().hex[:8]}", "datasets")
     env = {**os.environ, **s3_service.env, **SECRETS}  # moto accepts any key pair
-    proc = subprocess.run([str(GROUNDING_OPS), "prepare", str(data.annotations), "--images-root",
-                           str(data.images_root), "--output", output, "--max-quarantine-fraction", "1"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            str(GROUNDING_OPS),
+            "prepare",
+            str(data.annotations),
+            "--images-root",
+            str(data.images_root),
+            "--output",
+            output,
+            "--max-quarantine-fraction",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _leaks(proc.stdout + proc.stderr) == []
     store = open_store(output, s3_client=s3_service.client())
@@ -78,9 +92,9 @@ def test_export_never_writes_or_prints_credentials(s3_service, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_service, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_evaluation_logging_and_plugin_never_expose_credentials(
+    mlflow_env, s3_service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from fastapi.testclient import TestClient
 
     from grounding_ops.pipeline.models_page import create_app
@@ -98,18 +112,27 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
     prefix = f"sec-{uuid.uuid4().hex[:8]}"
     model = f"grounding-{prefix}"
     client = mlflow_client(mlflow_env.uri)
-    log_evaluation(_evaluation(s3_service, prefix, "base", 0.2, "base"), client=client, experiment=prefix,
-                   wandb_dir=tmp_path / "wandb")
-    run_id = log_evaluation(_evaluation(s3_service, prefix, "cand", 0.7, "candidate"), client=client,
-                            experiment=prefix, wandb_dir=tmp_path / "wandb")
+    log_evaluation(
+        _evaluation(s3_service, prefix, "base", 0.2, "base"),
+        client=client,
+        experiment=prefix,
+        wandb_dir=tmp_path / "wandb",
+    )
+    run_id = log_evaluation(
+        _evaluation(s3_service, prefix, "cand", 0.7, "candidate"),
+        client=client,
+        experiment=prefix,
+        wandb_dir=tmp_path / "wandb",
+    )
     decision = promote(run_id, model_name=model, client=client)
     assert decision.promoted
 
     run = client.get_run(run_id)
     assert _leaks(json.dumps({"params": run.data.params, "tags": run.data.tags})) == []
     version = client.get_model_version(model, decision.version)
-    assert _leaks(json.dumps({"tags": version.tags, "source": version.source,
-                              "description": version.description})) == []
+    assert (
+        _leaks(json.dumps({"tags": version.tags, "source": version.source, "description": version.description})) == []
+    )
     artifacts = tmp_path / "artifacts"
     client.download_artifacts(run_id, "", str(artifacts))
     assert any(artifacts.rglob("metrics.json"))
@@ -138,21 +161,46 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(mlflow_env, s3_s
 def test_container_credentials_only_as_private_environment() -> None:
     from grounding_ops.pipeline.docker_tasks import GroundingContainerOperator, docker_kwargs, s3_environment
 
-    private = s3_environment(SECRETS["AWS_ACCESS_KEY_ID"], SECRETS["AWS_SECRET_ACCESS_KEY"], "fake-session-token-77",
-                             endpoint_url="http://127.0.0.1:9")
+    private = s3_environment(
+        SECRETS["AWS_ACCESS_KEY_ID"],
+        SECRETS["AWS_SECRET_ACCESS_KEY"],
+        "fake-session-token-77",
+        endpoint_url="http://127.0.0.1:9",
+    )
     private["WANDB_API_KEY"] = SECRETS["WANDB_API_KEY"]
-    command = ["grounding-ops", "train", "--engine", "cpu", "--preset", "tiny-cpu", "--dataset", "s3://b/d/v1",
-               "--output", "s3://b/r/1"]
+    command = [
+        "grounding-ops",
+        "train",
+        "--engine",
+        "cpu",
+        "--preset",
+        "tiny-cpu",
+        "--dataset",
+        "s3://b/d/v1",
+        "--output",
+        "s3://b/r/1",
+    ]
     for engine in ("cpu", "gpu"):
-        kwargs = docker_kwargs(engine=engine, command=command, container_name="c", private_environment=private,
-                               environment={"PYTHONUNBUFFERED": "1"}, gpus=1 if engine == "gpu" else None)
+        kwargs = docker_kwargs(
+            engine=engine,
+            command=command,
+            container_name="c",
+            private_environment=private,
+            environment={"PYTHONUNBUFFERED": "1"},
+            gpus=1 if engine == "gpu" else None,
+        )
         public = {k: v for k, v in kwargs.items() if k != "private_environment"}
         assert _leaks(repr(public)) == [] and "fake-session-token-77" not in repr(public)
         assert kwargs["private_environment"]["AWS_SECRET_ACCESS_KEY"] == SECRETS["AWS_SECRET_ACCESS_KEY"]
     assert "private_environment" not in GroundingContainerOperator.template_fields
     with pytest.raises(ValueError, match="credentials"):
-        docker_kwargs(engine="cpu", command=command, container_name="c", private_environment={},
-                      environment={"AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"]})
+        docker_kwargs(
+            engine="cpu",
+            command=command,
+            container_name="c",
+            private_environment={},
+            environment={"AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"]},
+        )
 
 
 def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,9 +211,15 @@ def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.Monk
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
     ref = DatasetRef("v1", "s3://b/datasets/d/v1", "s3://b/datasets/d/v1/manifest.json", "param")
-    plan = plan_training({"engine": "cpu", "preset": "tiny-cpu"}, ref, output_uri="s3://b/runs/r1",
-                         fingerprint="f", airflow_run="grounding_train/r1", s3_endpoint="http://127.0.0.1:9",
-                         tracking_uri="http://127.0.0.1:5")
+    plan = plan_training(
+        {"engine": "cpu", "preset": "tiny-cpu"},
+        ref,
+        output_uri="s3://b/runs/r1",
+        fingerprint="f",
+        airflow_run="grounding_train/r1",
+        s3_endpoint="http://127.0.0.1:9",
+        tracking_uri="http://127.0.0.1:5",
+    )
     assert _leaks(json.dumps(plan)) == []
     facets = operator_lineage(plan["inputs"], plan["outputs"])
     assert _leaks(repr(facets)) == []
@@ -179,9 +233,14 @@ def test_training_container_is_locked_down(engine: str) -> None:
     from grounding_ops.pipeline.docker_tasks import docker_kwargs, host_config_options
 
     gpu = engine == "gpu"
-    kwargs = docker_kwargs(engine=engine, command=["grounding-ops", "train"], container_name="c",
-                           private_environment={}, gpus=8 if gpu else None,
-                           work_volume="grounding-ops-trainer-work" if gpu else None)
+    kwargs = docker_kwargs(
+        engine=engine,
+        command=["grounding-ops", "train"],
+        container_name="c",
+        private_environment={},
+        gpus=8 if gpu else None,
+        work_volume="grounding-ops-trainer-work" if gpu else None,
+    )
     host = host_config_options(engine)
     assert host["cap_drop"] == ["ALL"] and host["security_opt"] == ["no-new-privileges:true"]
     assert host["pids_limit"] > 0 and kwargs["mem_limit"]
@@ -201,8 +260,9 @@ def test_training_container_is_locked_down(engine: str) -> None:
 
 def test_trainer_image_runs_as_non_root(trainer_cpu_image) -> None:
     image = "grounding-ops/trainer-cpu:latest"
-    inspect = subprocess.run(["docker", "image", "inspect", image, "-f", "{{.Config.User}}"], capture_output=True,
-                             text=True, timeout=60)
+    inspect = subprocess.run(
+        ["docker", "image", "inspect", image, "-f", "{{.Config.User}}"], capture_output=True, text=True, timeout=60
+    )
     assert inspect.returncode == 0, inspect.stderr
     user = inspect.stdout.strip()
     assert user and user.split(":")[0] not in ("0", "root"), f"the image's default user is {user!r}"
@@ -211,8 +271,19 @@ def test_trainer_image_runs_as_non_root(trainer_cpu_image) -> None:
 # --------------------------------------------------------------------------- paths stay inside their roots
 
 
-@pytest.mark.parametrize("ref", ["../x.png", "a/../../x.png", "/etc/passwd", "..\\..\\x.png", "s3://other/x.png",
-                                 "http://127.0.0.1/x.png", "file:///etc/passwd", "s3://imgs/../x.png"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../x.png",
+        "a/../../x.png",
+        "/etc/passwd",
+        "..\\..\\x.png",
+        "s3://other/x.png",
+        "http://127.0.0.1/x.png",
+        "file:///etc/passwd",
+        "s3://imgs/../x.png",
+    ],
+)
 def test_image_refs_cannot_escape_the_local_root(ref: str, tmp_path: Path) -> None:
     from grounding_ops.data.images import ImageResolver, UnsafeImagePath
 
@@ -222,8 +293,16 @@ def test_image_refs_cannot_escape_the_local_root(ref: str, tmp_path: Path) -> No
         ImageResolver(root).locate(ref)
 
 
-@pytest.mark.parametrize("ref", ["s3://imgs/other-prefix/x.png", "s3://imgs/data/../other/x.png", "/x.png",
-                                 "s3://elsewhere/data/x.png", "../x.png"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "s3://imgs/other-prefix/x.png",
+        "s3://imgs/data/../other/x.png",
+        "/x.png",
+        "s3://elsewhere/data/x.png",
+        "../x.png",
+    ],
+)
 def test_image_refs_cannot_escape_the_s3_root(ref: str) -> None:
     from grounding_ops.data.images import ImageResolver, UnsafeImagePath
 
@@ -287,8 +366,12 @@ def test_training_fetch_verifies_the_manifest(tmp_path: Path) -> None:
     from grounding_ops.training import runner
 
     data = generate_synthetic(tmp_path / "synthetic", n_images=6)
-    result = prepare([str(data.annotations)], images_root=str(data.images_root), output_uri=str(tmp_path / "ds"),
-                     settings=PrepareSettings())
+    result = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=str(tmp_path / "ds"),
+        settings=PrepareSettings(),
+    )
     train = Path(result.dataset_uri) / "train.parquet"
     blob = bytearray(train.read_bytes())
     blob[len(blob) // 3] ^= 0x55

@@ -35,8 +35,10 @@ def test_mlflow_artifact_lands_in_s3(mlflow_env, s3_service, tmp_path):
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(artifact))
         run_id = run.info.run_id
-    keys = [o["Key"] for o in s3_service.client().list_objects_v2(
-        Bucket=s3_service.bucket, Prefix="mlflow/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in s3_service.client().list_objects_v2(Bucket=s3_service.bucket, Prefix="mlflow/").get("Contents", [])
+    ]
     assert any(k.endswith(f"{run_id}/artifacts/note.txt") for k in keys), keys
 
 
@@ -56,9 +58,20 @@ def test_airflow_rest_api_lists_the_dags(airflow_service):
 @pytest.mark.docker
 def test_container_runs_python_in_the_base_image(base_image):
     result = subprocess.run(
-        ["docker", "run", "--rm", "--network", "host", base_image, "python", "-c",
-         "import sys; print('py', sys.version_info[:2])"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            base_image,
+            "python",
+            "-c",
+            "import sys; print('py', sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "py (3, 11)" in result.stdout
@@ -111,15 +124,29 @@ def test_secrets_are_private_files_and_stay_out_of_the_task_environment(tmp_path
     values = "\n".join(env.values())
     for path in files:
         assert path.read_text().strip() not in values, f"{path.name} is in the environment tasks inherit"
-    assert {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}.isdisjoint(env)
+    assert {
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    }.isdisjoint(env)
     # Airflow resolves the *_CMD options to the secrets themselves.
     probe = subprocess.run(
-        [sys.executable, "-c", "from airflow.configuration import conf; print(conf.get('core', 'fernet_key')); "
-         "print(conf.get('database', 'sql_alchemy_conn'))"], env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from airflow.configuration import conf; print(conf.get('core', 'fernet_key')); "
+            "print(conf.get('database', 'sql_alchemy_conn'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.split() == [(folder / "fernet-key").read_text().strip(),
-                                    f"sqlite:///{settings.airflow_home / 'airflow.db'}"]
+    assert probe.stdout.split() == [
+        (folder / "fernet-key").read_text().strip(),
+        f"sqlite:///{settings.airflow_home / 'airflow.db'}",
+    ]
 
 
 def test_the_admin_password_is_shown_once_then_where_it_is_kept(tmp_path):
@@ -140,8 +167,12 @@ def celery_services():
     """S3, MLflow, Postgres, Redis, Airflow and two Celery workers on 127.0.0.1; stopped by PID after."""
     import tempfile
 
-    if not shutil.which("redis-server") or not (shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
-        pytest.fail("the celery profile needs Debian's postgresql and redis-server: apt-get install -y postgresql redis-server")
+    if not shutil.which("redis-server") or not (
+        shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    ):
+        pytest.fail(
+            "the celery profile needs Debian's postgresql and redis-server: apt-get install -y postgresql redis-server"
+        )
     state = Path(tempfile.mkdtemp(prefix="grounding-celery-"))
     state.chmod(0o711)  # postgres (its own user when we are root) must traverse to its data folder
     settings = services.isolated_settings(state, profile="celery")
@@ -170,15 +201,19 @@ def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_se
 
     settings = celery_services
     data = generate_synthetic(tmp_path / "synthetic", n_images=12)
-    dataset = prepare([str(data.annotations)], images_root=str(data.images_root),
-                      output_uri=f"s3://{settings.bucket}/datasets/{dataset_name()}",
-                      settings=PrepareSettings(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
-                      s3_client=services.s3_client(settings))
+    dataset = prepare(
+        [str(data.annotations)],
+        images_root=str(data.images_root),
+        output_uri=f"s3://{settings.bucket}/datasets/{dataset_name()}",
+        settings=PrepareSettings(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
+        s3_client=services.s3_client(settings),
+    )
     client = AirflowRestClient(settings)
     client.wait_for_dag("grounding_train", timeout=300)
     client.unpause("grounding_train")
-    run_id = client.trigger("grounding_train", {"dataset_version": dataset.version, "total_steps": 2,
-                                                "max_eval_samples": 2, "force": True})
+    run_id = client.trigger(
+        "grounding_train", {"dataset_version": dataset.version, "total_steps": 2, "max_eval_samples": 2, "force": True}
+    )
     state = client.wait_for_run("grounding_train", run_id, timeout=900)
     path = f"/dags/grounding_train/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances?limit=100"
     tis = client._request("GET", path)["task_instances"]

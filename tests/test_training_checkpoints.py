@@ -54,7 +54,10 @@ def test_upload_download_roundtrip(store, tmp_path: Path) -> None:
     assert uri.endswith("checkpoints/global_step_3")
     marker = json.loads(store.get_bytes(f"checkpoints/global_step_3/{ckpt.MARKER_FILE}"))
     assert {rel: entry["size"] for rel, entry in marker["files"].items()} == {"actor/model.pt": 21, "data.pt": 12}
-    assert marker["files"]["data.pt"]["sha256"] == hashlib.sha256((local / "global_step_3" / "data.pt").read_bytes()).hexdigest()
+    assert (
+        marker["files"]["data.pt"]["sha256"]
+        == hashlib.sha256((local / "global_step_3" / "data.pt").read_bytes()).hexdigest()
+    )
     assert ckpt.remote_complete_steps(store) == [3]
 
     fresh = tmp_path / "fresh"
@@ -98,8 +101,9 @@ def test_same_size_tampering_is_caught_by_the_recorded_checksum(store, tmp_path:
 
 def test_a_marker_without_checksums_is_refused_before_resume(store, tmp_path: Path) -> None:
     store.put_bytes("checkpoints/global_step_1/data.pt", b"pickle")
-    store.put_bytes(f"checkpoints/global_step_1/{ckpt.MARKER_FILE}",
-                    json.dumps({"step": 1, "files": {"data.pt": 6}}).encode())
+    store.put_bytes(
+        f"checkpoints/global_step_1/{ckpt.MARKER_FILE}", json.dumps({"step": 1, "files": {"data.pt": 6}}).encode()
+    )
     with pytest.raises(StorageError, match="records no sha256"):
         ckpt.download_checkpoint(store, 1, tmp_path / "fresh")
 
@@ -147,8 +151,10 @@ def test_uploader_reports_failures(tmp_path: Path) -> None:
 def test_marker_names_outside_the_checkpoint_are_refused(rel: str, tmp_path: Path) -> None:
     store = open_store(tmp_path / "output")
     store.put_bytes("checkpoints/global_step_1/model.bin", b"weights")
-    store.put_bytes(f"checkpoints/global_step_1/{ckpt.MARKER_FILE}",
-                    json.dumps({"step": 1, "files": {"model.bin": 7, rel: 5}}).encode())
+    store.put_bytes(
+        f"checkpoints/global_step_1/{ckpt.MARKER_FILE}",
+        json.dumps({"step": 1, "files": {"model.bin": 7, rel: 5}}).encode(),
+    )
     with pytest.raises(StorageError, match="tampered"):
         ckpt.download_checkpoint(store, 1, tmp_path / "work" / "ckpt")
     assert not (tmp_path / "work").exists()  # refused before writing anything

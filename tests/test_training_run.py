@@ -19,18 +19,35 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
     token = uuid.uuid4().hex[:8]
     started = time.time()
     history = [
-        {"step": step, "reward_mean": 0.1 * step, "iou": 0.05 * step, "acc": 0.0, "kl": 0.01, "entropy": 1.5,
-         "response_length": 20.0 + step, "seconds_per_step": 2.0, "tokens_per_s": 40.0, "timestamp": started + step}
+        {
+            "step": step,
+            "reward_mean": 0.1 * step,
+            "iou": 0.05 * step,
+            "acc": 0.0,
+            "kl": 0.01,
+            "entropy": 1.5,
+            "response_length": 20.0 + step,
+            "seconds_per_step": 2.0,
+            "tokens_per_s": 40.0,
+            "timestamp": started + step,
+        }
         for step in (1, 2, 3)
     ]
     record = {
-        "dataset_version": "v7", "dataset_uri": s3_service.uri("datasets", "shapes", "v7"), "engine": "cpu",
-        "spec": {"total_steps": 3, "learning_rate": 1e-4, "logger": ["console"]}, "image": "sha256:" + "cd" * 32,
-        "git_commit": "0123abcd", "steps_done": 3, "target_steps": 3, "history": history,
+        "dataset_version": "v7",
+        "dataset_uri": s3_service.uri("datasets", "shapes", "v7"),
+        "engine": "cpu",
+        "spec": {"total_steps": 3, "learning_rate": 1e-4, "logger": ["console"]},
+        "image": "sha256:" + "cd" * 32,
+        "git_commit": "0123abcd",
+        "steps_done": 3,
+        "target_steps": 3,
+        "history": history,
     }
     output = s3_service.uri(f"test-{token}", "train")
-    s3_service.client().put_object(Bucket=s3_service.bucket, Key=f"test-{token}/train/run.json",
-                                   Body=json.dumps(record).encode())
+    s3_service.client().put_object(
+        Bucket=s3_service.bucket, Key=f"test-{token}/train/run.json", Body=json.dumps(record).encode()
+    )
     client = mlflow_client(mlflow_env.uri)
     # what the training task does after the container: log the run, prepare the DAG run's parent run
     airflow_run = f"grounding_train/{token}"
@@ -39,8 +56,10 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
     run_id = summary["mlflow_run_id"]
     assert summary["mlflow_url"].startswith(mlflow_env.uri) and run_id in summary["mlflow_url"]
     assert log_training_run(output, client=client) == run_id  # logged once
-    (parent,) = client.search_runs([client.get_experiment_by_name(EVALUATION_EXPERIMENT).experiment_id],
-                                   filter_string=f"tags.`grounding.airflow_run` = '{airflow_run}'")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(EVALUATION_EXPERIMENT).experiment_id],
+        filter_string=f"tags.`grounding.airflow_run` = '{airflow_run}'",
+    )
     assert parent.data.tags["grounding.kind"] == "dag-run"
 
     run = client.get_run(run_id)

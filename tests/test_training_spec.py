@@ -80,12 +80,23 @@ def test_runtime_only_verl_errors_are_caught_early() -> None:
     base = get_preset("qwen2.5-vl-7b")  # 8 GPUs
     _refused(dataclasses.replace(base, rollout_n=1), "rollout_n must be >= 2 for GRPO")
     # 127 * 5 = 635 is not divisible by 8 GPUs
-    _refused(dataclasses.replace(base, train_batch_size=127, ppo_mini_batch_size=127), "635", "divisible by the number of GPUs (8x1 = 8)")
+    _refused(
+        dataclasses.replace(base, train_batch_size=127, ppo_mini_batch_size=127),
+        "635",
+        "divisible by the number of GPUs (8x1 = 8)",
+    )
     # mini-batch 36*5 = 180 not divisible by 8
-    _refused(dataclasses.replace(base, ppo_mini_batch_size=36, train_batch_size=144), "ppo_mini_batch_size*rollout_n = 36*5 = 180")
+    _refused(
+        dataclasses.replace(base, ppo_mini_batch_size=36, train_batch_size=144),
+        "ppo_mini_batch_size*rollout_n = 36*5 = 180",
+    )
     # per-GPU mini-batch 20 is not a multiple of micro 8
-    _refused(dataclasses.replace(base, micro_batch_size_per_gpu=8), "per-GPU mini-batch", "micro_batch_size_per_gpu (8)")
-    _refused(dataclasses.replace(base, tensor_parallel_size=3), "tensor_parallel_size (3) must divide gpus_per_node (8)")
+    _refused(
+        dataclasses.replace(base, micro_batch_size_per_gpu=8), "per-GPU mini-batch", "micro_batch_size_per_gpu (8)"
+    )
+    _refused(
+        dataclasses.replace(base, tensor_parallel_size=3), "tensor_parallel_size (3) must divide gpus_per_node (8)"
+    )
     _refused(dataclasses.replace(base, ppo_mini_batch_size=256), "must be <= train_batch_size")
     _refused(dataclasses.replace(base, gpu_memory_utilization=1.5), "gpu_memory_utilization must be in (0, 1]")
     _refused(dataclasses.replace(base, learning_rate=0.0), "learning_rate must be in (0, 1)")
@@ -108,7 +119,14 @@ def test_all_problems_are_reported_together() -> None:
 
 def test_gpu_layout_checks_apply_to_the_verl_engine_only() -> None:
     # 7 prompts * 3 rollouts do not split over 8 GPUs, but the CPU engine has no GPUs to split over
-    spec = dataclasses.replace(get_preset("tiny-cpu"), gpus_per_node=8, train_batch_size=7, ppo_mini_batch_size=7, rollout_n=3, micro_batch_size_per_gpu=3)
+    spec = dataclasses.replace(
+        get_preset("tiny-cpu"),
+        gpus_per_node=8,
+        train_batch_size=7,
+        ppo_mini_batch_size=7,
+        rollout_n=3,
+        micro_batch_size_per_gpu=3,
+    )
     spec.validate(engine="cpu")
     _refused(spec, "divisible by the number of GPUs", engine="verl")
 
@@ -180,7 +198,9 @@ def test_overrides_have_the_required_keys_and_none_forbidden(name: str, tmp_path
     assert ov["actor_rollout_ref.rollout.name"] == "vllm"
     assert ov["actor_rollout_ref.rollout.n"] == str(spec.rollout_n)
     assert ov["actor_rollout_ref.rollout.tensor_model_parallel_size"] == str(spec.tensor_parallel_size)
-    expected_checkpoints = (Path(spec.shared_dir) / spec.experiment_name if spec.nnodes > 1 else tmp_path) / "checkpoints"
+    expected_checkpoints = (
+        Path(spec.shared_dir) / spec.experiment_name if spec.nnodes > 1 else tmp_path
+    ) / "checkpoints"
     assert ov["trainer.default_local_dir"] == str(expected_checkpoints)
     assert ov["trainer.resume_mode"] == "auto"
     assert ov["trainer.n_gpus_per_node"] == str(spec.gpus_per_node)
@@ -189,14 +209,19 @@ def test_overrides_have_the_required_keys_and_none_forbidden(name: str, tmp_path
         bare = key.lstrip("+")
         assert not bare.startswith(FORBIDDEN_KEY_PREFIXES), key
         # the draft guide's invalid keys, spelled out
-        assert not re.match(r"^(reward_model\.path|model\.backend|megatron\.|data\.enable_sequence_balance|custom_reward_function\.)", bare)
+        assert not re.match(
+            r"^(reward_model\.path|model\.backend|megatron\.|data\.enable_sequence_balance|custom_reward_function\.)",
+            bare,
+        )
         assert ".peft." not in bare
     if spec.use_lora:
         assert ov["actor_rollout_ref.model.lora_rank"] == str(spec.lora_rank)
         assert ov["actor_rollout_ref.model.lora_alpha"] == str(spec.lora_alpha)
         assert ov["actor_rollout_ref.model.target_modules"] == "all-linear"
         assert re.fullmatch(ov["actor_rollout_ref.model.exclude_modules"].strip("'"), "model.visual.blocks.0.attn.qkv")
-        assert not re.fullmatch(ov["actor_rollout_ref.model.exclude_modules"].strip("'"), "model.language_model.layers.0.self_attn.q_proj")
+        assert not re.fullmatch(
+            ov["actor_rollout_ref.model.exclude_modules"].strip("'"), "model.language_model.layers.0.self_attn.q_proj"
+        )
     else:
         assert not any("lora" in key for key in ov)
 
@@ -211,7 +236,9 @@ def test_remote_models_need_a_local_copy(tmp_path) -> None:
 
 def test_total_steps_and_missing_validation_set(tmp_path) -> None:
     spec = get_preset("qwen2.5-vl-3b").with_overrides(["total_steps=7"])
-    lines = render_overrides(spec, RunPaths(train_file=str(tmp_path / "t.parquet"), val_file=None, checkpoint_dir=str(tmp_path)))
+    lines = render_overrides(
+        spec, RunPaths(train_file=str(tmp_path / "t.parquet"), val_file=None, checkpoint_dir=str(tmp_path))
+    )
     ov = dict(line.split("=", 1) for line in lines)
     assert ov["trainer.total_training_steps"] == "7"
     assert ov["trainer.test_freq"] == "-1" and ov["trainer.val_before_train"] == "false"
@@ -229,8 +256,18 @@ def test_hydra_value_quoting() -> None:
 
 def test_print_overrides_cli(capsys, tmp_path) -> None:
     rc = cli_main(
-        ["train", "--preset", "qwen2.5-vl-7b-lora", "--set", "rollout_n=8", "--set", "logger=console,wandb",
-         "--print-overrides", "--work-dir", str(tmp_path)]
+        [
+            "train",
+            "--preset",
+            "qwen2.5-vl-7b-lora",
+            "--set",
+            "rollout_n=8",
+            "--set",
+            "logger=console,wandb",
+            "--print-overrides",
+            "--work-dir",
+            str(tmp_path),
+        ]
     )
     out = capsys.readouterr().out
     assert rc == 0
@@ -246,18 +283,24 @@ def test_train_cli_reports_bad_settings_without_traceback(tmp_path) -> None:
     script = [sys.executable, "-c", "import sys; from grounding_ops.cli import main; sys.exit(main())"]
     bad = subprocess.run(
         [*script, "train", "--preset", "qwen2.5-vl-7b", "--set", "rollout_n=1", "--print-overrides"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode == 2, bad.stderr
     assert "rollout_n must be >= 2 for GRPO" in bad.stderr and "Traceback" not in bad.stderr
     unknown = subprocess.run(
         [*script, "train", "--preset", "qwen2.5-vl-7b", "--set", "colour=red", "--print-overrides"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert unknown.returncode == 2 and "unknown spec key 'colour'" in unknown.stderr
     missing = subprocess.run([*script, "train", "--preset", "tiny-cpu"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "--dataset and --output required" in missing.stderr
-    bad_preset = subprocess.run([*script, "train", "--preset", "nope", "--print-overrides"], capture_output=True, text=True, timeout=120)
+    bad_preset = subprocess.run(
+        [*script, "train", "--preset", "nope", "--print-overrides"], capture_output=True, text=True, timeout=120
+    )
     assert bad_preset.returncode == 2 and "qwen2.5-vl-7b" in bad_preset.stderr
 
 
@@ -276,8 +319,17 @@ def test_verl_commands_and_checkpoint_discovery(tmp_path) -> None:
     cmd = trainer_command(["a=1", "b='x y'"], python="py")
     assert cmd == ["py", "-m", "verl.trainer.main_ppo", "a=1", "b='x y'"]
     merge = merge_command(tmp_path / "global_step_4", tmp_path / "hf", python="py", exclude_modules=".*visual.*")
-    assert merge == ["py", "-m", "grounding_ops.training.verl_merge", "--step-dir", str(tmp_path / "global_step_4"),
-                     "--target", str(tmp_path / "hf"), "--exclude-modules", ".*visual.*"]
+    assert merge == [
+        "py",
+        "-m",
+        "grounding_ops.training.verl_merge",
+        "--step-dir",
+        str(tmp_path / "global_step_4"),
+        "--target",
+        str(tmp_path / "hf"),
+        "--exclude-modules",
+        ".*visual.*",
+    ]
     assert latest_checkpoint_step(tmp_path / "absent") is None
     for step in (2, 10, 4):
         write_verl_step(tmp_path, step)
@@ -301,8 +353,18 @@ def test_parse_verl_console_lines() -> None:
     )
     m = parse_log_line("\x1b[36m" + line + "\x1b[0m")
     assert m is not None and m.step == 3
-    assert (m.reward_mean, m.val_iou, m.val_acc, m.kl, m.throughput, m.seconds_per_step) == (0.412, 0.38, 0.31, 0.0012, 1520.3, 12.34)
-    assert m.summary() == "step 3 | reward 0.412 | val IoU 0.380 | val acc 0.310 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step"
+    assert (m.reward_mean, m.val_iou, m.val_acc, m.kl, m.throughput, m.seconds_per_step) == (
+        0.412,
+        0.38,
+        0.31,
+        0.0012,
+        1520.3,
+        12.34,
+    )
+    assert (
+        m.summary()
+        == "step 3 | reward 0.412 | val IoU 0.380 | val acc 0.310 | KL 0.0012 | 1520 tok/s/GPU | 12.3 s/step"
+    )
     # IoU and acc exist only as validation metrics: the run record names them so
     assert {"val_iou", "val_acc"} <= set(m.to_dict()) and not {"iou", "acc"} & set(m.to_dict())
     assert m.values["actor/pg_loss"] == -0.02

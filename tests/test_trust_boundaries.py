@@ -40,8 +40,9 @@ def test_listing_a_step_never_returns_a_longer_steps_objects(s3_service, run_pre
     assert sorted(info.key for info in parent.list("global_step_10/")) == ["global_step_10/config.json"]
 
 
-def test_evaluating_step_10_of_a_run_that_reached_100_downloads_only_step_10(s3_service, run_prefix: str,
-                                                                             tmp_path: Path) -> None:
+def test_evaluating_step_10_of_a_run_that_reached_100_downloads_only_step_10(
+    s3_service, run_prefix: str, tmp_path: Path
+) -> None:
     from grounding_ops.evaluation.evaluate import fetch_model
 
     _put(s3_service, f"{run_prefix}/global_step_10/config.json", b"ten")
@@ -54,11 +55,14 @@ def test_evaluating_step_10_of_a_run_that_reached_100_downloads_only_step_10(s3_
 
 
 @pytest.mark.parametrize("hostile", ["/etc/evil.py", "../../evil.py", "a/../../evil.py", "./x", "a\\..\\b"])
-def test_download_tree_refuses_keys_that_leave_the_destination(s3_service, run_prefix: str, tmp_path: Path,
-                                                               hostile: str) -> None:
+def test_download_tree_refuses_keys_that_leave_the_destination(
+    s3_service, run_prefix: str, tmp_path: Path, hostile: str
+) -> None:
     _put(s3_service, f"{run_prefix}/model/config.json")
     # `//` in a key makes the relative key absolute after the prefix is stripped
-    _put(s3_service, f"{run_prefix}/model/{hostile}" if not hostile.startswith("/") else f"{run_prefix}/model/{hostile}")
+    _put(
+        s3_service, f"{run_prefix}/model/{hostile}" if not hostile.startswith("/") else f"{run_prefix}/model/{hostile}"
+    )
     store = open_store(s3_service.uri(run_prefix, "model"), s3_client=s3_service.client())
     dest = tmp_path / "dest"
     with pytest.raises(StorageError, match="refusing object key"):
@@ -92,8 +96,7 @@ def test_a_manifest_naming_a_file_outside_its_version_is_refused(tmp_path: Path)
     version = tmp_path / "out" / "v1"
     version.mkdir(parents=True)
     (tmp_path / "out" / "secret.txt").write_text("s")
-    manifest = {"version": "v1", "accepted": True,
-                "files": {"../secret.txt": {"size": 1, "sha256": "0" * 64}}}
+    manifest = {"version": "v1", "accepted": True, "files": {"../secret.txt": {"size": 1, "sha256": "0" * 64}}}
     (version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetVerificationError, match="not inside the version folder"):
         load_verified_dataset(str(version), tmp_path / "dl", files=None)
@@ -103,14 +106,17 @@ def test_a_manifest_naming_a_file_outside_its_version_is_refused(tmp_path: Path)
 # --------------------------------------------------------------------------- the data form's input roots
 
 
-@pytest.mark.parametrize("params", [
-    {"input_uri": "/proc/self/environ", "format": "jsonl", "images_root": "/"},
-    {"input_uri": "/etc/passwd", "format": "jsonl", "images_root": "/etc"},
-    {"input_uri": "s3://other-bucket/private/annotations.jsonl", "images_root": "s3://other-bucket/private"},
-    {"input_uri": "s3://grounding-ops/incoming-evil/a.jsonl", "images_root": "s3://grounding-ops/incoming-evil"},
-    {"input_uri": "s3://grounding-ops/incoming/../datasets/x.jsonl", "images_root": "s3://grounding-ops/incoming"},
-    {"input_uri": "s3://grounding-ops/incoming/a.jsonl", "images_root": "/"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"input_uri": "/proc/self/environ", "format": "jsonl", "images_root": "/"},
+        {"input_uri": "/etc/passwd", "format": "jsonl", "images_root": "/etc"},
+        {"input_uri": "s3://other-bucket/private/annotations.jsonl", "images_root": "s3://other-bucket/private"},
+        {"input_uri": "s3://grounding-ops/incoming-evil/a.jsonl", "images_root": "s3://grounding-ops/incoming-evil"},
+        {"input_uri": "s3://grounding-ops/incoming/../datasets/x.jsonl", "images_root": "s3://grounding-ops/incoming"},
+        {"input_uri": "s3://grounding-ops/incoming/a.jsonl", "images_root": "/"},
+    ],
+)
 def test_the_form_refuses_locations_outside_the_input_roots(params: dict) -> None:
     with pytest.raises(DataPipelineError, match="input roots|not a plain"):
         locate(params, bucket="grounding-ops", s3_client=object())
@@ -118,8 +124,12 @@ def test_the_form_refuses_locations_outside_the_input_roots(params: dict) -> Non
 
 def test_the_form_refuses_undeclared_conf_keys() -> None:
     with pytest.raises(DataPipelineError, match="does not declare: 'dataset_name'"):
-        locate({"input_uri": "s3://grounding-ops/incoming/a.jsonl"}, bucket="grounding-ops", s3_client=object(),
-               conf_keys=["dataset_name"])
+        locate(
+            {"input_uri": "s3://grounding-ops/incoming/a.jsonl"},
+            bucket="grounding-ops",
+            s3_client=object(),
+            conf_keys=["dataset_name"],
+        )
 
 
 def test_configured_local_roots_allow_their_folders_and_refuse_symlinks_out(tmp_path: Path) -> None:
@@ -129,7 +139,9 @@ def test_configured_local_roots_allow_their_folders_and_refuse_symlinks_out(tmp_
     (root / "escape").symlink_to("/etc")
     roots = configured_roots("b", {"GROUNDING_OPS_INPUT_ROOTS": f"{root}, s3://b/drop"})
     assert roots == (InputRoot(folder=root.resolve()), InputRoot(bucket="b", prefix="drop"))
-    assert check_location(str(root / "set1" / "a.jsonl"), roots, "input_uri") == str((root / "set1" / "a.jsonl").resolve())
+    assert check_location(str(root / "set1" / "a.jsonl"), roots, "input_uri") == str(
+        (root / "set1" / "a.jsonl").resolve()
+    )
     assert check_location("s3://b/drop/x/y.jsonl", roots, "input_uri") == "s3://b/drop/x/y.jsonl"
     with pytest.raises(ValueError, match="outside the configured input roots"):
         check_location(str(root / "escape" / "passwd"), roots, "input_uri")
@@ -137,8 +149,9 @@ def test_configured_local_roots_allow_their_folders_and_refuse_symlinks_out(tmp_
         check_location(str(tmp_path / "annotations-other"), roots, "images_root")
     with pytest.raises(ValueError, match="absolute path"):
         check_location("annotations/a.jsonl", roots, "input_uri")
-    located = locate({"input_uri": str(root / "set1"), "images_root": str(root / "set1")}, bucket="b",
-                     input_roots=roots)
+    located = locate(
+        {"input_uri": str(root / "set1"), "images_root": str(root / "set1")}, bucket="b", input_roots=roots
+    )
     assert located["inputs"] == [str((root / "set1" / "a.jsonl").resolve())]
 
 
@@ -167,8 +180,12 @@ def test_quarantine_never_echoes_unbounded_raw_input(tmp_path: Path) -> None:
     line = "X=" + "a" * 5000 + secret_tail
     (tmp_path / "in.jsonl").write_text(line + "\n" + json.dumps({"id": "z" * 3000, "image": 5}) + "\n")
     (tmp_path / "images").mkdir()
-    result = prepare([str(tmp_path / "in.jsonl")], images_root=str(tmp_path / "images"),
-                     output_uri=str(tmp_path / "out"), settings=PrepareSettings(max_quarantine_fraction=1.0))
+    result = prepare(
+        [str(tmp_path / "in.jsonl")],
+        images_root=str(tmp_path / "images"),
+        output_uri=str(tmp_path / "out"),
+        settings=PrepareSettings(max_quarantine_fraction=1.0),
+    )
     text = (Path(result.dataset_uri) / "quarantine.jsonl").read_text()
     assert secret_tail not in text
     entries = [json.loads(row) for row in text.splitlines()]
@@ -184,10 +201,10 @@ def _validated(tmp_path: Path) -> tuple[dict, dict]:
     from grounding_ops.pipeline.data_tasks import validate
 
     data = generate_synthetic(tmp_path / "syn", n_images=6, seed=3)
-    located = {"inputs": [str(data.annotations)], "images_root": str(data.images_root),
-               "output": str(tmp_path / "out")}
-    validated = validate(located, {"max_quarantine_fraction": 1.0, "min_pixels": 3136, "max_pixels": 112 * 112},
-                         run_id="manual__1")
+    located = {"inputs": [str(data.annotations)], "images_root": str(data.images_root), "output": str(tmp_path / "out")}
+    validated = validate(
+        located, {"max_quarantine_fraction": 1.0, "min_pixels": 3136, "max_pixels": 112 * 112}, run_id="manual__1"
+    )
     return located, validated
 
 

@@ -56,30 +56,48 @@ def _parquet(path: Path, sizes: list[tuple[int, int]], protocol: str = "qwen2.5-
 
     with RowGroupWriter(path) as writer:
         for index, (w, h) in enumerate(sizes):
-            writer.add(build_row(
-                record_id=f"r{index}", source="s", phrase="the red square", boxes=[[1, 1, 5, 5]], image_bytes=b"x",
-                image_size=(w, h), resized_size=smart_resize(w, h), prompt=build_prompt("the red square", protocol),
-                protocol=protocol, split="train", index=index, min_pixels=3136, max_pixels=1003520,
-            ))
+            writer.add(
+                build_row(
+                    record_id=f"r{index}",
+                    source="s",
+                    phrase="the red square",
+                    boxes=[[1, 1, 5, 5]],
+                    image_bytes=b"x",
+                    image_size=(w, h),
+                    resized_size=smart_resize(w, h),
+                    prompt=build_prompt("the red square", protocol),
+                    protocol=protocol,
+                    split="train",
+                    index=index,
+                    min_pixels=3136,
+                    max_pixels=1003520,
+                )
+            )
     return path
 
 
 def _manifest(**settings) -> dict:
-    return {"protocol": "qwen2.5-vl", "settings": {"protocol": "qwen2.5-vl", "min_pixels": 3136,
-                                                   "max_pixels": 1003520, **settings}}
+    return {
+        "protocol": "qwen2.5-vl",
+        "settings": {"protocol": "qwen2.5-vl", "min_pixels": 3136, "max_pixels": 1003520, **settings},
+    }
 
 
 def test_preflight_refuses_a_train_split_smaller_than_a_batch_after_the_filter(tmp_path: Path) -> None:
     from grounding_ops.training.verl_preflight import DatasetMismatch, check_dataset
 
-    spec = get_preset("qwen2.5-vl-3b").with_overrides(["train_batch_size=8", "ppo_mini_batch_size=8",
-                                                       "gpus_per_node=1"])
+    spec = get_preset("qwen2.5-vl-3b").with_overrides(
+        ["train_batch_size=8", "ppo_mini_batch_size=8", "gpus_per_node=1"]
+    )
     small, big = (640, 480), (1280, 960)  # 391 and 1265 visual tokens
     train = _parquet(tmp_path / "train.parquet", [small] * 6 + [big] * 4)
     assert check_dataset(spec, _manifest(), train, None).steps(spec) == spec.total_epochs * 1
     tight = dataclasses.replace(spec, max_prompt_length=1024)
-    with pytest.raises(DatasetMismatch, match=r"only 6 of 10 train rows fit max_prompt_length=1024 \(4 would be "
-                                              r"filtered as overlong\), fewer than one batch \(train_batch_size=8\)"):
+    with pytest.raises(
+        DatasetMismatch,
+        match=r"only 6 of 10 train rows fit max_prompt_length=1024 \(4 would be "
+        r"filtered as overlong\), fewer than one batch \(train_batch_size=8\)",
+    ):
         check_dataset(tight, _manifest(), train, None)
     val = _parquet(tmp_path / "val.parquet", [big] * 2)
     with pytest.raises(DatasetMismatch, match="none of the 2 val rows fits max_prompt_length=1024"):
@@ -91,16 +109,19 @@ def test_preflight_takes_pixel_bounds_protocol_and_factor_from_the_manifest(tmp_
 
     train = _parquet(tmp_path / "train.parquet", [(1280, 960)] * 130)
     lora = get_preset("qwen2.5-vl-7b-lora")  # max_pixels=802816 on data exported with 1003520
-    with pytest.raises(DatasetMismatch, match="exported with min_pixels=3136, max_pixels=1003520 but the spec says "
-                                              "min_pixels=3136, max_pixels=802816"):
+    with pytest.raises(
+        DatasetMismatch,
+        match="exported with min_pixels=3136, max_pixels=1003520 but the spec says min_pixels=3136, max_pixels=802816",
+    ):
         check_dataset(lora, _manifest(), train, None)
     spec = get_preset("qwen2.5-vl-3b")
     with pytest.raises(DatasetMismatch, match="ask for protocol qwen2-vl"):
         check_dataset(spec, {**_manifest(), "protocol": "qwen2-vl"}, train, None)
     qwen3 = dataclasses.replace(spec, model_family="qwen3-vl", protocol="qwen3-vl")
     with pytest.raises(DatasetMismatch, match=r"resized for qwen2.5-vl \(factor 28\)"):
-        check_dataset(qwen3, {"protocol": "qwen3-vl", "settings": {"min_pixels": 3136, "max_pixels": 1003520}},
-                      train, None)
+        check_dataset(
+            qwen3, {"protocol": "qwen3-vl", "settings": {"min_pixels": 3136, "max_pixels": 1003520}}, train, None
+        )
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -129,8 +150,9 @@ def test_uploader_skips_rotated_and_partial_verl_steps(tmp_path: Path) -> None:
                 shard.unlink()
             raise OSError(f"{folder}/actor/model_world_size_1_rank_0.pt vanished")
 
-    uploader = ckpt.CheckpointUploader(store, local, log=logged.append, is_complete=actor_has_model,
-                                       before_upload=rotate_while_uploading, retries=2)
+    uploader = ckpt.CheckpointUploader(
+        store, local, log=logged.append, is_complete=actor_has_model, before_upload=rotate_while_uploading, retries=2
+    )
     uploader.sync_once()
     assert uploader.finish() == {3: ckpt.checkpoint_uri(store, 3)}
     assert ckpt.remote_complete_steps(store) == [3] and merged == [2, 3]
@@ -151,7 +173,9 @@ def test_latest_verl_checkpoint_ignores_a_newer_rotated_or_partial_step(tmp_path
 # --------------------------------------------------------------------------- export
 
 
-@pytest.mark.parametrize(("family", "protocol", "factor"), [("qwen2.5-vl", "qwen2.5-vl", 28), ("qwen3-vl", "qwen3-vl", 32)])
+@pytest.mark.parametrize(
+    ("family", "protocol", "factor"), [("qwen2.5-vl", "qwen2.5-vl", 28), ("qwen3-vl", "qwen3-vl", 32)]
+)
 def test_export_resizes_with_the_family_factor_and_stores_the_resized_image(
     family: str, protocol: str, factor: int, tmp_path: Path
 ) -> None:
@@ -164,8 +188,9 @@ def test_export_resizes_with_the_family_factor_and_stores_the_resized_image(
     from grounding_ops.data.synthetic import generate_synthetic
 
     data = generate_synthetic(tmp_path / "syn", n_images=4, seed=2, min_size=200, max_size=400)
-    settings = PrepareSettings(protocol=protocol, model_family=family, val_fraction=0.0, min_pixels=4096,
-                               max_pixels=40000)
+    settings = PrepareSettings(
+        protocol=protocol, model_family=family, val_fraction=0.0, min_pixels=4096, max_pixels=40000
+    )
     settings.check()
     resolver = ImageResolver(data.images_root)
     (tmp_path / "work").mkdir()
@@ -201,13 +226,15 @@ def test_gpu_containers_get_their_gpus_not_all_of_them() -> None:
         docker_kwargs(engine="gpu", command=["x"], container_name="c", private_environment={})
     assert training_gpus({"preset": "qwen2.5-vl-7b-lora"}) == 2
     assert training_gpus({"preset": "qwen2.5-vl-7b", "gpus_per_node": 4}) == 4
-    train = docker_kwargs(engine="gpu", command=["train"], container_name="c", private_environment={}, gpus=2,
-                          work_volume=GPU_WORK_VOLUME)
+    train = docker_kwargs(
+        engine="gpu", command=["train"], container_name="c", private_environment={}, gpus=2, work_volume=GPU_WORK_VOLUME
+    )
     assert train["device_requests"][0]["Count"] == 2 and train["shm_size"] == GPU_SHM_SIZE
     assert [(m["Target"], m["Source"], m["Type"]) for m in train["mounts"]] == [("/work", GPU_WORK_VOLUME, "volume")]
     with pytest.raises(ValueError, match="not a Docker volume name"):
-        docker_kwargs(engine="gpu", command=["x"], container_name="c", private_environment={}, gpus=1,
-                      work_volume="/var/run")
+        docker_kwargs(
+            engine="gpu", command=["x"], container_name="c", private_environment={}, gpus=1, work_volume="/var/run"
+        )
 
 
 def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
@@ -218,8 +245,15 @@ def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
     plan = plan_training(params, dataset, output_uri="s3://b/r/1", fingerprint="f", airflow_run="r")
     assert plan["gpus"] == 4 and plan["work_volume"]
     training = {"dataset_uri": "s3://b/d/v1", "dataset_version": "v1", "fingerprint": "f"}
-    candidates = [{"name": f"global_step_{i}", "uri": f"s3://b/r/1/checkpoints/global_step_{i}/huggingface",
-                   "role": "candidate", "step": i} for i in (1, 2)]
+    candidates = [
+        {
+            "name": f"global_step_{i}",
+            "uri": f"s3://b/r/1/checkpoints/global_step_{i}/huggingface",
+            "role": "candidate",
+            "step": i,
+        }
+        for i in (1, 2)
+    ]
     plans = plan_evaluations(params, training, candidates, run_uri="s3://b/r/1", airflow_run="r")
     assert [p["gpus"] for p in plans] == [1, 1] and not any("work_volume" in p for p in plans)
 
@@ -239,10 +273,20 @@ def test_gpu_image_is_pinned_and_its_example_uses_the_operators_shared_memory() 
     run_lines = [line for line in dockerfile.splitlines() if "docker run" in line]
     assert run_lines and all(f"--shm-size {GPU_SHM_GB}g" in line and "--ipc" not in line for line in run_lines)
     assert "-c /tmp/constraints-verl.txt" in dockerfile and "FLASH_ATTN_WHEEL" in dockerfile
-    pins = dict(line.split("==", 1) for line in (REPO / "docker" / "trainer" / "constraints-verl.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    for name, version in {"verl": "0.9.1", "torch": "2.11.0", "vllm": "0.24.0", "transformers": "5.9.0",
-                          "flash-attn": "2.8.3", "qwen-vl-utils": "0.0.14", "TransferQueue": "0.1.11"}.items():
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "docker" / "trainer" / "constraints-verl.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for name, version in {
+        "verl": "0.9.1",
+        "torch": "2.11.0",
+        "vllm": "0.24.0",
+        "transformers": "5.9.0",
+        "flash-attn": "2.8.3",
+        "qwen-vl-utils": "0.0.14",
+        "TransferQueue": "0.1.11",
+    }.items():
         assert pins.get(name) == version, name
     for requirements in ("requirements.txt", "constraints.txt"):  # the CPU trainer env imports verl's V1 trainer
         text = (REPO / "docker" / "trainer" / requirements).read_text()

@@ -24,30 +24,41 @@ def verl_schema() -> Any:
     import pyarrow as pa
 
     size = pa.list_(pa.int64())
-    ground_truth = pa.struct([
-        ("boxes", pa.list_(pa.list_(pa.float64()))),
-        ("protocol", pa.string()),
-        ("image_size", size),
-        ("resized_size", size),
-    ])
-    return pa.schema([
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("min_pixels", pa.int64()),
-                                       ("max_pixels", pa.int64())]))),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", ground_truth)])),
-        ("extra_info", pa.struct([
-            ("split", pa.string()),
-            ("index", pa.int64()),
-            ("id", pa.string()),
-            ("source", pa.string()),
-            ("phrase", pa.string()),
+    ground_truth = pa.struct(
+        [
+            ("boxes", pa.list_(pa.list_(pa.float64()))),
             ("protocol", pa.string()),
             ("image_size", size),
             ("resized_size", size),
-        ])),
-    ])
+        ]
+    )
+    return pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            (
+                "images",
+                pa.list_(pa.struct([("bytes", pa.binary()), ("min_pixels", pa.int64()), ("max_pixels", pa.int64())])),
+            ),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", ground_truth)])),
+            (
+                "extra_info",
+                pa.struct(
+                    [
+                        ("split", pa.string()),
+                        ("index", pa.int64()),
+                        ("id", pa.string()),
+                        ("source", pa.string()),
+                        ("phrase", pa.string()),
+                        ("protocol", pa.string()),
+                        ("image_size", size),
+                        ("resized_size", size),
+                    ]
+                ),
+            ),
+        ]
+    )
 
 
 def resize_encoded(image_bytes: bytes, size: tuple[int, int]) -> bytes:
@@ -74,9 +85,22 @@ def resize_encoded(image_bytes: bytes, size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
-def build_row(*, record_id: str, source: str, phrase: str, boxes: list[list[float]], image_bytes: bytes,
-              image_size: tuple[int, int], resized_size: tuple[int, int], prompt: list[dict[str, str]],
-              protocol: str, split: str, index: int, min_pixels: int, max_pixels: int) -> dict[str, Any]:
+def build_row(
+    *,
+    record_id: str,
+    source: str,
+    phrase: str,
+    boxes: list[list[float]],
+    image_bytes: bytes,
+    image_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    prompt: list[dict[str, str]],
+    protocol: str,
+    split: str,
+    index: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> dict[str, Any]:
     if sum(str(m.get("content", "")).count("<image>") for m in prompt) != 1:
         raise ValueError(f"the prompt for row {record_id!r} must hold exactly one <image> placeholder")
     image_size_list = [int(image_size[0]), int(image_size[1])]
@@ -112,8 +136,9 @@ class RowGroupWriter:
     """Appends rows to one parquet file, flushing a row group every ``max_rows`` rows or
     ``max_bytes`` of image bytes, so memory stays flat whatever the number of rows."""
 
-    def __init__(self, path: Path, *, max_rows: int = DEFAULT_ROW_GROUP_ROWS,
-                 max_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> None:
+    def __init__(
+        self, path: Path, *, max_rows: int = DEFAULT_ROW_GROUP_ROWS, max_bytes: int = DEFAULT_ROW_GROUP_BYTES
+    ) -> None:
         import pyarrow.parquet as pq
 
         self.path = Path(path)

@@ -80,9 +80,14 @@ def decode_image(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) 
         with image:
             width, height = image.size
             if width * height > max_image_pixels:
-                return DecodedSize(width, height, True, False,
-                                   f"{width}x{height} = {width * height} pixels is over the limit of "
-                                   f"{max_image_pixels} (raise --max-image-pixels if this is a real image)")
+                return DecodedSize(
+                    width,
+                    height,
+                    True,
+                    False,
+                    f"{width}x{height} = {width * height} pixels is over the limit of "
+                    f"{max_image_pixels} (raise --max-image-pixels if this is a real image)",
+                )
             try:
                 image.load()
             except Image.DecompressionBombError as exc:
@@ -97,8 +102,9 @@ def decode_image(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) 
 class ImageResolver:
     """Resolves annotation image references inside one images root and reads them."""
 
-    def __init__(self, images_root: str | Path, *, s3_client: Any | None = None,
-                 allowed_buckets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, images_root: str | Path, *, s3_client: Any | None = None, allowed_buckets: tuple[str, ...] = ()
+    ) -> None:
         self.root_uri = str(images_root)
         self._s3_client = s3_client
         self._stores: dict[str, Any] = {}
@@ -157,8 +163,10 @@ class ImageResolver:
             if not path.is_file():
                 return None
             if max_bytes is not None and path.stat().st_size > max_bytes:
-                raise ImageTooLarge(f"image file is {path.stat().st_size} bytes, over the cap of {max_bytes} "
-                                    "(raise --max-image-bytes if this is a real image)")
+                raise ImageTooLarge(
+                    f"image file is {path.stat().st_size} bytes, over the cap of {max_bytes} "
+                    "(raise --max-image-bytes if this is a real image)"
+                )
             return path.read_bytes()
         try:
             if max_bytes is not None and hasattr(store, "client"):
@@ -166,8 +174,10 @@ class ImageResolver:
                 length = int(response.get("ContentLength") or 0)
                 if length > max_bytes:
                     response["Body"].close()
-                    raise ImageTooLarge(f"image object is {length} bytes, over the cap of {max_bytes} "
-                                        "(raise --max-image-bytes if this is a real image)")
+                    raise ImageTooLarge(
+                        f"image object is {length} bytes, over the cap of {max_bytes} "
+                        "(raise --max-image-bytes if this is a real image)"
+                    )
                 return response["Body"].read()
             return store.get_bytes(key)
         except StorageError as exc:
@@ -207,8 +217,13 @@ class ImageResolver:
 class ImageCheckCache:
     """A bounded LRU of image checks: annotations usually share images."""
 
-    def __init__(self, resolver: ImageResolver, max_image_pixels: int, capacity: int = 4096,
-                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    def __init__(
+        self,
+        resolver: ImageResolver,
+        max_image_pixels: int,
+        capacity: int = 4096,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ) -> None:
         self.resolver = resolver
         self.max_image_pixels = max_image_pixels
         self.max_image_bytes = max_image_bytes
@@ -245,8 +260,9 @@ class ImageCheckCache:
         workers = workers or min(32, 4 * (os.cpu_count() or 1))
         if len(missing) > 1 and workers > 1:
             with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
-                results = pool.map(lambda r: self.resolver.check(r, self.max_image_pixels, self.max_image_bytes),
-                                   missing)
+                results = pool.map(
+                    lambda r: self.resolver.check(r, self.max_image_pixels, self.max_image_bytes), missing
+                )
                 for ref, entry in zip(missing, results):
                     found[ref] = entry
         else:

@@ -57,8 +57,9 @@ def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _existing_matches(store: ObjectStore, version: str, manifest: dict[str, Any],
-                      local: dict[str, dict[str, Any]]) -> bool:
+def _existing_matches(
+    store: ObjectStore, version: str, manifest: dict[str, Any], local: dict[str, dict[str, Any]]
+) -> bool:
     """True when ``manifest`` (already published) covers the same data files and every
     file it lists is still there with its size."""
     files = manifest.get("files") or {}
@@ -70,8 +71,15 @@ def _existing_matches(store: ObjectStore, version: str, manifest: dict[str, Any]
     return all(store.size(f"{version}/{name}") == info.get("size") for name, info in files.items())
 
 
-def publish_version(store: ObjectStore, version: str, local_files: dict[str, Path], manifest: dict[str, Any], *,
-                    update_latest: bool, before_manifest: Callable[[], None] | None = None) -> PublishReport:
+def publish_version(
+    store: ObjectStore,
+    version: str,
+    local_files: dict[str, Path],
+    manifest: dict[str, Any],
+    *,
+    update_latest: bool,
+    before_manifest: Callable[[], None] | None = None,
+) -> PublishReport:
     """Upload ``local_files`` under ``<version>/``, then ``manifest.json``, then ``latest.json``.
 
     ``manifest["files"]`` is filled in here with each file's sha256 and size. Files already
@@ -83,9 +91,12 @@ def publish_version(store: ObjectStore, version: str, local_files: dict[str, Pat
     version_uri = join_uri(store.uri, version)
     report = PublishReport(version, version_uri, join_uri(version_uri, MANIFEST))
     existing = read_json(store, f"{version}/{MANIFEST}")
-    if (existing is not None and existing.get("version") == version
-            and existing.get("accepted") == manifest.get("accepted")
-            and _existing_matches(store, version, existing, entries)):
+    if (
+        existing is not None
+        and existing.get("version") == version
+        and existing.get("accepted") == manifest.get("accepted")
+        and _existing_matches(store, version, existing, entries)
+    ):
         report.reused = True
         report.skipped = sorted(existing.get("files", {}))
         log.info("version %s is already published with the same content; uploading nothing", version)
@@ -119,8 +130,13 @@ def publish_version(store: ObjectStore, version: str, local_files: dict[str, Pat
 def list_versions(output_uri: str, *, s3_client: Any | None = None) -> list[str]:
     """Versions under ``output_uri`` that have a manifest (i.e. are visible)."""
     store = open_store(output_uri, s3_client=s3_client)
-    return sorted({info.key.split("/")[0] for info in store.list() if info.key.count("/") == 1
-                   and info.key.endswith("/" + MANIFEST)})
+    return sorted(
+        {
+            info.key.split("/")[0]
+            for info in store.list()
+            if info.key.count("/") == 1 and info.key.endswith("/" + MANIFEST)
+        }
+    )
 
 
 def resolve_version_uri(uri: str, *, s3_client: Any | None = None) -> str:
@@ -138,15 +154,22 @@ def resolve_version_uri(uri: str, *, s3_client: Any | None = None) -> str:
     if store.exists("train.parquet") or any(True for _ in store.list("train.parquet")):
         raise DatasetVerificationError(
             f"{text} has no {MANIFEST}: the version is incomplete (its publish did not finish). "
-            "Re-run `grounding-ops prepare` to complete it, or use a published version.")
+            "Re-run `grounding-ops prepare` to complete it, or use a published version."
+        )
     raise DatasetVerificationError(
         f"no dataset at {text}: expected a version folder with {MANIFEST} or a dataset folder with {LATEST} "
-        "(the --output of `grounding-ops prepare`)")
+        "(the --output of `grounding-ops prepare`)"
+    )
 
 
-def load_verified_dataset(uri: str, dest_dir: str | Path, *, s3_client: Any | None = None,
-                          files: tuple[str, ...] | None = ("train.parquet", "val.parquet", "quarantine.jsonl"),
-                          allow_rejected: bool = False) -> tuple[dict[str, Any], dict[str, Path]]:
+def load_verified_dataset(
+    uri: str,
+    dest_dir: str | Path,
+    *,
+    s3_client: Any | None = None,
+    files: tuple[str, ...] | None = ("train.parquet", "val.parquet", "quarantine.jsonl"),
+    allow_rejected: bool = False,
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """Download a published dataset version to ``dest_dir`` and verify every checksum.
 
     ``uri`` is a version folder, its ``manifest.json`` or the dataset folder (then the
@@ -160,12 +183,14 @@ def load_verified_dataset(uri: str, dest_dir: str | Path, *, s3_client: Any | No
     if manifest is None:
         raise DatasetVerificationError(
             f"{join_uri(version_uri, MANIFEST)} is missing or not JSON: the version is incomplete. "
-            "Re-run `grounding-ops prepare` to publish it.")
+            "Re-run `grounding-ops prepare` to publish it."
+        )
     if not manifest.get("accepted", True) and not allow_rejected:
         raise DatasetVerificationError(
             f"dataset version {manifest.get('version')} was rejected by validation "
             f"({manifest.get('counts', {}).get('quarantined')} of {manifest.get('counts', {}).get('received')} rows "
-            f"quarantined, over the threshold); see {join_uri(version_uri, 'quarantine.jsonl')}")
+            f"quarantined, over the threshold); see {join_uri(version_uri, 'quarantine.jsonl')}"
+        )
     listed: dict[str, dict[str, Any]] = manifest.get("files") or {}
     wanted = sorted(listed) if files is None else list(files)
     missing = [name for name in wanted if name not in listed]
@@ -178,8 +203,10 @@ def load_verified_dataset(uri: str, dest_dir: str | Path, *, s3_client: Any | No
         try:
             target = local_path_for_key(dest, str(name))
         except StorageError as exc:
-            raise DatasetVerificationError(f"{join_uri(version_uri, MANIFEST)} names a file that is not inside the "
-                                           f"version folder: {exc}; the manifest was tampered with") from exc
+            raise DatasetVerificationError(
+                f"{join_uri(version_uri, MANIFEST)} names a file that is not inside the "
+                f"version folder: {exc}; the manifest was tampered with"
+            ) from exc
         try:
             store.download_file(name, target)
         except StorageError as exc:
@@ -192,6 +219,7 @@ def load_verified_dataset(uri: str, dest_dir: str | Path, *, s3_client: Any | No
             raise DatasetVerificationError(
                 f"{join_uri(version_uri, name)} does not match its manifest (sha256 {digest[:12]}..., "
                 f"{size} bytes; expected {str(expected.get('sha256'))[:12]}..., {expected.get('size')} bytes): "
-                "the file was changed after publishing. Re-run `grounding-ops prepare` to publish a clean version.")
+                "the file was changed after publishing. Re-run `grounding-ops prepare` to publish a clean version."
+            )
         paths[name] = target
     return manifest, paths

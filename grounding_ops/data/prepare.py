@@ -25,13 +25,25 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from grounding_ops import __version__
-from grounding_ops.data.images import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageCheck, ImageCheckCache,
-                                       ImageResolver)
+from grounding_ops.data.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageCheck,
+    ImageCheckCache,
+    ImageResolver,
+)
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
 from grounding_ops.data.progress import Progress, count_lines
 from grounding_ops.data.stats import STATS_FILE, drift, render_report, run_acceptance
-from grounding_ops.data.readers import (DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_LINE_BYTES, FORMATS, ReadInfo,
-                                        ReadOptions, SkippedRow, read_records)
+from grounding_ops.data.readers import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    FORMATS,
+    ReadInfo,
+    ReadOptions,
+    SkippedRow,
+    read_records,
+)
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
 from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
 from grounding_ops.data.validation import SuiteConfig
@@ -96,10 +108,17 @@ class PrepareSettings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     def read_options(self) -> ReadOptions:
-        return ReadOptions(multi_reader=self.multi_reader, reader_id=self.reader_id, fusion_iou=self.fusion_iou,
-                           group_by=self.group_by, source_split=self.source_split,
-                           image_extension=self.image_extension, box_format=self.box_format,
-                           max_line_bytes=self.max_line_bytes, max_document_bytes=self.max_document_bytes)
+        return ReadOptions(
+            multi_reader=self.multi_reader,
+            reader_id=self.reader_id,
+            fusion_iou=self.fusion_iou,
+            group_by=self.group_by,
+            source_split=self.source_split,
+            image_extension=self.image_extension,
+            box_format=self.box_format,
+            max_line_bytes=self.max_line_bytes,
+            max_document_bytes=self.max_document_bytes,
+        )
 
     def __post_init__(self) -> None:
         if not self.model_family:
@@ -113,7 +132,9 @@ class PrepareSettings:
         except ValueError as exc:
             raise PrepareError(str(exc)) from None
         if self.model_family not in RESIZE_FACTORS:
-            raise PrepareError(f"unknown --model-family {self.model_family!r}; choose one of: {', '.join(RESIZE_FACTORS)}")
+            raise PrepareError(
+                f"unknown --model-family {self.model_family!r}; choose one of: {', '.join(RESIZE_FACTORS)}"
+            )
         problem = family_protocol_problem(self.model_family, self.protocol)
         if problem:
             raise PrepareError(f"--model-family {self.model_family} with --protocol {self.protocol}: {problem}")
@@ -122,8 +143,9 @@ class PrepareSettings:
         try:
             check_fractions(self.val_fraction, self.test_fraction)
         except ValueError as exc:
-            raise PrepareError(str(exc).replace("val_fraction", "--val-fraction")
-                               .replace("test_fraction", "--test-fraction")) from None
+            raise PrepareError(
+                str(exc).replace("val_fraction", "--val-fraction").replace("test_fraction", "--test-fraction")
+            ) from None
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
             raise PrepareError(f"--max-quarantine-fraction must be in [0, 1], got {self.max_quarantine_fraction}")
         if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
@@ -234,8 +256,11 @@ class PrepareResult:
         lines.append(f"quarantine: {self.quarantine_uri}")
         if self.report_uri:
             lines.append(f"report: {self.report_uri}")
-        lines.append("uploaded nothing (unchanged version)" if self.reused and not self.bytes_uploaded
-                     else f"uploaded {len(self.files_uploaded)} files, {self.bytes_uploaded} bytes")
+        lines.append(
+            "uploaded nothing (unchanged version)"
+            if self.reused and not self.bytes_uploaded
+            else f"uploaded {len(self.files_uploaded)} files, {self.bytes_uploaded} bytes"
+        )
         return lines
 
 
@@ -255,7 +280,8 @@ class SeenIds:
         np = self._np
         hashes = np.fromiter(
             (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "big") for i in ids),
-            dtype=np.uint64, count=len(ids),
+            dtype=np.uint64,
+            count=len(ids),
         )
         first = np.zeros(len(ids), dtype=bool)
         _, first_index = np.unique(hashes, return_index=True)
@@ -312,7 +338,7 @@ def _detail(reason: str, feats: dict[str, Any], image: ImageCheck) -> str:
         "box_positive_area": f"smallest box area is {feats['box_min_area']}",
         "declared_width_matches_image": f"declared width {feats['declared_width']:g}, image is {feats['image_width']:g}",
         "declared_height_matches_image": f"declared height {feats['declared_height']:g}, image is "
-                                         f"{feats['image_height']:g}",
+        f"{feats['image_height']:g}",
         "image_aspect_ratio": f"aspect ratio {feats['image_aspect_ratio']:.1f}",
         "source_allowed": f"source {feats['source']!r} is not allowed",
     }
@@ -322,10 +348,15 @@ def _detail(reason: str, feats: dict[str, Any], image: ImageCheck) -> str:
 def valid_row(record: CanonicalRecord, boxes: list[Any], image: ImageCheck) -> dict[str, Any]:
     """The line of ``valid.jsonl`` for a record that passed validation (boxes in pixels)."""
     return {
-        "id": record.id, "image": record.image, "phrase": record.phrase,
+        "id": record.id,
+        "image": record.image,
+        "phrase": record.phrase,
         "boxes": [[float(v) for v in box] for box in boxes],
-        "source": record.source, "group": record.group_key,
-        "width": image.width, "height": image.height, "image_sha256": image.sha256,
+        "source": record.source,
+        "group": record.group_key,
+        "width": image.width,
+        "height": image.height,
+        "image_sha256": image.sha256,
         **({"split": record.split} if record.split else {}),
     }
 
@@ -364,8 +395,14 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: PrepareSettings, work_dir: str | Path,
-                    s3_client: Any | None = None) -> ValidationSummary:
+def validate_inputs(
+    inputs: Sequence[str],
+    *,
+    images_root: str,
+    settings: PrepareSettings,
+    work_dir: str | Path,
+    s3_client: Any | None = None,
+) -> ValidationSummary:
     """Read, check and validate ``inputs``; write valid rows, quarantine and GX results to ``work_dir``."""
     import pandas as pd
 
@@ -377,8 +414,10 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     results_dir = work / VALIDATION_DIR / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     located = _local_inputs(inputs, work, s3_client)
-    fingerprints = [{"uri": uri, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
-                    for uri, path in located]
+    fingerprints = [
+        {"uri": uri, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+        for uri, path in located
+    ]
     resolver = ImageResolver(images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
     images = ImageCheckCache(resolver, settings.max_image_pixels, max_image_bytes=settings.max_image_bytes)
     runner = SuiteRunner(settings.suite)
@@ -422,14 +461,25 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
             for i, record in enumerate(records):
                 reasons = outcome.failures.get(i)
                 if reasons:
-                    writers.reject(QuarantineEntry(record.id, record.position, reasons[0],
-                                                   _detail(reasons[0], feats[i], checks[i]), record.raw_row(),
-                                                   reasons))
+                    writers.reject(
+                        QuarantineEntry(
+                            record.id,
+                            record.position,
+                            reasons[0],
+                            _detail(reasons[0], feats[i], checks[i]),
+                            record.raw_row(),
+                            reasons,
+                        )
+                    )
                     continue
                 writers.accept(valid_row(record, boxes[i], checks[i]))
             progress.update(len(batch))
-            log.info("validated batch %d: %d records, %d quarantined so far", batches, len(records),
-                     writers.counts["quarantined"])
+            log.info(
+                "validated batch %d: %d records, %d quarantined so far",
+                batches,
+                len(records),
+                writers.counts["quarantined"],
+            )
     finally:
         writers.close()
     progress.close()
@@ -440,15 +490,36 @@ def validate_inputs(inputs: Sequence[str], *, images_root: str, settings: Prepar
     if batches:
         runner.build_docs(work / VALIDATION_DIR / "docs")
     summary = ValidationSummary(
-        work_dir=work, counts=dict(writers.counts), reasons=dict(writers.reasons), inputs=fingerprints,
-        settings=settings.to_json(), images_root=str(images_root), gx_success=gx_success, batches=batches,
+        work_dir=work,
+        counts=dict(writers.counts),
+        reasons=dict(writers.reasons),
+        inputs=fingerprints,
+        settings=settings.to_json(),
+        images_root=str(images_root),
+        gx_success=gx_success,
+        batches=batches,
     )
-    (work / VALIDATION_DIR / "summary.json").write_text(json.dumps(
-        {"counts": summary.counts, "reasons": summary.reasons, "gx_success": gx_success, "batches": batches,
-         "suite": settings.suite.to_json()}, indent=2, sort_keys=True))
+    (work / VALIDATION_DIR / "summary.json").write_text(
+        json.dumps(
+            {
+                "counts": summary.counts,
+                "reasons": summary.reasons,
+                "gx_success": gx_success,
+                "batches": batches,
+                "suite": settings.suite.to_json(),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
     (work / SUMMARY).write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True))
-    log.info("validation: received %d, valid %d, quarantined %d; top reasons: %s", summary.counts["received"],
-             summary.counts["valid"], summary.counts["quarantined"], summary.top_reasons())
+    log.info(
+        "validation: received %d, valid %d, quarantined %d; top reasons: %s",
+        summary.counts["received"],
+        summary.counts["valid"],
+        summary.counts["quarantined"],
+        summary.top_reasons(),
+    )
     return summary
 
 
@@ -486,8 +557,11 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
     digest = hashlib.sha256()
     digest.update(b"accepted" if accepted else b"rejected")
     digest.update(json.dumps(settings.content_json(), sort_keys=True).encode())
-    digest.update(json.dumps({"received": summary.counts["received"], "skipped": summary.counts.get("skipped", 0)},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"received": summary.counts["received"], "skipped": summary.counts.get("skipped", 0)}, sort_keys=True
+        ).encode()
+    )
     for name in (VALID, QUARANTINE):
         digest.update(name.encode())
         digest.update(sha256_file(work / name).encode())
@@ -496,13 +570,18 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
 
 def plan_splits(work: Path, settings: PrepareSettings) -> SplitPlan:
     with open(work / VALID, encoding="utf-8") as handle:
-        return plan_small_splits((json.loads(line)["group"] for line in handle), settings.val_fraction,
-                                 settings.split_salt, settings.test_fraction)
+        return plan_small_splits(
+            (json.loads(line)["group"] for line in handle),
+            settings.val_fraction,
+            settings.split_salt,
+            settings.test_fraction,
+        )
 
 
 def _split_of(row: dict[str, Any], plan: SplitPlan, settings: PrepareSettings) -> str:
-    return row.get("split") or plan.split_of(row["group"], settings.val_fraction, settings.split_salt,
-                                             settings.test_fraction)
+    return row.get("split") or plan.split_of(
+        row["group"], settings.val_fraction, settings.split_salt, settings.test_fraction
+    )
 
 
 def split_statistics(work: Path, settings: PrepareSettings, plan: SplitPlan) -> dict[str, Any]:
@@ -518,8 +597,14 @@ def split_statistics(work: Path, settings: PrepareSettings, plan: SplitPlan) -> 
     return gather(rows())
 
 
-def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver: ImageResolver,
-                  notes: list[str] | None = None, plan: SplitPlan | None = None) -> dict[str, int]:
+def write_parquet(
+    work: Path,
+    out_dir: Path,
+    settings: PrepareSettings,
+    resolver: ImageResolver,
+    notes: list[str] | None = None,
+    plan: SplitPlan | None = None,
+) -> dict[str, int]:
     """Split ``valid.jsonl`` and write train/val/test parquet into ``out_dir``; return the row
     counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
     from contextlib import ExitStack
@@ -536,16 +621,18 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
     if notes is not None:
         notes.extend(plan.notes)
     with ExitStack() as stack:
-        writers = {name: stack.enter_context(RowGroupWriter(out_dir / SPLIT_FILES[name],
-                                                            max_rows=settings.row_group_rows))
-                   for name in SPLITS}
+        writers = {
+            name: stack.enter_context(RowGroupWriter(out_dir / SPLIT_FILES[name], max_rows=settings.row_group_rows))
+            for name in SPLITS
+        }
         with open(work / VALID, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
                 split = _split_of(row, plan, settings)
                 size = (int(row["width"]), int(row["height"]))
-                resized = smart_resize(size[0], size[1], factor=factor, min_pixels=settings.min_pixels,
-                                       max_pixels=settings.max_pixels)
+                resized = smart_resize(
+                    size[0], size[1], factor=factor, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
+                )
                 key = (row["image_sha256"], resized)
                 image_bytes = resized_images.get(key)
                 if image_bytes is None:
@@ -553,13 +640,23 @@ def write_parquet(work: Path, out_dir: Path, settings: PrepareSettings, resolver
                     resized_images[key] = image_bytes
                     if len(resized_images) > 64:
                         resized_images.popitem(last=False)
-                writers[split].add(build_row(
-                    record_id=row["id"], source=row["source"], phrase=row["phrase"], boxes=row["boxes"],
-                    image_bytes=image_bytes, image_size=size,
-                    resized_size=resized, prompt=build_prompt(row["phrase"], settings.protocol),
-                    protocol=settings.protocol, split=split, index=counts[split],
-                    min_pixels=settings.min_pixels, max_pixels=settings.max_pixels,
-                ))
+                writers[split].add(
+                    build_row(
+                        record_id=row["id"],
+                        source=row["source"],
+                        phrase=row["phrase"],
+                        boxes=row["boxes"],
+                        image_bytes=image_bytes,
+                        image_size=size,
+                        resized_size=resized,
+                        prompt=build_prompt(row["phrase"], settings.protocol),
+                        protocol=settings.protocol,
+                        split=split,
+                        index=counts[split],
+                        min_pixels=settings.min_pixels,
+                        max_pixels=settings.max_pixels,
+                    )
+                )
                 counts[split] += 1
                 progress.update()
     progress.close()
@@ -571,10 +668,16 @@ def _grouping(inputs: list[dict[str, Any]], settings: PrepareSettings) -> dict[s
     return {
         "group_by": settings.group_by,
         "split_from": "group hash" if not settings.source_split else "the release's split column",
-        "per_input": [{"name": item["name"], **{k: (item.get("reader") or {}).get(k)
-                                                for k in ("format", "group_by", "split_from", "box_convention",
-                                                          "multi_reader")}}
-                      for item in inputs],
+        "per_input": [
+            {
+                "name": item["name"],
+                **{
+                    k: (item.get("reader") or {}).get(k)
+                    for k in ("format", "group_by", "split_from", "box_convention", "multi_reader")
+                },
+            }
+            for item in inputs
+        ],
     }
 
 
@@ -599,9 +702,15 @@ def _previous_stats(store: Any, candidate: str) -> tuple[str | None, dict[str, A
     return None, None
 
 
-def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any | None = None,
-                       store: Any | None = None, created_at: str | None = None,
-                       images_root: str | None = None) -> PrepareResult:
+def export_and_publish(
+    work_dir: str | Path,
+    *,
+    output_uri: str,
+    s3_client: Any | None = None,
+    store: Any | None = None,
+    created_at: str | None = None,
+    images_root: str | None = None,
+) -> PrepareResult:
     """Write the parquet files for the validated rows in ``work_dir`` and publish the version.
 
     ``images_root``, when given, is the root the caller validated against; the summary read
@@ -609,8 +718,10 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
     work = Path(work_dir)
     summary = ValidationSummary.load(work)
     if images_root is not None and str(summary.images_root) != str(images_root):
-        raise PrepareError(f"the validation summary names images root {summary.images_root!r}, but the run validated "
-                           f"{images_root!r}: refusing to embed images from a root nobody checked")
+        raise PrepareError(
+            f"the validation summary names images root {summary.images_root!r}, but the run validated "
+            f"{images_root!r}: refusing to embed images from a root nobody checked"
+        )
     settings = PrepareSettings.from_json(summary.settings)
     resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
     store = store if store is not None else open_store(output_uri, s3_client=s3_client)
@@ -619,13 +730,22 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
     quarantine_ok = summary.quarantine_fraction <= settings.max_quarantine_fraction
     previous_version, previous = _previous_stats(store, _content_version(work, settings, summary, True))
     drift_info = drift(stats, previous)
-    acceptance = run_acceptance(stats, drift_info, max_phrase_chars=settings.suite.max_phrase_chars,
-                                max_mean_boxes=settings.max_mean_boxes, max_drift=settings.max_drift)
+    acceptance = run_acceptance(
+        stats,
+        drift_info,
+        max_phrase_chars=settings.suite.max_phrase_chars,
+        max_mean_boxes=settings.max_mean_boxes,
+        max_drift=settings.max_drift,
+    )
     accepted = quarantine_ok and acceptance.success
-    rejection = ("" if accepted else
-                 f"the acceptance suite failed: {', '.join(acceptance.failures)}" if quarantine_ok else
-                 f"{summary.counts['quarantined']} of {summary.counts['received']} rows quarantined "
-                 f"({summary.quarantine_fraction:.1%} > {settings.max_quarantine_fraction:.1%})")
+    rejection = (
+        ""
+        if accepted
+        else f"the acceptance suite failed: {', '.join(acceptance.failures)}"
+        if quarantine_ok
+        else f"{summary.counts['quarantined']} of {summary.counts['received']} rows quarantined "
+        f"({summary.quarantine_fraction:.1%} > {settings.max_quarantine_fraction:.1%})"
+    )
     version = _content_version(work, settings, summary, accepted)
     out = work / "export"
     out.mkdir(exist_ok=True)
@@ -635,8 +755,7 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         log.warning("%s", note)
     counts = {**summary.counts, **split_counts}
     (work / VALIDATION_DIR / ACCEPTANCE_RESULT).write_text(strict_json(acceptance.result))
-    report_files = render_report(work / REPORT_DIR, stats, drift_info, acceptance, previous_version, version,
-                                 previous)
+    report_files = render_report(work / REPORT_DIR, stats, drift_info, acceptance, previous_version, version, previous)
     local_files = {**{name: out / name for name in SPLIT_FILES.values()}, QUARANTINE: work / QUARANTINE}
     local_files.update({f"{REPORT_DIR}/{path.name}": path for path in report_files})
     validation_root = work / VALIDATION_DIR
@@ -660,21 +779,37 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
         # rows: the row-level suite, which fails for every quarantined row by design
         "validation": {
             "success": accepted,
-            "acceptance": {"success": acceptance.success, "failures": acceptance.failures,
-                           "results": f"{VALIDATION_DIR}/{ACCEPTANCE_RESULT}"},
-            "rows": {"success": summary.gx_success, "quarantined": summary.counts["quarantined"],
-                     "results": f"{VALIDATION_DIR}/results/", "docs": f"{VALIDATION_DIR}/docs/index.html",
-                     "summary": f"{VALIDATION_DIR}/summary.json"},
+            "acceptance": {
+                "success": acceptance.success,
+                "failures": acceptance.failures,
+                "results": f"{VALIDATION_DIR}/{ACCEPTANCE_RESULT}",
+            },
+            "rows": {
+                "success": summary.gx_success,
+                "quarantined": summary.counts["quarantined"],
+                "results": f"{VALIDATION_DIR}/results/",
+                "docs": f"{VALIDATION_DIR}/docs/index.html",
+                "summary": f"{VALIDATION_DIR}/summary.json",
+            },
         },
-        "report": {"index": f"{REPORT_DIR}/index.html", "stats": f"{REPORT_DIR}/{STATS_FILE}",
-                   "previous_version": previous_version, "drift": drift_info},
+        "report": {
+            "index": f"{REPORT_DIR}/index.html",
+            "stats": f"{REPORT_DIR}/{STATS_FILE}",
+            "previous_version": previous_version,
+            "drift": drift_info,
+        },
         "tool_version": __version__,
         "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     report: PublishReport = publish_version(store, version, local_files, manifest, update_latest=accepted)
     version_uri = report.version_uri
-    log.info("published %s: %s (%d bytes uploaded, %d files skipped)", version, version_uri,
-             report.bytes_uploaded, len(report.skipped))
+    log.info(
+        "published %s: %s (%d bytes uploaded, %d files skipped)",
+        version,
+        version_uri,
+        report.bytes_uploaded,
+        len(report.skipped),
+    )
     return PrepareResult(
         version=version,
         dataset_uri=version_uri,
@@ -695,8 +830,15 @@ def export_and_publish(work_dir: str | Path, *, output_uri: str, s3_client: Any 
     )
 
 
-def prepare(inputs: Sequence[str], *, images_root: str, output_uri: str, settings: PrepareSettings | None = None,
-            s3_client: Any | None = None, work_dir: str | Path | None = None) -> PrepareResult:
+def prepare(
+    inputs: Sequence[str],
+    *,
+    images_root: str,
+    output_uri: str,
+    settings: PrepareSettings | None = None,
+    s3_client: Any | None = None,
+    work_dir: str | Path | None = None,
+) -> PrepareResult:
     """Validate ``inputs`` and publish a dataset version under ``output_uri``."""
     settings = settings or PrepareSettings()
     with tempfile.TemporaryDirectory(prefix="grounding-prepare-") as tmp:
@@ -706,6 +848,12 @@ def prepare(inputs: Sequence[str], *, images_root: str, output_uri: str, setting
 
 
 __all__ = [
-    "LATEST", "PrepareError", "PrepareResult", "PrepareSettings", "ValidationSummary", "export_and_publish",
-    "prepare", "validate_inputs",
+    "LATEST",
+    "PrepareError",
+    "PrepareResult",
+    "PrepareSettings",
+    "ValidationSummary",
+    "export_and_publish",
+    "prepare",
+    "validate_inputs",
 ]

@@ -44,8 +44,15 @@ def _duration(seconds: float) -> str:
 class Progress:
     """``update(n)`` after each ``n`` items; ``close()`` writes the final line."""
 
-    def __init__(self, what: str, total: int | None = None, *, interval: float = 10.0,
-                 stream: IO[str] | None = None, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        *,
+        interval: float = 10.0,
+        stream: IO[str] | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.what = what
         self.total = total
         self.stream = stream if stream is not None else sys.stderr

@@ -79,7 +79,9 @@ class ReadOptions:
 
     def check(self) -> None:
         if self.multi_reader not in MULTI_READER_MODES:
-            raise ValueError(f"--multi-reader must be one of {', '.join(MULTI_READER_MODES)}, got {self.multi_reader!r}")
+            raise ValueError(
+                f"--multi-reader must be one of {', '.join(MULTI_READER_MODES)}, got {self.multi_reader!r}"
+            )
         if not 0.0 < self.fusion_iou <= 1.0:
             raise ValueError(f"--fusion-iou must be in (0, 1], got {self.fusion_iou}")
         if self.group_by not in GROUP_KEYS and not (self.group_by.startswith("column:") and self.group_by[7:].strip()):
@@ -251,13 +253,16 @@ def _json_lines(path: Path, options: ReadOptions) -> Iterator[tuple[str, Any] | 
     for lineno, raw_line in _lines(path, options.max_line_bytes):
         position = f"{name}:{lineno}"
         if raw_line is None:
-            yield ParseFailure(position, f"line is longer than {options.max_line_bytes} bytes (the line size cap)", None)
+            yield ParseFailure(
+                position, f"line is longer than {options.max_line_bytes} bytes (the line size cap)", None
+            )
             continue
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield ParseFailure(position, f"line is not UTF-8 text: {exc.reason}",
-                               _truncate(raw_line.decode("utf-8", "replace")))
+            yield ParseFailure(
+                position, f"line is not UTF-8 text: {exc.reason}", _truncate(raw_line.decode("utf-8", "replace"))
+            )
             continue
         if not line.strip():
             continue
@@ -271,8 +276,10 @@ def _load_document(path: Path, options: ReadOptions, what: str) -> Any:
     """A whole JSON document, refused (RowError) over the document size cap."""
     size = path.stat().st_size
     if size > options.max_document_bytes:
-        raise RowError(f"the {what} file is {size} bytes, over the document size cap of {options.max_document_bytes} "
-                       "bytes (raise --max-document-bytes if the machine has the memory)")
+        raise RowError(
+            f"the {what} file is {size} bytes, over the document size cap of {options.max_document_bytes} "
+            "bytes (raise --max-document-bytes if the machine has the memory)"
+        )
     try:
         return loads_json(path.read_bytes())
     except RowError as exc:
@@ -305,8 +312,9 @@ def _resolve_group_key(options: ReadOptions, available: Iterable[str], default: 
     wanted = default if options.group_by == "auto" else options.group_by
     if wanted.startswith("column:") or wanted in available:
         return wanted
-    raise ValueError(f"--group-by {wanted} is not available for {fmt} (it offers: "
-                     f"{', '.join(['auto', *available])} or column:NAME)")
+    raise ValueError(
+        f"--group-by {wanted} is not available for {fmt} (it offers: {', '.join(['auto', *available])} or column:NAME)"
+    )
 
 
 def _group_value(key: str, keys: GroupKeys, row: Any) -> str:
@@ -349,8 +357,10 @@ class _AutoGroup:
 def _split_value(value: Any) -> str:
     text = str(value or "").strip().lower()
     if text not in SPLIT_ALIASES:
-        raise RowError(f"the release's split column says {_truncate(repr(value))}; expected one of "
-                       f"{', '.join(sorted(SPLIT_ALIASES))}")
+        raise RowError(
+            f"the release's split column says {_truncate(repr(value))}; expected one of "
+            f"{', '.join(sorted(SPLIT_ALIASES))}"
+        )
     return SPLIT_ALIASES[text]
 
 
@@ -368,9 +378,13 @@ def box_iou(a: list[float], b: list[float]) -> float:
 
 
 def _finite_box(box: Any) -> bool:
-    return (isinstance(box, list) and len(box) == 4
-            and all(isinstance(v, float) and math.isfinite(v) for v in box)
-            and box[2] > box[0] and box[3] > box[1])
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, float) and math.isfinite(v) for v in box)
+        and box[2] > box[0]
+        and box[3] > box[1]
+    )
 
 
 def fuse_reader_boxes(by_reader: dict[str, list[Any]], iou_threshold: float) -> list[Any]:
@@ -408,7 +422,9 @@ def fuse_reader_boxes(by_reader: dict[str, list[Any]], iou_threshold: float) -> 
     return [[round(v, 3) for v in c["box"]] for c in clusters] + invalid
 
 
-def combine_readers(by_reader: dict[str, list[Any]], options: ReadOptions, first_reader: str | None = None) -> list[Any]:
+def combine_readers(
+    by_reader: dict[str, list[Any]], options: ReadOptions, first_reader: str | None = None
+) -> list[Any]:
     """The ground-truth boxes of one finding under ``options.multi_reader``."""
     if options.multi_reader == "all" or len(by_reader) <= 1:
         return [box for reader in sorted(by_reader) for box in by_reader[reader]]
@@ -440,8 +456,10 @@ class ReaderStats:
             "readers_per_finding": {str(k): v for k, v in sorted(self.per_finding.items())},
         }
         if self.options.multi_reader == "fuse":
-            data["fusion"] = {"method": "iou-clustering mean (weighted boxes fusion, equal weights)",
-                              "iou_threshold": self.options.fusion_iou}
+            data["fusion"] = {
+                "method": "iou-clustering mean (weighted boxes fusion, equal weights)",
+                "iou_threshold": self.options.fusion_iou,
+            }
         if self.options.multi_reader == "one":
             data["reader_id"] = self.options.reader_id or "first reader of each image (sorted ids)"
         return data
@@ -450,8 +468,9 @@ class ReaderStats:
 # --------------------------------------------------------------------------- JSONL
 
 
-def _record_from_object(obj: Any, position: str, default_source: str, box_units: str, options: ReadOptions,
-                        group_key: str) -> CanonicalRecord:
+def _record_from_object(
+    obj: Any, position: str, default_source: str, box_units: str, options: ReadOptions, group_key: str
+) -> CanonicalRecord:
     if not isinstance(obj, dict):
         raise RowError(f"expected a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
@@ -485,15 +504,16 @@ def _record_from_object(obj: Any, position: str, default_source: str, box_units:
     )
 
 
-def read_jsonl(path: Path, *, source: str, options: ReadOptions, info: ReadInfo,
-               box_units: str = "pixel") -> Iterator[ReadItem]:
+def read_jsonl(
+    path: Path, *, source: str, options: ReadOptions, info: ReadInfo, box_units: str = "pixel"
+) -> Iterator[ReadItem]:
     """The canonical JSONL: ``id, image, phrase, boxes`` (pixel ``[x1, y1, x2, y2]``),
     optional ``width, height, source, group, split``. Groups by ``group`` (else the image)."""
-    group_key = "column:group" if options.group_by == "auto" else _resolve_group_key(options, ("image",), "image",
-                                                                                         "jsonl")
+    group_key = (
+        "column:group" if options.group_by == "auto" else _resolve_group_key(options, ("image",), "image", "jsonl")
+    )
     info.group_by = "column:group (else the image)" if group_key == "column:group" else group_key
-    info.box_convention = ("normalized 0..1 [x1, y1, x2, y2]" if box_units == "normalized"
-                           else "pixel [x1, y1, x2, y2]")
+    info.box_convention = "normalized 0..1 [x1, y1, x2, y2]" if box_units == "normalized" else "pixel [x1, y1, x2, y2]"
     for item in _json_lines(path, options):
         if isinstance(item, ParseFailure):
             yield item
@@ -527,8 +547,9 @@ def read_coco(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
         yield ParseFailure(name, str(exc), None)
         return
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
-        yield ParseFailure(name, "a COCO file needs a top-level object with 'images', 'annotations' and 'categories' lists",
-                           None)
+        yield ParseFailure(
+            name, "a COCO file needs a top-level object with 'images', 'annotations' and 'categories' lists", None
+        )
         return
     images: dict[Any, dict[str, Any]] = {}
     for index, image in enumerate(document.get("images") or []):
@@ -554,8 +575,12 @@ def read_coco(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
         except TypeError:  # an unhashable image_id
             image = None
         if image is None:
-            yield ParseFailure(position, f"annotation refers to unknown image_id {_truncate(repr(ann.get('image_id')))}",
-                               ann, id=_failure_id(ann, "id"))
+            yield ParseFailure(
+                position,
+                f"annotation refers to unknown image_id {_truncate(repr(ann.get('image_id')))}",
+                ann,
+                id=_failure_id(ann, "id"),
+            )
             continue
         phrase = ann.get("caption", ann.get("phrase"))
         try:
@@ -563,13 +588,24 @@ def read_coco(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
         except TypeError:
             known_category = False
         if phrase is None and not known_category:
-            yield ParseFailure(position, "annotation has no caption and an unknown category_id "
-                               f"{_truncate(repr(ann.get('category_id')))}", ann, id=_failure_id(ann, "id"))
+            yield ParseFailure(
+                position,
+                f"annotation has no caption and an unknown category_id {_truncate(repr(ann.get('category_id')))}",
+                ann,
+                id=_failure_id(ann, "id"),
+            )
             continue
         if phrase is not None:
             try:
-                yield _coco_record(name, image, [(index, ann)], phrase, source,
-                                   f"{path.stem}:{image['id']}-{ann.get('id', index)}", group_key)
+                yield _coco_record(
+                    name,
+                    image,
+                    [(index, ann)],
+                    phrase,
+                    source,
+                    f"{path.stem}:{image['id']}-{ann.get('id', index)}",
+                    group_key,
+                )
             except RowError as exc:
                 yield ParseFailure(position, str(exc), ann)
             continue
@@ -577,8 +613,15 @@ def read_coco(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
     for (image_id, category_id), indices in grouped.items():
         anns = [(i, annotations[i]) for i in indices]
         try:
-            yield _coco_record(name, images[image_id], anns, categories[category_id], source,
-                               f"{path.stem}:{image_id}-cat{category_id}", group_key)
+            yield _coco_record(
+                name,
+                images[image_id],
+                anns,
+                categories[category_id],
+                source,
+                f"{path.stem}:{image_id}-cat{category_id}",
+                group_key,
+            )
         except RowError as exc:
             yield ParseFailure(f"{name}:annotations[{indices[0]}]", str(exc), [a for _, a in anns])
 
@@ -587,8 +630,15 @@ def _coco_box(bbox: Any) -> Any:
     return _xywh_to_xyxy(*bbox) if isinstance(bbox, list) and len(bbox) == 4 else bbox
 
 
-def _coco_record(name: str, image: dict[str, Any], anns: list[tuple[int, dict[str, Any]]], phrase: Any,
-                 source: str, record_id: str, group_key: str) -> CanonicalRecord:
+def _coco_record(
+    name: str,
+    image: dict[str, Any],
+    anns: list[tuple[int, dict[str, Any]]],
+    phrase: Any,
+    source: str,
+    record_id: str,
+    group_key: str,
+) -> CanonicalRecord:
     boxes = [_coco_box(ann.get("bbox")) for _, ann in anns]
     indices = ",".join(str(i) for i, _ in anns[:10]) + (",..." if len(anns) > 10 else "")
     file_name = _image_ref(image["file_name"], "file_name")
@@ -626,8 +676,11 @@ def _open_csv(path: Path, options: ReadOptions) -> Iterator[tuple[int, dict[str,
                 continue
             line = reader.line_num
             if None in row:  # more cells than header columns
-                yield ParseFailure(f"{name}:{line}", "row has more cells than the header has columns",
-                                   {k: v for k, v in row.items() if k is not None})
+                yield ParseFailure(
+                    f"{name}:{line}",
+                    "row has more cells than the header has columns",
+                    {k: v for k, v in row.items() if k is not None},
+                )
                 continue
             yield line, row
 
@@ -644,7 +697,9 @@ def _image_with_extension(image_id: str, extension: str) -> str:
     suffix = PurePosixPath(image_id).suffix.lower()
     if suffix in (".dicom", ".dcm"):
         return image_id[: -len(suffix)] + extension
-    return image_id if suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp") else f"{image_id}{extension}"
+    return (
+        image_id if suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp") else f"{image_id}{extension}"
+    )
 
 
 def _column(row: dict[str, Any], *names: str) -> Any:
@@ -685,8 +740,12 @@ def read_vindr_csv(path: Path, *, source: str, options: ReadOptions, info: ReadI
         image_id = str(_column(row, "image_id") or "").strip()
         class_name = str(_column(row, "class_name") or "").strip()
         if not image_id or not class_name:
-            yield ParseFailure(position, "missing 'image_id' or 'class_name' (VinDr CSV columns: image_id, rad_id, "
-                               "class_name, x_min, y_min, x_max, y_max)", row)
+            yield ParseFailure(
+                position,
+                "missing 'image_id' or 'class_name' (VinDr CSV columns: image_id, rad_id, "
+                "class_name, x_min, y_min, x_max, y_max)",
+                row,
+            )
             continue
         if "\x00" in image_id:
             yield ParseFailure(position, "'image_id' contains a NUL character", row)
@@ -702,13 +761,21 @@ def read_vindr_csv(path: Path, *, source: str, options: ReadOptions, info: ReadI
         except RowError as exc:
             yield ParseFailure(position, str(exc), row)
             continue
-        entry = grouped.setdefault((image_id, class_name), {"lines": [], "readers": {}, "group": group,
-                                                             "width": _column(row, "width"),
-                                                             "height": _column(row, "height")})
+        entry = grouped.setdefault(
+            (image_id, class_name),
+            {
+                "lines": [],
+                "readers": {},
+                "group": group,
+                "width": _column(row, "width"),
+                "height": _column(row, "height"),
+            },
+        )
         if len(entry["lines"]) < 10:
             entry["lines"].append(line)
         entry["readers"].setdefault(reader, []).append(
-            [_number_or_raw(row.get(c)) for c in ("x_min", "y_min", "x_max", "y_max")])
+            [_number_or_raw(row.get(c)) for c in ("x_min", "y_min", "x_max", "y_max")]
+        )
     for (image_id, class_name), entry in grouped.items():
         position = f"{name}:{','.join(str(n) for n in entry['lines'])}"
         stats.add(entry["readers"])
@@ -808,15 +875,19 @@ def read_mscxr(path: Path, *, source: str, options: ReadOptions, info: ReadInfo)
             yield ParseFailure(position, str(exc), row, id=_failure_id(row, "id", "dicom_id"))
             continue
         key = (image, "" if phrase is None else str(phrase))
-        entry = grouped.setdefault(key, {"positions": [], "boxes": [], "row": row, "phrase": phrase,
-                                         "group": group, "split": split, "rows": []})
+        entry = grouped.setdefault(
+            key,
+            {"positions": [], "boxes": [], "row": row, "phrase": phrase, "group": group, "split": split, "rows": []},
+        )
         entry["positions"].append(position)
         if len(entry["rows"]) < 10:
             entry["rows"].append(row)
         entry["boxes"].append(_xywh_to_xyxy(row.get("x"), row.get("y"), row.get("w"), row.get("h")))
     for (image, phrase_key), entry in grouped.items():
         row = entry["row"]
-        position = entry["positions"][0] + (f" (+{len(entry['positions']) - 1} rows)" if len(entry["positions"]) > 1 else "")
+        position = entry["positions"][0] + (
+            f" (+{len(entry['positions']) - 1} rows)" if len(entry["positions"]) > 1 else ""
+        )
         try:
             explicit_id = _first(row, "id")
             phrase = entry["phrase"]
@@ -862,10 +933,15 @@ def _padchest_master(folder: Path, options: ReadOptions) -> dict[str, dict[str, 
         else:
             with open(table, newline="", encoding="utf-8", errors="replace") as handle:
                 rows = list(csv.DictReader(handle))
-        return {str(r.get("ImageID", "")).strip(): {"patient": str(r.get("PatientID") or "").strip(),
-                                                    "study": str(r.get("StudyID") or "").strip(),
-                                                    "split": str(r.get("split") or "").strip()}
-                for r in rows if r.get("ImageID")}
+        return {
+            str(r.get("ImageID", "")).strip(): {
+                "patient": str(r.get("PatientID") or "").strip(),
+                "study": str(r.get("StudyID") or "").strip(),
+                "split": str(r.get("split") or "").strip(),
+            }
+            for r in rows
+            if r.get("ImageID")
+        }
     return {}
 
 
@@ -891,8 +967,9 @@ def read_padchest_gr(path: Path, *, source: str, options: ReadOptions, info: Rea
     if isinstance(document, dict):
         document = next((v for v in document.values() if isinstance(v, list)), None)
     if not isinstance(document, list):
-        yield ParseFailure(name, "a PadChest-GR grounded_reports file is a JSON list of studies with 'ImageID' and "
-                           "'findings'", None)
+        yield ParseFailure(
+            name, "a PadChest-GR grounded_reports file is a JSON list of studies with 'ImageID' and 'findings'", None
+        )
         return
     master = _padchest_master(path.parent, options)
     if not master:
@@ -901,15 +978,18 @@ def read_padchest_gr(path: Path, *, source: str, options: ReadOptions, info: Rea
     for index, report in enumerate(document):
         position = f"{name}[{index}]"
         if not isinstance(report, dict) or not isinstance(report.get("findings"), list):
-            yield ParseFailure(position, "a study needs 'ImageID' and a 'findings' list", report,
-                               id=_failure_id(report, "ImageID"))
+            yield ParseFailure(
+                position, "a study needs 'ImageID' and a 'findings' list", report, id=_failure_id(report, "ImageID")
+            )
             continue
         try:
             image_id = _image_ref(report.get("ImageID"), "ImageID")
             meta = master.get(image_id, {})
-            keys = GroupKeys(image=image_id,
-                             patient=str(report.get("PatientID") or meta.get("patient") or "") or None,
-                             study=str(report.get("StudyID") or meta.get("study") or "") or None)
+            keys = GroupKeys(
+                image=image_id,
+                patient=str(report.get("PatientID") or meta.get("patient") or "") or None,
+                study=str(report.get("StudyID") or meta.get("study") or "") or None,
+            )
             group = grouper.value(keys, report)
             split = _split_value(report.get("split") or meta.get("split")) if options.source_split else None
         except RowError as exc:
@@ -929,8 +1009,11 @@ def read_padchest_gr(path: Path, *, source: str, options: ReadOptions, info: Rea
             if not all(isinstance(b, list) for b in readers.values()):
                 yield ParseFailure(fposition, "'boxes' must be a list of [x1, y1, x2, y2]", finding)
                 continue
-            readers = {r: [[_number_or_raw(v) for v in b] if isinstance(b, list) else b for b in boxes]
-                       for r, boxes in readers.items() if boxes}
+            readers = {
+                r: [[_number_or_raw(v) for v in b] if isinstance(b, list) else b for b in boxes]
+                for r, boxes in readers.items()
+                if boxes
+            }
             stats.add(readers)
             try:
                 yield CanonicalRecord(
@@ -962,8 +1045,9 @@ class _ContainersOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return {"set": set, "frozenset": frozenset}[name]
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a RefCOCO refs file holds only lists, "
-                                     "dicts, strings and numbers")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a RefCOCO refs file holds only lists, dicts, strings and numbers"
+        )
 
 
 def load_refs_pickle(path: Path, max_bytes: int) -> Any:
@@ -976,8 +1060,16 @@ def load_refs_pickle(path: Path, max_bytes: int) -> Any:
             return _ContainersOnly(handle, encoding="utf-8", errors="replace").load()
         except RecursionError:
             raise RowError("the refs file is nested too deeply") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-                KeyError, UnicodeError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            UnicodeError,
+        ) as exc:
             raise RowError(f"the refs file is not a plain pickle of lists and dicts: {exc}") from None
 
 
@@ -1018,7 +1110,9 @@ def read_refcoco(path: Path, *, source: str, options: ReadOptions, info: ReadInf
     info.split_from = "the refs' split" if options.source_split else "group hash"
     instances = path.parent / REFCOCO_INSTANCES
     if not instances.is_file():
-        yield ParseFailure(name, f"{REFCOCO_INSTANCES} is missing next to {name}: the refs name annotations of it", None)
+        yield ParseFailure(
+            name, f"{REFCOCO_INSTANCES} is missing next to {name}: the refs name annotations of it", None
+        )
         return
     try:
         refs = load_refs_pickle(path, options.max_document_bytes)
@@ -1040,8 +1134,10 @@ def read_refcoco(path: Path, *, source: str, options: ReadOptions, info: ReadInf
             ann = anns.get(ref.get("ann_id"))
             image = images.get(ref.get("image_id"))
             if ann is None or image is None:
-                raise RowError(f"ref names ann_id {ref.get('ann_id')!r} / image_id {ref.get('image_id')!r} that "
-                               f"{REFCOCO_INSTANCES} does not have")
+                raise RowError(
+                    f"ref names ann_id {ref.get('ann_id')!r} / image_id {ref.get('image_id')!r} that "
+                    f"{REFCOCO_INSTANCES} does not have"
+                )
             file_name = _image_ref(image.get("file_name"), "file_name")
             group = _group_value(group_key, GroupKeys(image=str(image["id"])), ref)
             split = _split_value(ref.get("split")) if options.source_split else None
@@ -1084,9 +1180,24 @@ def _parquet_batches(path: Path, wanted: Iterable[str]) -> Iterator[tuple[int, d
             index += 1
 
 
-REFCOCO_PARQUET_COLUMNS = ("ref_id", "question_id", "sent_id", "image_id", "file_name", "image_path", "bbox",
-                           "sentences", "captions", "answer", "sentence", "expression", "refexp", "split", "width",
-                           "height")
+REFCOCO_PARQUET_COLUMNS = (
+    "ref_id",
+    "question_id",
+    "sent_id",
+    "image_id",
+    "file_name",
+    "image_path",
+    "bbox",
+    "sentences",
+    "captions",
+    "answer",
+    "sentence",
+    "expression",
+    "refexp",
+    "split",
+    "width",
+    "height",
+)
 
 
 def read_refcoco_parquet(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) -> Iterator[ReadItem]:
@@ -1164,8 +1275,9 @@ def read_odvg(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
             else:
                 raise RowError("an ODVG line needs 'grounding.regions' or 'detection.instances'")
             if not isinstance(regions, list):
-                raise RowError(f"'{'grounding.regions' if phrase_key == 'phrase' else 'detection.instances'}' "
-                               "must be a list")
+                raise RowError(
+                    f"'{'grounding.regions' if phrase_key == 'phrase' else 'detection.instances'}' must be a list"
+                )
             by_phrase: dict[str, list[Any]] = {}
             for region in regions:
                 if not isinstance(region, dict):
@@ -1177,15 +1289,23 @@ def read_odvg(path: Path, *, source: str, options: ReadOptions, info: ReadInfo) 
                     raise RowError(f"a region has no '{phrase_key}' string")
                 bbox = region.get("bbox")
                 by_phrase.setdefault(phrase.strip(), []).append(
-                    [_number_or_raw(v) for v in bbox] if isinstance(bbox, list) else bbox)
+                    [_number_or_raw(v) for v in bbox] if isinstance(bbox, list) else bbox
+                )
         except RowError as exc:
             yield ParseFailure(position, str(exc), obj, id=_failure_id(obj, "filename"))
             continue
         for number, (phrase, boxes) in enumerate(by_phrase.items()):
             yield CanonicalRecord(
                 id=f"{path.stem}:{position.rsplit(':', 1)[1]}:{number}",
-                image=image, phrase=phrase, boxes=boxes, source=source, width=width, height=height,
-                group=group, position=f"{position} ({phrase_key} {phrase[:40]!r})", raw=obj,
+                image=image,
+                phrase=phrase,
+                boxes=boxes,
+                source=source,
+                width=width,
+                height=height,
+                group=group,
+                position=f"{position} ({phrase_key} {phrase[:40]!r})",
+                raw=obj,
             )
 
 
@@ -1231,8 +1351,9 @@ def _verl_boxes(ground_truth: Any, box_format: str) -> tuple[list[Any], str]:
         else:
             boxes.append(box)
     numbers = [v for b in boxes if isinstance(b, list) for v in b]
-    normalized = box_format == "auto" and bool(numbers) and all(isinstance(v, float) and 0.0 <= v <= 1.0
-                                                                 for v in numbers)
+    normalized = (
+        box_format == "auto" and bool(numbers) and all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in numbers)
+    )
     return boxes, "normalized" if normalized else "pixel"
 
 
@@ -1260,8 +1381,11 @@ def read_verl_parquet(path: Path, *, source: str, options: ReadOptions, info: Re
     name = path.name
     group_key = _resolve_group_key(options, ("image",), "image", "verl-parquet")
     info.group_by = group_key
-    info.box_convention = {"auto": "pixel [x1, y1, x2, y2] (normalized when all within 0..1)",
-                           "xyxy": "pixel [x1, y1, x2, y2]", "xywh": "pixel [x, y, w, h]"}[options.box_format]
+    info.box_convention = {
+        "auto": "pixel [x1, y1, x2, y2] (normalized when all within 0..1)",
+        "xyxy": "pixel [x1, y1, x2, y2]",
+        "xywh": "pixel [x, y, w, h]",
+    }[options.box_format]
     info.split_from = "extra_info.split" if options.source_split else "group hash"
     for index, row in _parquet_batches(path, ("prompt", "reward_model", "extra_info", "data_source")):
         position = f"{name}:row {index}"
@@ -1285,11 +1409,16 @@ def read_verl_parquet(path: Path, *, source: str, options: ReadOptions, info: Re
             continue
         yield CanonicalRecord(
             id=f"{path.stem}:{row_id if row_id is not None else index}",
-            image=image, phrase=phrase, boxes=boxes,
+            image=image,
+            phrase=phrase,
+            boxes=boxes,
             source=(data_source.removeprefix("grounding/") if isinstance(data_source, str) and data_source else source),
             width=_optional_int(extra.get("width"), "width") if isinstance(extra.get("width"), int) else None,
             height=_optional_int(extra.get("height"), "height") if isinstance(extra.get("height"), int) else None,
-            group=group, box_units=units, split=split, position=position,
+            group=group,
+            box_units=units,
+            split=split,
+            position=position,
             raw={"extra_info": extra, "ground_truth": reward.get("ground_truth")},
         )
 
@@ -1353,8 +1482,14 @@ def default_source(path: Path, fmt: str) -> str:
     return path.parent.name if fmt == "refcoco" and path.parent.name else path.stem
 
 
-def read_records(path: Path, fmt: str | None = None, *, source: str | None = None,
-                 options: ReadOptions | None = None, info: ReadInfo | None = None) -> Iterator[ReadItem]:
+def read_records(
+    path: Path,
+    fmt: str | None = None,
+    *,
+    source: str | None = None,
+    options: ReadOptions | None = None,
+    info: ReadInfo | None = None,
+) -> Iterator[ReadItem]:
     """Read one input file in ``fmt`` (detected from the file when None); ``info`` (when
     given) is filled with what the reader did, for the manifest."""
     options = options or ReadOptions()

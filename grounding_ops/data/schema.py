@@ -9,9 +9,17 @@ from typing import Any
 
 # How releases name their splits -> this platform's splits (``source_split``).
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "validate": "val", "dev": "val",
-    "test": "test", "testa": "test", "testb": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "validate": "val",
+    "dev": "val",
+    "test": "test",
+    "testa": "test",
+    "testb": "test",
+    "testing": "test",
 }
 
 
@@ -22,6 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return FORMATS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Reason given to rows that could not be turned into a canonical record at all.
 PARSE_ERROR = "parse_error"
@@ -121,8 +130,12 @@ def bounded_raw(raw: Any, limit: int = MAX_QUARANTINE_RAW_CHARS) -> Any:
         return raw
     import hashlib
 
-    return {"truncated": True, "chars": len(text), "sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
-            "preview": text[:200]}
+    return {
+        "truncated": True,
+        "chars": len(text),
+        "sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
+        "preview": text[:200],
+    }
 
 
 def strict_json(value: Any) -> str:

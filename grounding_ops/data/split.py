@@ -36,8 +36,9 @@ def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
         if not 0.0 <= value < 1.0:  # also refuses NaN
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     if not val_fraction + test_fraction < 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be below 1 (some data must train), got "
-                         f"{val_fraction} + {test_fraction}")
+        raise ValueError(
+            f"val_fraction + test_fraction must be below 1 (some data must train), got {val_fraction} + {test_fraction}"
+        )
 
 
 def assign_split(group: str, val_fraction: float, salt: str = "", test_fraction: float = 0.0) -> str:
@@ -62,8 +63,9 @@ class SplitPlan:
         return self.moved.get(group) or assign_split(group, val_fraction, salt, test_fraction)
 
 
-def plan_small_splits(groups: Iterable[str], val_fraction: float, salt: str = "",
-                      test_fraction: float = 0.0) -> SplitPlan:
+def plan_small_splits(
+    groups: Iterable[str], val_fraction: float, salt: str = "", test_fraction: float = 0.0
+) -> SplitPlan:
     """Keep train, and every requested held-out split, non-empty when the data allows it.
 
     A split the hash left without a group takes one whole group (the one with the highest
@@ -92,8 +94,9 @@ def plan_small_splits(groups: Iterable[str], val_fraction: float, salt: str = ""
         donors = [other for other in (TRAIN, *HELD_OUT) if other != name and len(samples[other]) > keep]
         if not donors:
             seen = sum(len(sample) for sample in samples.values())
-            plan.notes.append(f"the {name} split is empty: the data has only {seen} group(s), too few to fill "
-                              + ", ".join(wanted))
+            plan.notes.append(
+                f"the {name} split is empty: the data has only {seen} group(s), too few to fill " + ", ".join(wanted)
+            )
             continue
         donor = max(donors, key=lambda other: (other == TRAIN, len(samples[other])))
         entry = samples[donor].pop(0)

@@ -74,8 +74,9 @@ class DatasetStats:
     boxes: Counter = field(default_factory=Counter)  # split -> boxes
     area_sum: Counter = field(default_factory=Counter)  # split -> sum of box area fractions
     max_phrase_chars: Counter = field(default_factory=Counter)
-    histograms: dict[str, list[int]] = field(default_factory=lambda: {n: [0] * (len(e) - 1)
-                                                                      for n, (e, _) in HISTOGRAMS.items()})
+    histograms: dict[str, list[int]] = field(
+        default_factory=lambda: {n: [0] * (len(e) - 1) for n, (e, _) in HISTOGRAMS.items()}
+    )
     distinct_ids: dict[str, int] = field(default_factory=dict)
     _ids: dict[str, _DistinctIds] = field(default_factory=dict, repr=False)
 
@@ -119,12 +120,15 @@ class DatasetStats:
             "boxes": {**dict(self.boxes), "all": total_boxes},
             "mean_boxes_per_phrase": {split: self.boxes[split] / n for split, n in self.rows.items() if n}
             | ({"all": total_boxes / total_rows} if total_rows else {}),
-            "mean_box_area_fraction": {split: self.area_sum[split] / self.boxes[split]
-                                       for split in self.rows if self.boxes[split]}
+            "mean_box_area_fraction": {
+                split: self.area_sum[split] / self.boxes[split] for split in self.rows if self.boxes[split]
+            }
             | ({"all": sum(self.area_sum.values()) / total_boxes} if total_boxes else {}),
             "max_phrase_chars": {**dict(self.max_phrase_chars), "all": max(self.max_phrase_chars.values(), default=0)},
-            "histograms": {name: {"edges": [e if math.isfinite(e) else "inf" for e in HISTOGRAMS[name][0]],
-                                  "counts": counts} for name, counts in self.histograms.items()},
+            "histograms": {
+                name: {"edges": [e if math.isfinite(e) else "inf" for e in HISTOGRAMS[name][0]], "counts": counts}
+                for name, counts in self.histograms.items()
+            },
         }
 
 
@@ -147,8 +151,10 @@ def drift(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str,
     return {
         "histogram_tvd": tvd,
         "max_tvd": max(tvd.values(), default=0.0),
-        "rows": {split: {"before": rows_before.get(split, 0), "now": rows_now.get(split, 0)}
-                 for split in sorted(set(rows_now) | set(rows_before))},
+        "rows": {
+            split: {"before": rows_before.get(split, 0), "now": rows_now.get(split, 0)}
+            for split in sorted(set(rows_now) | set(rows_before))
+        },
         "sources_added": sorted(sources_now - sources_before),
         "sources_removed": sorted(sources_before - sources_now),
     }
@@ -169,18 +175,28 @@ def _summary_frame(stats: dict[str, Any], drift_info: dict[str, Any] | None) -> 
     for split, n in stats["rows"].items():
         if not n:
             continue
-        rows.append({
-            "split": split, "rows": float(n), "distinct_ids": float(stats["distinct_ids"].get(split, 0)),
-            "mean_boxes_per_phrase": stats["mean_boxes_per_phrase"].get(split, nan),
-            "mean_box_area_fraction": stats["mean_box_area_fraction"].get(split, nan),
-            "max_phrase_chars": float(stats["max_phrase_chars"].get(split, 0)),
-            "max_drift_tvd": float(drift_info["max_tvd"]) if drift_info and split == "all" else nan,
-        })
+        rows.append(
+            {
+                "split": split,
+                "rows": float(n),
+                "distinct_ids": float(stats["distinct_ids"].get(split, 0)),
+                "mean_boxes_per_phrase": stats["mean_boxes_per_phrase"].get(split, nan),
+                "mean_box_area_fraction": stats["mean_box_area_fraction"].get(split, nan),
+                "max_phrase_chars": float(stats["max_phrase_chars"].get(split, 0)),
+                "max_drift_tvd": float(drift_info["max_tvd"]) if drift_info and split == "all" else nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def run_acceptance(stats: dict[str, Any], drift_info: dict[str, Any] | None, *, max_phrase_chars: int,
-                   max_mean_boxes: float = 50.0, max_drift: float = 1.0) -> Acceptance:
+def run_acceptance(
+    stats: dict[str, Any],
+    drift_info: dict[str, Any] | None,
+    *,
+    max_phrase_chars: int,
+    max_mean_boxes: float = 50.0,
+    max_drift: float = 1.0,
+) -> Acceptance:
     """The table-level acceptance suite on the version's per-split summary."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -192,36 +208,63 @@ def run_acceptance(stats: dict[str, Any], drift_info: dict[str, Any] | None, *, 
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = context.data_sources.add_pandas("version").add_dataframe_asset("splits") \
+    batch = (
+        context.data_sources.add_pandas("version")
+        .add_dataframe_asset("splits")
         .add_batch_definition_whole_dataframe("summary")
+    )
     suite = gx.ExpectationSuite(name=ACCEPTANCE_SUITE)
     for expectation in [
-        e.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["all", "train"],
-                                                 **meta("train_has_rows", "The version has training rows.")),
-        e.ExpectColumnValuesToBeBetween(column="rows", min_value=1,
-                                        **meta("split_rows", "Every split that exists has at least one row.")),
-        e.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_ids",
-                                          **meta("unique_ids", "Ids are unique within each split and overall.")),
-        e.ExpectColumnValuesToBeBetween(column="mean_boxes_per_phrase", min_value=1, max_value=max_mean_boxes,
-                                        **meta("boxes_per_phrase_bounds",
-                                               f"Phrases have 1 to {max_mean_boxes:g} boxes on average.")),
-        e.ExpectColumnValuesToBeBetween(column="mean_box_area_fraction", min_value=0, max_value=1, strict_min=True,
-                                        **meta("box_area_bounds", "Boxes cover a share of their image in (0, 1].")),
-        e.ExpectColumnValuesToBeBetween(column="max_phrase_chars", min_value=1, max_value=max_phrase_chars,
-                                        **meta("phrase_length_bounds", f"Phrases are 1 to {max_phrase_chars} "
-                                                                       "characters.")),
-        e.ExpectColumnValuesToBeBetween(column="max_drift_tvd", max_value=max_drift,
-                                        **meta("drift_bounds", f"No histogram moved more than {max_drift:g} (total "
-                                                               "variation) since the previous version.")),
+        e.ExpectColumnDistinctValuesToContainSet(
+            column="split", value_set=["all", "train"], **meta("train_has_rows", "The version has training rows.")
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="rows", min_value=1, **meta("split_rows", "Every split that exists has at least one row.")
+        ),
+        e.ExpectColumnPairValuesToBeEqual(
+            column_A="rows",
+            column_B="distinct_ids",
+            **meta("unique_ids", "Ids are unique within each split and overall."),
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="mean_boxes_per_phrase",
+            min_value=1,
+            max_value=max_mean_boxes,
+            **meta("boxes_per_phrase_bounds", f"Phrases have 1 to {max_mean_boxes:g} boxes on average."),
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="mean_box_area_fraction",
+            min_value=0,
+            max_value=1,
+            strict_min=True,
+            **meta("box_area_bounds", "Boxes cover a share of their image in (0, 1]."),
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="max_phrase_chars",
+            min_value=1,
+            max_value=max_phrase_chars,
+            **meta("phrase_length_bounds", f"Phrases are 1 to {max_phrase_chars} characters."),
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="max_drift_tvd",
+            max_value=max_drift,
+            **meta(
+                "drift_bounds",
+                f"No histogram moved more than {max_drift:g} (total variation) since the previous version.",
+            ),
+        ),
     ]:
         suite.add_expectation(expectation)
     suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name="acceptance", data=batch,
-                                                                           suite=suite))
-    result = definition.run(batch_parameters={"dataframe": _summary_frame(stats, drift_info)},
-                            result_format={"result_format": "COMPLETE"})
-    failures = [(item.expectation_config.meta or {}).get("reason", item.expectation_config.type)
-                for item in result.results if not item.success]
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="acceptance", data=batch, suite=suite))
+    result = definition.run(
+        batch_parameters={"dataframe": _summary_frame(stats, drift_info)}, result_format={"result_format": "COMPLETE"}
+    )
+    failures = [
+        (item.expectation_config.meta or {}).get("reason", item.expectation_config.type)
+        for item in result.results
+        if not item.success
+    ]
     return Acceptance(bool(result.success), failures, result.to_json_dict())
 
 
@@ -269,7 +312,7 @@ def _plot(stats: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> 
     if sources:
         ax.legend(fontsize=6)
     flat[0].legend(fontsize=7)
-    for extra in flat[len(names) + 1:]:
+    for extra in flat[len(names) + 1 :]:
         extra.axis("off")
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.95, wspace=0.25, hspace=0.45)  # tight_layout: seconds
     path = out / "stats.png"
@@ -278,13 +321,24 @@ def _plot(stats: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> 
     return path
 
 
-def render_report(out: Path, stats: dict[str, Any], drift_info: dict[str, Any] | None,
-                  acceptance: Acceptance, previous_version: str | None, version: str,
-                  previous: dict[str, Any] | None = None) -> list[Path]:
+def render_report(
+    out: Path,
+    stats: dict[str, Any],
+    drift_info: dict[str, Any] | None,
+    acceptance: Acceptance,
+    previous_version: str | None,
+    version: str,
+    previous: dict[str, Any] | None = None,
+) -> list[Path]:
     """Write ``stats.json``, ``stats.png`` and ``index.html`` into ``out``; return them."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"version": version, "previous_version": previous_version, "stats": stats, "drift": drift_info,
-               "acceptance": {"success": acceptance.success, "failures": acceptance.failures}}
+    payload = {
+        "version": version,
+        "previous_version": previous_version,
+        "stats": stats,
+        "drift": drift_info,
+        "acceptance": {"success": acceptance.success, "failures": acceptance.failures},
+    }
     (out / STATS_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
     plot = _plot(stats, previous, out)
     esc = html.escape
@@ -294,31 +348,56 @@ def render_report(out: Path, stats: dict[str, Any], drift_info: dict[str, Any] |
         body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
-    parts = [f"<h1>dataset version {esc(version)}</h1>",
-             f"<p>acceptance suite: <b>{'passed' if acceptance.success else 'FAILED: ' + esc(', '.join(acceptance.failures))}"
-             "</b></p>",
-             "<h2>rows per split and source</h2>",
-             table([[split, src, n] for split, c in stats["rows_by_source"].items() for src, n in sorted(c.items())],
-                   ["split", "source", "rows"]),
-             table([[k, stats["rows"].get(k, 0), stats["distinct_ids"].get(k, 0),
-                     f"{stats['mean_boxes_per_phrase'].get(k, 0):.2f}",
-                     f"{stats['mean_box_area_fraction'].get(k, 0):.3f}"] for k in stats["rows"]],
-                   ["split", "rows", "distinct ids", "mean boxes per phrase", "mean box area share"]),
-             f'<h2>distributions</h2><img src="{plot.name}" alt="histograms" style="max-width:100%">']
+    parts = [
+        f"<h1>dataset version {esc(version)}</h1>",
+        f"<p>acceptance suite: <b>{'passed' if acceptance.success else 'FAILED: ' + esc(', '.join(acceptance.failures))}"
+        "</b></p>",
+        "<h2>rows per split and source</h2>",
+        table(
+            [[split, src, n] for split, c in stats["rows_by_source"].items() for src, n in sorted(c.items())],
+            ["split", "source", "rows"],
+        ),
+        table(
+            [
+                [
+                    k,
+                    stats["rows"].get(k, 0),
+                    stats["distinct_ids"].get(k, 0),
+                    f"{stats['mean_boxes_per_phrase'].get(k, 0):.2f}",
+                    f"{stats['mean_box_area_fraction'].get(k, 0):.3f}",
+                ]
+                for k in stats["rows"]
+            ],
+            ["split", "rows", "distinct ids", "mean boxes per phrase", "mean box area share"],
+        ),
+        f'<h2>distributions</h2><img src="{plot.name}" alt="histograms" style="max-width:100%">',
+    ]
     if drift_info:
         parts.append(f"<h2>compared with the previous version {esc(previous_version or '')}</h2>")
-        parts.append(table([[name, v] for name, v in sorted(drift_info["histogram_tvd"].items())],
-                           ["histogram", "total variation distance"]))
-        parts.append(table([[s, r["before"], r["now"]] for s, r in drift_info["rows"].items()],
-                           ["split", "rows before", "rows now"]))
+        parts.append(
+            table(
+                [[name, v] for name, v in sorted(drift_info["histogram_tvd"].items())],
+                ["histogram", "total variation distance"],
+            )
+        )
+        parts.append(
+            table(
+                [[s, r["before"], r["now"]] for s, r in drift_info["rows"].items()],
+                ["split", "rows before", "rows now"],
+            )
+        )
         if drift_info["sources_added"] or drift_info["sources_removed"]:
-            parts.append(f"<p>sources added: {esc(', '.join(drift_info['sources_added']) or '-')}; removed: "
-                         f"{esc(', '.join(drift_info['sources_removed']) or '-')}</p>")
+            parts.append(
+                f"<p>sources added: {esc(', '.join(drift_info['sources_added']) or '-')}; removed: "
+                f"{esc(', '.join(drift_info['sources_removed']) or '-')}</p>"
+            )
     else:
         parts.append("<p>no previous version to compare with.</p>")
     index = out / "index.html"
-    index.write_text("<!doctype html><html><head><meta charset='utf-8'><title>dataset report</title>"
-                     "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:8px 0}"
-                     "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-                     + "".join(parts) + "</body></html>", encoding="utf-8")
+    index.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>dataset report</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:8px 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>" + "".join(parts) + "</body></html>",
+        encoding="utf-8",
+    )
     return [out / STATS_FILE, plot, index]

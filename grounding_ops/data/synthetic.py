@@ -57,7 +57,9 @@ def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     return any(not (box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1]) for o in others)
 
 
-def render_image(rng: random.Random, width: int, height: int, n_shapes: int) -> tuple[Any, list[tuple[str, str, list[int]]]]:
+def render_image(
+    rng: random.Random, width: int, height: int, n_shapes: int
+) -> tuple[Any, list[tuple[str, str, list[int]]]]:
     """One image (the :data:`RAMP` background) and its shapes as ``(color, shape, [x1, y1, x2, y2])``.
 
     No two shapes of one image share both colour and kind, and shapes do not overlap, so every
@@ -125,9 +127,17 @@ def phrase_candidates(shapes: list[tuple[str, str, list[int]]], index: int, widt
     return out
 
 
-def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0, min_size: int = 112,
-                       max_size: int = 112, max_shapes: int = 2, n_invalid: int = 0,
-                       patients: int | None = None) -> SyntheticDataset:
+def generate_synthetic(
+    out_dir: str | Path,
+    *,
+    n_images: int = 24,
+    seed: int = 0,
+    min_size: int = 112,
+    max_size: int = 112,
+    max_shapes: int = 2,
+    n_invalid: int = 0,
+    patients: int | None = None,
+) -> SyntheticDataset:
     """Write ``out_dir/images/*.png`` and ``out_dir/annotations.jsonl``.
 
     Each image holds 1 to ``max_shapes`` shapes (sides a quarter to three sevenths of the
@@ -169,8 +179,18 @@ def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0
                 handle.write(json.dumps(record) + "\n")
                 records += 1
         broken = [
-            {"id": "bad-outside", "image": "images/img_00000.png", "phrase": "the box outside", "boxes": [[0, 0, 10_000, 10]]},
-            {"id": "bad-missing", "image": "images/does_not_exist.png", "phrase": "a missing image", "boxes": [[0, 0, 5, 5]]},
+            {
+                "id": "bad-outside",
+                "image": "images/img_00000.png",
+                "phrase": "the box outside",
+                "boxes": [[0, 0, 10_000, 10]],
+            },
+            {
+                "id": "bad-missing",
+                "image": "images/does_not_exist.png",
+                "phrase": "a missing image",
+                "boxes": [[0, 0, 5, 5]],
+            },
             {"id": "bad-phrase", "image": "images/img_00000.png", "phrase": "", "boxes": [[0, 0, 5, 5]]},
             {"id": "bad-order", "image": "images/img_00000.png", "phrase": "x2 before x1", "boxes": [[20, 0, 5, 5]]},
             {"id": "bad-escape", "image": "../outside.png", "phrase": "path traversal", "boxes": [[0, 0, 5, 5]]},
@@ -182,10 +202,20 @@ def generate_synthetic(out_dir: str | Path, *, n_images: int = 24, seed: int = 0
     return SyntheticDataset(images_dir.parent, annotations, n_images, records + n_invalid, n_invalid)
 
 
-def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, seed: int, val_fraction: float,
-                              test_fraction: float = 0.0, min_size: int = 112, max_size: int = 112,
-                              protocol: str = "qwen2.5-vl",
-                              store_uri: str | None = None, s3_client: Any | None = None) -> tuple[str, dict[str, int]]:
+def publish_synthetic_version(
+    base: str | Path,
+    *,
+    version: str,
+    n_images: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    min_size: int = 112,
+    max_size: int = 112,
+    protocol: str = "qwen2.5-vl",
+    store_uri: str | None = None,
+    s3_client: Any | None = None,
+) -> tuple[str, dict[str, int]]:
     """Generate, export and publish a synthetic dataset version for the tiny models, without GX.
 
     For the trainer environment, which has no Great Expectations: the synthetic rows are valid
@@ -203,9 +233,13 @@ def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, 
 
     base = Path(base)
     data = generate_synthetic(base / "syn", n_images=n_images, seed=seed, min_size=min_size, max_size=max_size)
-    settings = PrepareSettings(protocol=protocol, val_fraction=val_fraction, test_fraction=test_fraction,
-                               min_pixels=MIN_PIXELS,
-                               max_pixels=MAX_PIXELS)
+    settings = PrepareSettings(
+        protocol=protocol,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+    )
     resolver = ImageResolver(data.images_root)
     work, export = base / "work", base / "export"
     work.mkdir(parents=True)
@@ -218,8 +252,13 @@ def publish_synthetic_version(base: str | Path, *, version: str, n_images: int, 
             handle.write(json.dumps(valid_row(record, record.boxes, check)) + "\n")
     counts = write_parquet(work, export, settings, resolver)
     (work / "quarantine.jsonl").write_text("")
-    manifest = {"version": version, "counts": counts, "accepted": True, "protocol": settings.protocol,
-                "settings": settings.to_json()}
+    manifest = {
+        "version": version,
+        "counts": counts,
+        "accepted": True,
+        "protocol": settings.protocol,
+        "settings": settings.to_json(),
+    }
     files = {name: export / name for name in SPLIT_FILES.values()}
     files["quarantine.jsonl"] = work / "quarantine.jsonl"
     uri = store_uri or str(base / "published")

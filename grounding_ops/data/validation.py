@@ -86,8 +86,9 @@ def pixel_boxes(record: CanonicalRecord, image: ImageCheck) -> list[Any]:
     return scaled
 
 
-def row_features(record: CanonicalRecord, boxes: list[Any], image: ImageCheck, first_occurrence: bool,
-                 row: int) -> dict[str, Any]:
+def row_features(
+    record: CanonicalRecord, boxes: list[Any], image: ImageCheck, first_occurrence: bool, row: int
+) -> dict[str, Any]:
     """The derived columns the suite checks, for one record."""
     nan = float("nan")
     valid = all(isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in boxes)
@@ -152,55 +153,85 @@ def _expectations(config: SuiteConfig) -> list[Any]:
         in_true("id_first_occurrence", "unique_id", "Ids are unique; later rows repeating an id are rejected."),
         e.ExpectColumnValuesToNotBeNull(column="phrase", **meta("phrase_not_null", "Every row has a phrase.")),
         e.ExpectColumnValuesToBeBetween(
-            column="phrase_chars", min_value=1, max_value=config.max_phrase_chars,
+            column="phrase_chars",
+            min_value=1,
+            max_value=config.max_phrase_chars,
             **meta("phrase_length", f"Phrases are non-empty and at most {config.max_phrase_chars} characters."),
         ),
-        e.ExpectColumnValuesToBeBetween(column="box_count", min_value=1,
-                                        **meta("has_box", "Every row has at least one box.")),
+        e.ExpectColumnValuesToBeBetween(
+            column="box_count", min_value=1, **meta("has_box", "Every row has at least one box.")
+        ),
         in_true("boxes_valid", "boxes_four_finite_numbers", "Each box is four finite numbers [x1, y1, x2, y2]."),
         e.ExpectColumnValuesToBeBetween(column="box_min_x1", min_value=0, **meta("box_x1_nonnegative", "0 <= x1.")),
         e.ExpectColumnValuesToBeBetween(column="box_min_y1", min_value=0, **meta("box_y1_nonnegative", "0 <= y1.")),
-        e.ExpectColumnValuesToBeBetween(column="box_min_width", min_value=0, strict_min=True,
-                                        **meta("box_x1_lt_x2", "x1 < x2.")),
-        e.ExpectColumnValuesToBeBetween(column="box_min_height", min_value=0, strict_min=True,
-                                        **meta("box_y1_lt_y2", "y1 < y2.")),
+        e.ExpectColumnValuesToBeBetween(
+            column="box_min_width", min_value=0, strict_min=True, **meta("box_x1_lt_x2", "x1 < x2.")
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="box_min_height", min_value=0, strict_min=True, **meta("box_y1_lt_y2", "y1 < y2.")
+        ),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="image_width", column_B="box_max_x2", or_equal=True, ignore_row_if="either_value_is_missing",
+            column_A="image_width",
+            column_B="box_max_x2",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
             **meta("box_x2_within_width", "x2 <= image width."),
         ),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="image_height", column_B="box_max_y2", or_equal=True, ignore_row_if="either_value_is_missing",
+            column_A="image_height",
+            column_B="box_max_y2",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
             **meta("box_y2_within_height", "y2 <= image height."),
         ),
         e.ExpectColumnValuesToBeBetween(
-            column="box_min_area", min_value=config.min_box_area, strict_min=config.min_box_area <= 0,
+            column="box_min_area",
+            min_value=config.min_box_area,
+            strict_min=config.min_box_area <= 0,
             **meta("box_positive_area", f"Every box covers at least {config.min_box_area} square pixels."),
         ),
-        in_true("image_inside_root", "image_inside_root",
-                "The image is inside the images root (no '..', no absolute path or bucket outside it)."),
+        in_true(
+            "image_inside_root",
+            "image_inside_root",
+            "The image is inside the images root (no '..', no absolute path or bucket outside it).",
+        ),
         in_true("image_exists", "image_exists", "The image exists."),
         in_true("image_decodes", "image_decodes", "The image decodes."),
-        in_true("image_within_pixel_limit", "image_within_pixel_limit",
-                "The image is under the pixel limit (decompression bombs)."),
+        in_true(
+            "image_within_pixel_limit",
+            "image_within_pixel_limit",
+            "The image is under the pixel limit (decompression bombs).",
+        ),
         e.ExpectColumnPairValuesToBeEqual(
-            column_A="declared_width", column_B="image_width", ignore_row_if="either_value_is_missing",
+            column_A="declared_width",
+            column_B="image_width",
+            ignore_row_if="either_value_is_missing",
             **meta("declared_width_matches_image", "A declared width equals the decoded image width."),
         ),
         e.ExpectColumnPairValuesToBeEqual(
-            column_A="declared_height", column_B="image_height", ignore_row_if="either_value_is_missing",
+            column_A="declared_height",
+            column_B="image_height",
+            ignore_row_if="either_value_is_missing",
             **meta("declared_height_matches_image", "A declared height equals the decoded image height."),
         ),
         e.ExpectColumnValuesToBeBetween(
-            column="image_aspect_ratio", max_value=config.max_aspect_ratio,
-            **meta("image_aspect_ratio", f"The long side is at most {config.max_aspect_ratio:g}x the short side "
-                                         "(the Qwen-VL resize refuses more)."),
+            column="image_aspect_ratio",
+            max_value=config.max_aspect_ratio,
+            **meta(
+                "image_aspect_ratio",
+                f"The long side is at most {config.max_aspect_ratio:g}x the short side "
+                "(the Qwen-VL resize refuses more).",
+            ),
         ),
     ]
     if config.allowed_sources:
-        items.append(e.ExpectColumnValuesToBeInSet(
-            column="source", value_set=[html.escape(s) for s in config.allowed_sources],
-            **meta("source_allowed", f"The source is one of: {', '.join(config.allowed_sources)}."),
-        ))
+        items.append(
+            e.ExpectColumnValuesToBeInSet(
+                column="source",
+                value_set=[html.escape(s) for s in config.allowed_sources],
+                **meta("source_allowed", f"The source is one of: {', '.join(config.allowed_sources)}."),
+            )
+        )
     return items
 
 
@@ -251,8 +282,9 @@ class SuiteRunner:
         for item in result.results:
             reason = (item.expectation_config.meta or {}).get("reason", item.expectation_config.type)
             if item.exception_info and item.exception_info.get("raised_exception"):
-                raise RuntimeError(f"expectation {reason} could not be evaluated: "
-                                   f"{item.exception_info.get('exception_message')}")
+                raise RuntimeError(
+                    f"expectation {reason} could not be evaluated: {item.exception_info.get('exception_message')}"
+                )
             for index in item.result.get("unexpected_index_list") or []:
                 failures.setdefault(int(index["_row"]), []).append(reason)
         for reasons in failures.values():
@@ -291,4 +323,3 @@ class SuiteRunner:
             else:
                 path.unlink()
         return kept
-

@@ -47,8 +47,10 @@ def family_protocol_problem(family: str, protocol: str) -> str | None:
     native, asked = NATIVE_FRAME[family], NATIVE_FRAME[protocol]
     if native == asked:
         return None
-    return (f"model family {family} answers in {_FRAME_WORDS[native]} but protocol {protocol} asks for "
-            f"{_FRAME_WORDS[asked]}: use protocol {family} (or a generic one: click-xywh, normalized-xyxy)")
+    return (
+        f"model family {family} answers in {_FRAME_WORDS[native]} but protocol {protocol} asks for "
+        f"{_FRAME_WORDS[asked]}: use protocol {family} (or a generic one: click-xywh, normalized-xyxy)"
+    )
 
 
 def _round(number: float, factor: int) -> int:
@@ -63,8 +65,14 @@ def _floor(number: float, factor: int) -> int:
     return math.floor(number / factor) * factor
 
 
-def smart_resize(width: int, height: int, *, factor: int = FACTOR, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(
+    width: int,
+    height: int,
+    *,
+    factor: int = FACTOR,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
     """``(resized_width, resized_height)`` for an image of ``width`` x ``height``."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")

@@ -32,22 +32,49 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face model folder or s3:// prefix")
     parser.add_argument("--dataset", required=True, help="dataset version URI (a version folder or its parent)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
-                        help="vllm on GPU nodes, transformers on CPU (default: transformers)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="transformers",
+        help="vllm on GPU nodes, transformers on CPU (default: transformers)",
+    )
     parser.add_argument("--max-samples", type=POSITIVE_INT, default=None, help="evaluate only the first N samples")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=None,
-                        help="generation batch size (default: 8 for transformers, 256 for vllm)")
+    parser.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=None,
+        help="generation batch size (default: 8 for transformers, 256 for vllm)",
+    )
     parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None, help="answer length limit (default: 128)")
     parser.add_argument("--output", required=True, help="folder or s3:// prefix for the evaluation files")
-    parser.add_argument("--role", choices=ROLES, default="candidate",
-                        help="'base' marks the untrained base model the first champion must beat; 'champion' "
-                        "the current champion re-evaluated on a new dataset version")
-    parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
-                        help="extra tag for the MLflow run (repeatable)")
-    parser.add_argument("--mlflow", dest="mlflow", action="store_true", default=None,
-                        help="log the evaluation as an MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlruns.db)")
-    parser.add_argument("--no-mlflow", dest="mlflow", action="store_false",
-                        help="write files only (log later with `grounding-ops log-evaluation`)")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="candidate",
+        help="'base' marks the untrained base model the first champion must beat; 'champion' "
+        "the current champion re-evaluated on a new dataset version",
+    )
+    parser.add_argument(
+        "--tag",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra tag for the MLflow run (repeatable)",
+    )
+    parser.add_argument(
+        "--mlflow",
+        dest="mlflow",
+        action="store_true",
+        default=None,
+        help="log the evaluation as an MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlruns.db)",
+    )
+    parser.add_argument(
+        "--no-mlflow",
+        dest="mlflow",
+        action="store_false",
+        help="write files only (log later with `grounding-ops log-evaluation`)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from exc
         print(f"mlflow run: {run_id}")
     elif args.mlflow is None:
-        print("mlflow is not installed here: log with `grounding-ops log-evaluation --output "
-              f"{result.output_uri}` from the platform environment")
+        print(
+            "mlflow is not installed here: log with `grounding-ops log-evaluation --output "
+            f"{result.output_uri}` from the platform environment"
+        )
     return 0

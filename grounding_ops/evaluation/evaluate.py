@@ -133,9 +133,7 @@ def fetch_dataset(
     from grounding_ops.data.manifest import DatasetVerificationError, load_verified_dataset
 
     try:
-        manifest, paths = load_verified_dataset(
-            dataset_uri, dest_dir, s3_client=s3_client, files=(f"{split}.parquet",)
-        )
+        manifest, paths = load_verified_dataset(dataset_uri, dest_dir, s3_client=s3_client, files=(f"{split}.parquet",))
     except DatasetVerificationError as exc:
         raise EvaluationError(str(exc)) from exc
     return _as_dict(manifest), _split_path(paths, split)
@@ -324,10 +322,18 @@ def examples_table(examples: Sequence[Any]) -> Any:
     import pyarrow as pa
 
     boxes = pa.list_(pa.list_(pa.float64()))
-    schema = pa.schema([
-        ("id", pa.string()), ("source", pa.string()), ("phrase", pa.string()), ("image_bytes", pa.binary()),
-        ("gt_boxes", boxes), ("pred_boxes", boxes), ("iou", pa.float64()), ("response", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("phrase", pa.string()),
+            ("image_bytes", pa.binary()),
+            ("gt_boxes", boxes),
+            ("pred_boxes", boxes),
+            ("iou", pa.float64()),
+            ("response", pa.string()),
+        ]
+    )
     rows = [{name: getattr(e, name) for name in schema.names} for e in examples]
     for row in rows:
         row["gt_boxes"] = [[float(v) for v in b] for b in row["gt_boxes"]]
@@ -390,7 +396,9 @@ def write_outputs(
     pq.write_table(predictions_table(predictions), buffer)
     store.put_bytes(PREDICTIONS_FILE, buffer.getvalue())
 
-    report_info = {k: info.get(k) for k in ("model_uri", "dataset_uri", "dataset_version", "split", "protocol", "engine")}
+    report_info = {
+        k: info.get(k) for k in ("model_uri", "dataset_uri", "dataset_version", "split", "protocol", "engine")
+    }
     report_info.update({"samples": len(predictions), "samples/s": f"{samples_per_s:.3f}"})
     examples = _report_examples(samples, predictions)
     plots = evaluation_plots(ious=[p.iou for p in predictions], metrics=metrics, examples=examples)

@@ -65,7 +65,9 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
     missing = [name for name in _ENGINE_PACKAGES[engine] if importlib.util.find_spec(name) is None]
     if missing:
-        where = "a GPU node's trainer image" if engine == "vllm" else "the ML environment (.venv-ml) or the trainer image"
+        where = (
+            "a GPU node's trainer image" if engine == "vllm" else "the ML environment (.venv-ml) or the trainer image"
+        )
         raise EngineUnavailableError(
             f"the {engine} engine needs {', '.join(missing)}, which this environment lacks: run the evaluation in {where}"
         )
@@ -207,9 +209,7 @@ def generate_loaded(
         if progress is not None:
             progress(len(responses), len(requests))
     seconds = time.perf_counter() - start
-    return GenerationOutput(
-        responses, seconds, "transformers", batch_size, {"device": device, "dtype": loaded.dtype}
-    )
+    return GenerationOutput(responses, seconds, "transformers", batch_size, {"device": device, "dtype": loaded.dtype})
 
 
 def generate_transformers(
@@ -229,9 +229,7 @@ def generate_transformers(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded = load_transformers(model_dir, device=device, dtype=dtype)
-    return generate_loaded(
-        loaded, requests, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
-    )
+    return generate_loaded(loaded, requests, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 
 
 def generate_vllm(
@@ -285,9 +283,7 @@ def generate_vllm(
         if progress is not None:
             progress(len(responses), len(requests))
     seconds = time.perf_counter() - start
-    return GenerationOutput(
-        responses, seconds, "vllm", batch_size, {"tensor_parallel_size": tensor_parallel_size}
-    )
+    return GenerationOutput(responses, seconds, "vllm", batch_size, {"tensor_parallel_size": tensor_parallel_size})
 
 
 def generate(

@@ -193,9 +193,7 @@ def _group_metrics(
 ) -> GroupMetrics:
     columns = np.stack([per_sample(name, iou, score, format_ok, thresholds) for name in METRIC_NAMES], axis=1)
     point, low, high = bootstrap_means(columns, n_resamples=n_resamples, confidence=confidence, rng=rng)
-    values = {
-        name: MetricValue(float(point[i]), float(low[i]), float(high[i])) for i, name in enumerate(METRIC_NAMES)
-    }
+    values = {name: MetricValue(float(point[i]), float(low[i]), float(high[i])) for i, name in enumerate(METRIC_NAMES)}
     return GroupMetrics(n=int(iou.shape[0]), **values)
 
 

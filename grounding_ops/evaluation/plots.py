@@ -148,9 +148,7 @@ def example_grid(examples: Sequence[Any], columns: int = 4) -> bytes:
     return _png(fig)
 
 
-def evaluation_plots(
-    *, ious: Sequence[float], metrics: Any, examples: Sequence[Any]
-) -> dict[str, bytes]:
+def evaluation_plots(*, ious: Sequence[float], metrics: Any, examples: Sequence[Any]) -> dict[str, bytes]:
     """The four evaluation figures, by file name (:data:`EVALUATION_PLOTS`)."""
     return {
         IOU_HISTOGRAM: iou_histogram(ious),
@@ -182,7 +180,7 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.6 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (title, points) in zip(axes.flat, panels):
         if points:

@@ -120,9 +120,7 @@ def render_report(
     ``plots`` (file name -> PNG bytes, see :mod:`grounding_ops.evaluation.plots`) are
     shown in a section of their own.
     """
-    facts = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in info.items()
-    )
+    facts = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in info.items())
     groups = [("all", metrics.overall), *((f"source: {s}", g) for s, g in sorted(metrics.per_source.items()))]
     figures = []
     for ex in examples:
@@ -151,7 +149,7 @@ code {{ word-break: break-all; }}
 <h2>IoU histogram</h2>
 <img alt="IoU histogram" src="data:image/png;base64,{iou_histogram_png(ious)}">
 <h2>Examples <small>(green: true box, red: predicted)</small></h2>
-{''.join(figures) if figures else '<p>no examples</p>'}
+{"".join(figures) if figures else "<p>no examples</p>"}
 {_plots_section(plots)}
 </body></html>
 """

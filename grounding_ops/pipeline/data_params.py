@@ -25,46 +25,100 @@ MAX_LOCATION_CHARS = 1024
 
 PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "input_uri": {
-        "default": DEMO_INPUT, "type": "string", "minLength": 1, "maxLength": MAX_LOCATION_CHARS,
+        "default": DEMO_INPUT,
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_LOCATION_CHARS,
         "title": "Annotations",
         "description": "An annotation file or folder under a configured input root (s3://bucket/prefix/... or a "
-                       "worker folder listed in GROUNDING_OPS_INPUT_ROOTS; default root s3://<bucket>/incoming); "
-                       "'demo' uploads and uses the synthetic demo set.",
+        "worker folder listed in GROUNDING_OPS_INPUT_ROOTS; default root s3://<bucket>/incoming); "
+        "'demo' uploads and uses the synthetic demo set.",
     },
     "images_root": {
-        "default": "", "type": "string", "maxLength": MAX_LOCATION_CHARS, "title": "Images root",
+        "default": "",
+        "type": "string",
+        "maxLength": MAX_LOCATION_CHARS,
+        "title": "Images root",
         "description": "Folder or s3:// prefix the image paths are relative to, under a configured input root "
-                       "(empty for the demo).",
+        "(empty for the demo).",
     },
-    "format": {"default": AUTO_FORMAT, "enum": [AUTO_FORMAT, *FORMATS], "title": "Input format",
-               "description": "The annotation format; 'auto' tells it from the file name."},
-    "protocol": {"default": "qwen2.5-vl", "enum": list(PROTOCOL_NAMES), "title": "Answer protocol",
-                 "description": "The box convention of the model to train (prompt and reward follow it)."},
-    "val_fraction": {"default": 0.1, "type": "number", "minimum": 0, "maximum": 0.45, "title": "Validation share",
-                     "description": "Share of groups in val, where checkpoints are chosen."},
-    "test_fraction": {"default": 0.1, "type": "number", "minimum": 0, "maximum": 0.45, "title": "Test share",
-                      "description": "Share of groups in test, where the promotion decision is taken "
-                                     "(never used for training or checkpoint selection)."},
-    "model_family": {"default": AUTO_FAMILY, "enum": [AUTO_FAMILY, *RESIZE_FACTORS], "title": "Model family",
-                     "description": "The family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
-                                    "Qwen3-VL) sets the image size the model sees; 'auto' follows the protocol."},
-    "multi_reader": {"default": "fuse", "enum": list(MULTI_READER_MODES), "title": "Several readers per finding",
-                     "description": "Datasets where several annotators box each finding (VinDr-CXR's rad_id): fuse "
-                                    "their boxes into one consensus box per finding, keep one reader, or keep all."},
-    "group_by": {"default": "auto", "type": "string", "pattern": r"^(auto|image|patient|study|column:[A-Za-z0-9_.-]{1,64})$",
-                 "title": "Split groups",
-                 "description": "What keeps records together across train/val/test: auto (the format's patient or "
-                                "study key, else the image), image, patient, study, or column:<name>."},
-    "source_split": {"default": False, "type": "boolean", "title": "Use the release's own split column",
-                     "description": "MS-CXR's split column instead of the group-hash split (off: patient-level "
-                                    "hash split)."},
-    "max_quarantine_fraction": {"default": 0.05, "type": "number", "minimum": 0, "maximum": 1,
-                                "title": "Maximum quarantined share",
-                                "description": "The run fails, naming the quarantine, above this share."},
-    "min_pixels": {"default": DEFAULT_MIN_PIXELS, "type": "integer", "minimum": 1,
-                   "title": "Smallest resized image (pixels)"},
-    "max_pixels": {"default": DEFAULT_MAX_PIXELS, "type": "integer", "minimum": 1,
-                   "title": "Largest resized image (pixels)"},
+    "format": {
+        "default": AUTO_FORMAT,
+        "enum": [AUTO_FORMAT, *FORMATS],
+        "title": "Input format",
+        "description": "The annotation format; 'auto' tells it from the file name.",
+    },
+    "protocol": {
+        "default": "qwen2.5-vl",
+        "enum": list(PROTOCOL_NAMES),
+        "title": "Answer protocol",
+        "description": "The box convention of the model to train (prompt and reward follow it).",
+    },
+    "val_fraction": {
+        "default": 0.1,
+        "type": "number",
+        "minimum": 0,
+        "maximum": 0.45,
+        "title": "Validation share",
+        "description": "Share of groups in val, where checkpoints are chosen.",
+    },
+    "test_fraction": {
+        "default": 0.1,
+        "type": "number",
+        "minimum": 0,
+        "maximum": 0.45,
+        "title": "Test share",
+        "description": "Share of groups in test, where the promotion decision is taken "
+        "(never used for training or checkpoint selection).",
+    },
+    "model_family": {
+        "default": AUTO_FAMILY,
+        "enum": [AUTO_FAMILY, *RESIZE_FACTORS],
+        "title": "Model family",
+        "description": "The family the dataset is for: its resize factor (28 for Qwen2/2.5-VL, 32 for "
+        "Qwen3-VL) sets the image size the model sees; 'auto' follows the protocol.",
+    },
+    "multi_reader": {
+        "default": "fuse",
+        "enum": list(MULTI_READER_MODES),
+        "title": "Several readers per finding",
+        "description": "Datasets where several annotators box each finding (VinDr-CXR's rad_id): fuse "
+        "their boxes into one consensus box per finding, keep one reader, or keep all.",
+    },
+    "group_by": {
+        "default": "auto",
+        "type": "string",
+        "pattern": r"^(auto|image|patient|study|column:[A-Za-z0-9_.-]{1,64})$",
+        "title": "Split groups",
+        "description": "What keeps records together across train/val/test: auto (the format's patient or "
+        "study key, else the image), image, patient, study, or column:<name>.",
+    },
+    "source_split": {
+        "default": False,
+        "type": "boolean",
+        "title": "Use the release's own split column",
+        "description": "MS-CXR's split column instead of the group-hash split (off: patient-level hash split).",
+    },
+    "max_quarantine_fraction": {
+        "default": 0.05,
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "title": "Maximum quarantined share",
+        "description": "The run fails, naming the quarantine, above this share.",
+    },
+    "min_pixels": {
+        "default": DEFAULT_MIN_PIXELS,
+        "type": "integer",
+        "minimum": 1,
+        "title": "Smallest resized image (pixels)",
+    },
+    "max_pixels": {
+        "default": DEFAULT_MAX_PIXELS,
+        "type": "integer",
+        "minimum": 1,
+        "title": "Largest resized image (pixels)",
+    },
 }
 DECLARED_KEYS: frozenset[str] = frozenset(PARAM_SCHEMAS)
 
@@ -91,8 +145,12 @@ MULTI_READER_LABELS: dict[str, str] = {
     "one": "Keep one reader's boxes",
     "all": "Keep every reader's box as ground truth",
 }
-_FRAME_LABELS = {"resized": "pixels of the resized image", "grid1000": "0-1000 grid", "pixels": "image pixels",
-                 "unit": "0-1 fractions"}
+_FRAME_LABELS = {
+    "resized": "pixels of the resized image",
+    "grid1000": "0-1000 grid",
+    "pixels": "image pixels",
+    "unit": "0-1 fractions",
+}
 
 
 def format_display() -> dict[str, str]:
@@ -115,9 +173,15 @@ def protocol_display() -> dict[str, str]:
 def form_schemas() -> dict[str, dict[str, Any]]:
     """:data:`PARAM_SCHEMAS` with each field's ``section`` and the choices' ``values_display``."""
     section_of = {name: section for section, names in SECTIONS.items() for name in names}
-    displays = {"format": format_display(), "protocol": protocol_display(), "multi_reader": MULTI_READER_LABELS,
-                "model_family": {AUTO_FAMILY: "The protocol's family (qwen2.5-vl for generic protocols)",
-                                 **{f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()}}}
+    displays = {
+        "format": format_display(),
+        "protocol": protocol_display(),
+        "multi_reader": MULTI_READER_LABELS,
+        "model_family": {
+            AUTO_FAMILY: "The protocol's family (qwen2.5-vl for generic protocols)",
+            **{f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()},
+        },
+    }
     out = {}
     for name, schema in PARAM_SCHEMAS.items():
         schema = {**schema, "section": section_of.get(name, "Advanced")}
@@ -137,7 +201,8 @@ def check_declared(keys: Iterable[str]) -> None:
     if extra:
         raise UndeclaredParams(
             f"the run's conf has keys the grounding_data form does not declare: {', '.join(map(repr, extra))}; "
-            f"allowed: {', '.join(sorted(DECLARED_KEYS))}")
+            f"allowed: {', '.join(sorted(DECLARED_KEYS))}"
+        )
 
 
 def build_params() -> dict[str, Any]:

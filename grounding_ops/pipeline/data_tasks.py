@@ -88,21 +88,30 @@ def locate_inputs(input_uri: str, *, s3_client: Any | None = None) -> list[str]:
         if open_store(parent, s3_client=s3_client).exists(PurePosixPath(key).name):
             return [text]
         store = open_store(text, s3_client=s3_client)
-        found = [store.url(info.key) for info in store.list() if "/" not in info.key
-                 and info.key.endswith(INPUT_SUFFIXES)]
+        found = [
+            store.url(info.key) for info in store.list() if "/" not in info.key and info.key.endswith(INPUT_SUFFIXES)
+        ]
     else:
         path = Path(text.removeprefix("file://"))
         if path.is_file():
             return [str(path)]
         found = sorted(str(p) for p in path.glob("*") if p.is_file() and p.suffix in INPUT_SUFFIXES)
     if not found:
-        raise DataPipelineError(f"no annotation file at {input_uri} (expected a file, or .jsonl/.json/.csv files "
-                                "directly under that folder); set the input_uri parameter")
+        raise DataPipelineError(
+            f"no annotation file at {input_uri} (expected a file, or .jsonl/.json/.csv files "
+            "directly under that folder); set the input_uri parameter"
+        )
     return sorted(found)
 
 
-def locate(params: Mapping[str, Any], *, bucket: str, s3_client: Any | None = None,
-           input_roots: tuple[InputRoot, ...] | None = None, conf_keys: Iterable[str] = ()) -> dict[str, Any]:
+def locate(
+    params: Mapping[str, Any],
+    *,
+    bucket: str,
+    s3_client: Any | None = None,
+    input_roots: tuple[InputRoot, ...] | None = None,
+    conf_keys: Iterable[str] = (),
+) -> dict[str, Any]:
     """Check the form's values and find the input files.
 
     Undeclared keys (in ``params`` or the run's ``conf_keys``) are refused; the input and the
@@ -130,14 +139,19 @@ def locate(params: Mapping[str, Any], *, bucket: str, s3_client: Any | None = No
             input_uri, demo_root = ensure_demo_input(f"s3://{bucket}", s3_client=s3_client, work_dir=Path(tmp))
         images_root = images_root or demo_root
     if not images_root:
-        raise DataPipelineError("set the images_root parameter: the folder or s3:// prefix the image paths in "
-                                f"{input_uri} are relative to")
+        raise DataPipelineError(
+            f"set the images_root parameter: the folder or s3:// prefix the image paths in {input_uri} are relative to"
+        )
     inputs = locate_inputs(input_uri, s3_client=s3_client)
     output = dataset_asset_uri(bucket, dataset_name())
-    summary = _emit(f"located {len(inputs)} input file(s) at {input_uri}; images under {images_root}; "
-                    f"dataset {output}")
-    return {"inputs": inputs, "images_root": images_root, "output": output, "summary": summary,
-            "lineage": {"inputs": inputs, "outputs": []}}
+    summary = _emit(f"located {len(inputs)} input file(s) at {input_uri}; images under {images_root}; dataset {output}")
+    return {
+        "inputs": inputs,
+        "images_root": images_root,
+        "output": output,
+        "summary": summary,
+        "lineage": {"inputs": inputs, "outputs": []},
+    }
 
 
 # ----------------------------------------------------------------------------- validate
@@ -191,11 +205,13 @@ def _download_staged(store: ObjectStore, staged: Mapping[str, str], local: Path)
             raise DataPipelineError(
                 f"staged object {store.url(key)} changed after validation (sha256 {digest[:12]}..., validate "
                 f"recorded {expected[:12]}...): something else writes to the staging prefix; re-run the DAG and "
-                "restrict write access to the dataset prefix to the platform")
+                "restrict write access to the dataset prefix to the platform"
+            )
 
 
-def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str,
-             s3_client: Any | None = None) -> dict[str, Any]:
+def validate(
+    located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str, s3_client: Any | None = None
+) -> dict[str, Any]:
     """Validate the located inputs; stage valid rows, quarantine and GX results for export."""
     from grounding_ops.data.prepare import VALIDATION_DIR, PrepareError, validate_inputs
     from grounding_ops.pipeline.lineage import dataset_ref, gx_assertions
@@ -204,8 +220,13 @@ def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: s
     stage = staging_uri(str(located["output"]), run_id)
     with tempfile.TemporaryDirectory(prefix="grounding-validate-") as tmp:
         try:
-            summary = validate_inputs(list(located["inputs"]), images_root=str(located["images_root"]),
-                                      settings=settings, work_dir=tmp, s3_client=s3_client)
+            summary = validate_inputs(
+                list(located["inputs"]),
+                images_root=str(located["images_root"]),
+                settings=settings,
+                work_dir=tmp,
+                s3_client=s3_client,
+            )
         except PrepareError as exc:
             raise DataPipelineError(str(exc)) from None
         staged = _upload_tree(open_store(stage, s3_client=s3_client), Path(tmp))
@@ -215,19 +236,24 @@ def validate(located: Mapping[str, Any], params: Mapping[str, Any], *, run_id: s
     reasons = ", ".join(f"{r} ({n})" for r, n in top) or "none"
     summary_line = _emit(
         f"validated: received {counts['received']}, valid {counts['valid']}, quarantined {counts['quarantined']} "
-        f"({summary.quarantine_fraction:.1%}); top quarantine reasons: {reasons}")
-    return {"staging": stage, "staged": staged, "counts": counts, "top_reasons": top, "summary": summary_line,
-            "quarantine_fraction": summary.quarantine_fraction,
-            # The inputs with the suite's results; the staged rows are not a dataset (export publishes them).
-            "lineage": {"inputs": [dataset_ref(uri, assertions=assertions) for uri in located["inputs"]],
-                        "outputs": []}}
+        f"({summary.quarantine_fraction:.1%}); top quarantine reasons: {reasons}"
+    )
+    return {
+        "staging": stage,
+        "staged": staged,
+        "counts": counts,
+        "top_reasons": top,
+        "summary": summary_line,
+        "quarantine_fraction": summary.quarantine_fraction,
+        # The inputs with the suite's results; the staged rows are not a dataset (export publishes them).
+        "lineage": {"inputs": [dataset_ref(uri, assertions=assertions) for uri in located["inputs"]], "outputs": []},
+    }
 
 
 # ----------------------------------------------------------------------------- export
 
 
-def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
-           s3_client: Any | None = None) -> dict[str, Any]:
+def export(validated: Mapping[str, Any], located: Mapping[str, Any], *, s3_client: Any | None = None) -> dict[str, Any]:
     """Write and publish the version from the staged validation; remove the staging area.
 
     Raises :class:`QuarantineThresholdExceeded` (after publishing the version with its
@@ -239,12 +265,14 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
     with tempfile.TemporaryDirectory(prefix="grounding-export-") as tmp:
         staged = validated.get("staged")
         if not isinstance(staged, Mapping) or not staged:
-            raise DataPipelineError("the validate task's result names no staged objects: re-run the whole DAG run "
-                                    "(validate, then export)")
+            raise DataPipelineError(
+                "the validate task's result names no staged objects: re-run the whole DAG run (validate, then export)"
+            )
         _download_staged(stage_store, staged, Path(tmp))
         try:
-            result = export_and_publish(tmp, output_uri=str(located["output"]), s3_client=s3_client,
-                                        images_root=str(located["images_root"]))
+            result = export_and_publish(
+                tmp, output_uri=str(located["output"]), s3_client=s3_client, images_root=str(located["images_root"])
+            )
         except PrepareError as exc:
             raise DataPipelineError(str(exc)) from None
     for info in list(stage_store.list()):
@@ -255,19 +283,26 @@ def export(validated: Mapping[str, Any], located: Mapping[str, Any], *,
     for line in result.summary_lines():
         _emit(line)
     if not result.accepted and result.rejection.startswith("the acceptance suite"):
-        raise DataPipelineError(f"{result.rejection}; see {result.report_uri}. The version was written but not "
-                                "published as latest.")
+        raise DataPipelineError(
+            f"{result.rejection}; see {result.report_uri}. The version was written but not published as latest."
+        )
     if not result.accepted:
         raise QuarantineThresholdExceeded(
             f"{result.counts['quarantined']} of {result.counts['received']} rows quarantined "
             f"({result.quarantine_fraction:.1%} > {result.max_quarantine_fraction:.1%}); top reasons: "
             + ", ".join(f"{r} ({n})" for r, n in result.top_reasons)
             + f". Quarantine: {result.quarantine_uri} — fix those rows or raise max_quarantine_fraction. "
-              "The version was written but not published as latest.")
+            "The version was written but not published as latest."
+        )
     return {
-        "version": result.version, "uri": result.dataset_uri, "manifest": result.manifest_uri,
-        "output": result.output_uri, "quarantine": result.quarantine_uri, "counts": result.counts,
-        "reused": result.reused, "bytes_uploaded": result.bytes_uploaded,
+        "version": result.version,
+        "uri": result.dataset_uri,
+        "manifest": result.manifest_uri,
+        "output": result.output_uri,
+        "quarantine": result.quarantine_uri,
+        "counts": result.counts,
+        "reused": result.reused,
+        "bytes_uploaded": result.bytes_uploaded,
         "summary": result.summary_lines()[0],
         "lineage": {"inputs": list(located["inputs"]), "outputs": export_lineage_outputs(result, s3_client=s3_client)},
     }
@@ -290,13 +325,36 @@ def export_lineage_outputs(result: Any, *, s3_client: Any | None = None) -> list
 
     parquet = {split: name for split, name in SPLIT_FILES.items() if name in files}
     total = sum(size(n) or 0 for n in files)
-    outputs = [dataset_ref(result.dataset_uri, version=result.version, schema=schema,
-                           rows=sum(int(counts.get(s) or 0) for s in parquet), size=total, files=len(files))]
-    outputs += [dataset_ref(join_uri(result.dataset_uri, name), version=result.version, schema=schema,
-                            rows=int(counts.get(split) or 0), size=size(name), files=1)
-                for split, name in sorted(parquet.items())]
-    outputs.append(dataset_ref(result.quarantine_uri, version=result.version,
-                               rows=int(counts.get("quarantined") or 0), size=size(QUARANTINE), files=1))
+    outputs = [
+        dataset_ref(
+            result.dataset_uri,
+            version=result.version,
+            schema=schema,
+            rows=sum(int(counts.get(s) or 0) for s in parquet),
+            size=total,
+            files=len(files),
+        )
+    ]
+    outputs += [
+        dataset_ref(
+            join_uri(result.dataset_uri, name),
+            version=result.version,
+            schema=schema,
+            rows=int(counts.get(split) or 0),
+            size=size(name),
+            files=1,
+        )
+        for split, name in sorted(parquet.items())
+    ]
+    outputs.append(
+        dataset_ref(
+            result.quarantine_uri,
+            version=result.version,
+            rows=int(counts.get("quarantined") or 0),
+            size=size(QUARANTINE),
+            files=1,
+        )
+    )
     outputs.append(dataset_ref(result.manifest_uri, version=result.version))
     return outputs
 
@@ -360,8 +418,7 @@ def validate_task(context: Mapping[str, Any], located: Mapping[str, Any]) -> dic
         raise AirflowFailException(str(exc)) from None
 
 
-def export_task(context: Mapping[str, Any], validated: Mapping[str, Any],
-                located: Mapping[str, Any]) -> dict[str, Any]:
+def export_task(context: Mapping[str, Any], validated: Mapping[str, Any], located: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return export(validated, located, s3_client=s3_client())
     except DataPipelineError as exc:

@@ -55,21 +55,26 @@ class DockerDaemon:
         return bool(self.ca_cert)
 
 
-def daemon_from_connection(conn_id: str, host: str | None, port: int | None,
-                           extra: Mapping[str, Any] | None) -> DockerDaemon:
+def daemon_from_connection(
+    conn_id: str, host: str | None, port: int | None, extra: Mapping[str, Any] | None
+) -> DockerDaemon:
     """The daemon a connection's fields describe (see the module docstring for the fields)."""
     extra = dict(extra or {})
     if not host:
-        raise DockerDaemonError(f"Docker connection {conn_id!r} has no host: set it to tcp://<gpu node> "
-                                f"(port {DEFAULT_TLS_PORT}) or unix:///path/to/docker.sock")
+        raise DockerDaemonError(
+            f"Docker connection {conn_id!r} has no host: set it to tcp://<gpu node> "
+            f"(port {DEFAULT_TLS_PORT}) or unix:///path/to/docker.sock"
+        )
     scheme, sep, rest = host.partition("://")
     if not sep:
         scheme, rest = "tcp", host
     if scheme == "unix":
         return DockerDaemon(url=f"unix://{rest}")
     if scheme not in ("tcp", "https"):
-        raise DockerDaemonError(f"Docker connection {conn_id!r}: scheme {scheme!r} is not supported; use tcp:// "
-                                "(with TLS certificates in the extra) or unix://")
+        raise DockerDaemonError(
+            f"Docker connection {conn_id!r}: scheme {scheme!r} is not supported; use tcp:// "
+            "(with TLS certificates in the extra) or unix://"
+        )
     pems = {key: str(extra.get(key) or "").strip() for key in PEM_KEYS}
     missing = [key for key, value in pems.items() if not value]
     if missing:
@@ -117,8 +122,12 @@ class TlsFiles:
 
     def operator_kwargs(self) -> dict[str, Any]:
         """DockerOperator's TLS arguments (the daemon's certificate is verified against the CA)."""
-        return {"tls_ca_cert": self.paths["ca_cert"], "tls_client_cert": self.paths["client_cert"],
-                "tls_client_key": self.paths["client_key"], "tls_verify": True}
+        return {
+            "tls_ca_cert": self.paths["ca_cert"],
+            "tls_client_cert": self.paths["client_cert"],
+            "tls_client_key": self.paths["client_key"],
+            "tls_verify": True,
+        }
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -147,8 +156,9 @@ class DaemonDockerHook(DockerHook):
 
     @cached_property
     def api_client(self) -> APIClient:
-        client = _DaemonClient(base_url=self._daemon_url, version=self._daemon_version, tls=self._daemon_tls,
-                               timeout=self._daemon_timeout)
+        client = _DaemonClient(
+            base_url=self._daemon_url, version=self._daemon_version, tls=self._daemon_tls, timeout=self._daemon_timeout
+        )
         client.ping()
         self._client_created = True
         return client

@@ -259,9 +259,13 @@ def aws_environment(s3_conn_id: str = S3_CONN_ID) -> dict[str, str]:
 
     hook = S3Hook(aws_conn_id=s3_conn_id)
     credentials = hook.get_credentials()
-    return s3_environment(credentials.access_key, credentials.secret_key, credentials.token,
-                          endpoint_url=hook.conn_config.get_service_endpoint_url("s3"),
-                          region=hook.conn_region_name)
+    return s3_environment(
+        credentials.access_key,
+        credentials.secret_key,
+        credentials.token,
+        endpoint_url=hook.conn_config.get_service_endpoint_url("s3"),
+        region=hook.conn_region_name,
+    )
 
 
 def airflow_private_environment(s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE) -> dict[str, str]:
@@ -341,8 +345,9 @@ def image_reference(image: str, client: Callable[[], Any] | None = None) -> str:
         else:
             import docker
 
-            client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
-                                      timeout=10)
+            client = docker.APIClient(
+                base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock", timeout=10
+            )
         info = client.inspect_image(image)
     except Exception as exc:  # noqa: BLE001 - an unknown digest is recorded as such, not fatal here
         import logging
@@ -392,8 +397,15 @@ class GroundingContainerOperator(DockerOperator):
     dataset_splits: tuple[str, ...] = ()  # the splits a container reads when its command names none
     ui_color = "#d6eaf8"
 
-    def __init__(self, *, plan: Any, s3_conn_id: str = S3_CONN_ID, wandb_variable: str = WANDB_VARIABLE,
-                 docker_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        plan: Any,
+        s3_conn_id: str = S3_CONN_ID,
+        wandb_variable: str = WANDB_VARIABLE,
+        docker_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         # The real image is set from the plan at run time; this only names the default.
         kwargs.setdefault("image", DEFAULT_IMAGES["cpu"])
         # Resolved on the worker when the container is created (see ContainerCredentials).
@@ -455,8 +467,9 @@ class GroundingContainerOperator(DockerOperator):
             return super().hook
         from grounding_ops.pipeline.docker_daemon import DaemonDockerHook
 
-        tls = DockerHook.construct_tls_config(ca_cert=self.tls_ca_cert, client_cert=self.tls_client_cert,
-                                              client_key=self.tls_client_key, verify=True)
+        tls = DockerHook.construct_tls_config(
+            ca_cert=self.tls_ca_cert, client_cert=self.tls_client_cert, client_key=self.tls_client_key, verify=True
+        )
         return DaemonDockerHook(base_url=self.docker_url, tls=tls, version=self.api_version, timeout=self.timeout)
 
     def use_daemon(self) -> Any:
@@ -471,16 +484,25 @@ class GroundingContainerOperator(DockerOperator):
         self._daemon_tls = files is not None
         for key, value in (files.operator_kwargs() if files else {}).items():
             setattr(self, key, value)
-        self.log.info("containers of %s run on the Docker daemon %s%s", self.task_id, daemon.url,
-                      " (TLS, client certificate)" if files else "")
+        self.log.info(
+            "containers of %s run on the Docker daemon %s%s",
+            self.task_id,
+            daemon.url,
+            " (TLS, client certificate)" if files else "",
+        )
         return files
 
     def execute(self, context: Any) -> Any:
         self.apply_plan(context)
         tls_files = self.use_daemon()
         try:
-            self.log.info("running %s in %s as container %s: %s", self.task_id, self.image, self.container_name,
-                          " ".join(self.command))
+            self.log.info(
+                "running %s in %s as container %s: %s",
+                self.task_id,
+                self.image,
+                self.container_name,
+                " ".join(self.command),
+            )
             super().execute(context)
             return self.read_results(context)
         finally:
@@ -544,17 +566,32 @@ class TrainContainerOperator(GroundingContainerOperator):
         env, withheld = ray_jobs.shareable_env({**(self.environment or {}), **self.container_environment()})
         # Container commands are arguments of the image's `grounding-ops` entrypoint.
         argv = ["grounding-ops", *self.command]
-        self._ray_job = ray_jobs.submit_training(self._ray_address, argv, env_vars=env,
-                                                 submission_id=self.container_name)
-        self.log.info("submitted Ray job %s to %s: %s (env vars: %s)", self._ray_job, self._ray_address,
-                      " ".join(argv), ", ".join(sorted(env)) or "none")
+        self._ray_job = ray_jobs.submit_training(
+            self._ray_address, argv, env_vars=env, submission_id=self.container_name
+        )
+        self.log.info(
+            "submitted Ray job %s to %s: %s (env vars: %s)",
+            self._ray_job,
+            self._ray_address,
+            " ".join(argv),
+            ", ".join(sorted(env)) or "none",
+        )
         if withheld:
-            self.log.info("not sent to Ray (the Jobs API shows a job's runtime_env to any client): %s; "
-                          "the Ray nodes must provide them", ", ".join(withheld))
+            self.log.info(
+                "not sent to Ray (the Jobs API shows a job's runtime_env to any client): %s; "
+                "the Ray nodes must provide them",
+                ", ".join(withheld),
+            )
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        self.defer(trigger=RayJobTrigger(self._ray_address, self._ray_job, poll_s=self.ray_poll_s,
-                                         deadline=time.time() + timeout if timeout else None),
-                   method_name="execute_complete")
+        self.defer(
+            trigger=RayJobTrigger(
+                self._ray_address,
+                self._ray_job,
+                poll_s=self.ray_poll_s,
+                deadline=time.time() + timeout if timeout else None,
+            ),
+            method_name="execute_complete",
+        )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         """Resumed by the triggerer's event: the Ray job ended (or timed out, or was unreachable)."""
@@ -563,7 +600,9 @@ class TrainContainerOperator(GroundingContainerOperator):
         self.apply_plan(context)
         job_id, address = event["job_id"], event["address"]
         try:
-            self.log.info("last lines of Ray job %s:\n%s", job_id, ray_jobs.log_tail(ray_jobs.job_logs(address, job_id)))
+            self.log.info(
+                "last lines of Ray job %s:\n%s", job_id, ray_jobs.log_tail(ray_jobs.job_logs(address, job_id))
+            )
         except Exception as exc:  # noqa: BLE001 - the logs are a courtesy; the status decides
             self.log.warning("could not read the log of Ray job %s: %s", job_id, exc)
         if event["status"] != "SUCCEEDED":

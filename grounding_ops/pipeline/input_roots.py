@@ -38,13 +38,14 @@ class InputRoot:
 
 
 def _s3_parts(uri: str, what: str) -> tuple[str, str]:
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     key = key.rstrip("/")
     segments = key.split("/") if key else []
     if not bucket or "\x00" in uri or any(part in ("", ".", "..") for part in segments):
-        raise InputLocationRefused(f"{what} {uri!r} is not a plain s3://bucket/prefix (empty, '.' or '..' "
-                                   "segments are refused)")
+        raise InputLocationRefused(
+            f"{what} {uri!r} is not a plain s3://bucket/prefix (empty, '.' or '..' segments are refused)"
+        )
     return bucket, key
 
 
@@ -84,8 +85,7 @@ def check_location(uri: str, roots: tuple[InputRoot, ...], what: str) -> str:
     if text.startswith("s3://"):
         bucket, key = _s3_parts(text, what)
         for root in roots:
-            if root.bucket == bucket and (not root.prefix or key == root.prefix
-                                          or key.startswith(root.prefix + "/")):
+            if root.bucket == bucket and (not root.prefix or key == root.prefix or key.startswith(root.prefix + "/")):
                 return f"s3://{bucket}/{key}".rstrip("/")
     elif "://" in text and not text.startswith("file://"):
         raise InputLocationRefused(f"{what} {text!r}: use an s3:// URI or a local path")
@@ -97,4 +97,5 @@ def check_location(uri: str, roots: tuple[InputRoot, ...], what: str) -> str:
     allowed = ", ".join(str(root) for root in roots)
     raise InputLocationRefused(
         f"{what} {text!r} is outside the configured input roots ({allowed}): put the data under one of them, "
-        f"or ask an administrator to add its location to {INPUT_ROOTS_ENV} on the workers")
+        f"or ask an administrator to add its location to {INPUT_ROOTS_ENV} on the workers"
+    )

@@ -92,7 +92,8 @@ def check_bucket(asset_uri: str, variable_value: str | None) -> str:
         raise ValueError(
             f"Variable {BUCKET_VARIABLE}={variable_value.strip()!r} differs from the bucket of the dataset Asset "
             f"{asset_uri} ({BUCKET_ENV}={bucket!r} where the DAG files are parsed): set them to the same bucket "
-            f"(or delete the Variable)")
+            f"(or delete the Variable)"
+        )
     return bucket
 
 
@@ -169,8 +170,10 @@ def gx_assertions(results_dir: str | Path) -> list[dict[str, Any]]:
             name = (config.get("meta") or {}).get("reason") or config.get("type") or "expectation"
             key = (str(config.get("type") or name), column)
             result = item.get("result") or {}
-            entry = merged.setdefault(key, {"assertion": key[0], "name": str(name), "column": column,
-                                            "success": True, "unexpected": 0, "rows": 0})
+            entry = merged.setdefault(
+                key,
+                {"assertion": key[0], "name": str(name), "column": column, "success": True, "unexpected": 0, "rows": 0},
+            )
             entry["success"] = entry["success"] and bool(item.get("success"))
             entry["unexpected"] += int(result.get("unexpected_count") or 0)
             entry["rows"] += int(result.get("element_count") or 0)
@@ -201,8 +204,12 @@ def _facets(facets: Mapping[str, Any], direction: str) -> tuple[dict[str, Any], 
     )
 
     def fields(items: Sequence[Mapping[str, Any]]) -> list[Any]:
-        return [schema_dataset.SchemaDatasetFacetFields(name=str(f["name"]), type=f.get("type"),
-                                                       fields=fields(f.get("fields") or [])) for f in items]
+        return [
+            schema_dataset.SchemaDatasetFacetFields(
+                name=str(f["name"]), type=f.get("type"), fields=fields(f.get("fields") or [])
+            )
+            for f in items
+        ]
 
     dataset: dict[str, Any] = {}
     special: dict[str, Any] = {}
@@ -213,13 +220,22 @@ def _facets(facets: Mapping[str, Any], direction: str) -> tuple[dict[str, Any], 
     stats = facets.get("statistics")
     if stats and direction == "output":
         special["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-            rowCount=stats.get("rows"), size=stats.get("size"), fileCount=stats.get("files"))
+            rowCount=stats.get("rows"), size=stats.get("size"), fileCount=stats.get("files")
+        )
     if facets.get("assertions") and direction == "input":
         special["dataQualityAssertions"] = data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet(
-            assertions=[data_quality_assertions_dataset.Assertion(
-                assertion=str(a["assertion"]), success=bool(a["success"]), column=a.get("column"),
-                name=a.get("name"), actual=str(a.get("unexpected", "")), expected=str(a.get("rows", "")))
-                for a in facets["assertions"]])
+            assertions=[
+                data_quality_assertions_dataset.Assertion(
+                    assertion=str(a["assertion"]),
+                    success=bool(a["success"]),
+                    column=a.get("column"),
+                    name=a.get("name"),
+                    actual=str(a.get("unexpected", "")),
+                    expected=str(a.get("rows", "")),
+                )
+                for a in facets["assertions"]
+            ]
+        )
     return dataset, special
 
 

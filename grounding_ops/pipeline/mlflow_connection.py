@@ -64,8 +64,15 @@ def redact(uri: str) -> str:
         return "<unparseable URI>"
 
 
-def from_connection(host: str, *, schema: str | None = None, port: int | None = None, login: str | None = None,
-                    password: str | None = None, extra: dict | None = None) -> MlflowServer:
+def from_connection(
+    host: str,
+    *,
+    schema: str | None = None,
+    port: int | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    extra: dict | None = None,
+) -> MlflowServer:
     """The server described by an Airflow http connection's fields."""
     host = host.rstrip("/")
     if "://" not in host:
@@ -75,8 +82,9 @@ def from_connection(host: str, *, schema: str | None = None, port: int | None = 
     if port and parts.port is None:
         uri = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))
     token = (extra or {}).get("token") or None
-    return MlflowServer(uri=uri, username=login or url_user, password=password or url_password,
-                        token=str(token) if token else None)
+    return MlflowServer(
+        uri=uri, username=login or url_user, password=password or url_password, token=str(token) if token else None
+    )
 
 
 def resolve(conn_id: str = MLFLOW_CONN_ID) -> MlflowServer:
@@ -88,23 +96,37 @@ def resolve(conn_id: str = MLFLOW_CONN_ID) -> MlflowServer:
     except Exception:  # connection not defined
         conn = None
     if conn is not None and conn.host:
-        server = from_connection(conn.host, schema=conn.schema, port=conn.port, login=conn.login,
-                                 password=conn.password, extra=conn.extra_dejson)
+        server = from_connection(
+            conn.host,
+            schema=conn.schema,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson,
+        )
         if server.username or server.password or server.token:
             return server
         # a connection without credentials keeps those given to MLflow the usual way
-        return MlflowServer(uri=server.uri, username=os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                            password=os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-                            token=os.environ.get("MLFLOW_TRACKING_TOKEN"))
+        return MlflowServer(
+            uri=server.uri,
+            username=os.environ.get("MLFLOW_TRACKING_USERNAME"),
+            password=os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+            token=os.environ.get("MLFLOW_TRACKING_TOKEN"),
+        )
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise MlflowConfigError(f"no MLflow server configured: define the Airflow connection {conn_id!r} "
-                                "(type http, host http://host:port, login/password or extra token when the "
-                                "server needs them) or set MLFLOW_TRACKING_URI")
+        raise MlflowConfigError(
+            f"no MLflow server configured: define the Airflow connection {conn_id!r} "
+            "(type http, host http://host:port, login/password or extra token when the "
+            "server needs them) or set MLFLOW_TRACKING_URI"
+        )
     clean, user, password = split_credentials(uri)
-    return MlflowServer(uri=clean, username=user or os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                        password=password or os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-                        token=os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    return MlflowServer(
+        uri=clean,
+        username=user or os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        password=password or os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+        token=os.environ.get("MLFLOW_TRACKING_TOKEN"),
+    )
 
 
 def mask(server: MlflowServer) -> None:

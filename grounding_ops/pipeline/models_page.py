@@ -57,8 +57,12 @@ DEFAULT_RETRIES = 1
 DEFAULT_CACHE_S = 30.0
 FAILURE_CACHE_S = 5.0
 # What limit_mlflow_requests() sets in the (api-server) process.
-PAGE_MLFLOW_VARIABLES = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+PAGE_MLFLOW_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+)
 
 
 class MlflowUnavailable(RuntimeError):
@@ -208,7 +212,7 @@ def champion_sources(client: Any, name: str) -> dict[str, dict[str, float]]:
     for key, value in metrics.items():
         if not key.startswith(SOURCE_PREFIX):
             continue
-        source, _, metric = key[len(SOURCE_PREFIX):].rpartition("/")
+        source, _, metric = key[len(SOURCE_PREFIX) :].rpartition("/")
         number = finite(value)
         if source and metric in shown and number is not None:
             out.setdefault(source, {})[metric] = number
@@ -233,29 +237,41 @@ def list_model_versions(
         raise ValueError(f"model name {name!r} must match {MODEL_NAME_PATTERN}")
     page_size = max(1, min(int(page_size), MAX_PAGE_SIZE))
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    listing = models.list_model_versions(name, page_size=page_size, page_token=page_token or None, client=client,
-                                         ui_base_url=safe_url(tracking_uri).rstrip("/") or None)
-    page = ModelPage(model_name=name, page_size=page_size, next_page_token=listing.next_page_token,
-                     champion=listing.champion, metric=DEFAULT_METRIC)
+    listing = models.list_model_versions(
+        name,
+        page_size=page_size,
+        page_token=page_token or None,
+        client=client,
+        ui_base_url=safe_url(tracking_uri).rstrip("/") or None,
+    )
+    page = ModelPage(
+        model_name=name,
+        page_size=page_size,
+        next_page_token=listing.next_page_token,
+        champion=listing.champion,
+        metric=DEFAULT_METRIC,
+    )
     if not listing.rows and not page_token:
         page.error = f"no versions of {name!r} registered yet: run grounding_train to create one"
     for row in listing.rows:
         tags = dict(row.tags or {})
         airflow_url = airflow_run_url(airflow_base, tags.get(AIRFLOW_RUN_TAG, ""))
-        page.rows.append(ModelRow(
-            version=str(row.version),
-            created=str(row.created_at),
-            aliases=list(row.aliases),
-            metrics={key: finite(row.metrics.get(key)) for key, _ in METRIC_COLUMNS},
-            dataset_version=str(row.dataset_version or ""),
-            training_run=str(row.training_run_id or tags.get("grounding.training_output_uri") or ""),
-            source=redact(str(row.source or "")),
-            mlflow_url=safe_url(row.mlflow_url),
-            wandb_url=safe_url(row.wandb_run),
-            airflow_url=airflow_url,
-            evaluation_run_id=str(row.evaluation_run_id or ""),
-            evaluation_url=mlflow_run_url(tracking_uri, str(row.evaluation_run_id or "")),
-        ))
+        page.rows.append(
+            ModelRow(
+                version=str(row.version),
+                created=str(row.created_at),
+                aliases=list(row.aliases),
+                metrics={key: finite(row.metrics.get(key)) for key, _ in METRIC_COLUMNS},
+                dataset_version=str(row.dataset_version or ""),
+                training_run=str(row.training_run_id or tags.get("grounding.training_output_uri") or ""),
+                source=redact(str(row.source or "")),
+                mlflow_url=safe_url(row.mlflow_url),
+                wandb_url=safe_url(row.wandb_run),
+                airflow_url=airflow_url,
+                evaluation_run_id=str(row.evaluation_run_id or ""),
+                evaluation_url=mlflow_run_url(tracking_uri, str(row.evaluation_run_id or "")),
+            )
+        )
         decision = _decision(tags, str(row.version), tracking_uri, airflow_url)
         if decision is not None:
             page.decisions.append(decision)
@@ -292,7 +308,9 @@ def _link(url: str, label: str) -> str:
     url = url if url.startswith("/") and not url.startswith("//") else safe_url(url)
     if not url:
         return ""
-    return f'<a href="{html.escape(url, quote=True)}" target="_blank" rel="noopener noreferrer">{html.escape(label)}</a>'
+    return (
+        f'<a href="{html.escape(url, quote=True)}" target="_blank" rel="noopener noreferrer">{html.escape(label)}</a>'
+    )
 
 
 def render_chart(page: ModelPage, *, width: int = 640, height: int = 200) -> str:
@@ -315,9 +333,11 @@ def render_chart(page: ModelPage, *, width: int = 640, height: int = 200) -> str
     dots = []
     for (row, value), (x, y) in zip(points, coords):
         colour = "#d69e2e" if row.champion else "#3182ce"
-        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if row.champion else 4}" fill="{colour}" '
-                    f'data-version="{e(row.version)}"><title>v{e(row.version)}: {_fmt(value)}</title></circle>'
-                    f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">v{e(row.version)}</text>')
+        dots.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if row.champion else 4}" fill="{colour}" '
+            f'data-version="{e(row.version)}"><title>v{e(row.version)}: {_fmt(value)}</title></circle>'
+            f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">v{e(row.version)}</text>'
+        )
     label = dict(METRIC_COLUMNS).get(page.metric, page.metric)
     return (
         f'<svg id="chart" role="img" aria-label="{e(label)} per version" width="{width}" height="{height}" '
@@ -335,7 +355,8 @@ def render_sources(page: ModelPage) -> str:
     head = "".join(f'<th class="num">{e(label)}</th>' for _, label in METRIC_COLUMNS)
     body = "".join(
         f'<tr data-source="{e(source)}"><td>{e(source)}</td>'
-        + "".join(f'<td class="num">{_fmt(values.get(k))}</td>' for k, _ in METRIC_COLUMNS) + "</tr>"
+        + "".join(f'<td class="num">{_fmt(values.get(k))}</td>' for k, _ in METRIC_COLUMNS)
+        + "</tr>"
         for source, values in page.champion_sources.items()
     )
     return f'<table id="sources"><thead><tr><th>Source</th>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -347,20 +368,26 @@ def render_decisions(page: ModelPage) -> str:
         return '<p class="muted" id="decisions">no promotion decisions on this page</p>'
     rows = []
     for d in page.decisions:
-        verdict = '<span class="promoted">promoted</span>' if d.promoted else '<span class="rejected">not promoted</span>'
-        links = " ".join(x for x in (_link(d.evaluation_url, "evaluation run"), _link(d.airflow_url, "Airflow run")) if x)
+        verdict = (
+            '<span class="promoted">promoted</span>' if d.promoted else '<span class="rejected">not promoted</span>'
+        )
+        links = " ".join(
+            x for x in (_link(d.evaluation_url, "evaluation run"), _link(d.airflow_url, "Airflow run")) if x
+        )
         rows.append(
             f'<tr data-decision="{e(d.version)}"><td>v{e(d.version)}</td><td class="muted">{e(d.decided_at)}</td>'
-            f"<td>{verdict}</td><td>{e(d.metric)}</td><td class=\"num\">{_fmt(d.candidate_value)}</td>"
-            f"<td>{e(d.baseline)}</td><td class=\"num\">{_fmt(d.baseline_value)}</td>"
-            f"<td class=\"num\">{_fmt(d.min_delta)}</td>"
+            f'<td>{verdict}</td><td>{e(d.metric)}</td><td class="num">{_fmt(d.candidate_value)}</td>'
+            f'<td>{e(d.baseline)}</td><td class="num">{_fmt(d.baseline_value)}</td>'
+            f'<td class="num">{_fmt(d.min_delta)}</td>'
             f"<td>{e('v' + d.champion_before if d.champion_before else 'none')}</td>"
             f"<td>{e(d.reason)}</td><td>{links}</td></tr>"
         )
-    return ('<table id="decisions"><thead><tr><th>Version</th><th>Decided</th><th>Decision</th><th>Metric</th>'
-            '<th class="num">Candidate</th><th>Baseline</th><th class="num">Baseline value</th>'
-            '<th class="num">Min delta</th><th>Champion before</th><th>Reason</th><th>Links</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (
+        '<table id="decisions"><thead><tr><th>Version</th><th>Decided</th><th>Decision</th><th>Metric</th>'
+        '<th class="num">Candidate</th><th>Baseline</th><th class="num">Baseline value</th>'
+        '<th class="num">Min delta</th><th>Champion before</th><th>Reason</th><th>Links</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def render_page(page: ModelPage, *, self_path: str = "", page_token: str | None = None) -> str:
@@ -373,8 +400,16 @@ def render_page(page: ModelPage, *, self_path: str = "", page_token: str | None 
             f'<span class="alias{" champion" if a == "champion" else ""}">{e(a)}</span>' for a in row.aliases
         )
         metric_html = "".join(f'<td class="num">{_fmt(row.metrics.get(k))}</td>' for k, _ in METRIC_COLUMNS)
-        links = " ".join(x for x in (_link(row.mlflow_url, "MLflow"), _link(row.evaluation_url, "evaluation run"),
-                                      _link(row.wandb_url, "W&B"), _link(row.airflow_url, "Airflow run")) if x)
+        links = " ".join(
+            x
+            for x in (
+                _link(row.mlflow_url, "MLflow"),
+                _link(row.evaluation_url, "evaluation run"),
+                _link(row.wandb_url, "W&B"),
+                _link(row.airflow_url, "Airflow run"),
+            )
+            if x
+        )
         rows.append(
             f'<tr class="{"champion" if row.champion else "version"}" data-version="{e(row.version)}">'
             f"<td>v{e(row.version)}</td><td>{alias_html}</td>{metric_html}"
@@ -390,13 +425,13 @@ def render_page(page: ModelPage, *, self_path: str = "", page_token: str | None 
         nav.append(f'<a href="{e(self_path + "?" + query)}" id="older">older »</a>')
     champion = f"v{e(page.champion)}" if page.champion else "none yet"
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Grounding models</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Grounding models</h1><p class=\"muted\">Registered model <b>{e(page.model_name)}</b>; "
+        f'<h1>Grounding models</h1><p class="muted">Registered model <b>{e(page.model_name)}</b>; '
         f"champion: <b>{champion}</b> (highlighted).</p>"
         f"<h2>{e(dict(METRIC_COLUMNS).get(page.metric, page.metric))} over versions</h2>{render_chart(page)}"
         f"<h2>Champion by source</h2>{render_sources(page)}"
-        "<h2>Versions</h2><table id=\"versions\"><thead><tr><th>Version</th><th>Aliases</th>"
+        '<h2>Versions</h2><table id="versions"><thead><tr><th>Version</th><th>Aliases</th>'
         f"{head}<th>Dataset version</th><th>Training run</th><th>Created</th><th>Links</th></tr></thead>"
         f"<tbody>{body}</tbody></table><nav>{''.join(nav)}</nav>"
         f"<h2>Promotion decisions</h2>{render_decisions(page)}</body></html>"
@@ -405,7 +440,7 @@ def render_page(page: ModelPage, *, self_path: str = "", page_token: str | None 
 
 def render_unavailable(message: str) -> str:
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Grounding models</title><style>{_STYLE}</style></head><body><h1>Grounding models</h1>"
         f'<p class="error" id="unavailable">{html.escape(message)}</p>'
         '<p class="muted">The rest of Airflow is not affected; reload the page once MLflow answers.</p></body></html>'
@@ -543,8 +578,13 @@ def create_app(
         return user
 
     # Authentication and authorization run before anything else of a request (query validation included).
-    app = FastAPI(title="Grounding models", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(require_permission)])
+    app = FastAPI(
+        title="Grounding models",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(require_permission)],
+    )
 
     @app.exception_handler(LoginRedirect)
     async def to_login(request: Request, exc: LoginRedirect) -> RedirectResponse:
@@ -556,11 +596,14 @@ def create_app(
     def fetch(uri: str, model: str, page_size: int, page_token: str | None) -> ModelPage:
         limit_mlflow_requests()
         try:
-            return list_model_versions(uri, model, page_size=page_size, page_token=page_token,
-                                       airflow_base=airflow_base_url())
+            return list_model_versions(
+                uri, model, page_size=page_size, page_token=page_token, airflow_base=airflow_base_url()
+            )
         except Exception as exc:  # registry down or stalled: say so (never the URI's credentials)
-            raise MlflowUnavailable(f"MLflow is unavailable at {redact(uri)} ({type(exc).__name__}); "
-                                    "the models page will retry on the next reload") from None
+            raise MlflowUnavailable(
+                f"MLflow is unavailable at {redact(uri)} ({type(exc).__name__}); "
+                "the models page will retry on the next reload"
+            ) from None
 
     def load(model: str | None, page_size: int, page_token: str | None) -> ModelPage:
         names = allowed_models()
@@ -568,8 +611,11 @@ def create_app(
         if not re.fullmatch(MODEL_NAME_PATTERN, model):
             raise HTTPException(status_code=422, detail=f"model must match {MODEL_NAME_PATTERN}")
         if model not in names:
-            raise HTTPException(status_code=404, detail=f"model {model!r} is not shown here; this page shows "
-                                                        f"{', '.join(names)} (GROUNDING_OPS_MODEL_NAME)")
+            raise HTTPException(
+                status_code=404,
+                detail=f"model {model!r} is not shown here; this page shows "
+                f"{', '.join(names)} (GROUNDING_OPS_MODEL_NAME)",
+            )
         if page_token is not None and not re.fullmatch(r"[A-Za-z0-9+/=_-]{1,2048}", page_token):
             raise HTTPException(status_code=422, detail="page_token is not a token returned by this page")
         try:
@@ -597,8 +643,10 @@ def create_app(
         page_size: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
         page_token: str | None = Query(None, max_length=2048),
     ) -> HTMLResponse:
-        headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                   "frame-ancestors 'self'", "X-Content-Type-Options": "nosniff"}
+        headers = {
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+            "X-Content-Type-Options": "nosniff",
+        }
         try:
             page = load(model, page_size, page_token)
         except MlflowUnavailable as exc:

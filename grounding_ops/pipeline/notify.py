@@ -68,7 +68,7 @@ def decision_message(result: Mapping[str, Any]) -> Message:
     baseline_kind = decision.get("baseline") or "none"
     baseline = _fmt(decision.get("baseline_value"))
     verdict = "PROMOTED" if promoted else "NOT PROMOTED"
-    subject = (f"{SUBJECT_PREFIX} {verdict} {name} v{version}: {metric} {candidate} vs {baseline_kind} {baseline}")
+    subject = f"{SUBJECT_PREFIX} {verdict} {name} v{version}: {metric} {candidate} vs {baseline_kind} {baseline}"
     lines = [
         f"Decision: {verdict.lower()}",
         f"Model: {name} v{version}",
@@ -101,14 +101,19 @@ def failure_message(context: Mapping[str, Any]) -> Message:
     if len(error_text) > _MAX_ERROR:
         error_text = error_text[:_MAX_ERROR] + " …"
     subject = f"{SUBJECT_PREFIX} {dag_id}.{task} failed ({run_id}, try {try_number})"
-    body = "\n".join([
-        f"DAG: {dag_id}",
-        f"Task: {task}",
-        f"Run: {run_id}",
-        f"Try: {try_number}",
-        f"Error: {error_text}",
-        f"Log: {getattr(ti, 'log_url', '') or ''}",
-    ]) + "\n"
+    body = (
+        "\n".join(
+            [
+                f"DAG: {dag_id}",
+                f"Task: {task}",
+                f"Run: {run_id}",
+                f"Try: {try_number}",
+                f"Error: {error_text}",
+                f"Log: {getattr(ti, 'log_url', '') or ''}",
+            ]
+        )
+        + "\n"
+    )
     return Message(subject, body)
 
 
@@ -126,8 +131,10 @@ def channel() -> str:
         value = None
     value = (value or os.environ.get(CHANNEL_ENV) or "log").strip().lower()
     if value not in CHANNELS:
-        raise NotifyConfigError(f"notification channel {value!r} is unknown: set Variable {CHANNEL_VARIABLE} "
-                                f"to one of {', '.join(CHANNELS)}")
+        raise NotifyConfigError(
+            f"notification channel {value!r} is unknown: set Variable {CHANNEL_VARIABLE} "
+            f"to one of {', '.join(CHANNELS)}"
+        )
     return value
 
 
@@ -137,8 +144,18 @@ def _recipients(value: Any) -> list[str]:
     return [str(v).strip() for v in (value or []) if str(v).strip()]
 
 
-def send_smtp(message: Message, *, host: str, port: int, login: str | None = None, password: str | None = None,
-              sender: str, recipients: list[str], security: str = "starttls", timeout: float = 30) -> None:
+def send_smtp(
+    message: Message,
+    *,
+    host: str,
+    port: int,
+    login: str | None = None,
+    password: str | None = None,
+    sender: str,
+    recipients: list[str],
+    security: str = "starttls",
+    timeout: float = 30,
+) -> None:
     """Send ``message`` as an email (``security``: starttls, ssl or none)."""
     if not recipients:
         raise NotifyConfigError(f"connection {SMTP_CONN_ID} names no recipient: set extra 'to'")
@@ -165,8 +182,9 @@ def send_slack(message: Message, webhook_url: str, *, timeout: float = 30) -> No
     if not webhook_url.startswith(("https://", "http://")):
         raise NotifyConfigError(f"connection {SLACK_CONN_ID}: the webhook URL must be http(s)")
     data = json.dumps({"text": f"*{message.subject}*\n```{message.body}```"}).encode()
-    request = urllib.request.Request(webhook_url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        webhook_url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
         if response.status >= 300:
             raise RuntimeError(f"Slack webhook answered {response.status}")
@@ -183,9 +201,16 @@ def send(message: Message, channel_name: str | None = None) -> str:
     if name == "smtp":
         conn = BaseHook.get_connection(SMTP_CONN_ID)
         extra = conn.extra_dejson
-        send_smtp(message, host=conn.host or "localhost", port=int(conn.port or 587), login=conn.login,
-                  password=conn.password, sender=str(extra.get("from") or conn.login or "grounding-ops@localhost"),
-                  recipients=_recipients(extra.get("to")), security=str(extra.get("security") or "starttls"))
+        send_smtp(
+            message,
+            host=conn.host or "localhost",
+            port=int(conn.port or 587),
+            login=conn.login,
+            password=conn.password,
+            sender=str(extra.get("from") or conn.login or "grounding-ops@localhost"),
+            recipients=_recipients(extra.get("to")),
+            security=str(extra.get("security") or "starttls"),
+        )
         return name
     conn = BaseHook.get_connection(SLACK_CONN_ID)
     send_slack(message, conn.password or conn.host or "")

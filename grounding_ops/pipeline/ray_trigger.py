@@ -25,8 +25,14 @@ CLASSPATH = "grounding_ops.pipeline.ray_trigger.RayJobTrigger"
 class RayJobTrigger(BaseTrigger):
     """Waits for Ray job ``job_id`` on the cluster whose dashboard is ``address``."""
 
-    def __init__(self, address: str, job_id: str, poll_s: float = 15.0, deadline: float | None = None,
-                 unreachable_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        job_id: str,
+        poll_s: float = 15.0,
+        deadline: float | None = None,
+        unreachable_s: float = 900.0,
+    ) -> None:
         super().__init__()
         self.address = address
         self.job_id = job_id
@@ -35,8 +41,13 @@ class RayJobTrigger(BaseTrigger):
         self.unreachable_s = float(unreachable_s)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return CLASSPATH, {"address": self.address, "job_id": self.job_id, "poll_s": self.poll_s,
-                           "deadline": self.deadline, "unreachable_s": self.unreachable_s}
+        return CLASSPATH, {
+            "address": self.address,
+            "job_id": self.job_id,
+            "poll_s": self.poll_s,
+            "deadline": self.deadline,
+            "unreachable_s": self.unreachable_s,
+        }
 
     def _event(self, status: str, message: str) -> TriggerEvent:
         return TriggerEvent({"status": status, "job_id": self.job_id, "address": self.address, "message": message})
@@ -53,8 +64,10 @@ class RayJobTrigger(BaseTrigger):
                 unreachable_since = unreachable_since or now
                 self.log.warning("Ray job %s: status unavailable (%s)", self.job_id, exc)
                 if now - unreachable_since > self.unreachable_s:
-                    yield self._event("UNREACHABLE", f"the Ray dashboard at {self.address} did not answer for "
-                                                     f"{self.unreachable_s:g} s: {exc}")
+                    yield self._event(
+                        "UNREACHABLE",
+                        f"the Ray dashboard at {self.address} did not answer for {self.unreachable_s:g} s: {exc}",
+                    )
                     return
                 await asyncio.sleep(self.poll_s)
                 continue
@@ -66,8 +79,10 @@ class RayJobTrigger(BaseTrigger):
                 return
             if self.deadline is not None and time.time() > self.deadline:
                 await asyncio.to_thread(ray_jobs.stop_job, self.address, self.job_id)
-                yield self._event("TIMEOUT", f"Ray job {self.job_id} was still {status} at the task's "
-                                             "execution_timeout; it was stopped")
+                yield self._event(
+                    "TIMEOUT",
+                    f"Ray job {self.job_id} was still {status} at the task's execution_timeout; it was stopped",
+                )
                 return
             await asyncio.sleep(self.poll_s)
 

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from typing import Iterator
 
-TRANSIENT_S3_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "503", "500",
-})
+TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+    }
+)
 TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"})
 
 
@@ -41,9 +50,19 @@ def is_transient(exc: BaseException) -> bool:
     from botocore import exceptions as boto
 
     for item in _chain(exc):
-        if isinstance(item, (boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ReadTimeoutError,
-                             boto.ConnectionClosedError, requests.ConnectionError, requests.Timeout,
-                             ConnectionError, TimeoutError)):
+        if isinstance(
+            item,
+            (
+                boto.EndpointConnectionError,
+                boto.ConnectTimeoutError,
+                boto.ReadTimeoutError,
+                boto.ConnectionClosedError,
+                requests.ConnectionError,
+                requests.Timeout,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
             return True
         if isinstance(item, boto.ClientError):
             error = item.response.get("Error") or {}

@@ -26,8 +26,16 @@ VERSION_PATTERN = r"^(?!.*\s)(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
 
 # Params whose value changes what is trained (their fingerprint decides "nothing changed").
 TRAINING_PARAM_KEYS: tuple[str, ...] = (
-    "preset", "engine", "learning_rate", "rollout_n", "kl_coef", "total_steps", "epochs",
-    "gpus_per_node", "nodes", "lora_rank",
+    "preset",
+    "engine",
+    "learning_rate",
+    "rollout_n",
+    "kl_coef",
+    "total_steps",
+    "epochs",
+    "gpus_per_node",
+    "nodes",
+    "lora_rank",
 )
 # Form param -> TrainingSpec field for `grounding-ops train --set key=value`.
 SPEC_KEYS: dict[str, str] = {
@@ -100,8 +108,11 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             "Learning rate", "Actor learning rate (typical 1e-6 for 3B-7B models).", "number", 1e-9, 1e-2
         ),
         "rollout_n": _nullable_number(
-            "Rollouts per prompt", "GRPO group size n (>= 2; advantages are relative to the group).",
-            "integer", 2, 64,
+            "Rollouts per prompt",
+            "GRPO group size n (>= 2; advantages are relative to the group).",
+            "integer",
+            2,
+            64,
         ),
         "kl_coef": _nullable_number(
             "KL coefficient", "Weight of the KL loss to the reference model (0 disables it).", "number", 0, 10
@@ -175,10 +186,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Hardware": ("gpus_per_node", "nodes"),
     "Evaluation and promotion": ("promotion_metric", "min_delta", "max_eval_samples"),
 }
-ENGINE_LABELS: dict[str, str] = {"gpu": "GPU: VeRL GRPO (trainer-verl image)",
-                                 "cpu": "CPU: the TRL twin (trainer-cpu image, demos and CI)"}
-METRIC_LABELS: dict[str, str] = {"acc_at_0_5": "Acc@0.5 (IoU >= 0.5)", "acc_at_0_75": "Acc@0.75 (IoU >= 0.75)",
-                                 "mean_iou": "mean IoU", "mean_score": "mean reward"}
+ENGINE_LABELS: dict[str, str] = {
+    "gpu": "GPU: VeRL GRPO (trainer-verl image)",
+    "cpu": "CPU: the TRL twin (trainer-cpu image, demos and CI)",
+}
+METRIC_LABELS: dict[str, str] = {
+    "acc_at_0_5": "Acc@0.5 (IoU >= 0.5)",
+    "acc_at_0_75": "Acc@0.75 (IoU >= 0.75)",
+    "mean_iou": "mean IoU",
+    "mean_score": "mean reward",
+}
 
 
 def form_sections(schemas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -93,7 +93,9 @@ def resolve_dataset(
     version is complete).
     """
     if not re.fullmatch(VERSION_PATTERN, requested or ""):
-        raise PipelineError(f"dataset version {requested!r} is not a version id; use 'latest' or e.g. 20250101T000000-abc")
+        raise PipelineError(
+            f"dataset version {requested!r} is not a version id; use 'latest' or e.g. 20250101T000000-abc"
+        )
     source = "param"
     version = requested
     if requested == "latest":
@@ -112,8 +114,10 @@ def resolve_dataset(
                     "first, or set dataset_version"
                 ) from exc
             except ValueError as exc:
-                raise PipelineError(f"{store.url('latest.json')} is not JSON ({exc}): publish the dataset again "
-                                    "with grounding_data, or set dataset_version") from exc
+                raise PipelineError(
+                    f"{store.url('latest.json')} is not JSON ({exc}): publish the dataset again "
+                    "with grounding_data, or set dataset_version"
+                ) from exc
             version, source = str(latest.get("version") or ""), "latest.json"
         if not re.fullmatch(VERSION_PATTERN, version) or version == "latest":
             raise PipelineError(f"the published dataset version {version!r} is not a valid version id")
@@ -123,8 +127,9 @@ def resolve_dataset(
             f"dataset version {version!r} has no manifest at {store.url(manifest_key)}: it was not published "
             "(completely); pick a published version or run grounding_data"
         )
-    return DatasetRef(version=version, uri=join_uri(store.uri, version), manifest_uri=store.url(manifest_key),
-                      source=source)
+    return DatasetRef(
+        version=version, uri=join_uri(store.uri, version), manifest_uri=store.url(manifest_key), source=source
+    )
 
 
 # ----------------------------------------------------------------------------- skip decision
@@ -181,10 +186,16 @@ def decide_training(
                 "or trigger with force=true to train anyway",
             )
     if champion.dataset_version != dataset_version:
-        return Decision(True, f"new dataset version {dataset_version} (champion v{champion.version} was "
-                              f"trained on {champion.dataset_version or 'an unknown version'})")
-    return Decision(True, f"training settings changed ({champion.fingerprint or 'unknown'} -> {fingerprint}) "
-                          f"on dataset {dataset_version}")
+        return Decision(
+            True,
+            f"new dataset version {dataset_version} (champion v{champion.version} was "
+            f"trained on {champion.dataset_version or 'an unknown version'})",
+        )
+    return Decision(
+        True,
+        f"training settings changed ({champion.fingerprint or 'unknown'} -> {fingerprint}) "
+        f"on dataset {dataset_version}",
+    )
 
 
 def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, ModelState | None]:
@@ -209,12 +220,14 @@ def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, Model
                 tags = {**client.get_run(run_id).data.tags, **tags}
             except MlflowException:
                 pass
-        states.append(ModelState(
-            alias=alias,
-            version=str(version.version),
-            dataset_version=tags.get(TAG_DATASET_VERSION) or tags.get("dataset_version"),
-            fingerprint=tags.get(TAG_FINGERPRINT),
-        ))
+        states.append(
+            ModelState(
+                alias=alias,
+                version=str(version.version),
+                dataset_version=tags.get(TAG_DATASET_VERSION) or tags.get("dataset_version"),
+                fingerprint=tags.get(TAG_FINGERPRINT),
+            )
+        )
     return states[0], states[1]
 
 
@@ -276,10 +289,14 @@ def plan_training(
         raise PipelineError(f"engine {engine!r} is unknown: use one of {', '.join(TRAIN_ENGINE)}")
     command = [
         "train",  # arguments of the image ENTRYPOINT `grounding-ops`
-        "--engine", TRAIN_ENGINE[engine],
-        "--preset", str(params["preset"]),
-        "--dataset", dataset.uri,
-        "--output", output_uri,
+        "--engine",
+        TRAIN_ENGINE[engine],
+        "--preset",
+        str(params["preset"]),
+        "--dataset",
+        dataset.uri,
+        "--output",
+        output_uri,
     ]
     for assignment in spec_overrides(params):
         command += ["--set", assignment]
@@ -289,8 +306,11 @@ def plan_training(
         # the GPUs the training container gets: the spec's gpus_per_node, never "all"
         "gpus": training_gpus(params),
         "work_volume": GPU_WORK_VOLUME,
-        "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
-                        "WANDB_RUN_GROUP": airflow_run},
+        "environment": {
+            "PYTHONUNBUFFERED": "1",
+            "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+            "WANDB_RUN_GROUP": airflow_run,
+        },
         "output_uri": output_uri,
         "dataset_version": dataset.version,
         "dataset_uri": dataset.uri,
@@ -335,14 +355,19 @@ def read_training_result(store: ObjectStore, plan: Mapping[str, Any]) -> dict[st
 
 
 def training_summary_line(summary: Mapping[str, Any]) -> str:
-    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                        for k, v in sorted((summary.get("final_metrics") or {}).items())[:6])
-    return (f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
-            f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else ""))
+    metrics = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+        for k, v in sorted((summary.get("final_metrics") or {}).items())[:6]
+    )
+    return (
+        f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
+        f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else "")
+    )
 
 
-def record_training(store: ObjectStore, summary: Mapping[str, Any], plan: Mapping[str, Any], *,
-                    tracking_uri: str) -> dict[str, Any]:
+def record_training(
+    store: ObjectStore, summary: Mapping[str, Any], plan: Mapping[str, Any], *, tracking_uri: str
+) -> dict[str, Any]:
     """Log the finished training (its ``run.json``) as an MLflow run; the summary with its id and URL."""
     from mlflow.tracking import MlflowClient
 
@@ -352,8 +377,9 @@ def record_training(store: ObjectStore, summary: Mapping[str, Any], plan: Mappin
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     airflow_run = str((plan.get("environment") or {}).get("GROUNDING_OPS_AIRFLOW_RUN") or "") or None
     try:
-        run_id = log_training_run(store.uri, client=client, airflow_run=airflow_run,
-                                  s3_client=getattr(store, "client", None))
+        run_id = log_training_run(
+            store.uri, client=client, airflow_run=airflow_run, s3_client=getattr(store, "client", None)
+        )
         if airflow_run:  # the parent of the DAG run's evaluations, made once before they run in parallel
             dag_run_parent(client, tracking.ensure_experiment(client, tracking.EVALUATION_EXPERIMENT), airflow_run)
     except tracking.TrackingError as exc:
@@ -381,21 +407,32 @@ def list_checkpoints(store: ObjectStore, summary: Mapping[str, Any]) -> list[dic
     ``huggingface/`` sub-folder) holds ``config.json``; FSDP-only shards are skipped with a log line.
     """
     found: dict[str, dict[str, Any]] = {}
-    names = sorted({obj.key.split("/")[1] for obj in store.list("checkpoints/")
-                    if obj.key.count("/") >= 2 and _STEP.fullmatch(obj.key.split("/")[1])}, key=_step_of)
+    names = sorted(
+        {
+            obj.key.split("/")[1]
+            for obj in store.list("checkpoints/")
+            if obj.key.count("/") >= 2 and _STEP.fullmatch(obj.key.split("/")[1])
+        },
+        key=_step_of,
+    )
     for name in names:
         for sub in (f"checkpoints/{name}", f"checkpoints/{name}/huggingface"):
             if _is_model_folder(store, sub):
                 found[name] = {"name": name, "uri": store.url(sub), "step": _step_of(name), "role": "candidate"}
                 break
         else:
-            log.info("checkpoint %s has no Hugging Face folder (config.json); not evaluated", store.url(f"checkpoints/{name}"))
+            log.info(
+                "checkpoint %s has no Hugging Face folder (config.json); not evaluated",
+                store.url(f"checkpoints/{name}"),
+            )
     if _is_model_folder(store, "final"):
         last = max([int(summary.get("steps_done") or 0), *(c["step"] for c in found.values())])
         found["final"] = {"name": "final", "uri": store.url("final"), "step": last + 1, "role": "candidate"}
     if not found:
-        raise PipelineError(f"no evaluable checkpoint under {store.uri} (expected final/ or checkpoints/*/ "
-                            "with config.json): see the train task's log")
+        raise PipelineError(
+            f"no evaluable checkpoint under {store.uri} (expected final/ or checkpoints/*/ "
+            "with config.json): see the train task's log"
+        )
     candidates = sorted(found.values(), key=lambda c: c["step"])
     base = str(summary.get("base_model") or "")
     if base.startswith("s3://") or base.startswith("/") or base.startswith("file://"):
@@ -417,45 +454,66 @@ def plan_evaluations(
 ) -> list[dict[str, Any]]:
     """One evaluation-container plan per candidate on ``split`` (the list ``.expand`` maps over)."""
     if split not in (SELECTION_SPLIT, DECISION_SPLIT):
-        raise PipelineError(f"split {split!r} is neither the selection split {SELECTION_SPLIT!r} nor the "
-                            f"decision split {DECISION_SPLIT!r}")
+        raise PipelineError(
+            f"split {split!r} is neither the selection split {SELECTION_SPLIT!r} nor the "
+            f"decision split {DECISION_SPLIT!r}"
+        )
     engine = params["engine"]
     plans = []
     for candidate in candidates:
-        folder = safe_segment(candidate["name"]) if split == SELECTION_SPLIT else f"{split}-{safe_segment(candidate['name'])}"
+        folder = (
+            safe_segment(candidate["name"])
+            if split == SELECTION_SPLIT
+            else f"{split}-{safe_segment(candidate['name'])}"
+        )
         output_uri = join_uri(run_uri, "eval", folder)
         command = [
             "evaluate",  # arguments of the image ENTRYPOINT `grounding-ops`
-            "--model", candidate["uri"],
-            "--dataset", training["dataset_uri"],
-            "--split", split,
-            "--engine", EVAL_ENGINE[engine],
-            "--output", output_uri,
-            "--role", candidate["role"],
+            "--model",
+            candidate["uri"],
+            "--dataset",
+            training["dataset_uri"],
+            "--split",
+            split,
+            "--engine",
+            EVAL_ENGINE[engine],
+            "--output",
+            output_uri,
+            "--role",
+            candidate["role"],
             "--no-mlflow",
-            "--tag", f"{TAG_DATASET_VERSION}={training['dataset_version']}",
-            "--tag", f"{TAG_FINGERPRINT}={training['fingerprint']}",
-            "--tag", f"{TAG_AIRFLOW_RUN}={airflow_run}",
-            "--tag", f"grounding.checkpoint={candidate['name']}",
+            "--tag",
+            f"{TAG_DATASET_VERSION}={training['dataset_version']}",
+            "--tag",
+            f"{TAG_FINGERPRINT}={training['fingerprint']}",
+            "--tag",
+            f"{TAG_AIRFLOW_RUN}={airflow_run}",
+            "--tag",
+            f"grounding.checkpoint={candidate['name']}",
         ]
         if params.get("max_eval_samples"):
             command += ["--max-samples", str(int(params["max_eval_samples"]))]
         manifest = join_uri(training["dataset_uri"], "manifest.json")
-        plans.append({
-            "engine": engine,
-            "command": command,
-            "gpus": 1,  # vLLM takes most of its GPU: one each, and the evaluations run one at a time
-            "environment": {"PYTHONUNBUFFERED": "1", "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
-                            "WANDB_RUN_GROUP": airflow_run},
-            "output_uri": output_uri,
-            "candidate": dict(candidate),
-            "split": split,
-            "dataset_version": training["dataset_version"],
-            "fingerprint": training["fingerprint"],
-            "links": {"wandb": training.get("wandb_url") or "", "manifest": s3_http_url(manifest, s3_endpoint)},
-            "inputs": [training["dataset_uri"], candidate["uri"]],
-            "outputs": [output_uri],
-        })
+        plans.append(
+            {
+                "engine": engine,
+                "command": command,
+                "gpus": 1,  # vLLM takes most of its GPU: one each, and the evaluations run one at a time
+                "environment": {
+                    "PYTHONUNBUFFERED": "1",
+                    "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
+                    "WANDB_RUN_GROUP": airflow_run,
+                },
+                "output_uri": output_uri,
+                "candidate": dict(candidate),
+                "split": split,
+                "dataset_version": training["dataset_version"],
+                "fingerprint": training["fingerprint"],
+                "links": {"wandb": training.get("wandb_url") or "", "manifest": s3_http_url(manifest, s3_endpoint)},
+                "inputs": [training["dataset_uri"], candidate["uri"]],
+                "outputs": [output_uri],
+            }
+        )
     return plans
 
 
@@ -474,8 +532,10 @@ def record_evaluation(store: ObjectStore, plan: Mapping[str, Any], *, tracking_u
     try:
         document = json.loads(store.get_bytes(METRICS_FILE))
     except (StorageError, ValueError) as exc:
-        raise PipelineError(f"the evaluation container exited 0 but {store.url(METRICS_FILE)} is missing "
-                            f"({exc}); see the container log above") from exc
+        raise PipelineError(
+            f"the evaluation container exited 0 but {store.url(METRICS_FILE)} is missing "
+            f"({exc}); see the container log above"
+        ) from exc
     run_id, experiment_id = log_to_mlflow(store.uri, tracking_uri, s3_client=getattr(store, "client", None))
     candidate = dict(plan["candidate"])
     return {
@@ -509,8 +569,10 @@ def log_to_mlflow(output_uri: str, tracking_uri: str, *, s3_client: Any | None =
 def evaluation_summary_line(result: Mapping[str, Any]) -> str:
     metrics = result.get("metrics") or {}
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in PROMOTION_METRICS if k in metrics)
-    return (f"evaluated {result['role']} {result['candidate']} ({result['model_uri']}) on dataset "
-            f"{result['dataset_version']} ({result.get('split') or '?'}): {shown}; MLflow run {result['mlflow_run_id']}")
+    return (
+        f"evaluated {result['role']} {result['candidate']} ({result['model_uri']}) on dataset "
+        f"{result['dataset_version']} ({result.get('split') or '?'}): {shown}; MLflow run {result['mlflow_run_id']}"
+    )
 
 
 def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
@@ -525,18 +587,24 @@ def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, An
         raise PipelineError(f"no evaluated checkpoint has the metric {metric!r}: see the evaluate tasks")
     best = max(candidates, key=lambda r: (r["metrics"][metric], r.get("step", -1)))
     base = next((r for r in results if r.get("role") == "base"), None)
-    table = "; ".join(f"{r['candidate']}={r['metrics'].get(metric, float('nan')):.4f}"
-                      for r in sorted(results, key=lambda r: r.get("step", -1)))
-    summary = (f"best by {metric} on {SELECTION_SPLIT}: {best['candidate']} = {best['metrics'][metric]:.4f} "
-               f"(MLflow run {best['mlflow_run_id']}); all: {table}")
+    table = "; ".join(
+        f"{r['candidate']}={r['metrics'].get(metric, float('nan')):.4f}"
+        for r in sorted(results, key=lambda r: r.get("step", -1))
+    )
+    summary = (
+        f"best by {metric} on {SELECTION_SPLIT}: {best['candidate']} = {best['metrics'][metric]:.4f} "
+        f"(MLflow run {best['mlflow_run_id']}); all: {table}"
+    )
     return {"best": best, "base": base, "metric": metric, "split": SELECTION_SPLIT, "summary": summary}
 
 
 def _check_split(results: Sequence[Mapping[str, Any]], split: str, what: str) -> None:
     wrong = sorted({str(r.get("split")) for r in results if r.get("split") and r.get("split") != split})
     if wrong:
-        raise PipelineError(f"evaluations on {', '.join(wrong)} were given to {what}, which uses {split!r} only: "
-                            f"checkpoints are chosen on {SELECTION_SPLIT!r}, promotion is decided on {DECISION_SPLIT!r}")
+        raise PipelineError(
+            f"evaluations on {', '.join(wrong)} were given to {what}, which uses {split!r} only: "
+            f"checkpoints are chosen on {SELECTION_SPLIT!r}, promotion is decided on {DECISION_SPLIT!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -578,14 +646,16 @@ def decision_candidates(
     it on this dataset version and split exists already (the champion, or the base model when there is
     no champion yet). Returns the candidates and a line saying what is reused."""
     best = choice["best"]
-    models = [{"name": best["candidate"], "uri": best["model_uri"], "step": best.get("step", -1),
-               "role": "candidate"}]
+    models = [{"name": best["candidate"], "uri": best["model_uri"], "step": best.get("step", -1), "role": "candidate"}]
     if champion is not None:
         if champion_evaluation:
-            return models, (f"champion v{champion.version} already evaluated on {DECISION_SPLIT} "
-                            f"(MLflow run {champion_evaluation}): reused")
-        models.append({"name": f"champion-v{champion.version}", "uri": champion.model_uri, "step": -2,
-                       "role": "champion"})
+            return models, (
+                f"champion v{champion.version} already evaluated on {DECISION_SPLIT} "
+                f"(MLflow run {champion_evaluation}): reused"
+            )
+        models.append(
+            {"name": f"champion-v{champion.version}", "uri": champion.model_uri, "step": -2, "role": "champion"}
+        )
         return models, f"champion v{champion.version} ({champion.model_uri}) is evaluated on {DECISION_SPLIT} too"
     base = choice.get("base")
     if not base:
@@ -620,8 +690,10 @@ def decided_on(choice: Mapping[str, Any], decision_results: Sequence[Mapping[str
     for result in results:
         if result.get("role") == "candidate" and result.get("model_uri") == best["model_uri"]:
             return result
-    raise PipelineError(f"no {DECISION_SPLIT} evaluation of the chosen candidate {best['candidate']} "
-                        f"({best['model_uri']}): see the evaluate_test tasks")
+    raise PipelineError(
+        f"no {DECISION_SPLIT} evaluation of the chosen candidate {best['candidate']} "
+        f"({best['model_uri']}): see the evaluate_test tasks"
+    )
 
 
 def promote_best(
@@ -649,17 +721,26 @@ def promote_best(
     best = decided_on(choice, decision_results)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        decision = promotion.promote(best["mlflow_run_id"], metric=choice["metric"], min_delta=float(min_delta),
-                                     model_name=name, client=client, confidence=float(confidence),
-                                     min_samples=int(min_samples), s3_client=s3_client)
+        decision = promotion.promote(
+            best["mlflow_run_id"],
+            metric=choice["metric"],
+            min_delta=float(min_delta),
+            model_name=name,
+            client=client,
+            confidence=float(confidence),
+            min_samples=int(min_samples),
+            s3_client=s3_client,
+        )
     except promotion.PromotionError as exc:
         raise PipelineError(str(exc)) from exc
     data = _as_dict(decision)
     version = str(data.get("version") or "")
     if version and airflow_run:
         client.set_model_version_tag(name, version, TAG_AIRFLOW_RUN, airflow_run)
-    summary = (f"{decision.summary()} [checkpoint {selection['candidate']} chosen on {SELECTION_SPLIT}: "
-               f"{choice['metric']}={selection['metrics'].get(choice['metric'], float('nan')):.4f}]")
+    summary = (
+        f"{decision.summary()} [checkpoint {selection['candidate']} chosen on {SELECTION_SPLIT}: "
+        f"{choice['metric']}={selection['metrics'].get(choice['metric'], float('nan')):.4f}]"
+    )
     return {
         "model_name": name,
         "version": version,
@@ -760,8 +841,9 @@ def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, An
     params = context["params"]
     root = datasets_root(bucket())
     try:
-        dataset = resolve_dataset(str(params["dataset_version"]), store=_s3_store(root),
-                                  asset_event_extras=asset_event_extras(context, asset))
+        dataset = resolve_dataset(
+            str(params["dataset_version"]), store=_s3_store(root), asset_event_extras=asset_event_extras(context, asset)
+        )
     except NoDatasetYet as exc:
         # the first scheduled run after unpausing, before grounding_data published anything: not a failure
         raise AirflowSkipException(_emit(f"SKIP: {exc}; this run trains nothing")) from None
@@ -797,15 +879,17 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     check_test_split(manifest, ref)
     ti = context["ti"]
     plan = plan_training(
-        params, ref,
+        params,
+        ref,
         output_uri=join_uri(run_root(bucket(), ti.dag_id, ti.run_id), "train"),
         fingerprint=fingerprint,
         airflow_run=airflow_run_ref(context),
         s3_endpoint=s3_endpoint(S3_CONN_ID),
         tracking_uri=tracking,
     )
-    plan["summary"] = _emit(f"TRAIN: {decision.reason}; preset {params['preset']} on the {params['engine']} engine "
-                            f"-> {plan['output_uri']}")
+    plan["summary"] = _emit(
+        f"TRAIN: {decision.reason}; preset {params['preset']} on the {params['engine']} engine -> {plan['output_uri']}"
+    )
     plan["lineage"] = {"inputs": [ref.uri], "outputs": []}
     return plan
 
@@ -818,7 +902,9 @@ def list_checkpoints_task(context: Mapping[str, Any], training: Mapping[str, Any
     candidates = list_checkpoints(store, training)
     ti = context["ti"]
     plans = plan_evaluations(
-        params, training, candidates,
+        params,
+        training,
+        candidates,
         run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
         airflow_run=airflow_run_ref(context),
         s3_endpoint=s3_endpoint(S3_CONN_ID),
@@ -836,8 +922,9 @@ def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, An
     return choice
 
 
-def plan_decision_task(context: Mapping[str, Any], choice: Mapping[str, Any],
-                       training: Mapping[str, Any]) -> list[dict[str, Any]]:
+def plan_decision_task(
+    context: Mapping[str, Any], choice: Mapping[str, Any], training: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
 
     params = dict(context["params"])
@@ -849,32 +936,45 @@ def plan_decision_task(context: Mapping[str, Any], choice: Mapping[str, Any],
         champion_evaluation = existing_evaluation(tracking, champion.model_uri, version, DECISION_SPLIT)
     elif choice.get("base"):
         base_evaluation = existing_evaluation(tracking, choice["base"]["model_uri"], version, DECISION_SPLIT)
-    models, note = decision_candidates(choice, champion, champion_evaluation=champion_evaluation,
-                                       base_evaluation=base_evaluation)
+    models, note = decision_candidates(
+        choice, champion, champion_evaluation=champion_evaluation, base_evaluation=base_evaluation
+    )
     ti = context["ti"]
     plans = plan_evaluations(
-        params, training, models,
+        params,
+        training,
+        models,
         run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
         airflow_run=airflow_run_ref(context),
         s3_endpoint=s3_endpoint(S3_CONN_ID),
         split=DECISION_SPLIT,
     )
-    _emit(f"{len(plans)} models to evaluate on {DECISION_SPLIT} of dataset {version}: "
-          + ", ".join(f"{m['name']} ({m['role']})" for m in models) + f"; {note}")
+    _emit(
+        f"{len(plans)} models to evaluate on {DECISION_SPLIT} of dataset {version}: "
+        + ", ".join(f"{m['name']} ({m['role']})" for m in models)
+        + f"; {note}"
+    )
     for plan in plans:
         plan["lineage"] = {"inputs": [training["dataset_uri"]], "outputs": [plan["candidate"]["uri"]]}
     return plans
 
 
-def promote_task(context: Mapping[str, Any], choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]],
-                 asset: Any) -> dict[str, Any]:
+def promote_task(
+    context: Mapping[str, Any], choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]], asset: Any
+) -> dict[str, Any]:
     params = context["params"]
     from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
 
-    result = promote_best(choice, list(decision_results), min_delta=float(params["min_delta"]),
-                          confidence=float(params["confidence"]), min_samples=int(params["min_test_samples"]),
-                          tracking_uri=mlflow_tracking_uri(), airflow_run=airflow_run_ref(context),
-                          s3_client=s3_client(S3_CONN_ID))
+    result = promote_best(
+        choice,
+        list(decision_results),
+        min_delta=float(params["min_delta"]),
+        confidence=float(params["confidence"]),
+        min_samples=int(params["min_test_samples"]),
+        tracking_uri=mlflow_tracking_uri(),
+        airflow_run=airflow_run_ref(context),
+        s3_client=s3_client(S3_CONN_ID),
+    )
     _emit(result["summary"])
     context["outlet_events"][asset].extra = {
         "model_name": result["model_name"],

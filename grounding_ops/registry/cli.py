@@ -26,17 +26,27 @@ def add_parser(subparsers: Any) -> None:
     )
     promote.add_argument("--candidate", required=True, metavar="EVAL_RUN_ID", help="MLflow run id of the evaluation")
     promote.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric to compare (default: {DEFAULT_METRIC})")
-    promote.add_argument("--min-delta", type=number_type(float, minimum=0.0), default=DEFAULT_MIN_DELTA,
-                         help="the lower bound of the improvement's interval must exceed this "
-                         f"(default: {DEFAULT_MIN_DELTA})")
-    promote.add_argument("--confidence", type=number_type(float, minimum=0.5, maximum=0.999),
-                         default=DEFAULT_CONFIDENCE,
-                         help=f"confidence level of the paired bootstrap interval (default: {DEFAULT_CONFIDENCE})")
-    promote.add_argument("--min-samples", type=number_type(int, minimum=1), default=DEFAULT_MIN_SAMPLES,
-                         help="fewer paired samples than this never promote "
-                         f"(default: {DEFAULT_MIN_SAMPLES})")
-    promote.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
-                         help=f"registered model name (default: {DEFAULT_MODEL_NAME})")
+    promote.add_argument(
+        "--min-delta",
+        type=number_type(float, minimum=0.0),
+        default=DEFAULT_MIN_DELTA,
+        help=f"the lower bound of the improvement's interval must exceed this (default: {DEFAULT_MIN_DELTA})",
+    )
+    promote.add_argument(
+        "--confidence",
+        type=number_type(float, minimum=0.5, maximum=0.999),
+        default=DEFAULT_CONFIDENCE,
+        help=f"confidence level of the paired bootstrap interval (default: {DEFAULT_CONFIDENCE})",
+    )
+    promote.add_argument(
+        "--min-samples",
+        type=number_type(int, minimum=1),
+        default=DEFAULT_MIN_SAMPLES,
+        help=f"fewer paired samples than this never promote (default: {DEFAULT_MIN_SAMPLES})",
+    )
+    promote.add_argument(
+        "--model-name", default=DEFAULT_MODEL_NAME, help=f"registered model name (default: {DEFAULT_MODEL_NAME})"
+    )
     promote.add_argument("--json", action="store_true", help="print the decision as JSON")
     promote.set_defaults(func=run_promote)
 
@@ -68,8 +78,11 @@ def add_parser(subparsers: Any) -> None:
         "([x1, y1, x2, y2] in pixels of the image) it finds for --phrase as JSON. Needs the trainer "
         "environment's packages (torch, transformers, mlflow-skinny) and MLFLOW_TRACKING_URI.",
     )
-    predict.add_argument("--model", default=f"models:/{DEFAULT_MODEL_NAME}@champion",
-                         help=f"MLflow model URI (default: models:/{DEFAULT_MODEL_NAME}@champion)")
+    predict.add_argument(
+        "--model",
+        default=f"models:/{DEFAULT_MODEL_NAME}@champion",
+        help=f"MLflow model URI (default: models:/{DEFAULT_MODEL_NAME}@champion)",
+    )
     predict.add_argument("--image", required=True, help="a PNG or JPEG file")
     predict.add_argument("--phrase", required=True, help='what to find, e.g. "the red circle"')
     predict.add_argument("--save", default=None, metavar="OUT.png", help="write the image with the boxes drawn")
@@ -82,8 +95,14 @@ def run_promote(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        decision = promote(args.candidate, metric=args.metric, min_delta=args.min_delta, model_name=args.model_name,
-                           confidence=args.confidence, min_samples=args.min_samples)
+        decision = promote(
+            args.candidate,
+            metric=args.metric,
+            min_delta=args.min_delta,
+            model_name=args.model_name,
+            confidence=args.confidence,
+            min_samples=args.min_samples,
+        )
     except PromotionError as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(decision.to_dict(), indent=2) if args.json else decision.summary())

@@ -59,9 +59,11 @@ class GateResult:
     def numbers(self) -> str:
         """``metric 0.41 vs 0.30, difference +0.11 (95% CI +0.08..+0.14), n=120``."""
         direction = ", lower is better" if self.lower_is_better else ""
-        return (f"{self.metric} {self.candidate_value:.4f} vs {self.bar_value:.4f}, difference "
-                f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.ci_low:+.4f}..{self.ci_high:+.4f}"
-                f"{direction}), n={self.n}")
+        return (
+            f"{self.metric} {self.candidate_value:.4f} vs {self.bar_value:.4f}, difference "
+            f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.ci_low:+.4f}..{self.ci_high:+.4f}"
+            f"{direction}), n={self.n}"
+        )
 
 
 def decide(
@@ -99,46 +101,80 @@ def decide(
             "the evaluation behind them is broken; evaluate again, nothing is decided on these values"
         )
     n = int(cand.size)
-    settings = dict(metric=metric, n=n, confidence=float(confidence), min_delta=float(min_delta),
-                    min_samples=int(min_samples), lower_is_better=bool(lower_is_better), seed=int(seed),
-                    n_resamples=int(n_resamples))
+    settings = dict(
+        metric=metric,
+        n=n,
+        confidence=float(confidence),
+        min_delta=float(min_delta),
+        min_samples=int(min_samples),
+        lower_is_better=bool(lower_is_better),
+        seed=int(seed),
+        n_resamples=int(n_resamples),
+    )
     if n == 0:
         nan = math.nan
-        return GateResult(promoted=False, reason="no paired samples: the candidate and the bar share no test sample",
-                          candidate_value=nan, bar_value=nan, difference=nan, ci_low=nan, ci_high=nan,
-                          improvement_low=nan, **settings)
+        return GateResult(
+            promoted=False,
+            reason="no paired samples: the candidate and the bar share no test sample",
+            candidate_value=nan,
+            bar_value=nan,
+            difference=nan,
+            ci_low=nan,
+            ci_high=nan,
+            improvement_low=nan,
+            **settings,
+        )
     sign = -1.0 if lower_is_better else 1.0
     improvement = sign * (cand - base)
-    point, low, high = bootstrap_means(improvement[:, None], n_resamples=int(n_resamples),
-                                       confidence=float(confidence), rng=np.random.default_rng(int(seed)))
+    point, low, high = bootstrap_means(
+        improvement[:, None],
+        n_resamples=int(n_resamples),
+        confidence=float(confidence),
+        rng=np.random.default_rng(int(seed)),
+    )
     imp_point, imp_low, imp_high = float(point[0]), float(low[0]), float(high[0])
     # back to candidate minus bar in the metric's units
     difference = sign * imp_point
     ci_low, ci_high = sorted((sign * imp_low, sign * imp_high))
     level = f"{confidence:.0%}"
     if n < min_samples:
-        reason = (f"only {n} paired test samples, fewer than the minimum {min_samples}: a difference on so few "
-                  "samples cannot be told from noise; publish more test data (a larger test fraction) or lower "
-                  "the minimum")
+        reason = (
+            f"only {n} paired test samples, fewer than the minimum {min_samples}: a difference on so few "
+            "samples cannot be told from noise; publish more test data (a larger test fraction) or lower "
+            "the minimum"
+        )
         promoted = False
     elif np.all(improvement == 0):
         reason = f"a tie: the candidate and the bar score the same {metric} on every one of the {n} samples"
         promoted = False
     elif imp_low > min_delta:
-        reason = (f"the {level} interval's lower bound of the improvement, {imp_low:+.4f}, exceeds min_delta "
-                  f"{min_delta:g}")
+        reason = (
+            f"the {level} interval's lower bound of the improvement, {imp_low:+.4f}, exceeds min_delta {min_delta:g}"
+        )
         promoted = True
     elif imp_point <= 0:
-        reason = (f"the candidate is not better (mean improvement {imp_point:+.4f}; the {level} interval's lower "
-                  f"bound {imp_low:+.4f} does not exceed min_delta {min_delta:g})")
+        reason = (
+            f"the candidate is not better (mean improvement {imp_point:+.4f}; the {level} interval's lower "
+            f"bound {imp_low:+.4f} does not exceed min_delta {min_delta:g})"
+        )
         promoted = False
     else:
-        reason = (f"the gain is within the noise: the {level} interval's lower bound of the improvement, "
-                  f"{imp_low:+.4f}, does not exceed min_delta {min_delta:g}")
+        reason = (
+            f"the gain is within the noise: the {level} interval's lower bound of the improvement, "
+            f"{imp_low:+.4f}, does not exceed min_delta {min_delta:g}"
+        )
         promoted = False
-    return GateResult(promoted=promoted, reason=reason, candidate_value=float(cand.mean()),
-                      bar_value=float(base.mean()), difference=difference, ci_low=ci_low, ci_high=ci_high,
-                      improvement_low=imp_low, **settings)
+    return GateResult(
+        promoted=promoted,
+        reason=reason,
+        candidate_value=float(cand.mean()),
+        bar_value=float(base.mean()),
+        difference=difference,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        improvement_low=imp_low,
+        **settings,
+    )
 
 
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_MIN_SAMPLES", "GateError", "GateResult", "decide"]

@@ -115,7 +115,11 @@ class PromotionDecision:
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT PROMOTED"
-        bar = "champion v" + self.champion_before if self.baseline == "champion" and self.champion_before else self.baseline
+        bar = (
+            "champion v" + self.champion_before
+            if self.baseline == "champion" and self.champion_before
+            else self.baseline
+        )
 
         def name(version: str | None) -> str:
             return f"v{version}" if version else "none"
@@ -123,9 +127,11 @@ class PromotionDecision:
         if self.baseline_value is None or self.difference is None:
             numbers = f"{self.metric} {self.candidate_value:.4f} vs no bar"
         else:
-            numbers = (f"{self.metric} {self.candidate_value:.4f} vs {bar} {self.baseline_value:.4f}, difference "
-                       f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.ci_low:+.4f}..{self.ci_high:+.4f}), "
-                       f"n={self.n}")
+            numbers = (
+                f"{self.metric} {self.candidate_value:.4f} vs {bar} {self.baseline_value:.4f}, difference "
+                f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.ci_low:+.4f}..{self.ci_high:+.4f}), "
+                f"n={self.n}"
+            )
         return (
             f"{verdict}: {self.model_name} v{self.version} (eval run {self.candidate_run_id}): {numbers} on dataset "
             f"{self.dataset_version} ({self.split or 'val'}); champion: {name(self.champion_before)} -> "
@@ -144,7 +150,9 @@ def _get_run(client: Any, run_id: str) -> Any:
         return client.get_run(run_id)
     except MlflowException as exc:
         if _is_missing(exc):
-            raise PromotionError(f"no MLflow run {run_id!r} at {client.tracking_uri}: pass an evaluation run id") from exc
+            raise PromotionError(
+                f"no MLflow run {run_id!r} at {client.tracking_uri}: pass an evaluation run id"
+            ) from exc
         raise
 
 
@@ -184,8 +192,9 @@ def _metric_of(run: Any, metric: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _recorded(version: Any, run_id: str, metric: str, min_delta: float, confidence: float,
-              min_samples: int) -> dict[str, str] | None:
+def _recorded(
+    version: Any, run_id: str, metric: str, min_delta: float, confidence: float, min_samples: int
+) -> dict[str, str] | None:
     tags = dict(version.tags or {})
     if (
         tags.get(DECISION_PREFIX + "eval_run_id") == run_id
@@ -210,7 +219,10 @@ def _search_evaluations(
 ) -> Any | None:
     filter_string = " and ".join([*clauses, "attributes.status = 'FINISHED'"])
     runs = client.search_runs(
-        sorted(set(experiment_ids)), filter_string=filter_string, max_results=20, order_by=["attributes.start_time DESC"]
+        sorted(set(experiment_ids)),
+        filter_string=filter_string,
+        max_results=20,
+        order_by=["attributes.start_time DESC"],
     )
     for run in runs:
         if run.info.run_id != exclude_run:
@@ -226,11 +238,15 @@ def find_evaluation(client: Any, model_uri: str, dataset_version: str, split: st
     experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
     if experiment is None:
         return None
-    run = _search_evaluations(client, [experiment.experiment_id], [
-        f"params.model_uri = {quote_filter_value(model_uri)}",
-        f"params.dataset_version = {quote_filter_value(dataset_version)}",
-        f"params.split = {quote_filter_value(split)}",
-    ])
+    run = _search_evaluations(
+        client,
+        [experiment.experiment_id],
+        [
+            f"params.model_uri = {quote_filter_value(model_uri)}",
+            f"params.dataset_version = {quote_filter_value(dataset_version)}",
+            f"params.split = {quote_filter_value(split)}",
+        ],
+    )
     return run.info.run_id if run is not None else None
 
 
@@ -281,8 +297,16 @@ def promote(
         raise PromotionError(f"MLflow at {client.tracking_uri} refused the promotion: {exc.message}") from exc
 
 
-def register_candidate(client: Any, model_name: str, run: Any, source: str, dataset_version: str, split: str, *,
-                       s3_client: Any | None = None) -> Any:
+def register_candidate(
+    client: Any,
+    model_name: str,
+    run: Any,
+    source: str,
+    dataset_version: str,
+    split: str,
+    *,
+    s3_client: Any | None = None,
+) -> Any:
     """Register the candidate evaluated in ``run`` as a new version of ``model_name`` (the ONE place
     a version is created): the weights at ``source`` are logged as an MLflow pyfunc model
     (loadable and servable from the registry), with lineage and metrics as tags; returns the version."""
@@ -290,8 +314,9 @@ def register_candidate(client: Any, model_name: str, run: Any, source: str, data
 
     run_id, run_tags = run.info.run_id, run.data.tags
     lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
-    lineage.update({"grounding.model_uri": source, "grounding.dataset_version": dataset_version,
-                    EVALUATION_RUN_TAG: run_id})
+    lineage.update(
+        {"grounding.model_uri": source, "grounding.dataset_version": dataset_version, EVALUATION_RUN_TAG: run_id}
+    )
     if run_tags.get(OUTPUT_TAG):
         lineage["grounding.evaluation_uri"] = run_tags[OUTPUT_TAG]
     for name in LISTED_METRICS:
@@ -299,7 +324,11 @@ def register_candidate(client: Any, model_name: str, run: Any, source: str, data
         if value is not None:
             lineage[METRIC_TAG_PREFIX + name] = repr(value)
     version = register_grounding_model(
-        client, model_name, source=source, run_id=run_id, tags=lineage,
+        client,
+        model_name,
+        source=source,
+        run_id=run_id,
+        tags=lineage,
         description=f"{source} evaluated on dataset {dataset_version} ({split}) in run {run_id}",
         s3_client=s3_client,
     )
@@ -339,14 +368,17 @@ def find_bar(
                     raise
         if champion_run is not None and _same_evaluation_set(champion_run, dataset_version, split):
             return Bar("champion", champion_run, f"champion v{champion_before}, evaluation run {champion_run_id}")
-        champion_dataset = (
-            champion_run.data.params.get("dataset_version") if champion_run is not None else None
-        ) or (champion.tags or {}).get("grounding.dataset_version", "unknown")
+        champion_dataset = (champion_run.data.params.get("dataset_version") if champion_run is not None else None) or (
+            champion.tags or {}
+        ).get("grounding.dataset_version", "unknown")
         bar_run = _search_evaluations(
-            client, experiments,
-            [f"params.model_uri = {quote_filter_value(weights_uri(champion))}",
-             f"params.dataset_version = {quote_filter_value(dataset_version)}",
-             f"params.split = {quote_filter_value(split)}"],
+            client,
+            experiments,
+            [
+                f"params.model_uri = {quote_filter_value(weights_uri(champion))}",
+                f"params.dataset_version = {quote_filter_value(dataset_version)}",
+                f"params.split = {quote_filter_value(split)}",
+            ],
             exclude_run=run_id,
         )
         if bar_run is None:
@@ -357,8 +389,11 @@ def find_bar(
                 f"--dataset <{dataset_version} URI> --split {split} ...; the grounding_train DAG does this "
                 "itself) and promote again; champion unchanged"
             )
-        return Bar("champion", bar_run, f"champion v{champion_before} (trained on {champion_dataset}) re-evaluated "
-                                        f"in run {bar_run.info.run_id}")
+        return Bar(
+            "champion",
+            bar_run,
+            f"champion v{champion_before} (trained on {champion_dataset}) re-evaluated in run {bar_run.info.run_id}",
+        )
     clauses = [
         f"tags.`{ROLE_TAG}` = 'base'",
         f"params.dataset_version = {quote_filter_value(dataset_version)}",
@@ -369,7 +404,9 @@ def find_bar(
     if base_model:
         # prefer the evaluation of the very model the candidate was trained from
         bar_run = _search_evaluations(
-            client, experiments, [*clauses, f"params.model_uri = {quote_filter_value(base_model)}"],
+            client,
+            experiments,
+            [*clauses, f"params.model_uri = {quote_filter_value(base_model)}"],
             exclude_run=run_id,
         )
     if bar_run is None:
@@ -380,8 +417,9 @@ def find_bar(
             f"the base model first (grounding-ops evaluate --role base --model <base model> --dataset "
             f"<{dataset_version} URI> --split {split} ...) so the first champion has a bar to beat"
         )
-    return Bar("base", bar_run, f"base model {bar_run.data.params.get('model_uri')}, evaluation run "
-                                f"{bar_run.info.run_id}")
+    return Bar(
+        "base", bar_run, f"base model {bar_run.data.params.get('model_uri')}, evaluation run {bar_run.info.run_id}"
+    )
 
 
 def _per_sample(client: Any, run: Any, metric: str) -> dict[str, float]:
@@ -403,8 +441,10 @@ def _per_sample(client: Any, run: Any, metric: str) -> dict[str, float]:
         table = pq.read_table(Path(path), columns=["id", "iou", "score", "format_ok"]).to_pydict()
     ids = [str(i) for i in table["id"]]
     if len(set(ids)) != len(ids):
-        raise PromotionError(f"{PREDICTIONS_ARTIFACT} of evaluation run {run_id} holds duplicate sample ids: "
-                             "samples cannot be paired; evaluate again")
+        raise PromotionError(
+            f"{PREDICTIONS_ARTIFACT} of evaluation run {run_id} holds duplicate sample ids: "
+            "samples cannot be paired; evaluate again"
+        )
     values = per_sample(metric, table["iou"], table["score"], table["format_ok"])
     return dict(zip(ids, (float(v) for v in values)))
 
@@ -416,13 +456,23 @@ def paired_values(client: Any, candidate_run: Any, bar_run: Any, metric: str) ->
     shared = sorted(set(candidate) & set(bar))
     note = ""
     if len(shared) != len(candidate) or len(shared) != len(bar):
-        note = (f" (paired on the {len(shared)} samples both evaluated: the candidate has {len(candidate)}, "
-                f"the bar {len(bar)})")
+        note = (
+            f" (paired on the {len(shared)} samples both evaluated: the candidate has {len(candidate)}, "
+            f"the bar {len(bar)})"
+        )
     return [candidate[i] for i in shared], [bar[i] for i in shared], note
 
 
-def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name: str,
-             gate: dict[str, Any], *, s3_client: Any | None = None) -> PromotionDecision:
+def _promote(
+    client: Any,
+    run_id: str,
+    metric: str,
+    min_delta: float,
+    model_name: str,
+    gate: dict[str, Any],
+    *,
+    s3_client: Any | None = None,
+) -> PromotionDecision:
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
     if run_tags.get(ROLE_TAG) == "base":
@@ -457,14 +507,29 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
     if aliases.get(CHALLENGER) != number:
         client.set_registered_model_alias(model_name, CHALLENGER, number)
     champion_before = aliases.get(CHAMPION)
-    common = dict(model_name=model_name, metric=metric, min_delta=min_delta, candidate_run_id=run_id,
-                  candidate_value=candidate_value, champion_before=champion_before, version=number,
-                  dataset_version=dataset_version, created_version=created, split=split,
-                  confidence=gate["confidence"], min_samples=gate["min_samples"])
+    common = dict(
+        model_name=model_name,
+        metric=metric,
+        min_delta=min_delta,
+        candidate_run_id=run_id,
+        candidate_value=candidate_value,
+        champion_before=champion_before,
+        version=number,
+        dataset_version=dataset_version,
+        created_version=created,
+        split=split,
+        confidence=gate["confidence"],
+        min_samples=gate["min_samples"],
+    )
     if champion_before == number:
         decision = PromotionDecision(
-            promoted=True, reason=f"version {number} is already the champion", baseline="champion",
-            baseline_value=candidate_value, baseline_run_id=run_id, champion_after=number, changed=created,
+            promoted=True,
+            reason=f"version {number} is already the champion",
+            baseline="champion",
+            baseline_value=candidate_value,
+            baseline_run_id=run_id,
+            champion_after=number,
+            changed=created,
             **common,
         )
         log.info(decision.summary())
@@ -475,9 +540,16 @@ def _promote(client: Any, run_id: str, metric: str, min_delta: float, model_name
         return _refuse(client, bar, common)
     candidate_values, bar_values, pairing = paired_values(client, run, bar.run, metric)
     try:
-        result = decide(candidate_values, bar_values, metric=metric, min_delta=min_delta,
-                        lower_is_better=_lower_is_better(metric), confidence=gate["confidence"],
-                        min_samples=gate["min_samples"], seed=gate["seed"])
+        result = decide(
+            candidate_values,
+            bar_values,
+            metric=metric,
+            min_delta=min_delta,
+            lower_is_better=_lower_is_better(metric),
+            confidence=gate["confidence"],
+            min_samples=gate["min_samples"],
+            seed=gate["seed"],
+        )
     except GateError as exc:
         raise PromotionError(f"{exc} (candidate run {run_id}, bar run {bar.run.info.run_id})") from exc
     decision = decision_of(result, bar, common)
@@ -533,8 +605,14 @@ def _refuse(client: Any, reason: str, common: dict[str, Any]) -> PromotionDecisi
     """A decision without a comparison: not recorded, so a later call (after the missing
     evaluation exists) decides afresh."""
     decision = PromotionDecision(
-        promoted=False, reason=reason, baseline="none", baseline_value=None, baseline_run_id=None,
-        champion_after=common["champion_before"], changed=common["created_version"], **common,
+        promoted=False,
+        reason=reason,
+        baseline="none",
+        baseline_value=None,
+        baseline_run_id=None,
+        champion_after=common["champion_before"],
+        changed=common["created_version"],
+        **common,
     )
     client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "reason", reason[:5000])
     log.info(decision.summary())
@@ -619,5 +697,18 @@ def select_best(run_ids: list[str], *, metric: str = DEFAULT_METRIC, client: Any
     return min(scored)[2]
 
 
-__all__ = ["Bar", "PromotionDecision", "PromotionError", "find_bar", "find_evaluation", "paired_values", "promote", "record_decision",
-           "register_candidate", "select_best", "CHAMPION", "CHALLENGER", "TAG_PREFIX"]
+__all__ = [
+    "Bar",
+    "PromotionDecision",
+    "PromotionError",
+    "find_bar",
+    "find_evaluation",
+    "paired_values",
+    "promote",
+    "record_decision",
+    "register_candidate",
+    "select_best",
+    "CHAMPION",
+    "CHALLENGER",
+    "TAG_PREFIX",
+]

@@ -40,8 +40,17 @@ INPUT_COLUMNS = ("image", "phrase")
 OUTPUT_COLUMNS = ("boxes", "response", "format_ok")
 # Packages the model needs at inference, pinned as in the trainer environment.
 INFERENCE_PACKAGES = (
-    "mlflow-skinny", "torch", "torchvision", "transformers", "tokenizers", "accelerate",
-    "pillow", "numpy", "pandas", "pyarrow", "cloudpickle",
+    "mlflow-skinny",
+    "torch",
+    "torchvision",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "pillow",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "cloudpickle",
 )
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 TRAINER_CONSTRAINTS = _PACKAGE_ROOT.parent / "docker" / "trainer" / "constraints.txt"
@@ -125,7 +134,8 @@ class GroundingModel(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(config.get("max_new_tokens") or 128)
         self.batch_size = int(config.get("batch_size") or 8)
         self.loaded = load_transformers(
-            context.artifacts[HF_ARTIFACT], device=str(config.get("device") or "cpu"),
+            context.artifacts[HF_ARTIFACT],
+            device=str(config.get("device") or "cpu"),
             dtype=str(config.get("dtype") or "float32"),
         )
 
@@ -157,9 +167,7 @@ class GroundingModel(mlflow.pyfunc.PythonModel):
             resized = resized_size(self.loaded.processor, width, height)
             sizes.append(((width, height), resized))
             requests.append(GenerationRequest(str(row), build_prompt(phrase, protocol), data, resized))
-        output = generate_loaded(
-            self.loaded, requests, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens
-        )
+        output = generate_loaded(self.loaded, requests, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         boxes, formats = [], []
         for response, (image_size, resized) in zip(output.responses, sizes):
             parsed = protocol.parse(response, image_size, resized)
@@ -279,8 +287,9 @@ def register_grounding_model(
         description=description,
         model_id=logged.model_id,
     )
-    log.info("logged %s as MLflow model %s and registered it as %s v%s", source, logged.model_id, model_name,
-             version.version)
+    log.info(
+        "logged %s as MLflow model %s and registered it as %s v%s", source, logged.model_id, model_name, version.version
+    )
     return version
 
 

@@ -41,7 +41,15 @@ AIRFLOW_RUN_TAG = "grounding.airflow_run"
 KIND_TAG = "grounding.kind"
 PARENT_TAG = "mlflow.parentRunId"
 HISTORY_METRICS = (
-    "reward_mean", "iou", "acc", "format_ok", "kl", "entropy", "loss", "response_length", "seconds_per_step",
+    "reward_mean",
+    "iou",
+    "acc",
+    "format_ok",
+    "kl",
+    "entropy",
+    "loss",
+    "response_length",
+    "seconds_per_step",
     "tokens_per_s",
 )
 _MAX_PARAM_CHARS = 6000
@@ -147,7 +155,9 @@ def log_training_run(
         raw = store.get_bytes(RUN_JSON)
         record = json.loads(raw)
     except (StorageError, ValueError) as exc:
-        raise TrackingError(f"no readable {RUN_JSON} under {output_uri}: the training has not finished ({exc})") from exc
+        raise TrackingError(
+            f"no readable {RUN_JSON} under {output_uri}: the training has not finished ({exc})"
+        ) from exc
     digest = hashlib.sha256(raw).hexdigest()
     client = client if client is not None else mlflow_client()
     output = store.uri.rstrip("/")

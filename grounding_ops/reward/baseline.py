@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_GUIDE_PATTERN = re.compile(
-    r"<click>(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?)</click>"
-)
+_GUIDE_PATTERN = re.compile(r"<click>(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?)</click>")
 
 
 def _guide_iou(b1: dict[str, float], b2: dict[str, float]) -> float:

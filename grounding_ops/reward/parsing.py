@@ -46,9 +46,31 @@ _WS = r"\s*+"
 _SEP = _WS + "," + _WS
 _FOUR = "(" + _NUM + ")" + _SEP + "(" + _NUM + ")" + _SEP + "(" + _NUM + ")" + _SEP + "(" + _NUM + ")"
 _PAIR = (
-    r"\(" + _WS + "(" + _NUM + ")" + _SEP + "(" + _NUM + ")" + _WS + r"\)"
-    + _WS + ",?+" + _WS
-    + r"\(" + _WS + "(" + _NUM + ")" + _SEP + "(" + _NUM + ")" + _WS + r"\)"
+    r"\("
+    + _WS
+    + "("
+    + _NUM
+    + ")"
+    + _SEP
+    + "("
+    + _NUM
+    + ")"
+    + _WS
+    + r"\)"
+    + _WS
+    + ",?+"
+    + _WS
+    + r"\("
+    + _WS
+    + "("
+    + _NUM
+    + ")"
+    + _SEP
+    + "("
+    + _NUM
+    + ")"
+    + _WS
+    + r"\)"
 )
 
 BRACKET_RE = re.compile(r"\[" + _WS + _FOUR + _WS + r"\]")
@@ -63,8 +85,23 @@ QWEN2_RE = re.compile(_PAIR + "|" + r"\(" + _WS + _FOUR + _WS + r"\)" + "|" + r"
 _QNUM = "[\"']?+(" + _NUM + ")[\"']?+"
 _QFOUR = _QNUM + _SEP + _QNUM + _SEP + _QNUM + _SEP + _QNUM
 LOOSE_JSON_RE = re.compile(
-    r"""["']bbox_2d["']""" + _WS + ":" + _WS + r"(?:\[" + _WS + r"\[?+" + _WS + _QFOUR + _WS + r"\])?+"
-    + "|" + r"\[" + _WS + _FOUR + _WS + r"\]"
+    r"""["']bbox_2d["']"""
+    + _WS
+    + ":"
+    + _WS
+    + r"(?:\["
+    + _WS
+    + r"\[?+"
+    + _WS
+    + _QFOUR
+    + _WS
+    + r"\])?+"
+    + "|"
+    + r"\["
+    + _WS
+    + _FOUR
+    + _WS
+    + r"\]"
 )
 _OPEN_RE = re.compile(r"[\[{]")
 _NUMBER_STRING_RE = re.compile(r"\s*+" + _NUM + r"\s*+")
@@ -77,9 +114,33 @@ _FAST_JNUM = r"(-?+(?:0|[1-9][0-9]{0,15}+)(?:\.[0-9]{1,17}+)?+(?:[eE][-+]?+[0-9]
 _JWS = r"[ \t\n\r]*+"  # JSON's own whitespace
 _JSEP = _JWS + "," + _JWS
 _FAST_OBJ = (
-    r"\{" + _JWS + r'"bbox_2d"' + _JWS + ":" + _JWS + r"\[" + _JWS
-    + _FAST_JNUM + _JSEP + _FAST_JNUM + _JSEP + _FAST_JNUM + _JSEP + _FAST_JNUM + _JWS + r"\]"
-    + "(?:" + _JSEP + r'"label"' + _JWS + ":" + _JWS + r'"[^"\\\x00-\x1f]{0,256}+"' + ")?+" + _JWS + r"\}"
+    r"\{"
+    + _JWS
+    + r'"bbox_2d"'
+    + _JWS
+    + ":"
+    + _JWS
+    + r"\["
+    + _JWS
+    + _FAST_JNUM
+    + _JSEP
+    + _FAST_JNUM
+    + _JSEP
+    + _FAST_JNUM
+    + _JSEP
+    + _FAST_JNUM
+    + _JWS
+    + r"\]"
+    + "(?:"
+    + _JSEP
+    + r'"label"'
+    + _JWS
+    + ":"
+    + _JWS
+    + r'"[^"\\\x00-\x1f]{0,256}+"'
+    + ")?+"
+    + _JWS
+    + r"\}"
 )
 _FAST_FOUR = _FAST_NUM + _SEP + _FAST_NUM + _SEP + _FAST_NUM + _SEP + _FAST_NUM
 _FAST = {
@@ -87,8 +148,23 @@ _FAST = {
     "json": re.compile(r"[^\[{\"']*+(\[" + _JWS + r")?+" + _FAST_OBJ + r"(?(1)" + _JWS + r"\])[^\[{\"']*+"),
     "click": re.compile(r"[^<]*+<click>" + _WS + _FAST_FOUR + _WS + r"</click>[^<]*+"),
     "pairs": re.compile(
-        r"[^(\[]*+\(" + _WS + _FAST_NUM + _SEP + _FAST_NUM + _WS + r"\)" + _WS + ",?+" + _WS
-        + r"\(" + _WS + _FAST_NUM + _SEP + _FAST_NUM + _WS + r"\)[^(\[]*+"
+        r"[^(\[]*+\("
+        + _WS
+        + _FAST_NUM
+        + _SEP
+        + _FAST_NUM
+        + _WS
+        + r"\)"
+        + _WS
+        + ",?+"
+        + _WS
+        + r"\("
+        + _WS
+        + _FAST_NUM
+        + _SEP
+        + _FAST_NUM
+        + _WS
+        + r"\)[^(\[]*+"
     ),
     "bracket": re.compile(r"[^\[]*+\[" + _WS + _FAST_FOUR + _WS + r"\][^\[]*+"),
 }
@@ -337,8 +413,7 @@ def scan_general(text: str, syntax: str, max_boxes: int) -> Scan:
     elif syntax == "click":
         _regex_entries(CLICK_RE.finditer(text), entries, "invalid_click")
     elif syntax == "pairs":
-        _regex_entries(QWEN2_RE.finditer(strip_special_tokens(text)), entries, "",
-                       {4: "bare_box", 8: "bare_box"})
+        _regex_entries(QWEN2_RE.finditer(strip_special_tokens(text)), entries, "", {4: "bare_box", 8: "bare_box"})
     elif syntax == "bracket":
         _regex_entries(BRACKET_RE.finditer(text), entries, "")
     else:
@@ -351,6 +426,7 @@ def scan_general(text: str, syntax: str, max_boxes: int) -> Scan:
 def _fast_reader(syntax: str):
     fullmatch = _FAST[syntax].fullmatch
     if syntax == "json":
+
         def read(text: str) -> BoxTuple | None:
             m = fullmatch(text)
             if m is None:
@@ -358,6 +434,7 @@ def _fast_reader(syntax: str):
             _, a, b, c, d = m.groups()
             return (float(a), float(b), float(c), float(d))
     elif syntax == "pairs":
+
         def read(text: str) -> BoxTuple | None:
             m = fullmatch(strip_special_tokens(text) if "<|" in text else text)
             if m is None:
@@ -365,12 +442,14 @@ def _fast_reader(syntax: str):
             a, b, c, d = m.groups()
             return (float(a), float(b), float(c), float(d))
     else:
+
         def read(text: str) -> BoxTuple | None:
             m = fullmatch(text)
             if m is None:
                 return None
             a, b, c, d = m.groups()
             return (float(a), float(b), float(c), float(d))
+
     return read
 
 

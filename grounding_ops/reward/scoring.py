@@ -89,8 +89,15 @@ def _score(
     boxes, n_pred, format_ok, reason, too_many = proto.read(response, frame, max_boxes, max_answer_chars, fast)
     n_gt = len(gt)
     if too_many:
-        return {"score": 0.0, "iou": 0.0, "acc": 0.0, "format_ok": format_ok, "n_pred": max_boxes + 1,
-                "n_gt": n_gt, "reason": reason}
+        return {
+            "score": 0.0,
+            "iou": 0.0,
+            "acc": 0.0,
+            "format_ok": format_ok,
+            "n_pred": max_boxes + 1,
+            "n_gt": n_gt,
+            "reason": reason,
+        }
     iou = 0.0
     if n_gt == 0:
         # nothing to find: only an explicit, well-formed empty answer is right
@@ -110,8 +117,15 @@ def _score(
         iou = round(match_score, SCORE_DECIMALS)
         acc = 1.0 if match_score >= ACC_IOU_THRESHOLD else 0.0
         if not format_weight:
-            return {"score": iou, "iou": iou, "acc": acc, "format_ok": format_ok, "n_pred": 1, "n_gt": 1,
-                    "reason": reason}
+            return {
+                "score": iou,
+                "iou": iou,
+                "acc": acc,
+                "format_ok": format_ok,
+                "n_pred": 1,
+                "n_gt": 1,
+                "reason": reason,
+            }
     else:
         # invalid entries have no box but count in the denominator all the same
         ious = [p[2] for p in match_boxes(boxes, gt).pairs]
@@ -122,8 +136,15 @@ def _score(
         acc = 1.0 if ok else 0.0
     if format_weight:
         match_score = (1.0 - format_weight) * match_score + format_weight * (1.0 if format_ok else 0.0)
-    return {"score": min(max(round(match_score, SCORE_DECIMALS), 0.0), 1.0), "iou": iou, "acc": acc,
-            "format_ok": format_ok, "n_pred": n_pred, "n_gt": n_gt, "reason": reason}
+    return {
+        "score": min(max(round(match_score, SCORE_DECIMALS), 0.0), 1.0),
+        "iou": iou,
+        "acc": acc,
+        "format_ok": format_ok,
+        "n_pred": n_pred,
+        "n_gt": n_gt,
+        "reason": reason,
+    }
 
 
 def score_response(
@@ -158,8 +179,15 @@ def score_response(
     """
     proto = _protocols.get_protocol(protocol)
     gt = normalize_boxes(gt_boxes)
-    return _score(proto, proto.frame_of(image_size, resized_size), gt, response, max(int(max_boxes), 0),
-                  _format_weight(format_weight), max_answer_chars)
+    return _score(
+        proto,
+        proto.frame_of(image_size, resized_size),
+        gt,
+        response,
+        max(int(max_boxes), 0),
+        _format_weight(format_weight),
+        max_answer_chars,
+    )
 
 
 # -- compute_score: VeRL's entry point --------------------------------------------------------
@@ -176,11 +204,21 @@ _TARGET_CACHE_SIZE = 4096
 def _content_key(gt: dict) -> tuple | None:
     """A hashable copy of what decides a row's target, for a row that carries its protocol,
     sizes and boxes itself as lists (the exported form); None for any other form."""
-    boxes, protocol, image_size, resized_size = gt.get("boxes"), gt.get("protocol"), gt.get("image_size"), gt.get(
-        "resized_size")
-    if not (type(boxes) is list and type(protocol) is str and protocol
-            and (type(image_size) is list or type(image_size) is tuple) and len(image_size) == 2
-            and (type(resized_size) is list or type(resized_size) is tuple) and len(resized_size) == 2):
+    boxes, protocol, image_size, resized_size = (
+        gt.get("boxes"),
+        gt.get("protocol"),
+        gt.get("image_size"),
+        gt.get("resized_size"),
+    )
+    if not (
+        type(boxes) is list
+        and type(protocol) is str
+        and protocol
+        and (type(image_size) is list or type(image_size) is tuple)
+        and len(image_size) == 2
+        and (type(resized_size) is list or type(resized_size) is tuple)
+        and len(resized_size) == 2
+    ):
         return None
     if len(boxes) == 1:  # most rows: one object
         box = boxes[0]
@@ -268,11 +306,23 @@ def compute_score(
     key = None
     if type(ground_truth) is dict:
         boxes = ground_truth.get("boxes")
-        protocol, image_size, resized_size = (ground_truth.get("protocol"), ground_truth.get("image_size"),
-                                              ground_truth.get("resized_size"))
-        if (type(boxes) is list and len(boxes) == 1 and type(boxes[0]) is list and len(boxes[0]) == 4
-                and type(protocol) is str and protocol and type(image_size) is list and len(image_size) == 2
-                and type(resized_size) is list and len(resized_size) == 2):
+        protocol, image_size, resized_size = (
+            ground_truth.get("protocol"),
+            ground_truth.get("image_size"),
+            ground_truth.get("resized_size"),
+        )
+        if (
+            type(boxes) is list
+            and len(boxes) == 1
+            and type(boxes[0]) is list
+            and len(boxes[0]) == 4
+            and type(protocol) is str
+            and protocol
+            and type(image_size) is list
+            and len(image_size) == 2
+            and type(resized_size) is list
+            and len(resized_size) == 2
+        ):
             key = (protocol, *image_size, *resized_size, *boxes[0])  # one object (most rows): _content_key, inlined
         else:
             key = _content_key(ground_truth)
@@ -293,9 +343,15 @@ def compute_score(
             _TARGET_CACHE[key] = target
     proto, frame, gt = target
     if kwargs:
-        return _score(proto, frame, gt, solution_str,
-                      max(int(kwargs.get("max_boxes", _protocols.DEFAULT_MAX_BOXES)), 0),
-                      _format_weight(kwargs.get("format_weight", 0.0)),
-                      kwargs.get("max_answer_chars", _protocols.DEFAULT_MAX_ANSWER_CHARS))
-    return _score(proto, frame, gt, solution_str, _protocols.DEFAULT_MAX_BOXES, 0.0,
-                  _protocols.DEFAULT_MAX_ANSWER_CHARS)
+        return _score(
+            proto,
+            frame,
+            gt,
+            solution_str,
+            max(int(kwargs.get("max_boxes", _protocols.DEFAULT_MAX_BOXES)), 0),
+            _format_weight(kwargs.get("format_weight", 0.0)),
+            kwargs.get("max_answer_chars", _protocols.DEFAULT_MAX_ANSWER_CHARS),
+        )
+    return _score(
+        proto, frame, gt, solution_str, _protocols.DEFAULT_MAX_BOXES, 0.0, _protocols.DEFAULT_MAX_ANSWER_CHARS
+    )

@@ -159,7 +159,8 @@ def download_checkpoint(store: ObjectStore, step: int, local_dir: str | Path) ->
             raise StorageError(
                 f"the completion marker of {store.url(remote)} records no sha256 for {rel!r} (written by an older "
                 "version, or forged): resuming would load unverified files; delete the checkpoint from the output "
-                "to resume from an earlier one or start the run afresh")
+                "to resume from an earlier one or start the run afresh"
+            )
         target = local_path_for_key(folder, rel)
         store.download_file(join_key(remote, rel), target)
         size, digest = target.stat().st_size, sha256_file(target)
@@ -236,8 +237,10 @@ class CheckpointUploader:
             except (StorageError, OSError, RuntimeError) as exc:
                 if not self._still_there(step):
                     self.rotated.append(step)
-                    self.log(f"checkpoint step {step} was rotated away by the engine before its upload finished; "
-                             "raise max_checkpoints_to_keep (or save_freq) to keep every checkpoint")
+                    self.log(
+                        f"checkpoint step {step} was rotated away by the engine before its upload finished; "
+                        "raise max_checkpoints_to_keep (or save_freq) to keep every checkpoint"
+                    )
                     return
                 last_error = str(exc)
                 self.log(f"checkpoint upload of step {step} failed (attempt {attempt}/{self.retries}): {exc}")

@@ -120,7 +120,7 @@ def _strip_image_placeholders(messages: Sequence[dict[str, Any]], n_images: int,
                     f"{where}: {IMAGE_PLACEHOLDER} must open the user turn (as build_prompt writes it); "
                     "re-export the dataset with grounding-ops prepare"
                 )
-            content = content[len(IMAGE_PLACEHOLDER) * count:]
+            content = content[len(IMAGE_PLACEHOLDER) * count :]
             found += count
         out.append({"role": message["role"], "content": content})
     if found != n_images:
@@ -235,7 +235,11 @@ def _collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             rows.append(torch.cat([seq, torch.full((length - len(seq),), value, dtype=seq.dtype)]))
         return torch.stack(rows)
 
-    batch = {"input_ids": pad("input_ids", pad_id), "attention_mask": pad("attention_mask", 0), "labels": pad("labels", -100)}
+    batch = {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", -100),
+    }
     if "mm_token_type_ids" in items[0]:
         batch["mm_token_type_ids"] = pad("mm_token_type_ids", 0)
     batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items])
@@ -243,7 +247,9 @@ def _collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-def sft_warmup(model_dir: str | Path, processor: Any, examples: Sequence[Example], steps: int, seed: int, out_dir: Path) -> Path:
+def sft_warmup(
+    model_dir: str | Path, processor: Any, examples: Sequence[Example], steps: int, seed: int, out_dir: Path
+) -> Path:
     """Supervised warm-up on perfect answers; writes an HF folder (model + processor) to ``out_dir``."""
     import torch
     from transformers import AutoModelForImageTextToText, set_seed
@@ -357,7 +363,9 @@ def _callbacks(total_steps: int, updates_per_step: int, checkpoint_dir: Path, ba
             self.step_seconds.append(now - self.last)
             self.last = now
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
             if not logs or "reward" not in logs or state.global_step % updates_per_step:
                 return
             step = state.global_step // updates_per_step
@@ -481,7 +489,9 @@ def run(config: EngineConfig) -> dict[str, Any]:
     elif (warmup_dir / "config.json").is_file():
         start_model = str(warmup_dir)
     else:
-        start_model = str(sft_warmup(config.model_dir, processor, examples, spec.sft_warmup_steps, spec.seed, warmup_dir))
+        start_model = str(
+            sft_warmup(config.model_dir, processor, examples, spec.sft_warmup_steps, spec.seed, warmup_dir)
+        )
 
     dataset = Dataset.from_list(
         [
@@ -489,7 +499,12 @@ def run(config: EngineConfig) -> dict[str, Any]:
                 "prompt": ex.messages,
                 "images": ex.images,
                 "ground_truth": json.dumps(
-                    {"boxes": ex.boxes, "protocol": ex.protocol, "image_size": ex.image_size, "resized_size": ex.resized_size}
+                    {
+                        "boxes": ex.boxes,
+                        "protocol": ex.protocol,
+                        "image_size": ex.image_size,
+                        "resized_size": ex.resized_size,
+                    }
                 ),
             }
             for ex in examples
@@ -583,7 +598,9 @@ def run(config: EngineConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grounding_ops.training.cpu_engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m grounding_ops.training.cpu_engine", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--config", required=True, help="engine configuration JSON written by the runner")
     args = parser.parse_args(argv)
     try:
@@ -602,4 +619,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

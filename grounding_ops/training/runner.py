@@ -60,7 +60,9 @@ GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
 _WANDB_URL = re.compile(r"View run at (https?://\S+)")
 # Files of a CPU-engine checkpoint that are trainer state rather than the model folder.
-_TRAINER_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|trainer_state\.json|training_args\.bin|rng_state.*\.pth)$")
+_TRAINER_STATE = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|trainer_state\.json|training_args\.bin|rng_state.*\.pth)$"
+)
 
 
 class RunError(RuntimeError):
@@ -128,7 +130,7 @@ def resolve_model(spec: Any, engine: str, dest: Path, s3_client: Any | None) -> 
     if model.startswith(TINY_MODEL_SCHEME):
         from grounding_ops.tiny_models import build_tiny_model
 
-        family = model[len(TINY_MODEL_SCHEME):] or spec.model_family
+        family = model[len(TINY_MODEL_SCHEME) :] or spec.model_family
         try:
             return str(build_tiny_model(dest, family=family, seed=0))
         except ValueError as exc:
@@ -140,7 +142,9 @@ def resolve_model(spec: Any, engine: str, dest: Path, s3_client: Any | None) -> 
         except StorageError as exc:
             raise RunError(f"cannot download model {model}: {exc}", code=2) from exc
         if not (dest / "config.json").is_file():
-            raise RunError(f"model {model} holds no config.json ({count} objects): upload a Hugging Face folder", code=2)
+            raise RunError(
+                f"model {model} holds no config.json ({count} objects): upload a Hugging Face folder", code=2
+            )
         return str(dest)
     local = Path(model.removeprefix("file://")).expanduser()
     if local.is_dir():
@@ -246,8 +250,16 @@ def _cpu_engine_env() -> dict[str, str]:
 
 
 def run_cpu_engine(
-    spec: Any, *, model_dir: str, train: Path, val: Path | None, checkpoint_dir: Path, total: int, work: Path,
-    terminator: _Terminator, need_warmup_model: bool = False,
+    spec: Any,
+    *,
+    model_dir: str,
+    train: Path,
+    val: Path | None,
+    checkpoint_dir: Path,
+    total: int,
+    work: Path,
+    terminator: _Terminator,
+    need_warmup_model: bool = False,
 ) -> EngineOutcome:
     from grounding_ops.training.cpu_engine import EngineConfig
 
@@ -283,7 +295,10 @@ def verl_overrides(
     from grounding_ops.training.verl_overrides import RunPaths, render_overrides
 
     paths = RunPaths(
-        train_file=str(train), val_file=str(val) if val else None, checkpoint_dir=str(checkpoint_dir), model_path=model_dir
+        train_file=str(train),
+        val_file=str(val) if val else None,
+        checkpoint_dir=str(checkpoint_dir),
+        model_path=model_dir,
     )
     return list(render_overrides(spec, paths, target_steps=total))
 
@@ -330,8 +345,10 @@ def _incomplete_verl_steps(checkpoint_dir: Path) -> str:
             found.append(f"{folder.name} lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
     if not found:
         return ""
-    return (". Incomplete checkpoints: " + "; ".join(found) + " (on several nodes, every node must write to "
-            "the same shared_dir)")
+    return (
+        ". Incomplete checkpoints: " + "; ".join(found) + " (on several nodes, every node must write to "
+        "the same shared_dir)"
+    )
 
 
 class VerlCheckpoints:
@@ -372,8 +389,10 @@ def verl_history_entry(metrics: Any) -> dict[str, Any]:
     values = metrics.values
     entry = {k: v for k, v in metrics.to_dict().items() if v is not None}
     entry.update({"timestamp": time.time(), "tokens_per_s": metrics.throughput})
-    for key, names in (("entropy", ("actor/entropy", "actor/entropy_loss")),
-                       ("response_length", ("response_length/mean",))):
+    for key, names in (
+        ("entropy", ("actor/entropy", "actor/entropy_loss")),
+        ("response_length", ("response_length/mean",)),
+    ):
         entry[key] = next((values[n] for n in names if n in values), None)
     return entry
 
@@ -399,8 +418,10 @@ def run_verl_engine(overrides: Sequence[str], *, terminator: _Terminator, work: 
             outcome.wandb_url = match.group(1)
 
     outcome.returncode = stream_process(
-        verl_engine.trainer_command(overrides), env={"WANDB_DIR": str(work), **verl_engine.trainer_env()},
-        on_line=on_line, terminator=terminator,
+        verl_engine.trainer_command(overrides),
+        env={"WANDB_DIR": str(work), **verl_engine.trainer_env()},
+        on_line=on_line,
+        terminator=terminator,
         cwd=str(work),
     )
     outcome.terminated = terminator.signalled
@@ -436,7 +457,9 @@ def final_from_verl_checkpoint(step_dir: Path, target: Path, terminator: _Termin
     exclude = LORA_EXCLUDE_MODULES if spec is not None and spec.use_lora else None
     command = verl_engine.merge_command(step_dir, target, exclude_modules=exclude)
     _log("merging the FSDP checkpoint into a Hugging Face folder: " + " ".join(command[1:]))
-    rc = stream_process(command, env=verl_engine.trainer_env(), on_line=lambda line: print(line, flush=True), terminator=terminator)
+    rc = stream_process(
+        command, env=verl_engine.trainer_env(), on_line=lambda line: print(line, flush=True), terminator=terminator
+    )
     if rc != 0 or not (target / "config.json").is_file():
         raise RunError(f"the model merge of {step_dir} failed (exit code {rc}); the checkpoints are in the output")
     return target
@@ -499,7 +522,9 @@ def run_training(
 ) -> int:
     """Run the container contract; return the exit status (0 = trained and published)."""
     try:
-        summary = _run(spec, dataset_uri=dataset_uri, output_uri=output_uri, engine=engine, s3_client=s3_client, work_dir=work_dir)
+        summary = _run(
+            spec, dataset_uri=dataset_uri, output_uri=output_uri, engine=engine, s3_client=s3_client, work_dir=work_dir
+        )
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.code
@@ -510,7 +535,9 @@ def run_training(
     return 0
 
 
-def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client: Any | None, work_dir: str | Path | None) -> str:
+def _run(
+    spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client: Any | None, work_dir: str | Path | None
+) -> str:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     try:
@@ -565,7 +592,11 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
             verl_steps = VerlCheckpoints(spec) if engine == "verl" else None
             is_complete = verl_steps.is_complete if verl_steps else None
             uploader = ckpt.CheckpointUploader(
-                out, checkpoint_dir, already_uploaded=set(remote_steps), log=_log, is_complete=is_complete,
+                out,
+                checkpoint_dir,
+                already_uploaded=set(remote_steps),
+                log=_log,
+                is_complete=is_complete,
                 before_upload=verl_steps.merge if verl_steps else None,
                 after_upload=verl_steps.drop_older_merges if verl_steps else None,
             )
@@ -581,8 +612,14 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
                     if engine == "cpu":
                         assert model_dir is not None
                         outcome = run_cpu_engine(
-                            spec, model_dir=model_dir, train=train, val=val, checkpoint_dir=checkpoint_dir,
-                            total=total, work=work, terminator=terminator,
+                            spec,
+                            model_dir=model_dir,
+                            train=train,
+                            val=val,
+                            checkpoint_dir=checkpoint_dir,
+                            total=total,
+                            work=work,
+                            terminator=terminator,
                             need_warmup_model=not out.exists(f"{BASE_PREFIX}/config.json"),
                         )
                     else:
@@ -598,7 +635,9 @@ def _run(spec: Any, *, dataset_uri: str, output_uri: str, engine: str, s3_client
                     finally:
                         timings["upload_wait_s"] = time.perf_counter() - t1
                 if outcome.terminated:
-                    raise RunError("terminated by a signal; finished checkpoints were uploaded, the next run resumes", 143)
+                    raise RunError(
+                        "terminated by a signal; finished checkpoints were uploaded, the next run resumes", 143
+                    )
                 if outcome.returncode != 0:
                     raise RunError(
                         f"the {engine} engine failed (exit code {outcome.returncode}); see its log above. "

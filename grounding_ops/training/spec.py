@@ -173,7 +173,10 @@ class TrainingSpec:
         ):
             value = getattr(self, name)
             need(value > 0, f"{name} must be a positive integer, got {value}")
-        need(self.rollout_n >= 2, f"rollout_n must be >= 2 for GRPO (advantages are relative to the group), got {self.rollout_n}")
+        need(
+            self.rollout_n >= 2,
+            f"rollout_n must be >= 2 for GRPO (advantages are relative to the group), got {self.rollout_n}",
+        )
         need(
             self.total_steps is None or self.total_steps > 0,
             f"total_steps must be a positive integer or none, got {self.total_steps}",
@@ -184,7 +187,10 @@ class TrainingSpec:
         need(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate} (typical: 1e-6)")
         need(self.kl_coef >= 0, f"kl_coef must be >= 0 (0 disables the KL loss), got {self.kl_coef}")
         need(self.entropy_coef >= 0, f"entropy_coef must be >= 0, got {self.entropy_coef}")
-        need(self.temperature > 0, f"temperature must be > 0 (GRPO needs sampled, diverse rollouts), got {self.temperature}")
+        need(
+            self.temperature > 0,
+            f"temperature must be > 0 (GRPO needs sampled, diverse rollouts), got {self.temperature}",
+        )
         need(
             0 < self.gpu_memory_utilization <= 1,
             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization} (typical: 0.4-0.7)",
@@ -209,7 +215,9 @@ class TrainingSpec:
         # LoRA
         need(self.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
         if self.lora_rank > 0:
-            need(self.lora_rank <= 512, f"lora_rank {self.lora_rank} is above vLLM's largest LoRA rank (512): use 8-256")
+            need(
+                self.lora_rank <= 512, f"lora_rank {self.lora_rank} is above vLLM's largest LoRA rank (512): use 8-256"
+            )
             need(self.lora_alpha > 0, f"lora_alpha must be > 0 when lora_rank > 0, got {self.lora_alpha}")
             if self.lora_alpha > 0:
                 ratio = self.lora_alpha / self.lora_rank
@@ -346,7 +354,6 @@ class TrainingSpec:
             raise ValueError("spec has no 'model': set it to a local HF folder or an s3:// URI")
         values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
         return cls(**values)
-
 
 
 def _field_types() -> dict[str, Any]:

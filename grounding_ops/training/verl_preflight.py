@@ -79,11 +79,17 @@ def _split_fit(path: Path, spec: Any, factor: int, problems: list[str], name: st
             problems.append(f"{name} rows have no image_size/resized_size in their ground truth: re-export the dataset")
             return SplitFit(rows, 0, 0)
         if get_protocol(truth.get("protocol") or spec.protocol).frame == "resized" and len(wrong) < 3:
-            expected = smart_resize(int(original[0]), int(original[1]), factor=factor,
-                                    min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+            expected = smart_resize(
+                int(original[0]),
+                int(original[1]),
+                factor=factor,
+                min_pixels=spec.min_pixels,
+                max_pixels=spec.max_pixels,
+            )
             if list(expected) != [int(v) for v in resized]:
-                wrong.append(f"{original[0]}x{original[1]} -> {resized[0]}x{resized[1]} (expected "
-                             f"{expected[0]}x{expected[1]})")
+                wrong.append(
+                    f"{original[0]}x{original[1]} -> {resized[0]}x{resized[1]} (expected {expected[0]}x{expected[1]})"
+                )
         bound = prompt_token_bound(prompt, resized, factor)
         longest = max(longest, bound)
         fitting += bound <= spec.max_prompt_length
@@ -126,8 +132,10 @@ def check_dataset(spec: Any, manifest: Mapping[str, Any], train: Path, val: Path
 
     train_fit = _split_fit(train, spec, factor, problems, "train")
     val_fit = _split_fit(val, spec, factor, problems, "val") if val is not None else None
-    hint = (f"raise max_prompt_length (the longest prompt needs up to {max(train_fit.longest, val_fit.longest if val_fit else 0)} "
-            "tokens), lower max_pixels at export, or export more rows")
+    hint = (
+        f"raise max_prompt_length (the longest prompt needs up to {max(train_fit.longest, val_fit.longest if val_fit else 0)} "
+        "tokens), lower max_pixels at export, or export more rows"
+    )
     if train_fit.fitting < spec.train_batch_size:
         problems.append(
             f"only {train_fit.fitting} of {train_fit.rows} train rows fit max_prompt_length={spec.max_prompt_length} "

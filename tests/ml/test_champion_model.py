@@ -59,8 +59,14 @@ def champion(tmp_path_factory, s3_service, mlflow_service):
         s3 = s3_service.client()
         base = tmp_path_factory.mktemp("champion")
         dataset_uri, _ = publish_synthetic_version(
-            base, version="v-champion", n_images=16, seed=3, val_fraction=0.25,
-            store_uri=s3_service.uri(f"test-{token}", "datasets", "shapes"), s3_client=s3)
+            base,
+            version="v-champion",
+            n_images=16,
+            seed=3,
+            val_fraction=0.25,
+            store_uri=s3_service.uri(f"test-{token}", "datasets", "shapes"),
+            s3_client=s3,
+        )
         spec = get_preset("tiny-cpu").with_overrides(["total_steps=2", "save_freq=2", "sft_warmup_steps=100"])
         output = s3_service.uri(f"test-{token}", "runs", "train")
         run_training(spec, dataset_uri=dataset_uri, output_uri=output, engine="cpu", s3_client=s3)
@@ -71,20 +77,36 @@ def champion(tmp_path_factory, s3_service, mlflow_service):
         evaluations = {}
         for role, model_uri in (("base", f"{output}/base"), ("candidate", f"{output}/final")):
             eval_uri = s3_service.uri(f"test-{token}", "runs", "eval", role)
-            evaluate(model_uri, dataset_uri, split="val", engine="transformers", batch_size=4, output_uri=eval_uri,
-                     role=role, max_new_tokens=MAX_NEW_TOKENS, s3_client=s3,
-                     tags={"grounding.airflow_run": f"grounding_train/{token}"})
-            evaluations[role] = (eval_uri, log_evaluation(eval_uri, client=client, experiment=experiment,
-                                                         s3_client=s3))
+            evaluate(
+                model_uri,
+                dataset_uri,
+                split="val",
+                engine="transformers",
+                batch_size=4,
+                output_uri=eval_uri,
+                role=role,
+                max_new_tokens=MAX_NEW_TOKENS,
+                s3_client=s3,
+                tags={"grounding.airflow_run": f"grounding_train/{token}"},
+            )
+            evaluations[role] = (eval_uri, log_evaluation(eval_uri, client=client, experiment=experiment, s3_client=s3))
         name = f"grounding-{token}"
-        decision = promote(evaluations["candidate"][1], model_name=name, client=client, min_delta=0.0,
-                           metric="mean_iou")
+        decision = promote(
+            evaluations["candidate"][1], model_name=name, client=client, min_delta=0.0, metric="mean_iou"
+        )
         assert decision.promoted, decision.summary()
         assert client.get_registered_model(name).aliases[CHAMPION] == decision.version
         yield {
-            "name": name, "client": client, "training_run": training_run, "evaluations": evaluations,
-            "version": decision.version, "output": output, "dataset_uri": dataset_uri, "s3": s3,
-            "window": (started_ms, None), "env": dict(os.environ),
+            "name": name,
+            "client": client,
+            "training_run": training_run,
+            "evaluations": evaluations,
+            "version": decision.version,
+            "output": output,
+            "dataset_uri": dataset_uri,
+            "s3": s3,
+            "window": (started_ms, None),
+            "env": dict(os.environ),
         }
     finally:
         os.environ.clear()
@@ -148,11 +170,27 @@ def test_champion_loads_from_the_registry_and_answers_like_the_evaluation(champi
     image_file.write_bytes(images[0])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run(
-        [sys.executable, "-m", "grounding_ops", "predict", "--model", f"models:/{champion['name']}@champion",
-         "--image", str(image_file), "--phrase", "the red circle", "--save", str(out)],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "grounding_ops",
+            "predict",
+            "--model",
+            f"models:/{champion['name']}@champion",
+            "--image",
+            str(image_file),
+            "--phrase",
+            "the red circle",
+            "--save",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    printed = json.loads(result.stdout[result.stdout.index("{") :])
     assert printed["boxes"] == [list(b) for b in answers["boxes"][0]]
     assert Image.open(out).size == (96, 64)
 
@@ -162,15 +200,35 @@ def test_champion_is_served_over_http(champion, tmp_path):
 
     port = free_port()
     # the trainer environment's executables first (`serve` runs uvicorn from it)
-    env = {**champion["env"], "PYTHONPATH": os.pathsep.join(sys.path),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **champion["env"],
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(key, None)
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{champion['name']}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{champion['name']}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -183,10 +241,18 @@ def test_champion_is_served_over_http(champion, tmp_path):
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(2)
-        body = {"dataframe_split": {"columns": ["image", "phrase"], "data": [
-            [base64.b64encode(_png(96, 64, (220, 30, 30))).decode(), "the red circle"]]}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        body = {
+            "dataframe_split": {
+                "columns": ["image", "phrase"],
+                "data": [[base64.b64encode(_png(96, 64, (220, 30, 30))).decode(), "the red circle"]],
+            }
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
         (row,) = answer["predictions"]
@@ -250,7 +316,7 @@ def test_evaluation_report_and_run_carry_the_four_plots(champion, tmp_path):
         width, height = Image.open(path).size
         assert width >= 300 and height >= 200, (name, width, height)
     page = open_store(eval_uri, s3_client=champion["s3"]).get_bytes("report.html").decode()
-    section = page[page.index("<h2>Plots</h2>"):]
+    section = page[page.index("<h2>Plots</h2>") :]
     for name in EVALUATION_PLOTS:
         assert f'alt="{name}"' in section
     embedded = [base64.b64decode(chunk.split('"', 1)[0]) for chunk in section.split("data:image/png;base64,")[1:]]

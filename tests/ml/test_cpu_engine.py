@@ -32,8 +32,9 @@ STEP_LINE = re.compile(
 
 def _publish_dataset(base: Path, store_uri: str, s3_client=None) -> str:
     """The synthetic shapes set, exported and published (manifest with checksums) by the real code."""
-    uri, counts = publish_synthetic_version(base, version="v-train-test", n_images=24, seed=11, val_fraction=0.2,
-                                            store_uri=store_uri, s3_client=s3_client)
+    uri, counts = publish_synthetic_version(
+        base, version="v-train-test", n_images=24, seed=11, val_fraction=0.2, store_uri=store_uri, s3_client=s3_client
+    )
     assert counts["train"] >= 8, counts
     return uri
 
@@ -54,7 +55,9 @@ def _steps(output: str) -> list[tuple[int, int, float, float, float]]:
     return [(int(a), int(b), float(r), float(i), float(t)) for a, b, r, i, t in STEP_LINE.findall(output)]
 
 
-def test_train_resume_and_refuse_to_retrain(local_dataset: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_train_resume_and_refuse_to_retrain(
+    local_dataset: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "run"
 
     # First run: steps 1..4, checkpoints at 2 and 4.
@@ -140,16 +143,24 @@ def test_train_and_resume_against_s3(s3_env, tmp_path: Path, capfd: pytest.Captu
     client = s3_env.client()
     dataset_uri = _publish_dataset(tmp_path / "dataset", s3_env.uri("datasets", "train-test"), client)
     output_uri = s3_env.uri("runs", "cpu-s3")
-    assert run_training(_spec(2, save_freq=1), dataset_uri=dataset_uri, output_uri=output_uri, engine="cpu",
-                        s3_client=client) == 0
+    assert (
+        run_training(
+            _spec(2, save_freq=1), dataset_uri=dataset_uri, output_uri=output_uri, engine="cpu", s3_client=client
+        )
+        == 0
+    )
     capfd.readouterr()
     out = open_store(output_uri, s3_client=client)
     assert ckpt.remote_complete_steps(out) == [1, 2]
     assert out.exists("final/model.safetensors") and out.exists("final/tokenizer.json")
 
     # Resume from S3 alone (no local state is shared between runs).
-    assert run_training(_spec(3, save_freq=1), dataset_uri=dataset_uri, output_uri=output_uri, engine="cpu",
-                        s3_client=client) == 0
+    assert (
+        run_training(
+            _spec(3, save_freq=1), dataset_uri=dataset_uri, output_uri=output_uri, engine="cpu", s3_client=client
+        )
+        == 0
+    )
     logged = capfd.readouterr().out
     assert [s[0] for s in _steps(logged)] == [3]
     run = json.loads(out.get_bytes("run.json"))

@@ -27,8 +27,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Sizes on both sides of the pixel bounds: upscaled (small), downscaled (large), odd aspect ratios.
     # The Great Expectations stage runs in the platform environment (tested there); the export
     # path under test here is the real one.
-    uri, counts = publish_synthetic_version(base, version="v-verl", n_images=12, seed=3, val_fraction=0.25,
-                                            min_size=40, max_size=300)
+    uri, counts = publish_synthetic_version(
+        base, version="v-verl", n_images=12, seed=3, val_fraction=0.25, min_size=40, max_size=300
+    )
     assert counts["train"] > 0 and counts["val"] > 0
     return Path(uri) / "v-verl"
 
@@ -38,15 +39,17 @@ def test_rlhf_dataset_loads_rows_and_resized_size_matches_processor(dataset: Pat
 
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    config = OmegaConf.create({
-        "cache_dir": str(tmp_path / "cache"),
-        "prompt_key": "prompt",
-        "image_key": "images",
-        "max_prompt_length": 4096,
-        "filter_overlong_prompts": True,
-        "filter_overlong_prompts_workers": None,  # in-process: forking after torch ran can deadlock
-        "return_raw_chat": True,
-    })
+    config = OmegaConf.create(
+        {
+            "cache_dir": str(tmp_path / "cache"),
+            "prompt_key": "prompt",
+            "image_key": "images",
+            "max_prompt_length": 4096,
+            "filter_overlong_prompts": True,
+            "filter_overlong_prompts_workers": None,  # in-process: forking after torch ran can deadlock
+            "return_raw_chat": True,
+        }
+    )
     for split in ("train.parquet", "val.parquet"):
         ds = RLHFDataset(str(dataset / split), tokenizer=processor.tokenizer, config=config, processor=processor)
         assert len(ds) > 0  # nothing was filtered out as unprocessable

@@ -28,8 +28,7 @@ def dataset_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     it accepts are built the same way here and exported and published by the real code.
     """
     base = tmp_path_factory.mktemp("data")
-    uri, counts = publish_synthetic_version(base, version="v-test", n_images=24, seed=5, val_fraction=0.4,
-                                            min_size=48)
+    uri, counts = publish_synthetic_version(base, version="v-test", n_images=24, seed=5, val_fraction=0.4, min_size=48)
     assert counts["val"] >= 4, counts
     return uri  # the dataset folder: latest.json picks the version
 
@@ -40,8 +39,16 @@ def test_cpu_evaluation_writes_all_files(tiny_model: Path, dataset_uri: str, tmp
     from grounding_ops.evaluation.evaluate import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, evaluate
 
     out = tmp_path / "eval"
-    result = evaluate(str(tiny_model), dataset_uri, split="val", engine="transformers", batch_size=4,
-                      output_uri=str(out), max_new_tokens=MAX_NEW_TOKENS, tags={"airflow_run_id": "manual__1"})
+    result = evaluate(
+        str(tiny_model),
+        dataset_uri,
+        split="val",
+        engine="transformers",
+        batch_size=4,
+        output_uri=str(out),
+        max_new_tokens=MAX_NEW_TOKENS,
+        tags={"airflow_run_id": "manual__1"},
+    )
     assert result.dataset_version == "v-test" and result.protocol == "qwen2.5-vl"
     assert result.samples_per_s > 0
 
@@ -109,8 +116,9 @@ def test_prompt_is_the_training_prompt(tiny_model: Path, dataset_uri: str, tmp_p
     prompts = render_prompts(processor, build_requests(samples))
     for sample, prompt in zip(samples, prompts):
         exported = [{"role": m["role"], "content": m["content"]} for m in sample.stored_prompt]
-        assert prompt == processor.apply_chat_template(structured_messages(exported), add_generation_prompt=True,
-                                                       tokenize=False)
+        assert prompt == processor.apply_chat_template(
+            structured_messages(exported), add_generation_prompt=True, tokenize=False
+        )
         assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 1
         assert sample.phrase in prompt and prompt.endswith("<|im_start|>assistant\n")
 
@@ -119,8 +127,24 @@ def test_cli_evaluates_without_mlflow(tiny_model: Path, dataset_uri: str, tmp_pa
     from grounding_ops.cli import main
 
     out = tmp_path / "cli-eval"
-    code = main(["evaluate", "--model", str(tiny_model), "--dataset", dataset_uri, "--max-samples", "3",
-                 "--batch-size", "3", "--max-new-tokens", "8", "--output", str(out), "--no-mlflow"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--dataset",
+            dataset_uri,
+            "--max-samples",
+            "3",
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--output",
+            str(out),
+            "--no-mlflow",
+        ]
+    )
     assert code == 0
     assert "3 samples of v-test/val" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "predictions.parquet", "report.html"}

@@ -25,8 +25,15 @@ from grounding_ops.reward import VERL_REWARD_FUNCTION, score_response, verl_rewa
 
 pytestmark = pytest.mark.ml
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|box_start|>", "<|box_end|>",
-           "<|object_ref_start|>", "<|object_ref_end|>"]
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+]
 IMAGE = [640, 480]
 RESIZED = [644, 476]
 GT = [[64.0, 48.0, 320.0, 240.0]]
@@ -47,13 +54,19 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = ['[{"bbox_2d": [12, 34, 56, 78], "label": "a red car"}]', "<click>1, 2, 3, 4</click>",
-              "(100,200),(300,400) locate the object in the image", "<think>reasoning</think><answer>[0.1]</answer>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [
+        '[{"bbox_2d": [12, 34, 56, 78], "label": "a red car"}]',
+        "<click>1, 2, 3, 4</click>",
+        "(100,200),(300,400) locate the object in the image",
+        "<think>reasoning</think><answer>[0.1]</answer>",
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL[3:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[3:]
+    )
     out = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(out)
     return out
@@ -84,7 +97,7 @@ RESPONSES = [
     ("qwen2-vl", "<|box_start|>(300,100),(700,500)<|box_end|>"),
     ("qwen3-vl", '<think>left half</think><answer>[{"bbox_2d": [100, 100, 500, 500]}]</answer>'),
     # reasoning that quotes the tags, then the final answer: only the final answer counts
-    ("qwen3-vl", "<think>put it in <answer></answer></think><answer>[{\"bbox_2d\": [100, 100, 500, 500]}]</answer>"),
+    ("qwen3-vl", '<think>put it in <answer></answer></think><answer>[{"bbox_2d": [100, 100, 500, 500]}]</answer>'),
     # an exact box padded with an invalid entry: the entry counts
     ("qwen2.5-vl", '[{"bbox_2d": [64.4, 47.6, 322, 238]}, {"bbox_2d": [1, 2, 3]}]'),
     ("click-xywh", "<click>64, 48, 256, 192</click> <click>0, 0, 640, 480</click>"),
@@ -104,14 +117,23 @@ def exported_rows(tmp_path_factory) -> list[dict]:
     rows = []
     for i, (protocol, _) in enumerate(RESPONSES):
         sizes = {"image_size": IMAGE, "resized_size": RESIZED}
-        rows.append({
-            "data_source": "grounding/test",
-            "prompt": [{"role": "user", "content": "<image>Locate the car."}],
-            "ability": "grounding",
-            "reward_model": {"style": "rule", "ground_truth": {"boxes": GT, "protocol": protocol, **sizes}},
-            "extra_info": {"split": "val", "index": i, "id": f"s{i}", "source": "test", "phrase": "car",
-                           "protocol": protocol, **sizes},
-        })
+        rows.append(
+            {
+                "data_source": "grounding/test",
+                "prompt": [{"role": "user", "content": "<image>Locate the car."}],
+                "ability": "grounding",
+                "reward_model": {"style": "rule", "ground_truth": {"boxes": GT, "protocol": protocol, **sizes}},
+                "extra_info": {
+                    "split": "val",
+                    "index": i,
+                    "id": f"s{i}",
+                    "source": "test",
+                    "phrase": "car",
+                    "protocol": protocol,
+                    **sizes,
+                },
+            }
+        )
     path = tmp_path_factory.mktemp("parquet") / "val.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return list(datasets.load_dataset("parquet", data_files=str(path))["train"])
@@ -130,16 +152,22 @@ def _batch(tokenizer, rows: list[dict]):
         r_ids = tokenizer.encode(response)
         assert len(r_ids) <= response_len, "raise response_len for this response"
         prompt = torch.full((prompt_len,), pad)
-        prompt[prompt_len - len(p_ids):] = torch.tensor(p_ids)
+        prompt[prompt_len - len(p_ids) :] = torch.tensor(p_ids)
         resp = torch.full((response_len,), pad)
         resp[: len(r_ids)] = torch.tensor(r_ids)
         mask = torch.zeros(prompt_len + response_len, dtype=torch.long)
-        mask[prompt_len - len(p_ids): prompt_len + len(r_ids)] = 1
-        samples.append({
-            "prompts": prompt, "responses": resp, "input_ids": torch.cat([prompt, resp]), "attention_mask": mask,
-            "data_source": row["data_source"], "reward_model": row["reward_model"],
-            "extra_info": dict(row["extra_info"]),
-        })
+        mask[prompt_len - len(p_ids) : prompt_len + len(r_ids)] = 1
+        samples.append(
+            {
+                "prompts": prompt,
+                "responses": resp,
+                "input_ids": torch.cat([prompt, resp]),
+                "attention_mask": mask,
+                "data_source": row["data_source"],
+                "reward_model": row["reward_model"],
+                "extra_info": dict(row["extra_info"]),
+            }
+        )
     return DataProto.from_single_dict(collate_fn(samples))
 
 
@@ -147,8 +175,16 @@ def _expected(rows, **kwargs):
     out = []
     for row, (protocol, response) in zip(rows, RESPONSES):
         gt = row["reward_model"]["ground_truth"]
-        out.append(score_response(_strip_special(response), gt["boxes"], image_size=tuple(gt["image_size"]),
-                                  resized_size=tuple(gt["resized_size"]), protocol=protocol, **kwargs))
+        out.append(
+            score_response(
+                _strip_special(response),
+                gt["boxes"],
+                image_size=tuple(gt["image_size"]),
+                resized_size=tuple(gt["resized_size"]),
+                protocol=protocol,
+                **kwargs,
+            )
+        )
     return out
 
 
@@ -197,7 +233,8 @@ def test_verl_reward_loop_scores_equal_score_response(tokenizer_dir, exported_ro
     keys = list(outputs[0]["reward_extra_info"])
     infos = {k: np.array([o["reward_extra_info"][k] for o in outputs]) for k in keys}
     metrics = process_validation_metrics(
-        np.array(["grounding/test"] * len(data)), [f"u{i}" for i in range(len(data))],
+        np.array(["grounding/test"] * len(data)),
+        [f"u{i}" for i in range(len(data))],
         {k: v.tolist() for k, v in infos.items()},
     )
     acc_mean = metrics["grounding/test"]["acc"]["mean@1"]

@@ -67,7 +67,7 @@ def test_loads_offline_and_generates(tiny_model: tuple[str, Path], monkeypatch: 
 
     torch.manual_seed(0)
     output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
     assert 1 <= len(new_tokens) <= 5
 
 

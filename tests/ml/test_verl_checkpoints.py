@@ -24,9 +24,15 @@ WRITER = Path(__file__).with_name("verl_checkpoint_writer.py")
 
 
 def _spec(model_dir: Path, *extra: str):
-    return get_preset("tiny-cpu").with_overrides([
-        f"model={model_dir}", "engine=verl", "gpus_per_node=1", "model_family=qwen2.5-vl", *extra,
-    ])
+    return get_preset("tiny-cpu").with_overrides(
+        [
+            f"model={model_dir}",
+            "engine=verl",
+            "gpus_per_node=1",
+            "model_family=qwen2.5-vl",
+            *extra,
+        ]
+    )
 
 
 def _write_checkpoints(spec, root: Path, steps: int) -> None:
@@ -78,8 +84,15 @@ def test_lora_checkpoint_is_published_merged_not_as_the_base_model(tiny_model: P
 
     # verl's merger alone: the adapter beside the base weights, which is what would be published
     raw = tmp_path / "raw"
-    FSDPModelMerger(ModelMergerConfig(operation="merge", backend="fsdp", local_dir=str(actor), target_dir=str(raw),
-                                      hf_model_config_path=str(actor / "huggingface"))).merge_and_save()
+    FSDPModelMerger(
+        ModelMergerConfig(
+            operation="merge",
+            backend="fsdp",
+            local_dir=str(actor),
+            target_dir=str(raw),
+            hf_model_config_path=str(actor / "huggingface"),
+        )
+    ).merge_and_save()
     base, unmerged = _weights(tiny_model), _weights(raw)
     key = next(k for k in base if k.endswith("q_proj.weight") and "visual" not in k)
     assert torch.allclose(unmerged[key].float(), base[key].to(torch.bfloat16).float())  # the base model
@@ -111,26 +124,43 @@ def test_runner_uploads_complete_merged_checkpoints_and_skips_rotated_ones(
     from grounding_ops.training import verl_engine
     from grounding_ops.training.runner import run_training
 
-    dataset, counts = publish_synthetic_version(tmp_path / "data", version="v-verl", n_images=16, seed=3,
-                                                val_fraction=0.25)
+    dataset, counts = publish_synthetic_version(
+        tmp_path / "data", version="v-verl", n_images=16, seed=3, val_fraction=0.25
+    )
     # the GPU trainer's stand-in writes real verl checkpoints where the rendered overrides say
-    monkeypatch.setattr(verl_engine, "trainer_command", lambda overrides, python=None: [sys.executable, str(WRITER), *overrides])
-    spec = _spec(tiny_model, "save_freq=1", "total_steps=3", "max_checkpoints_to_keep=1", "lora_rank=4",
-                 "lora_alpha=8", "train_batch_size=4", "ppo_mini_batch_size=4", "max_prompt_length=512")
+    monkeypatch.setattr(
+        verl_engine, "trainer_command", lambda overrides, python=None: [sys.executable, str(WRITER), *overrides]
+    )
+    spec = _spec(
+        tiny_model,
+        "save_freq=1",
+        "total_steps=3",
+        "max_checkpoints_to_keep=1",
+        "lora_rank=4",
+        "lora_alpha=8",
+        "train_batch_size=4",
+        "ppo_mini_batch_size=4",
+        "max_prompt_length=512",
+    )
     output = tmp_path / "run"
-    assert run_training(spec, dataset_uri=dataset, output_uri=str(output), engine="verl",
-                        work_dir=tmp_path / "work") == 0, capfd.readouterr().err[-3000:]
+    assert (
+        run_training(spec, dataset_uri=dataset, output_uri=str(output), engine="verl", work_dir=tmp_path / "work") == 0
+    ), capfd.readouterr().err[-3000:]
     logged = capfd.readouterr().out
     run = json.loads((output / "run.json").read_text())
     assert run["steps_done"] == 3 and run["target_steps"] == 3
-    assert "trainer.total_training_steps=3" in run["overrides"] and "trainer.max_actor_ckpt_to_keep=1" in run["overrides"]
+    assert (
+        "trainer.total_training_steps=3" in run["overrides"] and "trainer.max_actor_ckpt_to_keep=1" in run["overrides"]
+    )
     assert run["final_metrics"]["val_iou"] == 0.25 and "iou" not in run["final_metrics"]
     uploaded = ckpt.remote_complete_steps(open_store(str(output)))
     assert 3 in uploaded
     for step in uploaded:  # every uploaded checkpoint holds the model and a merged, evaluable HF folder
         folder = output / "checkpoints" / f"global_step_{step}"
         assert (folder / "actor" / "model_world_size_1_rank_0.pt").is_file()
-        assert (folder / "huggingface" / "config.json").is_file() and list((folder / "huggingface").glob("*.safetensors"))
+        assert (folder / "huggingface" / "config.json").is_file() and list(
+            (folder / "huggingface").glob("*.safetensors")
+        )
         assert not (folder / "huggingface" / "lora_adapter").exists()
     rotated = sorted(set(range(1, 4)) - set(uploaded))
     for step in rotated:  # verl's rotation left data.pt without the model: never marked complete

@@ -47,8 +47,9 @@ def _export(base: Path, family: str, protocol: str) -> tuple[Path, dict]:
     from grounding_ops.data.synthetic import generate_synthetic
 
     data = generate_synthetic(base / "syn", n_images=8, seed=5, min_size=90, max_size=300)
-    settings = PrepareSettings(protocol=protocol, model_family=family, val_fraction=0.0,
-                               min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    settings = PrepareSettings(
+        protocol=protocol, model_family=family, val_fraction=0.0, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
+    )
     settings.check()
     resolver = ImageResolver(data.images_root)
     work, export = base / "work", base / "export"
@@ -81,8 +82,16 @@ def _processor(family: str, tiny_dir: Path):
 
 
 def _spec(tiny_dir: Path, **changes):
-    values = {"model": str(tiny_dir), "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "max_prompt_length": 512,
-              "gpus_per_node": 1, "train_batch_size": 8, "ppo_mini_batch_size": 8, **changes}
+    values = {
+        "model": str(tiny_dir),
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": MAX_PIXELS,
+        "max_prompt_length": 512,
+        "gpus_per_node": 1,
+        "train_batch_size": 8,
+        "ppo_mini_batch_size": 8,
+        **changes,
+    }
     return dataclasses.replace(get_preset("qwen2.5-vl-3b"), **values).validate()
 
 
@@ -93,9 +102,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen25", family="qwen2.5-vl")
 
 
-@pytest.mark.parametrize(("family", "protocol", "patch"), [("qwen2.5-vl", "qwen2.5-vl", 14), ("qwen3-vl", "qwen3-vl", 16)])
-def test_the_model_sees_the_exported_resized_size(family: str, protocol: str, patch: int, tiny_dir: Path,
-                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("family", "protocol", "patch"), [("qwen2.5-vl", "qwen2.5-vl", 14), ("qwen3-vl", "qwen3-vl", 16)]
+)
+def test_the_model_sees_the_exported_resized_size(
+    family: str, protocol: str, patch: int, tiny_dir: Path, tmp_path: Path
+) -> None:
     from PIL import Image
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
     from verl.utils.tokenizer import build_multimodal_processor_inputs
@@ -118,10 +130,13 @@ def test_the_model_sees_the_exported_resized_size(family: str, protocol: str, pa
         assert all(v % (2 * patch) == 0 for v in truth["resized_size"])
 
         item = dataset[index]
-        images, _ = asyncio.run(RLHFDataset.process_vision_info(item["raw_prompt"], cfg.data.image_patch_size, cfg.data))
+        images, _ = asyncio.run(
+            RLHFDataset.process_vision_info(item["raw_prompt"], cfg.data.image_patch_size, cfg.data)
+        )
         text = processor.apply_chat_template(item["raw_prompt"], add_generation_prompt=True, tokenize=False)
-        inputs = build_multimodal_processor_inputs(processor, text=[text], images=images,
-                                                   mm_processor_kwargs=cfg.data.mm_processor_kwargs)
+        inputs = build_multimodal_processor_inputs(
+            processor, text=[text], images=images, mm_processor_kwargs=cfg.data.mm_processor_kwargs
+        )
         _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][0])
         assert [grid_w * patch, grid_h * patch] == truth["resized_size"]
         assert len(inputs["input_ids"][0]) <= prompt_token_bound(row["prompt"], truth["resized_size"], 2 * patch)
@@ -147,9 +162,12 @@ def test_a_spec_with_other_pixel_bounds_is_refused_before_verl_resizes_again(tin
         item = dataset[index]
         images, _ = asyncio.run(RLHFDataset.process_vision_info(item["raw_prompt"], 14, cfg.data))
         text = processor.apply_chat_template(item["raw_prompt"], add_generation_prompt=True, tokenize=False)
-        grid = build_multimodal_processor_inputs(processor, text=[text], images=images,
-                                                 mm_processor_kwargs=cfg.data.mm_processor_kwargs)["image_grid_thw"][0]
-        moved += [int(grid[2]) * 14, int(grid[1]) * 14] != dataset.dataframe[index]["reward_model"]["ground_truth"]["resized_size"]
+        grid = build_multimodal_processor_inputs(
+            processor, text=[text], images=images, mm_processor_kwargs=cfg.data.mm_processor_kwargs
+        )["image_grid_thw"][0]
+        moved += [int(grid[2]) * 14, int(grid[1]) * 14] != dataset.dataframe[index]["reward_model"]["ground_truth"][
+            "resized_size"
+        ]
     assert moved > 0
 
 
@@ -158,5 +176,7 @@ def test_a_dataset_resized_for_qwen2_is_refused_for_qwen3(tiny_dir: Path, tmp_pa
     manifest["settings"].pop("model_family")  # a dataset exported before the family was recorded
     manifest["protocol"] = manifest["settings"]["protocol"] = "qwen3-vl"
     spec = _spec(tiny_dir, model_family="qwen3-vl", protocol="qwen3-vl")
-    with pytest.raises(DatasetMismatch, match="resized for qwen2.5-vl .factor 28. but the spec trains qwen3-vl .factor 32."):
+    with pytest.raises(
+        DatasetMismatch, match="resized for qwen2.5-vl .factor 28. but the spec trains qwen3-vl .factor 32."
+    ):
         check_dataset(spec, manifest, train, None)

@@ -43,14 +43,23 @@ def main(argv: list[str]) -> int:
     if rank > 0:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=int(ov["actor_rollout_ref.model.lora_alpha"]),
-            target_modules=ov["actor_rollout_ref.model.target_modules"],
-            exclude_modules=ov["actor_rollout_ref.model.exclude_modules"], init_lora_weights=False,
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=rank,
+                lora_alpha=int(ov["actor_rollout_ref.model.lora_alpha"]),
+                target_modules=ov["actor_rollout_ref.model.target_modules"],
+                exclude_modules=ov["actor_rollout_ref.model.exclude_modules"],
+                init_lora_weights=False,
+            ),
+        )
     fully_shard(model, mesh=init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",)))
     manager = FSDPCheckpointManager(
-        model=model, optimizer=None, lr_scheduler=None, processing_class=AutoProcessor.from_pretrained(model_path),
+        model=model,
+        optimizer=None,
+        lr_scheduler=None,
+        processing_class=AutoProcessor.from_pretrained(model_path),
         checkpoint_config={"save_contents": ["model"], "load_contents": ["model"]},
     )
     root = Path(ov["trainer.default_local_dir"])
@@ -65,8 +74,11 @@ def main(argv: list[str]) -> int:
                 if param.requires_grad:
                     param.add_(0.01)
         val = " - val-aux/grounding/synthetic/iou/mean@1:0.25 - val-core/grounding/synthetic/acc/mean@1:0.5"
-        print(f"step:{step} - critic/score/mean:0.{step} - actor/kl_loss:0.001 - perf/time_per_step:0.1"
-              + (val if step == total else ""), flush=True)
+        print(
+            f"step:{step} - critic/score/mean:0.{step} - actor/kl_loss:0.001 - perf/time_per_step:0.1"
+            + (val if step == total else ""),
+            flush=True,
+        )
         if save_freq > 0 and (step >= total or step % save_freq == 0):
             step_dir = root / f"global_step_{step}"
             manager.save_checkpoint(str(step_dir / "actor"), global_step=step, max_ckpt_to_keep=keep)
