@@ -69,7 +69,7 @@ def test_corpus_covers_every_class() -> None:
     assert len(CASES) >= 40
     assert len({c["id"] for c in CASES}) == len(CASES), "case ids must be unique"
     kinds = {c["kind"] for c in CASES}
-    assert kinds == {"annotation", "image", "params", "params-normalized", "reward", "manifest"}
+    assert kinds == {"annotation", "image", "params", "params-normalized", "reward", "manifest", "data-form"}
     formats = {c["format"] for c in ANNOTATION_CASES}
     assert formats == {"jsonl", "coco", "vindr-csv", "mscxr", "normalized"}
     for case in CASES:

@@ -107,11 +107,18 @@ def test_ui_login_trigger_form_and_models_page(airflow_service, champion, browse
         page.get_by_role("button", name="Trigger").first.click()
         dialog = page.get_by_role("dialog")
         dialog.wait_for()
-        preset = dialog.get_by_text("Model preset")
-        page.wait_for_timeout(1000)  # the "Run Parameters" section opens with an animation
-        if not preset.first.is_visible():
-            dialog.get_by_text("Run Parameters").first.click()
-        preset.first.wait_for(state="visible")
+        page.wait_for_timeout(1000)  # the form's sections open with an animation
+        # the form's sections (train_params.SECTIONS), each opened when its first field is hidden
+        for section, first_title in (
+            ("What to train", "Model preset"),
+            ("Training settings", "Learning rate"),
+            ("Hardware", "GPUs per node"),
+            ("Evaluation and promotion", "Promotion metric"),
+        ):
+            field = dialog.get_by_text(first_title).first
+            if not field.is_visible():
+                dialog.get_by_text(section, exact=True).first.click()
+            field.wait_for(state="visible")
         for title in (
             "Model preset",
             "Engine",

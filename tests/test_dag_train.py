@@ -1231,7 +1231,9 @@ def _second_night(s3_service, mlflow_service, s3, token, name, dataset, image, t
     assert tags["grounding.promotion.split"] == "test" and candidate.tags["grounding.dataset_version"] == "v2"
     n = int(tags["grounding.promotion.n"])  # the test split's samples, at most max_eval_samples
     assert 10 <= n <= 24
-    decision_line = next(line for line in log.splitlines() if "PROMOTED" in line and f"{name} v2" in line)
+    decision_line = next(  # the promote task's summary line (the registry's own log line precedes it)
+        line for line in log.splitlines() if "PROMOTED" in line and f"{name} v2" in line and "chosen on" in line
+    )
     assert "vs champion v1" in decision_line and "CI" in decision_line and f"n={n}" in decision_line
     assert "on dataset v2 (test)" in decision_line and "chosen on val" in decision_line
 

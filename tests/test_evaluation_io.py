@@ -141,7 +141,8 @@ def test_outputs_written_to_s3(s3_env) -> None:
     assert result.metrics.per_source["a"].n == 2
     client = s3_env.client()
     page = client.get_object(Bucket=s3_env.bucket, Key="eval-io/out/report.html")["Body"].read().decode()
-    assert page.count("data:image/png;base64,") == 1 + 3 and "the blue square" in page
+    # the histogram, 3 examples, and the 4 plots (IoU histogram, Acc@tau, per-source bars, examples grid)
+    assert page.count("data:image/png;base64,") == 1 + 3 + 4 and "the blue square" in page
     table = pq.read_table(
         io.BytesIO(client.get_object(Bucket=s3_env.bucket, Key="eval-io/out/predictions.parquet")["Body"].read())
     )

@@ -187,7 +187,8 @@ def test_training_entrypoint_runs_as_a_ray_job(ray_head: str) -> None:
     assert "actor_rollout_ref.rollout.n=8" in logs
     assert "trainer.nnodes=2" in logs
     assert "trainer.experiment_name=ray-job-test" in logs
-    assert "trainer.default_local_dir=/srv/run/checkpoints" in logs  # env vars reached the job
+    assert "data.train_files=/srv/run/data/train.parquet" in logs  # env vars reached the job
+    assert "trainer.default_local_dir=/shared/grounding-ops/" in logs  # multi-node: the shared folder
     streamed = "\n".join(chunks)
     assert "actor_rollout_ref.rollout.n=8" in streamed and "GROUNDING_OPS_WORK_DIR" in streamed
 
@@ -261,6 +262,7 @@ def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_
     plan = {
         "engine": "gpu",
         "nodes": 2,
+        "gpus": 8,
         "command": command,
         "output_uri": str(output),
         "environment": {"GROUNDING_OPS_WORK_DIR": "/srv/run"},
@@ -285,10 +287,10 @@ def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
     result = json.loads(lines[-1][len("RESULT ") :])
-    assert [e["status"] for e in result["events"]] == ["SUCCEEDED"], result  # it deferred; the trigger fired
+    assert [e["status"] for e in result["events"]] == ["SUCCEEDED"], (result, out.stdout[-3000:], out.stderr[-3000:])
     assert result["state"] == "success", result
     job_id = result["events"][0]["job_id"]
-    assert "trainer.default_local_dir=/srv/run/checkpoints" in ray_jobs.job_logs(ray_head, job_id)
+    assert "data.train_files=/srv/run/data/train.parquet" in ray_jobs.job_logs(ray_head, job_id)
     # Nothing secret in what the Jobs API hands to any client.
     runtime_env = json.dumps(ray_jobs.job_runtime_env(ray_head, job_id))
     for secret in ("task-secret-key", "AKIDTASK", "task-wandb-key", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"):

@@ -263,7 +263,7 @@ def test_the_dag_runs_trainer_containers_in_the_gpu_pool_one_evaluation_at_a_tim
     assert text.count("pool=GPU_POOL") == 3  # train, evaluate, evaluate_test
     assert text.count("max_active_tis_per_dagrun=1") == 2
     services = (REPO / "grounding_ops" / "services.py").read_text()
-    assert '"pools", "set", gpu_pool(), str(gpu_pool_slots())' in services
+    assert re.search(r'"pools",\s*"set",\s*gpu_pool\(\),\s*str\(gpu_pool_slots\(\)\)', services)
 
 
 def test_gpu_image_is_pinned_and_its_example_uses_the_operators_shared_memory() -> None:

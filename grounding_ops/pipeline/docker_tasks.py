@@ -493,9 +493,11 @@ class GroundingContainerOperator(DockerOperator):
         return files
 
     def execute(self, context: Any) -> Any:
-        self.apply_plan(context)
+        # The daemon first: the plan reads the image digest through the Docker client, which must be
+        # the connection's daemon, not the local one.
         tls_files = self.use_daemon()
         try:
+            self.apply_plan(context)
             self.log.info(
                 "running %s in %s as container %s: %s",
                 self.task_id,

@@ -625,7 +625,10 @@ def current_champion(tracking_uri: str, name: str) -> Champion | None:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
-    return Champion(version=str(version.version), model_uri=str(version.source))
+    from grounding_ops.registry.pyfunc_model import weights_uri
+
+    # the weights the champion's evaluations name (the version's source is its logged MLflow model)
+    return Champion(version=str(version.version), model_uri=weights_uri(version))
 
 
 def existing_evaluation(tracking_uri: str, model_uri: str, dataset_version: str, split: str) -> str | None:

@@ -33,7 +33,7 @@ def _compose(overrides: list[str]):
     import verl
 
     overrides = [o for o in overrides if not o.startswith("data.filter_overlong_prompts_workers=")]
-    overrides.append("data.filter_overlong_prompts_workers=1")
+    overrides.append("data.filter_overlong_prompts_workers=null")  # None: no worker pool (datasets pools from 1)
     config_dir = str(Path(verl.__file__).resolve().parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return compose(config_name="ppo_trainer", overrides=overrides)
