@@ -394,19 +394,19 @@ def test_mlflow_down_during_promotion_then_retry_is_consistent(own_mlflow, s3_se
     stop = lambda: services.mlflow_process(settings).stop()  # noqa: E731
     flaky = _ServerDiesAfter(client, "create_model_version", stop)
     with pytest.raises(PromotionError) as failure:
-        promote(run_id, model_name=model, client=flaky)
+        promote(run_id, model_name=model, client=flaky, min_samples=10)
     assert settings.mlflow_uri in str(failure.value), str(failure.value)
 
     services.start_mlflow(settings)
     client = mlflow_client(settings.mlflow_uri)
-    decision = promote(run_id, model_name=model, client=client)
+    decision = promote(run_id, model_name=model, client=client, min_samples=10)
     assert decision.promoted, decision.summary()
     versions = client.search_model_versions(f"name = '{model}'")
     assert len(versions) == 1, [v.version for v in versions]
     aliases = dict(client.get_registered_model(model).aliases)
     assert aliases == {CHAMPION: decision.version, CHALLENGER: decision.version}
 
-    again = promote(run_id, model_name=model, client=client)
+    again = promote(run_id, model_name=model, client=client, min_samples=10)
     assert not again.changed and again.version == decision.version
     assert len(client.search_model_versions(f"name = '{model}'")) == 1
 

@@ -247,7 +247,9 @@ def _airflow_env(ray_head: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_db, tmp_path: Path) -> None:
+def test_multi_node_train_task_defers_until_the_job_ends(
+    ray_head: str, airflow_db, mlflow_service, tmp_path: Path
+) -> None:
     """dag.test() runs the task, the trigger (as the triggerer would) and the resumed task in turn."""
     output = tmp_path / "train"
     output.mkdir()
@@ -279,6 +281,8 @@ def test_multi_node_train_task_defers_until_the_job_ends(ray_head: str, airflow_
     env = {
         **_airflow_env(ray_head, tmp_path),
         "PROBE_PLAN": json.dumps(plan),
+        # the resumed task records the training run in MLflow, as after any training container
+        "AIRFLOW_CONN_GROUNDING_MLFLOW": json.dumps({"conn_type": "http", "host": mlflow_service.uri}),
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
     }
     out = subprocess.run(

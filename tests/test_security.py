@@ -124,7 +124,7 @@ def test_evaluation_logging_and_plugin_never_expose_credentials(
         experiment=prefix,
         wandb_dir=tmp_path / "wandb",
     )
-    decision = promote(run_id, model_name=model, client=client)
+    decision = promote(run_id, model_name=model, client=client, min_samples=10)
     assert decision.promoted
 
     run = client.get_run(run_id)
