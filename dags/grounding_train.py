@@ -39,6 +39,15 @@ CRON = os.environ.get("GROUNDING_OPS_TRAIN_CRON") or "0 2 * * *"
 TIMEZONE = os.environ.get("GROUNDING_OPS_TRAIN_TIMEZONE") or "UTC"
 GPU_QUEUE = gpu_queue()
 GPU_POOL = gpu_pool()
+# What every evaluation container task shares: the GPU queue and pool, one at a time, retried.
+GPU_EVALUATION = dict(
+    s3_conn_id=S3_CONN_ID,
+    queue=GPU_QUEUE,
+    retries=2,
+    execution_timeout=timedelta(hours=4),
+    pool=GPU_POOL,
+    max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
+)
 DATASET_ASSET = Asset(dataset_asset_uri(tt.default_bucket(), dataset_name()))
 MODEL_ASSET = Asset(model_asset_uri(model_name()))
 
@@ -110,12 +119,7 @@ def grounding_train():
     checkpoints = list_checkpoints(train.output)
     evaluate = EvaluateContainerOperator.partial(
         task_id="evaluate",
-        s3_conn_id=S3_CONN_ID,
-        queue=GPU_QUEUE,
-        retries=2,
-        execution_timeout=timedelta(hours=4),
-        pool=GPU_POOL,
-        max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
+        **GPU_EVALUATION,
         doc_md="Runs `grounding-ops evaluate` on one checkpoint in the trainer image, then logs the "
         "evaluation (metrics, predictions, report) as an MLflow run. Idempotent; retried. "
         f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",
@@ -144,12 +148,7 @@ def grounding_train():
     choice = pick_best(evaluate.output)
     evaluate_test = EvaluateContainerOperator.partial(
         task_id="evaluate_test",
-        s3_conn_id=S3_CONN_ID,
-        queue=GPU_QUEUE,
-        retries=2,
-        execution_timeout=timedelta(hours=4),
-        pool=GPU_POOL,
-        max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
+        **GPU_EVALUATION,
         doc_md="Runs `grounding-ops evaluate` on the test split for the chosen checkpoint and the bar, then "
         "logs each evaluation (metrics, per-sample predictions, report) as an MLflow run. Idempotent; retried. "
         f"Executor queue `{GPU_QUEUE}` (a GPU worker; `GROUNDING_OPS_GPU_QUEUE`).",

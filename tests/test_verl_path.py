@@ -259,9 +259,12 @@ def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
 
 
 def test_the_dag_runs_trainer_containers_in_the_gpu_pool_one_evaluation_at_a_time() -> None:
-    text = (REPO / "dags" / "grounding_train.py").read_text()
-    assert text.count("pool=GPU_POOL") == 3  # train, evaluate, evaluate_test
-    assert text.count("max_active_tis_per_dagrun=1") == 2
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(str(REPO / "dags" / "grounding_train.py")).dags["grounding_train"]
+    tasks = {t.task_id: t for t in dag.tasks}
+    assert {tasks[t].pool for t in ("train", "evaluate", "evaluate_test")} == {"grounding_gpu"}
+    assert tasks["evaluate"].max_active_tis_per_dagrun == tasks["evaluate_test"].max_active_tis_per_dagrun == 1
     services = (REPO / "grounding_ops" / "services.py").read_text()
     assert re.search(r'"pools",\s*"set",\s*gpu_pool\(\),\s*str\(gpu_pool_slots\(\)\)', services)
 
