@@ -67,7 +67,7 @@ def champion(tmp_path_factory, s3_service, mlflow_service):
             store_uri=s3_service.uri(f"test-{token}", "datasets", "shapes"),
             s3_client=s3,
         )
-        spec = get_preset("tiny-cpu").with_overrides(["total_steps=2", "save_freq=2", "sft_warmup_steps=100"])
+        spec = get_preset("tiny-cpu").with_overrides(["total_steps=2", "save_freq=2", "sft_warmup_steps=300"])
         output = s3_service.uri(f"test-{token}", "runs", "train")
         run_training(spec, dataset_uri=dataset_uri, output_uri=output, engine="cpu", s3_client=s3)
 
