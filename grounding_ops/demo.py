@@ -56,12 +56,19 @@ class AirflowRestClient:
             method=method,
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise RuntimeError(f"Airflow API {method} {path} failed ({exc.code}): {detail}") from None
+        for attempt in range(4):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+                    raw = response.read()
+                break
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                # The embedded SQLite metadata DB is busy while the scheduler writes (a rolled-back
+                # request): wait and ask again; anything else is an error.
+                if exc.code == 500 and "Database error" in detail and attempt < 3:
+                    time.sleep(2.0 * (attempt + 1))
+                    continue
+                raise RuntimeError(f"Airflow API {method} {path} failed ({exc.code}): {detail}") from None
         return json.loads(raw) if raw else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 300) -> None:
