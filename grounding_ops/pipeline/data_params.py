@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from grounding_ops.data.readers import MULTI_READER_MODES
 from grounding_ops.data.schema import FORMATS
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, RESIZE_FACTORS
+from grounding_ops.pipeline.form import airflow_params, with_sections
 from grounding_ops.protocols import PROTOCOL_NAMES
 
 DEMO_INPUT = "demo"
@@ -172,8 +173,7 @@ def protocol_display() -> dict[str, str]:
 
 def form_schemas() -> dict[str, dict[str, Any]]:
     """:data:`PARAM_SCHEMAS` with each field's ``section`` and the choices' ``values_display``."""
-    section_of = {name: section for section, names in SECTIONS.items() for name in names}
-    displays = {
+    labels = {
         "format": format_display(),
         "protocol": protocol_display(),
         "multi_reader": MULTI_READER_LABELS,
@@ -182,13 +182,7 @@ def form_schemas() -> dict[str, dict[str, Any]]:
             **{f: f"{f} (resize factor {n})" for f, n in RESIZE_FACTORS.items()},
         },
     }
-    out = {}
-    for name, schema in PARAM_SCHEMAS.items():
-        schema = {**schema, "section": section_of.get(name, "Advanced")}
-        if name in displays:
-            schema["values_display"] = displays[name]
-        out[name] = schema
-    return out
+    return with_sections(PARAM_SCHEMAS, SECTIONS, labels)
 
 
 class UndeclaredParams(ValueError):
@@ -207,11 +201,4 @@ def check_declared(keys: Iterable[str]) -> None:
 
 def build_params() -> dict[str, Any]:
     """``Param`` objects for ``@dag(params=...)``."""
-    from airflow.sdk import Param
-
-    params: dict[str, Any] = {}
-    for name, schema in form_schemas().items():
-        schema = dict(schema)
-        default = schema.pop("default")
-        params[name] = Param(default, **schema)
-    return params
+    return airflow_params(form_schemas())

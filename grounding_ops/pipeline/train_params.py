@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any, Mapping
 
+from grounding_ops.pipeline.form import airflow_params, with_sections
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.training.presets import PRESET_NAMES
 
@@ -200,27 +201,12 @@ METRIC_LABELS: dict[str, str] = {
 
 def form_sections(schemas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``schemas`` with each field's ``section`` and the choices' ``values_display`` added."""
-    section_of = {name: section for section, names in SECTIONS.items() for name in names}
-    displays = {"engine": ENGINE_LABELS, "promotion_metric": METRIC_LABELS}
-    out = {}
-    for name, schema in schemas.items():
-        schema = {"section": section_of.get(name, "Advanced"), **schema}
-        if name in displays and "values_display" not in schema:
-            schema["values_display"] = {v: displays[name].get(v, v) for v in schema.get("enum", [])}
-        out[name] = schema
-    return out
+    return with_sections(schemas, SECTIONS, {"engine": ENGINE_LABELS, "promotion_metric": METRIC_LABELS})
 
 
 def build_params() -> dict[str, Any]:
     """``Param`` objects for ``@dag(params=...)``."""
-    from airflow.sdk import Param
-
-    params: dict[str, Any] = {}
-    for name, schema in form_sections(param_schemas()).items():
-        schema = dict(schema)
-        default = schema.pop("default")
-        params[name] = Param(default, **schema)
-    return params
+    return airflow_params(form_sections(param_schemas()))
 
 
 def training_values(params: Mapping[str, Any]) -> dict[str, Any]:
