@@ -27,10 +27,12 @@ from airflow.sdk import Asset, dag
 
 from grounding_ops.pipeline import data_params
 from grounding_ops.pipeline import data_tasks as dt
-from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task
+from grounding_ops.pipeline.assets import dataset_asset_uri, dataset_name
+from grounding_ops.pipeline.hooks import configured_bucket
+from grounding_ops.pipeline.lineage import lineage_task
 from grounding_ops.pipeline.notify import FailureNotifier
 
-DATASET_ASSET = Asset(dataset_asset_uri(dt.default_bucket(), dataset_name()))
+DATASET_ASSET = Asset(dataset_asset_uri(configured_bucket(), dataset_name()))
 
 default_args = {
     "owner": "grounding-ops",

@@ -29,8 +29,11 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag
 
 from grounding_ops.pipeline import train_tasks as tt
-from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, EvaluateContainerOperator, TrainContainerOperator, gpu_queue
-from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, lineage_task, model_asset_uri, model_name
+from grounding_ops.pipeline.docker_tasks import EvaluateContainerOperator, TrainContainerOperator, gpu_queue
+from grounding_ops.vocabulary import S3_CONN_ID
+from grounding_ops.pipeline.assets import dataset_asset_uri, dataset_name, model_asset_uri, model_name
+from grounding_ops.pipeline.hooks import configured_bucket
+from grounding_ops.pipeline.lineage import lineage_task
 from grounding_ops.pipeline.notify import FailureNotifier, PromotionNotifier
 from grounding_ops.pipeline.pools import gpu_pool
 from grounding_ops.pipeline.train_params import build_params
@@ -48,7 +51,7 @@ GPU_EVALUATION = dict(
     pool=GPU_POOL,
     max_active_tis_per_dagrun=1,  # one GPU each; vLLM takes most of it: one at a time
 )
-DATASET_ASSET = Asset(dataset_asset_uri(tt.default_bucket(), dataset_name()))
+DATASET_ASSET = Asset(dataset_asset_uri(configured_bucket(), dataset_name()))
 MODEL_ASSET = Asset(model_asset_uri(model_name()))
 
 default_args = {

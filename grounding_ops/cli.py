@@ -17,7 +17,7 @@ from grounding_ops import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "grounding_ops.data.cli",
     "grounding_ops.training.cli",
-    "grounding_ops.evaluation.cli",
+    "grounding_ops.evaluate_command",
     "grounding_ops.registry.cli",
     "grounding_ops.tiny_models",
     "grounding_ops.services",

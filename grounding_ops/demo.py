@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from grounding_ops.settings import ServiceSettings
+from grounding_ops.vocabulary import DEFAULT_MODEL_NAME
 
 TERMINAL_STATES = {"success", "failed"}
 # Night 1 publishes DEMO_IMAGES images, night 2 DEMO_NEW_IMAGES more. About 1.4 questions per image
@@ -296,5 +297,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--invalid", type=int, default=2, help="deliberately broken rows (to show the quarantine)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each DAG run")
-    parser.add_argument("--model-name", default="grounding-model")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.set_defaults(func=run_demo)

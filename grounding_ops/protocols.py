@@ -33,6 +33,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from grounding_ops import answer_parsing as parsing
+
 PROTOCOL_NAMES: tuple[str, ...] = ("qwen2.5-vl", "qwen2-vl", "qwen3-vl", "click-xywh", "normalized-xyxy")
 DEFAULT_MAX_BOXES = 50
 # An answer (the text after any reasoning) longer than this is not parsed and
@@ -272,7 +274,7 @@ class Protocol:
     ) -> ParseResult:
         """Read ``response`` into clipped pixel-xyxy boxes of the original image.
 
-        Only the answer is read (see :func:`grounding_ops.reward.parsing.extract_answer`).
+        Only the answer is read (see :func:`grounding_ops.answer_parsing.extract_answer`).
         Never raises on the response (any text, any size); raises ValueError only for an
         invalid ``image_size``/``resized_size``. An answer longer than ``max_answer_chars``
         (None: no limit) is not parsed (reason ``answer_too_long``); parsing is linear in
@@ -349,7 +351,3 @@ def build_prompt(phrase: str, protocol: str | Protocol, *, reasoning: bool = Fal
     """Chat messages for one grounding query: one user turn, ``<image>`` then the instruction."""
     proto = get_protocol(protocol)
     return [{"role": "user", "content": "<image>" + proto.instruction(phrase, reasoning=reasoning)}]
-
-
-# Imported last: the reward package imports this module (light: re, json, math only).
-from grounding_ops.reward import parsing  # noqa: E402

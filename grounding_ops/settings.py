@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grounding_ops.vocabulary import BUCKET_ENV, DEFAULT_BUCKET
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,7 +64,7 @@ class ServiceSettings:
             s3_port=_port("GROUNDING_OPS_S3_PORT", 9310),
             mlflow_port=_port("GROUNDING_OPS_MLFLOW_PORT", 5310),
             airflow_port=_port("GROUNDING_OPS_AIRFLOW_PORT", 8310),
-            bucket=_env("GROUNDING_OPS_BUCKET", "grounding-ops"),
+            bucket=_env(BUCKET_ENV, DEFAULT_BUCKET),
             profile=_profile(_env("GROUNDING_OPS_PROFILE", "local")),
         )
 
@@ -102,6 +104,6 @@ class ServiceSettings:
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            "GROUNDING_OPS_BUCKET": self.bucket,
+            BUCKET_ENV: self.bucket,
             "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         }

@@ -225,3 +225,61 @@ def write_verl_step(
         current = int(marker.read_text()) if marker.is_file() else 0
         marker.write_text(str(max(step, current)))
     return folder
+
+
+def write_stand_in_evaluation(
+    output_uri: str,
+    *,
+    ious: list[float],
+    model_uri: str,
+    dataset_uri: str,
+    dataset_version: str,
+    split: str = "val",
+    role: str = "candidate",
+    tags: dict[str, str] | None = None,
+    lineage: Any = None,
+    phrase: str = "the red circle",
+    s3_client: Any | None = None,
+) -> str:
+    """What ``grounding-ops evaluate`` writes, for one sample per IoU in ``ious`` (no model runs).
+
+    The predictions, report and ``metrics.json`` are the real writer's
+    (:func:`grounding_ops.evaluation.evaluate.write_outputs`); only the answers are made up:
+    every sample's predicted box scores the given IoU. Returns ``output_uri``.
+    """
+    import io
+
+    from PIL import Image
+
+    from grounding_ops.evaluation.evaluate import EvalSample, EvaluationSettings, Prediction, write_outputs
+    from grounding_ops.evaluation.evaluation_record import ModelLineage
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 180, 40)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    box = [4.0, 4.0, 20.0, 20.0]
+    samples = [
+        EvalSample(f"{split}-{i}", "synthetic", phrase, "qwen2.5-vl", png, [box], (32, 24), (28, 28))
+        for i in range(len(ious))
+    ]
+    predictions = [
+        Prediction(f"{split}-{i}", "synthetic", phrase, "[...]", [box], [box], iou, iou, iou, True, "", 1, 1)
+        for i, iou in enumerate(ious)
+    ]
+    settings = EvaluationSettings(
+        model_uri=model_uri,
+        dataset_uri=dataset_uri,
+        dataset_version=dataset_version,
+        dataset_manifest_sha256="",
+        split=split,
+        protocol="qwen2.5-vl",
+        engine="transformers",
+        batch_size=8,
+        max_new_tokens=64,
+        max_samples=None,
+        role=role,
+        tags=dict(tags or {}),
+        lineage=lineage if lineage is not None else ModelLineage(),
+    )
+    write_outputs(output_uri, info=settings, samples=samples, predictions=predictions, seconds=1.0, s3_client=s3_client)
+    return output_uri

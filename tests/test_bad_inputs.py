@@ -264,9 +264,9 @@ def test_hostile_values_stay_single_arguments() -> None:
         fingerprint="f",
         airflow_run="r",
     )
-    assert isinstance(plan["command"], list)
-    assert "s3://b/datasets/d/v1 $(id)" in plan["command"]  # one element, never split or expanded
-    assert plan["command"][plan["command"].index("--set") + 1] == "learning_rate=1e-06"
+    assert isinstance(plan.command, list)
+    assert "s3://b/datasets/d/v1 $(id)" in plan.command  # one element, never split or expanded
+    assert plan.command[plan.command.index("--set") + 1] == "learning_rate=1e-06"
 
 
 # --------------------------------------------------------------------------- reward

@@ -65,7 +65,7 @@ def test_forms_have_sections_and_labelled_choices(dag_id: str) -> None:
             display = schema.get("values_display") or {}
             assert set(display) == set(schema["enum"]), f"{dag_id}.{name}: every choice needs a label"
     if dag_id == "grounding_data":
-        from grounding_ops.data.schema import FORMATS
+        from grounding_ops.data.readers import FORMATS
         from grounding_ops.protocols import PROTOCOL_NAMES
 
         assert set(params["format"].schema["values_display"]) == {"auto", *FORMATS}

@@ -487,11 +487,14 @@ def airflow_connections(monkeypatch):
 
 
 def _plan(**extra):
+    """A training plan's XCom form; with ``candidate=...`` an evaluation plan's."""
     plan = {
         "engine": "cpu",
         "command": ["grounding-ops", "train", "--dataset", "s3://b/datasets/grounding/v1"],
         "environment": {"PYTHONUNBUFFERED": "1"},
         "output_uri": "s3://b/runs/x/train",
+        "dataset_version": "v1",
+        "fingerprint": "fp",
         "links": {
             "manifest": "http://127.0.0.1:9/b/datasets/grounding/v1/manifest.json",
             "wandb": "javascript:alert(1)",
@@ -500,6 +503,8 @@ def _plan(**extra):
         "outputs": ["s3://b/runs/x/train"],
     }
     plan.update(extra)
+    if "candidate" not in plan:
+        plan.setdefault("dataset_uri", "s3://b/datasets/grounding/v1")
     return plan
 
 
@@ -529,12 +534,16 @@ def test_operator_applies_the_plan_with_private_credentials(airflow_connections)
 
 def test_operator_reports_openlineage_inputs_and_outputs(airflow_connections):
     from grounding_ops.pipeline.docker_tasks import EvaluateContainerOperator
-    from grounding_ops.pipeline.lineage import mlflow_model_ref, operator_lineage
+    from grounding_ops.pipeline.assets import mlflow_model_ref
+    from grounding_ops.pipeline.lineage import operator_lineage
 
     op = EvaluateContainerOperator(
         task_id="evaluate",
         plan=_plan(
-            inputs=["s3://b/datasets/grounding/v1", "s3://b/runs/x/train/final"], outputs=["s3://b/runs/x/eval/final"]
+            inputs=["s3://b/datasets/grounding/v1", "s3://b/runs/x/train/final"],
+            outputs=["s3://b/runs/x/eval/final"],
+            candidate={"name": "final", "uri": "s3://b/runs/x/train/final", "step": 3, "role": "candidate"},
+            split="val",
         ),
     )
     op.apply_plan(_context("evaluate", 1, 2))
@@ -574,7 +583,23 @@ def test_python_tasks_report_lineage_from_their_result():
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("http://m:5000", "models/g/versions/1")]
 
 
+def _training_summary(dataset_uri="s3://b/datasets/grounding/v1", **extra):
+    """The train task's result as the next tasks get it."""
+    from grounding_ops.pipeline.task_records import TrainingSummary
+
+    fields = {
+        "output_uri": "s3://b/runs/r/train",
+        "dataset_version": "v1",
+        "dataset_uri": dataset_uri,
+        "steps_done": 3,
+        "engine": "cpu",
+        "fingerprint": "fp",
+    }
+    return TrainingSummary(**{**fields, **extra})
+
+
 def test_plans_are_argument_lists_with_no_credentials():
+    from grounding_ops.pipeline.task_records import EvaluationCandidate
     from grounding_ops.pipeline.train_tasks import DatasetRef, plan_evaluations, plan_training
 
     dataset = DatasetRef("v1", "s3://b/datasets/grounding/v1", "s3://b/datasets/grounding/v1/manifest.json", "param")
@@ -587,27 +612,35 @@ def test_plans_are_argument_lists_with_no_credentials():
         airflow_run="grounding_train/r",
         s3_endpoint="http://127.0.0.1:9310",
     )
-    cmd = plan["command"]
+    cmd = plan.command
     assert cmd[:3] == ["train", "--engine", "verl"]  # arguments of the image's grounding-ops entrypoint
     assert ["--set", "learning_rate=1e-06"] == cmd[
         cmd.index("learning_rate=1e-06") - 1 : cmd.index("learning_rate=1e-06") + 1
     ]
     assert "total_epochs" not in " ".join(cmd)  # empty fields keep the preset's values
-    assert plan["links"]["manifest"] == "http://127.0.0.1:9310/b/datasets/grounding/v1/manifest.json"
-    training = {"dataset_uri": dataset.uri, "dataset_version": "v1", "fingerprint": "fp", "wandb_url": ""}
+    assert plan.links["manifest"] == "http://127.0.0.1:9310/b/datasets/grounding/v1/manifest.json"
+    training = _training_summary(dataset.uri)
     plans = plan_evaluations(
         params,
         training,
         [
-            {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 11, "role": "candidate"},
-            {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"},
+            EvaluationCandidate("final", "s3://b/runs/r/train/final", 11, "candidate"),
+            EvaluationCandidate("base", "s3://b/models/base", -1, "base"),
         ],
         run_uri="s3://b/runs/r",
         airflow_run="grounding_train/r",
     )
-    assert [p["output_uri"] for p in plans] == ["s3://b/runs/r/eval/final", "s3://b/runs/r/eval/base"]
-    assert plans[1]["command"][plans[1]["command"].index("--role") + 1] == "base"
-    assert all(isinstance(a, str) for p in plans for a in p["command"])
+    assert [p.output_uri for p in plans] == ["s3://b/runs/r/eval/final", "s3://b/runs/r/eval/base"]
+    assert plans[1].command[plans[1].command.index("--role") + 1] == "base"
+    assert all(isinstance(a, str) for p in plans for a in p.command)
+
+
+def _result(fields):
+    """An evaluate task's XCom value (a CheckpointEvaluation's dict form) with these fields."""
+    from grounding_ops.pipeline.task_records import CheckpointEvaluation
+
+    defaults = {"model_uri": f"s3://b/{fields['candidate']}", "dataset_version": "v1", "split": "val", "mlflow_url": ""}
+    return CheckpointEvaluation(**{**defaults, **fields}).to_dict()
 
 
 def test_list_checkpoints_and_pick_best(tmp_path):
@@ -631,30 +664,36 @@ def test_list_checkpoints_and_pick_best(tmp_path):
     assert [c["name"] for c in list_checkpoints(store, {"base_model": "tiny:qwen2-vl"})][-1] == "final"
 
     results = [
-        {
-            "candidate": "global_step_10",
-            "role": "candidate",
-            "step": 10,
-            "metrics": {"acc_at_0_5": 0.4},
-            "mlflow_run_id": "a",
-            "eval_uri": "e1",
-        },
-        {
-            "candidate": "final",
-            "role": "candidate",
-            "step": 11,
-            "metrics": {"acc_at_0_5": 0.4},
-            "mlflow_run_id": "b",
-            "eval_uri": "e2",
-        },
-        {
-            "candidate": "base",
-            "role": "base",
-            "step": -1,
-            "metrics": {"acc_at_0_5": 0.9},
-            "mlflow_run_id": "c",
-            "eval_uri": "e3",
-        },
+        _result(
+            {
+                "candidate": "global_step_10",
+                "role": "candidate",
+                "step": 10,
+                "metrics": {"acc_at_0_5": 0.4},
+                "mlflow_run_id": "a",
+                "eval_uri": "e1",
+            }
+        ),
+        _result(
+            {
+                "candidate": "final",
+                "role": "candidate",
+                "step": 11,
+                "metrics": {"acc_at_0_5": 0.4},
+                "mlflow_run_id": "b",
+                "eval_uri": "e2",
+            }
+        ),
+        _result(
+            {
+                "candidate": "base",
+                "role": "base",
+                "step": -1,
+                "metrics": {"acc_at_0_5": 0.9},
+                "mlflow_run_id": "c",
+                "eval_uri": "e3",
+            }
+        ),
     ]
     choice = pick_best(results, "acc_at_0_5")
     assert choice["best"]["candidate"] == "final" and choice["base"]["candidate"] == "base"
@@ -737,80 +776,32 @@ def test_api_server_refuses_bad_conf_before_any_run(airflow_service):
     assert airflow_service.api("GET", "/api/v2/dags/grounding_train/dagRuns")["total_entries"] == before
 
 
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-PNG_1x1 = _png()
-
-
 def _write_evaluation(plan, dataset_uri, s3, hits, n=120):
     """What `grounding-ops evaluate` writes for a plan: per-sample predictions (the first ``hits`` samples
     right, IoU 0.8; the rest IoU 0.1), report, metrics.json last."""
-    from grounding_ops.evaluation.evaluate import EvalSample, Prediction, write_outputs
     from grounding_ops.storage import open_store
+    from grounding_ops.testing import write_stand_in_evaluation
 
-    command = plan["command"]
+    command = plan.command
     tags = dict(
         arg.split("=", 1)
         for arg in command[command.index("--tag") + 1 :: 2]
         if "=" in arg and arg.startswith("grounding.")
     )
-    candidate = plan["candidate"]
-    samples, predictions = [], []
-    for i in range(n):
-        iou = 0.8 if i < hits else 0.1
-        samples.append(
-            EvalSample(
-                f"{plan['split']}-{i}",
-                "synthetic",
-                "the red circle",
-                "qwen2.5-vl",
-                PNG_1x1,
-                [[0.0, 0.0, 1.0, 1.0]],
-                (1, 1),
-                (28, 28),
-            )
-        )
-        predictions.append(
-            Prediction(
-                f"{plan['split']}-{i}",
-                "synthetic",
-                "the red circle",
-                "[...]",
-                [[0.0, 0.0, 1.0, 1.0]],
-                [[0.0, 0.0, 1.0, 1.0]],
-                iou,
-                iou,
-                iou,
-                True,
-                "",
-                1,
-                1,
-            )
-        )
-    info = {
-        "model_uri": candidate["uri"],
-        "dataset_uri": dataset_uri,
-        "dataset_version": plan["dataset_version"],
-        "split": command[command.index("--split") + 1],
-        "protocol": "qwen2.5-vl",
-        "engine": "transformers",
-        "batch_size": 8,
-        "max_new_tokens": 64,
-        "max_samples": None,
-        "role": candidate["role"],
-        "tags": tags,
-    }
-    write_outputs(plan["output_uri"], info=info, samples=samples, predictions=predictions, seconds=1.0, s3_client=s3)
-    if candidate["role"] == "candidate":  # a stand-in model folder: promotion logs the candidate as an MLflow model
-        open_store(candidate["uri"], s3_client=s3).put_bytes("config.json", b'{"model_type": "qwen2_vl"}')
+    candidate = plan.candidate
+    write_stand_in_evaluation(
+        plan.output_uri,
+        ious=[0.8 if i < hits else 0.1 for i in range(n)],
+        model_uri=candidate.uri,
+        dataset_uri=dataset_uri,
+        dataset_version=plan.dataset_version,
+        split=command[command.index("--split") + 1],
+        role=candidate.role,
+        tags=tags,
+        s3_client=s3,
+    )
+    if candidate.role == "candidate":  # a stand-in model folder: promotion logs the candidate as an MLflow model
+        open_store(candidate.uri, s3_client=s3).put_bytes("config.json", b'{"model_type": "qwen2_vl"}')
 
 
 def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_service, monkeypatch):
@@ -820,6 +811,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     the promotion left in the registry."""
     from mlflow.tracking import MlflowClient
 
+    from grounding_ops.pipeline.task_records import EvaluationCandidate
     from grounding_ops.pipeline.train_tasks import (
         DECISION_SPLIT,
         current_champion,
@@ -841,24 +833,21 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     def night(version, val_hits, test_hits):
         run_uri = s3_service.uri("runs", f"grounding_train-{time.time_ns()}")
         dataset_uri = s3_service.uri("datasets", "grounding", version)
-        training = {"dataset_uri": dataset_uri, "dataset_version": version, "fingerprint": "fp-7", "wandb_url": ""}
+        training = _training_summary(dataset_uri, dataset_version=version, fingerprint="fp-7")
         candidates = [
-            {
-                "name": "global_step_1",
-                "uri": f"{run_uri}/train/checkpoints/global_step_1",
-                "step": 1,
-                "role": "candidate",
-            },
-            {"name": "final", "uri": f"{run_uri}/train/final", "step": 2, "role": "candidate"},
-            {"name": "base", "uri": s3_service.uri("models", "base"), "step": -1, "role": "base"},
+            EvaluationCandidate("global_step_1", f"{run_uri}/train/checkpoints/global_step_1", 1, "candidate"),
+            EvaluationCandidate("final", f"{run_uri}/train/final", 2, "candidate"),
+            EvaluationCandidate("base", s3_service.uri("models", "base"), -1, "base"),
         ]
         results = []
         for plan in plan_evaluations(
             {"engine": "cpu"}, training, candidates, run_uri=run_uri, airflow_run="grounding_train/manual__x"
         ):
-            _write_evaluation(plan, dataset_uri, s3, val_hits[plan["candidate"]["name"]])
+            _write_evaluation(plan, dataset_uri, s3, val_hits[plan.candidate.name])
             results.append(
-                record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan, tracking_uri=mlflow_service.uri)
+                record_evaluation(
+                    open_store(plan.output_uri, s3_client=s3), plan, tracking_uri=mlflow_service.uri
+                ).to_dict()
             )
         # the evaluations of the DAG run are nested under one parent run
         parents = {
@@ -881,16 +870,18 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
             airflow_run="grounding_train/manual__x",
             split=DECISION_SPLIT,
         ):
-            key = plan["candidate"]["role"] if plan["candidate"]["role"] != "candidate" else plan["candidate"]["name"]
+            key = plan.candidate.role if plan.candidate.role != "candidate" else plan.candidate.name
             _write_evaluation(plan, dataset_uri, s3, test_hits[key])
             decision_results.append(
-                record_evaluation(open_store(plan["output_uri"], s3_client=s3), plan, tracking_uri=mlflow_service.uri)
+                record_evaluation(
+                    open_store(plan.output_uri, s3_client=s3), plan, tracking_uri=mlflow_service.uri
+                ).to_dict()
             )
         return choice, models, decision_results
 
     choice, models, tested = night("v7", {"global_step_1": 30, "final": 70, "base": 20}, {"final": 80, "base": 20})
     assert choice["best"]["candidate"] == "final" and choice["split"] == "val"
-    assert [m["role"] for m in models] == ["candidate", "base"]
+    assert [m.role for m in models] == ["candidate", "base"]
     first = promote_best(
         choice,
         tested,
@@ -931,6 +922,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
 def test_selection_and_decision_splits_differ_in_every_path():
     """Every DAG path (first promotion against the base model, base evaluation reused, champion to
     re-evaluate, champion evaluation reused): checkpoints are chosen on val, the gate sees test only."""
+    from grounding_ops.pipeline.task_records import EvaluationCandidate
     from grounding_ops.pipeline.train_tasks import (
         DECISION_SPLIT,
         SELECTION_SPLIT,
@@ -943,28 +935,30 @@ def test_selection_and_decision_splits_differ_in_every_path():
     )
 
     assert SELECTION_SPLIT == "val" and DECISION_SPLIT == "test"
-    training = {"dataset_uri": "s3://b/datasets/grounding/v2", "dataset_version": "v2", "fingerprint": "fp"}
+    training = _training_summary("s3://b/datasets/grounding/v2", dataset_version="v2")
     candidates = [
-        {"name": "final", "uri": "s3://b/runs/r/train/final", "step": 3, "role": "candidate"},
-        {"name": "base", "uri": "s3://b/models/base", "step": -1, "role": "base"},
+        EvaluationCandidate("final", "s3://b/runs/r/train/final", 3, "candidate"),
+        EvaluationCandidate("base", "s3://b/models/base", -1, "base"),
     ]
     selection = plan_evaluations({"engine": "cpu"}, training, candidates, run_uri="s3://b/runs/r", airflow_run="x")
 
     def split_of(plan):
-        return plan["command"][plan["command"].index("--split") + 1]
+        return plan.command[plan.command.index("--split") + 1]
 
     assert {split_of(p) for p in selection} == {"val"}
     val_results = [
-        {
-            "candidate": p["candidate"]["name"],
-            "role": p["candidate"]["role"],
-            "step": p["candidate"]["step"],
-            "model_uri": p["candidate"]["uri"],
-            "split": "val",
-            "metrics": {"mean_iou": 0.5},
-            "mlflow_run_id": p["candidate"]["name"],
-            "eval_uri": p["output_uri"],
-        }
+        _result(
+            {
+                "candidate": p.candidate.name,
+                "role": p.candidate.role,
+                "step": p.candidate.step,
+                "model_uri": p.candidate.uri,
+                "split": "val",
+                "metrics": {"mean_iou": 0.5},
+                "mlflow_run_id": p.candidate.name,
+                "eval_uri": p.output_uri,
+            }
+        )
         for p in selection
     ]
     choice = pick_best(val_results, "mean_iou")
@@ -977,13 +971,13 @@ def test_selection_and_decision_splits_differ_in_every_path():
     }
     for path, (champ, champion_eval, base_eval, roles) in paths.items():
         models, note = decision_candidates(choice, champ, champion_evaluation=champion_eval, base_evaluation=base_eval)
-        assert [m["role"] for m in models] == roles, path
+        assert [m.role for m in models] == roles, path
         assert note, path
         plans = plan_evaluations(
             {"engine": "cpu"}, training, models, run_uri="s3://b/runs/r", airflow_run="x", split=DECISION_SPLIT
         )
         assert {split_of(p) for p in plans} == {"test"}, path
-        assert not {p["output_uri"] for p in plans} & {p["output_uri"] for p in selection}, path
+        assert not {p.output_uri for p in plans} & {p.output_uri for p in selection}, path
         test_results = [{**r, "split": "test"} for r in val_results if r["role"] == "candidate"]
         assert decided_on(choice, test_results)["split"] == "test"
         with pytest.raises(PipelineError, match="decide the promotion, which uses 'test' only"):
@@ -1025,33 +1019,37 @@ def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
     from grounding_ops.pipeline.train_tasks import PipelineError, read_training_result, training_summary_line
     from grounding_ops.storage import open_store
 
+    from grounding_ops.pipeline.task_records import TrainingPlan
+
     store = open_store(tmp_path)
-    plan = {
-        "dataset_version": "v1",
-        "dataset_uri": "s3://b/datasets/grounding/v1",
-        "engine": "cpu",
-        "fingerprint": "fp",
-    }
+    plan = TrainingPlan.from_dict(_plan())
     with pytest.raises(PipelineError, match="run.json is missing"):
         read_training_result(store, plan)
-    store.put_bytes("run.json", json.dumps({"steps_done": 0}).encode())
+    from grounding_ops.training.run_record import RunRecord
+
+    def run_record(steps: int) -> RunRecord:
+        return RunRecord(
+            dataset_version="v1",
+            dataset_uri="s3://b/datasets/grounding/v1",
+            spec={"model": "tiny:qwen2-vl"},
+            engine="cpu",
+            steps_done=steps,
+            steps_trained=steps,
+            target_steps=12,
+            final_uri="s3://b/run/final",
+            wandb_url="https://wandb.ai/x/y/runs/z",
+            final_metrics={"reward_mean": 0.42},
+        )
+
+    run_record(0).save(store)
     with pytest.raises(PipelineError, match="nothing was trained"):
         read_training_result(store, plan)
-    store.put_bytes(
-        "run.json",
-        json.dumps(
-            {
-                "steps_done": 12,
-                "dataset_version": "v1",
-                "wandb_url": "https://wandb.ai/x/y/runs/z",
-                "engine": "cpu",
-                "spec": {"model": "tiny:qwen2-vl"},
-                "final_metrics": {"reward_mean": 0.42},
-            }
-        ).encode(),
-    )
+    store.put_bytes("run.json", json.dumps({**run_record(3).to_dict(), "run_id": "r1"}).encode())
+    with pytest.raises(PipelineError, match="keys this version does not know: run_id"):
+        read_training_result(store, plan)  # no key is guessed: an unknown one is named
+    run_record(12).save(store)
     summary = read_training_result(store, plan)
-    assert summary["steps_done"] == 12 and summary["base_model"] == "tiny:qwen2-vl" and summary["fingerprint"] == "fp"
+    assert summary.steps_done == 12 and summary.base_model == "tiny:qwen2-vl" and summary.fingerprint == "fp"
     assert training_summary_line(summary).startswith("trained 12 steps on dataset v1 (cpu engine)")
 
 

@@ -12,13 +12,15 @@ import pytest
 from grounding_ops.evaluation.evaluate import (
     EvalSample,
     EvaluationError,
+    EvaluationSettings,
     build_requests,
     fetch_model,
-    read_metrics_document,
+    read_evaluation_record,
     read_samples,
     score_sample,
     write_outputs,
 )
+from grounding_ops.evaluation.evaluation_record import EvaluationRecord, ModelLineage
 from grounding_ops.protocols import build_prompt, get_protocol
 
 
@@ -121,23 +123,28 @@ def test_outputs_written_to_s3(s3_env) -> None:
     samples = [_sample(source=src) for src in ("a", "a", "b")]
     answers = ['[{"bbox_2d": [7, 9, 35, 37]}]', "nonsense", '[{"bbox_2d": [0, 0, 56, 56]}]']
     predictions = [score_sample(s, a) for s, a in zip(samples, answers)]
-    info = {
-        "model_uri": "s3://x/m",
-        "dataset_uri": "s3://x/d",
-        "dataset_version": "v9",
-        "split": "val",
-        "protocol": "qwen2.5-vl",
-        "engine": "transformers",
-        "role": "candidate",
-        "tags": {},
-        "lineage": {},
-    }
+    info = EvaluationSettings(
+        model_uri="s3://x/m",
+        dataset_uri="s3://x/d",
+        dataset_version="v9",
+        dataset_manifest_sha256="",
+        split="val",
+        protocol="qwen2.5-vl",
+        engine="transformers",
+        batch_size=8,
+        max_new_tokens=64,
+        max_samples=None,
+        role="candidate",
+        tags={},
+        lineage=ModelLineage(),
+    )
     output = s3_env.uri("eval-io", "out")
     result = write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=1.5)
-    document = read_metrics_document(output)
-    assert document["n_samples"] == 3 and document["samples_per_s"] == pytest.approx(2.0)
-    assert document["flat_metrics"]["parse_failure_rate"] == pytest.approx(1 / 3)
-    assert set(document["metrics"]["per_source"]) == {"a", "b"}
+    record = read_evaluation_record(output)
+    assert record.n_samples == 3 and record.samples_per_s == pytest.approx(2.0)
+    assert record.flat_metrics["parse_failure_rate"] == pytest.approx(1 / 3)
+    assert set(record.metrics["per_source"]) == {"a", "b"}
+    assert EvaluationRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     assert result.metrics.per_source["a"].n == 2
     client = s3_env.client()
     page = client.get_object(Bucket=s3_env.bucket, Key="eval-io/out/report.html")["Body"].read().decode()

@@ -303,55 +303,18 @@ def own_mlflow(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _evaluation(s3: Any, prefix: str, name: str, acc: float, role: str) -> str:
-    import io
+    from grounding_ops.testing import write_stand_in_evaluation
 
-    from PIL import Image
-
-    from grounding_ops.evaluation.evaluate import EvalSample, Prediction, write_outputs
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 180, 40)).save(buffer, format="PNG")
-    png = buffer.getvalue()
     n, hits = 50, round(acc * 50)
-    samples, predictions = [], []
-    for i in range(n):
-        iou = 0.8 if i < hits else 0.2
-        samples.append(
-            EvalSample(f"s{i}", "synthetic", "the box", "qwen2.5-vl", png, [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28))
-        )
-        predictions.append(
-            Prediction(
-                f"s{i}",
-                "synthetic",
-                "the box",
-                "[...]",
-                [[4.0, 4.0, 20.0, 20.0]],
-                [[4.0, 4.0, 20.0, 20.0]],
-                iou,
-                iou,
-                iou,
-                True,
-                "",
-                1,
-                1,
-            )
-        )
-    info = {
-        "model_uri": s3.uri(prefix, "models", name),
-        "dataset_uri": s3.uri(prefix, "datasets", "v1"),
-        "dataset_version": "v1",
-        "split": "val",
-        "protocol": "qwen2.5-vl",
-        "engine": "transformers",
-        "batch_size": 8,
-        "max_new_tokens": 64,
-        "max_samples": None,
-        "role": role,
-        "tags": {},
-        "lineage": {},
-    }
-    output = s3.uri(prefix, "evaluations", name)
-    write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=1.0)
+    output = write_stand_in_evaluation(
+        s3.uri(prefix, "evaluations", name),
+        ious=[0.8 if i < hits else 0.2 for i in range(n)],
+        model_uri=s3.uri(prefix, "models", name),
+        dataset_uri=s3.uri(prefix, "datasets", "v1"),
+        dataset_version="v1",
+        role=role,
+        phrase="the box",
+    )
     if role == "candidate":  # a stand-in model folder: promotion logs the candidate as an MLflow model
         key = f"{prefix}/models/{name}/config.json"
         s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b'{"model_type": "qwen2_5_vl"}')
@@ -379,7 +342,8 @@ class _ServerDiesAfter:
 
 @pytest.mark.slow
 def test_mlflow_down_during_promotion_then_retry_is_consistent(own_mlflow, s3_service, tmp_path: Path) -> None:
-    from grounding_ops.registry.promotion import CHALLENGER, CHAMPION, PromotionError, promote
+    from grounding_ops.registry.promotion import PromotionError, promote
+    from grounding_ops.vocabulary import CHALLENGER_ALIAS as CHALLENGER, CHAMPION_ALIAS as CHAMPION
     from grounding_ops.registry.tracking import log_evaluation, mlflow_client
 
     settings = own_mlflow
@@ -565,9 +529,9 @@ def test_train_task_command_matches_the_image_entrypoint(trainer_cpu_image) -> N
     plan = plan_training(
         {"engine": "cpu", "preset": "tiny-cpu"}, ref, output_uri="s3://b/runs/r1", fingerprint="f", airflow_run="r"
     )
-    argv = _entrypoint(TRAINER_IMAGE) + plan["command"]
+    argv = _entrypoint(TRAINER_IMAGE) + plan.command
     proc = _docker(
-        "run", "--rm", "--network", "host", TRAINER_IMAGE, *plan["command"][:1], "--help", check=False, timeout=300
+        "run", "--rm", "--network", "host", TRAINER_IMAGE, *plan.command[:1], "--help", check=False, timeout=300
     )
     assert argv[:2] == ["grounding-ops", "train"], f"the container would run {argv[:4]}"
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]

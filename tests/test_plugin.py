@@ -68,7 +68,7 @@ def registry(mlflow_service):
             client.set_model_version_tag(name, version.version, "grounding.dataset_version", XSS)
             client.set_model_version_tag(name, version.version, "grounding.wandb_run", "javascript:alert(1)")
             client.set_model_version_tag(
-                name, version.version, "grounding.training_run_id", '"><img src=x onerror=alert(1)>'
+                name, version.version, "grounding.training_output_uri", '"><img src=x onerror=alert(1)>'
             )
     client.set_registered_model_alias(name, "champion", "4")
     client.set_registered_model_alias(name, "challenger", "5")

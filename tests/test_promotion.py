@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from grounding_ops.evaluation.plots import EVALUATION_PLOTS
-from grounding_ops.evaluation.evaluate import EvalSample, Prediction, training_lineage, write_outputs
+from grounding_ops.evaluation.evaluate import training_lineage
+from grounding_ops.testing import write_stand_in_evaluation
 from grounding_ops.registry.models import list_model_versions
-from grounding_ops.registry.promotion import CHALLENGER, CHAMPION, PromotionError, promote
+from grounding_ops.registry.promotion import PromotionError, promote
+from grounding_ops.vocabulary import CHALLENGER_ALIAS as CHALLENGER, CHAMPION_ALIAS as CHAMPION
 from grounding_ops.registry.tracking import log_evaluation, mlflow_client
 from grounding_ops.storage import open_store
 
@@ -59,50 +61,17 @@ def _evaluate(
 def _write(reg, name: str, *, acc: float, dataset_version: str, role: str, model_uri: str | None) -> str:
     s3 = reg["s3"]
     hits = round(acc * N)
-    samples, predictions = [], []
-    for i in range(N):
-        iou = 0.8 if i < hits else 0.2
-        samples.append(
-            EvalSample(
-                f"s{i}", "synthetic", "the red circle", "qwen2.5-vl", PNG, [[4.0, 4.0, 20.0, 20.0]], (32, 24), (28, 28)
-            )
-        )
-        predictions.append(
-            Prediction(
-                f"s{i}",
-                "synthetic",
-                "the red circle",
-                "[...]",
-                [[4.0, 4.0, 20.0, 20.0]],
-                [[4.0, 4.0, 20.0, 20.0]],
-                iou,
-                iou,
-                iou,
-                True,
-                "",
-                1,
-                1,
-            )
-        )
     model_uri = model_uri or s3.uri(reg["prefix"], "train", name, "final")
     _put_model_folder(s3, model_uri)
-    info = {
-        "model_uri": model_uri,
-        "dataset_uri": s3.uri(reg["prefix"], "datasets", dataset_version),
-        "dataset_version": dataset_version,
-        "split": "val",
-        "protocol": "qwen2.5-vl",
-        "engine": "transformers",
-        "batch_size": 8,
-        "max_new_tokens": 64,
-        "max_samples": None,
-        "role": role,
-        "tags": {},
-        "lineage": training_lineage(model_uri),
-    }
-    output = s3.uri(reg["prefix"], "evaluations", f"{name}-{dataset_version}")
-    write_outputs(output, info=info, samples=samples, predictions=predictions, seconds=2.0)
-    return output
+    return write_stand_in_evaluation(
+        s3.uri(reg["prefix"], "evaluations", f"{name}-{dataset_version}"),
+        ious=[0.8 if i < hits else 0.2 for i in range(N)],
+        model_uri=model_uri,
+        dataset_uri=s3.uri(reg["prefix"], "datasets", dataset_version),
+        dataset_version=dataset_version,
+        role=role,
+        lineage=training_lineage(model_uri),
+    )
 
 
 def _put_model_folder(s3, model_uri: str) -> None:
@@ -261,7 +230,7 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     tags = version.tags
     assert tags["grounding.dataset_version"] == "v1"
     assert tags["grounding.dataset_uri"] == s3.uri(registry["prefix"], "datasets", "v1")
-    assert tags["grounding.training_run_id"] == s3.uri(train_prefix)
+    assert tags["grounding.training_output_uri"] == s3.uri(train_prefix)
     assert tags["grounding.image_digest"] == run_json["image"]
     assert tags["grounding.git_commit"] == run_json["git_commit"]
     assert tags["grounding.wandb_run"] == run_json["wandb_url"]
@@ -393,13 +362,3 @@ def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):
     decision = _promote(registry, _evaluate(registry, "cand", acc=0.30, model_uri=s3.uri(train_prefix, "final")))
     assert decision.promoted and decision.baseline_value == pytest.approx(0.10)
     assert base_a in decision.reason
-
-
-def test_select_best_checkpoint(registry):
-    from grounding_ops.registry.promotion import select_best
-
-    runs = [_evaluate(registry, f"step{i}", acc=acc) for i, acc in enumerate((0.3, 0.55, 0.55, 0.4))]
-    assert select_best(runs, client=registry["client"]) == runs[1]
-    assert select_best(runs, metric="parse_failure_rate", client=registry["client"]) == runs[0]
-    with pytest.raises(PromotionError, match="no evaluation runs"):
-        select_best([], client=registry["client"])

@@ -90,7 +90,7 @@ def test_a_python_task_fails_at_once_on_a_data_error() -> None:
 
 
 def test_the_bucket_is_one_setting_checked_against_the_asset() -> None:
-    from grounding_ops.pipeline.lineage import check_bucket
+    from grounding_ops.pipeline.hooks import check_bucket
 
     assert check_bucket("s3://grounding-prod/datasets/grounding", None) == "grounding-prod"
     assert check_bucket("s3://grounding-prod/datasets/grounding", "grounding-prod") == "grounding-prod"

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grounding_ops.protocols import PROTOCOL_NAMES, get_protocol
-from grounding_ops.reward import parsing, scoring
+from grounding_ops import answer_parsing as parsing
+from grounding_ops.reward import scoring
 
 SYNTAX = {name: get_protocol(name).syntax for name in PROTOCOL_NAMES}
 

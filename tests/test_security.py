@@ -220,8 +220,8 @@ def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.Monk
         s3_endpoint="http://127.0.0.1:9",
         tracking_uri="http://127.0.0.1:5",
     )
-    assert _leaks(json.dumps(plan)) == []
-    facets = operator_lineage(plan["inputs"], plan["outputs"])
+    assert _leaks(json.dumps(plan.to_dict())) == []
+    facets = operator_lineage(plan.inputs, plan.outputs)
     assert _leaks(repr(facets)) == []
 
 

@@ -194,7 +194,7 @@ def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_se
     from grounding_ops.data.prepare import PrepareSettings, prepare
     from grounding_ops.data.synthetic import generate_synthetic
     from grounding_ops.demo import AirflowRestClient
-    from grounding_ops.pipeline.lineage import dataset_name
+    from grounding_ops.pipeline.assets import dataset_name
     from grounding_ops.tiny_models import MAX_PIXELS, MIN_PIXELS
 
     settings = celery_services

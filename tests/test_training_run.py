@@ -8,9 +8,11 @@ import uuid
 
 import pytest
 
-from grounding_ops.pipeline.train_tasks import record_training
+from grounding_ops.pipeline.task_records import TrainingPlan
+from grounding_ops.pipeline.train_tasks import read_training_result, record_training
 from grounding_ops.registry.tracking import EVALUATION_EXPERIMENT, mlflow_client
 from grounding_ops.registry.training_run import log_training_run
+from grounding_ops.training.run_record import RunRecord
 from grounding_ops.storage import open_store
 
 
@@ -33,28 +35,38 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
         }
         for step in (1, 2, 3)
     ]
-    record = {
-        "dataset_version": "v7",
-        "dataset_uri": s3_service.uri("datasets", "shapes", "v7"),
-        "engine": "cpu",
-        "spec": {"total_steps": 3, "learning_rate": 1e-4, "logger": ["console"]},
-        "image": "sha256:" + "cd" * 32,
-        "git_commit": "0123abcd",
-        "steps_done": 3,
-        "target_steps": 3,
-        "history": history,
-    }
     output = s3_service.uri(f"test-{token}", "train")
-    s3_service.client().put_object(
-        Bucket=s3_service.bucket, Key=f"test-{token}/train/run.json", Body=json.dumps(record).encode()
+    record = RunRecord(
+        dataset_version="v7",
+        dataset_uri=s3_service.uri("datasets", "shapes", "v7"),
+        engine="cpu",
+        spec={"total_steps": 3, "learning_rate": 1e-4, "logger": ["console"]},
+        image="sha256:" + "cd" * 32,
+        git_commit="0123abcd",
+        steps_done=3,
+        steps_trained=3,
+        target_steps=3,
+        final_uri=output + "/final",
+        history=history,
     )
+    record.save(open_store(output))
     client = mlflow_client(mlflow_env.uri)
     # what the training task does after the container: log the run, prepare the DAG run's parent run
     airflow_run = f"grounding_train/{token}"
-    plan = {"environment": {"GROUNDING_OPS_AIRFLOW_RUN": airflow_run}}
-    summary = record_training(open_store(output), {"steps_done": 3}, plan, tracking_uri=mlflow_env.uri)
-    run_id = summary["mlflow_run_id"]
-    assert summary["mlflow_url"].startswith(mlflow_env.uri) and run_id in summary["mlflow_url"]
+    plan = TrainingPlan(
+        engine="cpu",
+        command=["train"],
+        environment={"GROUNDING_OPS_AIRFLOW_RUN": airflow_run},
+        output_uri=output,
+        dataset_version="v7",
+        dataset_uri=record.dataset_uri,
+        fingerprint="fp",
+    )
+    summary = record_training(
+        open_store(output), read_training_result(open_store(output), plan), plan, tracking_uri=mlflow_env.uri
+    )
+    run_id = summary.mlflow_run_id
+    assert summary.mlflow_url.startswith(mlflow_env.uri) and run_id in summary.mlflow_url
     assert log_training_run(output, client=client) == run_id  # logged once
     (parent,) = client.search_runs(
         [client.get_experiment_by_name(EVALUATION_EXPERIMENT).experiment_id],
@@ -64,7 +76,7 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
 
     run = client.get_run(run_id)
     assert run.data.params["spec.learning_rate"] == "0.0001" and run.data.params["spec.logger"] == '["console"]'
-    assert run.data.tags["grounding.image_digest"] == record["image"]
+    assert run.data.tags["grounding.image_digest"] == record.image
     assert run.data.tags["grounding.git_commit"] == "0123abcd"
     assert run.data.tags["grounding.airflow_run"] == airflow_run
     for key in ("reward_mean", "iou", "kl", "entropy", "response_length", "seconds_per_step", "tokens_per_s"):
@@ -74,5 +86,5 @@ def test_run_json_becomes_a_training_run_with_step_history(mlflow_env, s3_servic
     assert client.get_metric_history(run_id, "reward_mean")[-1].value == pytest.approx(0.3)
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("shapes", "v7")
-    assert json.loads(dataset.dataset.source) == {"uri": record["dataset_uri"]}
+    assert json.loads(dataset.dataset.source) == {"uri": record.dataset_uri}
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/training_curves.png"]

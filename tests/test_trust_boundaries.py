@@ -161,7 +161,7 @@ def test_the_default_input_root_is_the_buckets_incoming_prefix() -> None:
 
 
 def test_the_form_is_built_from_the_library_constants() -> None:
-    from grounding_ops.data.schema import FORMATS
+    from grounding_ops.data.readers import FORMATS
     from grounding_ops.pipeline.data_params import PARAM_SCHEMAS
     from grounding_ops.protocols import PROTOCOL_NAMES
 

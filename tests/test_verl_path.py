@@ -238,24 +238,27 @@ def test_gpu_containers_get_their_gpus_not_all_of_them() -> None:
 
 
 def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
+    from grounding_ops.pipeline.task_records import EvaluationCandidate, TrainingSummary
     from grounding_ops.pipeline.train_tasks import DatasetRef, plan_evaluations, plan_training
 
     params = {"engine": "gpu", "preset": "qwen2.5-vl-7b", "gpus_per_node": 4}
     dataset = DatasetRef(uri="s3://b/d/v1", version="v1", manifest_uri="s3://b/d/v1/manifest.json", source="param")
     plan = plan_training(params, dataset, output_uri="s3://b/r/1", fingerprint="f", airflow_run="r")
-    assert plan["gpus"] == 4 and plan["work_volume"]
-    training = {"dataset_uri": "s3://b/d/v1", "dataset_version": "v1", "fingerprint": "f"}
+    assert plan.gpus == 4 and plan.work_volume
+    training = TrainingSummary(
+        output_uri="s3://b/r/1",
+        dataset_version="v1",
+        dataset_uri="s3://b/d/v1",
+        steps_done=2,
+        engine="gpu",
+        fingerprint="f",
+    )
     candidates = [
-        {
-            "name": f"global_step_{i}",
-            "uri": f"s3://b/r/1/checkpoints/global_step_{i}/huggingface",
-            "role": "candidate",
-            "step": i,
-        }
+        EvaluationCandidate(f"global_step_{i}", f"s3://b/r/1/checkpoints/global_step_{i}/huggingface", i, "candidate")
         for i in (1, 2)
     ]
     plans = plan_evaluations(params, training, candidates, run_uri="s3://b/r/1", airflow_run="r")
-    assert [p["gpus"] for p in plans] == [1, 1] and not any("work_volume" in p for p in plans)
+    assert [p.gpus for p in plans] == [1, 1] and not any("work_volume" in p.to_dict() for p in plans)
 
 
 def test_the_dag_runs_trainer_containers_in_the_gpu_pool_one_evaluation_at_a_time() -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, local_path_for_key, open_store, sha256_file
+from grounding_ops.vocabulary import MANIFEST_FILE
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 LATEST = "latest.json"
 # Files whose content does not define the version (GX results carry run timestamps).
 EVIDENCE_PREFIX = "validation/"

@@ -23,15 +23,6 @@ SPLIT_ALIASES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # FORMATS is defined by the reader registry (grounding_ops.data.readers.READERS).
-    if name == "FORMATS":
-        from grounding_ops.data.readers import FORMATS
-
-        return FORMATS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # Reason given to rows that could not be turned into a canonical record at all.
 PARSE_ERROR = "parse_error"
 

@@ -19,22 +19,23 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from grounding_ops import __version__
+from grounding_ops.evaluation.evaluation_record import EvaluationRecord, ModelLineage
 from grounding_ops.evaluation.metrics import MetricsReport, compute_metrics
-from grounding_ops.storage import StorageError, download_tree, join_uri, open_store
+from grounding_ops.records import RecordError
+from grounding_ops.storage import StorageError, download_tree, open_store
+from grounding_ops.training.run_record import RunRecord
+from grounding_ops.vocabulary import EVALUATION_RECORD_FILE
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.parquet"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = EVALUATION_RECORD_FILE
 REPORT_FILE = "report.html"
 OUTPUT_FILES = (PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE)
 PLOTS_PREFIX = "plots"  # the report's figures as PNG files (plots/<name>.png)
 EXAMPLES_FILE = "examples.parquet"  # the report's examples with their images (for W&B tables)
-METRICS_SCHEMA = 1
 ROLES = ("candidate", "base", "champion")
 REPORT_EXAMPLES = 8
-# Training output written last by the trainer; holds the lineage of a trained model.
-TRAINING_RUN_FILE = "run.json"
 
 
 class EvaluationError(RuntimeError):
@@ -73,6 +74,25 @@ class Prediction:
     reason: str
     n_pred: int
     n_gt: int
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What was evaluated, on what and how: the record's inputs, fixed before generating."""
+
+    model_uri: str
+    dataset_uri: str
+    dataset_version: str
+    dataset_manifest_sha256: str
+    split: str
+    protocol: str
+    engine: str
+    batch_size: int
+    max_new_tokens: int
+    max_samples: int | None
+    role: str
+    tags: Mapping[str, str]
+    lineage: ModelLineage
 
 
 @dataclass(frozen=True)
@@ -367,7 +387,7 @@ def _report_examples(samples: Sequence[EvalSample], predictions: Sequence[Predic
 def write_outputs(
     output_uri: str,
     *,
-    info: dict[str, Any],
+    info: EvaluationSettings,
     samples: Sequence[EvalSample],
     predictions: Sequence[Prediction],
     seconds: float,
@@ -396,8 +416,13 @@ def write_outputs(
     pq.write_table(predictions_table(predictions), buffer)
     store.put_bytes(PREDICTIONS_FILE, buffer.getvalue())
 
-    report_info = {
-        k: info.get(k) for k in ("model_uri", "dataset_uri", "dataset_version", "split", "protocol", "engine")
+    report_info: dict[str, Any] = {
+        "model_uri": info.model_uri,
+        "dataset_uri": info.dataset_uri,
+        "dataset_version": info.dataset_version,
+        "split": info.split,
+        "protocol": info.protocol,
+        "engine": info.engine,
     }
     report_info.update({"samples": len(predictions), "samples/s": f"{samples_per_s:.3f}"})
     examples = _report_examples(samples, predictions)
@@ -408,7 +433,7 @@ def write_outputs(
     pq.write_table(examples_table(examples), buffer)
     store.put_bytes(EXAMPLES_FILE, buffer.getvalue())
     page = render_report(
-        title=f"Evaluation of {info.get('model_uri')}",
+        title=f"Evaluation of {info.model_uri}",
         info=report_info,
         metrics=metrics,
         ious=[p.iou for p in predictions],
@@ -417,51 +442,58 @@ def write_outputs(
     )
     store.put_bytes(REPORT_FILE, page.encode("utf-8"))
 
-    document = {
-        "schema": METRICS_SCHEMA,
-        **info,
-        "n_samples": len(predictions),
-        "generation_seconds": seconds,
-        "samples_per_s": samples_per_s,
-        "metrics": metrics.to_dict(),
-        "flat_metrics": {**metrics.flat(), "samples_per_s": samples_per_s},
-        "files": {name: store.url(name) for name in OUTPUT_FILES},
-        "plots": {name: store.url(f"{PLOTS_PREFIX}/{name}") for name in plots},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tool_version": __version__,
-    }
-    store.put_bytes(METRICS_FILE, json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
+    record = EvaluationRecord(
+        model_uri=info.model_uri,
+        dataset_uri=info.dataset_uri,
+        dataset_version=info.dataset_version,
+        dataset_manifest_sha256=info.dataset_manifest_sha256,
+        split=info.split,
+        protocol=info.protocol,
+        engine=info.engine,
+        batch_size=info.batch_size,
+        max_new_tokens=info.max_new_tokens,
+        max_samples=info.max_samples,
+        role=info.role,
+        tags=dict(info.tags),
+        lineage=info.lineage,
+        n_samples=len(predictions),
+        generation_seconds=seconds,
+        samples_per_s=samples_per_s,
+        metrics=metrics.to_dict(),
+        flat_metrics={**metrics.flat(), "samples_per_s": samples_per_s},
+        files={name: store.url(name) for name in OUTPUT_FILES},
+        plots={name: store.url(f"{PLOTS_PREFIX}/{name}") for name in plots},
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tool_version=__version__,
+    )
+    record.save(store)
     return EvaluationResult(
         output_uri=store.uri,
-        model_uri=str(info.get("model_uri")),
-        dataset_uri=str(info.get("dataset_uri")),
-        dataset_version=str(info.get("dataset_version")),
-        split=str(info.get("split")),
-        protocol=str(info.get("protocol")),
-        engine=str(info.get("engine")),
+        model_uri=info.model_uri,
+        dataset_uri=info.dataset_uri,
+        dataset_version=info.dataset_version,
+        split=info.split,
+        protocol=info.protocol,
+        engine=info.engine,
         n_samples=len(predictions),
         samples_per_s=samples_per_s,
         metrics=metrics,
-        files=dict(document["files"]),
+        files=dict(record.files),
     )
 
 
-def read_metrics_document(output_uri: str, *, s3_client: Any | None = None) -> dict[str, Any]:
-    """The ``metrics.json`` an evaluation wrote to ``output_uri``."""
-    store = open_store(output_uri, s3_client=s3_client)
+def read_evaluation_record(output_uri: str, *, s3_client: Any | None = None) -> EvaluationRecord:
+    """The :class:`EvaluationRecord` (``metrics.json``) an evaluation wrote to ``output_uri``."""
     try:
-        data = json.loads(store.get_bytes(METRICS_FILE))
-    except StorageError as exc:
-        raise EvaluationError(f"no {METRICS_FILE} under {output_uri}: run the evaluation first ({exc})") from exc
-    if data.get("schema") != METRICS_SCHEMA:
-        raise EvaluationError(f"{join_uri(output_uri, METRICS_FILE)} has schema {data.get('schema')!r}, expected 1")
-    return data
+        return EvaluationRecord.load(open_store(output_uri, s3_client=s3_client))
+    except RecordError as exc:
+        raise EvaluationError(f"{exc}: run the evaluation first, or rerun it with this version") from exc
 
 
 # -- lineage ------------------------------------------------------------------------------
 
 
-def training_lineage(model_uri: str, *, s3_client: Any | None = None) -> dict[str, str]:
+def training_lineage(model_uri: str, *, s3_client: Any | None = None) -> ModelLineage:
     """Lineage of a trained model from the training ``run.json`` next to it.
 
     The trainer writes ``<output>/run.json`` and the model to ``<output>/final`` (or a
@@ -479,23 +511,14 @@ def training_lineage(model_uri: str, *, s3_client: Any | None = None) -> dict[st
     for uri in candidates:
         try:
             store = open_store(uri, s3_client=s3_client)
-            if not store.exists(TRAINING_RUN_FILE):
+            if not RunRecord.exists(store):
                 continue
-            run = json.loads(store.get_bytes(TRAINING_RUN_FILE))
-        except (StorageError, ValueError, OSError):
+            record = RunRecord.load(store)
+        except (StorageError, RecordError, OSError) as exc:
+            log.warning("no lineage from %s: %s", uri, exc)
             continue
-        lineage = {
-            "training_output_uri": store.uri,
-            "training_run_id": str(run.get("run_id") or run.get("training_run_id") or store.uri),
-            "training_dataset_version": str(run.get("dataset_version") or ""),
-            "training_dataset_uri": str(run.get("dataset_uri") or ""),
-            "image_digest": str(run.get("image_digest") or run.get("image") or ""),
-            "git_commit": str(run.get("git_commit") or ""),
-            "wandb_run": str(run.get("wandb_url") or ""),
-            "base_model_uri": str((run.get("spec") or {}).get("model") or ""),
-        }
-        return {k: v for k, v in lineage.items() if v}
-    return {}
+        return ModelLineage.of_run(record, store.uri)
+    return ModelLineage()
 
 
 # -- the whole evaluation -----------------------------------------------------------------
@@ -565,21 +588,21 @@ def evaluate(
         predictions = [score_sample(s, r) for s, r in zip(samples, output.responses)]
 
     protocols = sorted({s.protocol for s in samples})
-    info = {
-        "model_uri": str(model_uri),
-        "dataset_uri": str(dataset_uri),
-        "dataset_version": str(manifest.get("version") or ""),
-        "dataset_manifest_sha256": _manifest_digest(manifest),
-        "split": split,
-        "protocol": str(manifest.get("protocol") or ",".join(protocols)),
-        "engine": engine,
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-        "max_samples": max_samples,
-        "role": role,
-        "tags": dict(tags or {}),
-        "lineage": training_lineage(model_uri, s3_client=s3_client),
-    }
+    info = EvaluationSettings(
+        model_uri=str(model_uri),
+        dataset_uri=str(dataset_uri),
+        dataset_version=str(manifest.get("version") or ""),
+        dataset_manifest_sha256=_manifest_digest(manifest),
+        split=split,
+        protocol=str(manifest.get("protocol") or ",".join(protocols)),
+        engine=engine,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_samples=max_samples,
+        role=role,
+        tags=dict(tags or {}),
+        lineage=training_lineage(model_uri, s3_client=s3_client),
+    )
     result = write_outputs(
         output_uri, info=info, samples=samples, predictions=predictions, seconds=seconds, s3_client=s3_client
     )

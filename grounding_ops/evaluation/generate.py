@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from grounding_ops.vocabulary import GENERATION_ENGINES
 
-ENGINES: tuple[str, ...] = ("transformers", "vllm")
+ENGINES: tuple[str, ...] = GENERATION_ENGINES
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
 

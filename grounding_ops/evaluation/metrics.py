@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from grounding_ops.vocabulary import METRICS
 
-METRIC_NAMES: tuple[str, ...] = ("acc_at_0_5", "acc_at_0_75", "mean_iou", "mean_score", "parse_failure_rate")
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 # Metrics where a smaller value is better (the promotion gate needs the direction).
-LOWER_IS_BETTER: frozenset[str] = frozenset({"parse_failure_rate"})
+LOWER_IS_BETTER: frozenset[str] = frozenset(m.name for m in METRICS.values() if not m.higher_is_better)
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SEED = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from grounding_ops.data.readers import MULTI_READER_MODES
-from grounding_ops.data.schema import FORMATS
+from grounding_ops.data.readers import FORMATS
 from grounding_ops.data.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, RESIZE_FACTORS
 from grounding_ops.pipeline.form import airflow_params, with_sections
 from grounding_ops.protocols import PROTOCOL_NAMES

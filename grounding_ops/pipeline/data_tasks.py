@@ -13,13 +13,15 @@ Airflow. Each task returns a dict with a one-line ``summary`` (also logged) and 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
+from grounding_ops.pipeline import hooks
 from grounding_ops.pipeline.data_params import DEMO_INPUT, UndeclaredParams, check_declared
+from grounding_ops.pipeline.errors import DataPipelineError, PipelineError
+from grounding_ops.vocabulary import MANIFEST_FILE
 from grounding_ops.pipeline.input_roots import InputLocationRefused, InputRoot, check_location, configured_roots
 from grounding_ops.storage import (
     ObjectStore,
@@ -33,8 +35,6 @@ from grounding_ops.storage import (
 
 log = logging.getLogger(__name__)
 
-S3_CONN_ID = "grounding_s3"
-BUCKET_VARIABLE = "grounding_bucket"
 DEMO_PREFIX = "incoming/demo"
 DEMO_IMAGES = 40
 DEMO_INVALID = 1  # one broken row, to show the quarantine in the demo
@@ -43,18 +43,10 @@ INPUT_SUFFIXES = (".jsonl", ".json", ".csv")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class DataPipelineError(RuntimeError):
-    """A data pipeline step cannot go on; the message says what to fix."""
-
-
 def _emit(summary: str) -> str:
     log.info("%s", summary)
     print(summary, flush=True)
     return summary
-
-
-def default_bucket() -> str:
-    return os.environ.get("GROUNDING_OPS_BUCKET") or "grounding-ops"
 
 
 # ----------------------------------------------------------------------------- locate
@@ -118,7 +110,7 @@ def locate(
     images root must lie under ``input_roots`` (default: :func:`configured_roots`), checked
     before anything is read.
     """
-    from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name
+    from grounding_ops.pipeline.assets import dataset_asset_uri, dataset_name
 
     try:
         check_declared([*params, *conf_keys])
@@ -316,7 +308,7 @@ def export_lineage_outputs(result: Any, *, s3_client: Any | None = None) -> list
     from grounding_ops.pipeline.lineage import dataset_ref, export_schema_fields
 
     store = open_store(result.dataset_uri, s3_client=s3_client)
-    files = (read_json(store, "manifest.json") or {}).get("files") or {}
+    files = (read_json(store, MANIFEST_FILE) or {}).get("files") or {}
     schema = export_schema_fields()
     counts = dict(result.counts)
 
@@ -376,21 +368,13 @@ def asset_extra(exported: Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- Airflow wrappers
 
 
-def s3_client(conn_id: str = S3_CONN_ID) -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=conn_id).get_conn()
-
-
 def bucket() -> str:
-    """The dataset Asset's bucket (``GROUNDING_OPS_BUCKET``); a differing ``grounding_bucket`` Variable fails."""
-    from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, run_bucket
+    """The dataset Asset's bucket, checked at run time; a differing ``grounding_bucket`` Variable fails the task."""
+    from airflow.sdk.exceptions import AirflowFailException
 
     try:
-        return run_bucket(dataset_asset_uri(default_bucket(), dataset_name()))
-    except ValueError as exc:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        return hooks.bucket()
+    except PipelineError as exc:
         raise AirflowFailException(str(exc)) from None
 
 
@@ -402,7 +386,7 @@ def _conf_keys(context: Mapping[str, Any]) -> list[str]:
 
 def locate_task(context: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return locate(context["params"], bucket=bucket(), s3_client=s3_client(), conf_keys=_conf_keys(context))
+        return locate(context["params"], bucket=bucket(), s3_client=hooks.s3_client(), conf_keys=_conf_keys(context))
     except DataPipelineError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -411,7 +395,7 @@ def locate_task(context: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_task(context: Mapping[str, Any], located: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return validate(located, context["params"], run_id=str(context["run_id"]), s3_client=s3_client())
+        return validate(located, context["params"], run_id=str(context["run_id"]), s3_client=hooks.s3_client())
     except DataPipelineError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -420,7 +404,7 @@ def validate_task(context: Mapping[str, Any], located: Mapping[str, Any]) -> dic
 
 def export_task(context: Mapping[str, Any], validated: Mapping[str, Any], located: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return export(validated, located, s3_client=s3_client())
+        return export(validated, located, s3_client=hooks.s3_client())
     except DataPipelineError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 

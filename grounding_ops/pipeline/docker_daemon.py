@@ -31,8 +31,8 @@ from typing import Any, Mapping
 
 from airflow.providers.docker.hooks.docker import DockerHook
 from docker import APIClient
+from grounding_ops.vocabulary import DOCKER_CONN_VARIABLE
 
-DOCKER_CONN_VARIABLE = "grounding_docker_conn_id"
 DEFAULT_TLS_PORT = 2376
 PEM_KEYS = ("ca_cert", "client_cert", "client_key")
 

@@ -43,6 +43,7 @@ import hashlib
 import os
 import re
 import time
+from dataclasses import replace
 from functools import cached_property
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -50,17 +51,19 @@ from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from grounding_ops.pipeline.links import DatasetManifestLink, MlflowRunLink, WandbRunLink
-from grounding_ops.pipeline.lineage import TRAINING_SPLITS, dataset_split_refs, operator_lineage
+from grounding_ops.pipeline.hooks import mlflow_tracking_uri, s3_client
+from grounding_ops.pipeline.lineage import dataset_split_refs, operator_lineage
+from grounding_ops.pipeline.task_records import ContainerPlan, EvaluationPlan, TrainingPlan
+from grounding_ops.pipeline.trainer_images import (
+    DEFAULT_IMAGES,
+    image_override,
+    image_reference,
+    resolve_engine,
+    resolve_image,
+)
+from grounding_ops.records import RecordError
+from grounding_ops.vocabulary import IMAGE_ENV, S3_CONN_ID, TRAINING_SPLITS, WANDB_VARIABLE
 
-DEFAULT_IMAGES: dict[str, str] = {
-    "cpu": "grounding-ops/trainer-cpu:latest",
-    "gpu": "grounding-ops/trainer-verl:latest",
-}
-# Airflow Variables that override the image per engine (e.g. a registry path with a digest).
-IMAGE_VARIABLES: dict[str, str] = {"cpu": "grounding_trainer_image_cpu", "gpu": "grounding_trainer_image_gpu"}
-S3_CONN_ID = "grounding_s3"
-IMAGE_ENV = "GROUNDING_OPS_IMAGE"  # = grounding_ops.training.runner.IMAGE_ENV
-WANDB_VARIABLE = "grounding_wandb_api_key"
 CONTAINER_USER = "1000:1000"
 GPU_QUEUE_ENV = "GROUNDING_OPS_GPU_QUEUE"
 DEFAULT_GPU_QUEUE = "gpu"
@@ -111,21 +114,6 @@ def container_name(dag_id: str, run_id: str, task_id: str, try_number: int, map_
         digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
         name = f"{name[: _MAX_NAME - 13].rstrip('-.')}-{digest}"
     return name
-
-
-def resolve_engine(engine: str) -> str:
-    if engine not in DEFAULT_IMAGES:
-        raise ValueError(f"engine {engine!r} is unknown: use one of {', '.join(DEFAULT_IMAGES)}")
-    return engine
-
-
-def resolve_image(engine: str, override: str | None = None) -> str:
-    """The trainer image for ``engine`` (``gpu``/``cpu``), or ``override`` (an Airflow Variable's value)."""
-    resolve_engine(engine)
-    image = (override or "").strip() or DEFAULT_IMAGES[engine]
-    if any(c.isspace() for c in image) or image.startswith("-"):
-        raise ValueError(f"image {image!r} is not a Docker image reference; fix Variable {IMAGE_VARIABLES[engine]}")
-    return image
 
 
 def s3_environment(
@@ -335,41 +323,6 @@ class LockedDownClient:
         return getattr(self._client, name)
 
 
-def image_reference(image: str, client: Callable[[], Any] | None = None) -> str:
-    """``image`` pinned to its content: the registry digest (``repo@sha256:...``) when it came from a
-    registry, else ``image@<local image id>``; ``image`` itself when the daemon cannot say.
-    ``client`` makes the Docker API client (default: the daemon of ``DOCKER_HOST``)."""
-    try:
-        if client is not None:
-            client = client()
-        else:
-            import docker
-
-            client = docker.APIClient(
-                base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock", timeout=10
-            )
-        info = client.inspect_image(image)
-    except Exception as exc:  # noqa: BLE001 - an unknown digest is recorded as such, not fatal here
-        import logging
-
-        logging.getLogger(__name__).warning("cannot inspect image %s (%s): recording its tag only", image, exc)
-        return image
-    digests = [d for d in info.get("RepoDigests") or [] if "@sha256:" in d]
-    return sorted(digests)[0] if digests else f"{image}@{info['Id']}"
-
-
-def image_override(engine: str) -> str | None:
-    from airflow.sdk import Variable
-
-    return Variable.get(IMAGE_VARIABLES[engine], default=None)
-
-
-def s3_client(s3_conn_id: str = S3_CONN_ID) -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=s3_conn_id).get_conn()
-
-
 # --------------------------------------------------------------------------- operators
 
 
@@ -388,9 +341,14 @@ def _argument(command: Sequence[str], flag: str) -> str | None:
 class GroundingContainerOperator(DockerOperator):
     """A trainer-image container whose image, command and settings come from a run-time ``plan``.
 
-    ``plan`` keys: ``engine`` (gpu/cpu), ``command`` (list), ``environment`` (non-secret), and what
-    the subclass reads back (``output_uri`` ...). ``links`` keys: ``wandb``, ``mlflow``, ``manifest``.
+    :param plan: a :class:`~grounding_ops.pipeline.task_records.ContainerPlan` of the subclass's
+        ``plan_type``, or its dict form (the planning task's XCom value).
+    :param s3_conn_id: the connection whose credentials the container gets.
+    :param wandb_variable: the Variable holding the W&B API key, if any.
+    :param docker_conn_id: a Docker connection naming the daemon to run on (default: the local one).
     """
+
+    plan_type: type[ContainerPlan] = ContainerPlan
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "plan")
     operator_extra_links = (WandbRunLink(), MlflowRunLink(), DatasetManifestLink())
@@ -433,20 +391,27 @@ class GroundingContainerOperator(DockerOperator):
         """The private environment the container gets (resolved now)."""
         return dict(self.credentials)
 
+    def container_plan(self) -> Any:
+        """The plan as its record (refused with the keys that do not match, never guessed)."""
+        if isinstance(self.plan, self.plan_type):
+            return self.plan
+        try:
+            return self.plan_type.from_dict(self.plan or {}, where=f"the plan of task {self.task_id}")
+        except RecordError as exc:
+            raise ValueError(str(exc)) from None
+
     def apply_plan(self, context: Any) -> None:
-        plan = dict(self.plan or {})
-        if "engine" not in plan or "command" not in plan:
-            raise ValueError(f"task {self.task_id}: the plan needs 'engine' and 'command', got keys {sorted(plan)}")
+        plan = self.container_plan()
         ti = context["ti"]
-        engine = plan["engine"]
+        engine = plan.engine
         kwargs = docker_kwargs(
             engine=engine,
-            command=plan["command"],
+            command=plan.command,
             container_name=container_name(ti.dag_id, ti.run_id, ti.task_id, ti.try_number, _map_index(ti)),
-            environment=plan.get("environment"),
+            environment=plan.environment,
             image=image_override(engine),
-            gpus=plan.get("gpus") if engine == "gpu" else None,
-            work_volume=plan.get("work_volume") if engine == "gpu" else None,
+            gpus=plan.gpus if engine == "gpu" else None,
+            work_volume=getattr(plan, "work_volume", None) if engine == "gpu" else None,
         )
         for key, value in kwargs.items():
             setattr(self, key, value)
@@ -456,9 +421,9 @@ class GroundingContainerOperator(DockerOperator):
         self.host_options = host_config_options(engine)
         if isinstance(self.credentials, ContainerCredentials):
             self.credentials.refresh()  # fresh credentials for each try
-        self.links = {k: v for k, v in (plan.get("links") or {}).items() if isinstance(v, str)}
-        self.lineage_inputs = [*(plan.get("inputs") or []), *self.dataset_files_read(plan)]
-        self.lineage_outputs = list(plan.get("outputs") or [])
+        self.links = {k: v for k, v in plan.links.items() if isinstance(v, str)}
+        self.lineage_inputs = [*plan.inputs, *self.dataset_files_read(plan)]
+        self.lineage_outputs = list(plan.outputs)
 
     @cached_property
     def hook(self) -> DockerHook:
@@ -511,14 +476,14 @@ class GroundingContainerOperator(DockerOperator):
             if tls_files is not None:
                 tls_files.remove()
 
-    def dataset_files_read(self, plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def dataset_files_read(self, plan: ContainerPlan) -> list[dict[str, Any]]:
         """The parquet files of the ``--dataset`` version the container reads (for lineage)."""
-        command = list(plan.get("command") or [])
+        command = list(plan.command)
         dataset = _argument(command, "--dataset")
         splits = (_argument(command, "--split"),) if "--split" in command else self.dataset_splits
         if not dataset or not dataset.startswith("s3://"):
             return []
-        return dataset_split_refs(dataset, [s for s in splits if s], plan.get("dataset_version"))
+        return dataset_split_refs(dataset, [s for s in splits if s], plan.dataset_version)
 
     def read_results(self, context: Any) -> Any:
         """:meth:`after_container`; a data error in what the container wrote fails at once."""
@@ -553,11 +518,12 @@ class TrainContainerOperator(GroundingContainerOperator):
     the Ray nodes provide them (see ``grounding_ops.training.ray_jobs``).
     """
 
+    plan_type = TrainingPlan
     ray_poll_s = 15.0
     dataset_splits = TRAINING_SPLITS
 
     def execute(self, context: Any) -> Any:
-        nodes = int(dict(self.plan or {}).get("nodes") or 1)
+        nodes = self.container_plan().nodes
         if nodes <= 1:
             return super().execute(context)
         from grounding_ops.pipeline.ray_trigger import RayJobTrigger
@@ -624,33 +590,32 @@ class TrainContainerOperator(GroundingContainerOperator):
         from grounding_ops.pipeline import train_tasks
         from grounding_ops.storage import open_store
 
-        plan = dict(self.plan)
-        store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
-        summary = train_tasks.read_training_result(store, plan)
-        summary["image"] = self.image_ref
-        summary = train_tasks.record_training(store, summary, plan, tracking_uri=train_tasks.mlflow_tracking_uri())
-        self.links["mlflow"] = summary["mlflow_url"]
-        if summary.get("wandb_url"):
-            self.links["wandb"] = summary["wandb_url"]
-        self.lineage_outputs = [plan["output_uri"]]
+        plan = self.container_plan()
+        store = open_store(plan.output_uri, s3_client=s3_client(self.s3_conn_id))
+        summary = replace(train_tasks.read_training_result(store, plan), image=self.image_ref)
+        summary = train_tasks.record_training(store, summary, plan, tracking_uri=mlflow_tracking_uri())
+        self.links["mlflow"] = summary.mlflow_url
+        if summary.wandb_url:
+            self.links["wandb"] = summary.wandb_url
+        self.lineage_outputs = [plan.output_uri]
         self.log.info(train_tasks.training_summary_line(summary))
-        return summary
+        return summary.to_dict()
 
 
 class EvaluateContainerOperator(GroundingContainerOperator):
     """``grounding-ops evaluate`` in the trainer image, then the evaluation is logged to MLflow."""
 
+    plan_type = EvaluationPlan
+
     def after_container(self, context: Any) -> Any:
         from grounding_ops.pipeline import train_tasks
         from grounding_ops.storage import open_store
 
-        plan = dict(self.plan)
-        store = open_store(plan["output_uri"], s3_client=s3_client(self.s3_conn_id))
-        result = train_tasks.record_evaluation(store, plan, tracking_uri=train_tasks.mlflow_tracking_uri())
-        if result.get("mlflow_url"):
-            self.links["mlflow"] = result["mlflow_url"]
-        self.lineage_outputs = [plan["output_uri"]]
-        if result.get("mlflow_model_uri"):
-            self.lineage_outputs.append(result["mlflow_model_uri"])
+        plan = self.container_plan()
+        store = open_store(plan.output_uri, s3_client=s3_client(self.s3_conn_id))
+        result = train_tasks.record_evaluation(store, plan, tracking_uri=mlflow_tracking_uri())
+        if result.mlflow_url:
+            self.links["mlflow"] = result.mlflow_url
+        self.lineage_outputs = [plan.output_uri]
         self.log.info(train_tasks.evaluation_summary_line(result))
-        return result
+        return result.to_dict()

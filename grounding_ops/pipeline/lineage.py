@@ -24,7 +24,6 @@ The OpenLineage provider sends the events with the transport configured in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
@@ -33,75 +32,6 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.bases.decorator import DecoratedOperator
 
 LineageRef = str | Mapping[str, Any]
-
-REGISTRY_NAMESPACE = "mlflow://registry"
-BUCKET_ENV = "GROUNDING_OPS_BUCKET"
-BUCKET_VARIABLE = "grounding_bucket"
-DEFAULT_BUCKET = "grounding-ops"
-TRAINING_SPLITS = ("train", "val")
-DEFAULT_DATASET_NAME = "grounding"
-DEFAULT_MODEL_NAME = "grounding-model"  # = grounding_ops.registry.promotion.DEFAULT_MODEL_NAME
-
-
-def dataset_name() -> str:
-    return os.environ.get("GROUNDING_OPS_DATASET_NAME") or DEFAULT_DATASET_NAME
-
-
-def model_name() -> str:
-    return os.environ.get("GROUNDING_OPS_MODEL_NAME") or DEFAULT_MODEL_NAME
-
-
-def dataset_asset_uri(bucket: str, name: str) -> str:
-    """URI of the Airflow Asset ``grounding_data`` publishes (its event extra names the version)."""
-    return f"s3://{bucket}/datasets/{name}"
-
-
-def model_asset_uri(name: str) -> str:
-    """URI of the Airflow Asset of the registered model (an event per promotion decision)."""
-    return f"{REGISTRY_NAMESPACE}/models/{name}"
-
-
-def mlflow_model_ref(name: str, version: str | int) -> dict[str, str]:
-    """The OpenLineage dataset of a registered model version (namespace shared with the model Asset)."""
-    return {"namespace": REGISTRY_NAMESPACE, "name": f"models/{name}/versions/{version}"}
-
-
-# ----------------------------------------------------------------------------- the bucket: one setting
-
-
-def configured_bucket() -> str:
-    """``GROUNDING_OPS_BUCKET``: the bucket of the dataset Asset (read when the DAG files are parsed)."""
-    return os.environ.get(BUCKET_ENV) or DEFAULT_BUCKET
-
-
-def bucket_of(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"{uri!r} is not an s3:// URI")
-    return parsed.netloc
-
-
-def check_bucket(asset_uri: str, variable_value: str | None) -> str:
-    """The Asset's bucket; refuses a ``grounding_bucket`` Variable that names another one.
-
-    The Asset is fixed when the DAG file is parsed; writing the data anywhere else would publish
-    an event for a bucket that does not hold the version.
-    """
-    bucket = bucket_of(asset_uri)
-    if variable_value and variable_value.strip() != bucket:
-        raise ValueError(
-            f"Variable {BUCKET_VARIABLE}={variable_value.strip()!r} differs from the bucket of the dataset Asset "
-            f"{asset_uri} ({BUCKET_ENV}={bucket!r} where the DAG files are parsed): set them to the same bucket "
-            f"(or delete the Variable)"
-        )
-    return bucket
-
-
-def run_bucket(asset_uri: str) -> str:
-    """:func:`check_bucket` with the Variable as Airflow has it now (at run time)."""
-    from airflow.sdk import Variable
-
-    return check_bucket(asset_uri, Variable.get(BUCKET_VARIABLE, default=None))
 
 
 # ----------------------------------------------------------------------------- references and facets

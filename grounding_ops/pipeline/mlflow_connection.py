@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
+from grounding_ops.vocabulary import MLFLOW_CONN_ID
 
-MLFLOW_CONN_ID = "grounding_mlflow"
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 

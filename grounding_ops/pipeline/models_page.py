@@ -34,20 +34,18 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from grounding_ops.pipeline.lineage import model_name as default_model_name
+from grounding_ops.pipeline.assets import model_name as default_model_name
 from grounding_ops.pipeline.mlflow_connection import redact
+from grounding_ops.vocabulary import CHAMPION_ALIAS, DEFAULT_METRIC, METRICS, Tag
 
-AIRFLOW_RUN_TAG = "grounding.airflow_run"
 TRAIN_DAG_ID = "grounding_train"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
-METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("acc_at_0_5", "Acc@0.5"),
-    ("acc_at_0_75", "Acc@0.75"),
-    ("mean_iou", "mean IoU"),
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, METRICS[name].label) for name in ("acc_at_0_5", "acc_at_0_75", "mean_iou")
 )
-DECISION_PREFIX = "grounding.promotion."  # = grounding_ops.registry.promotion.DECISION_PREFIX
+DECISION_PREFIX = Tag.PROMOTION_PREFIX
 SOURCE_PREFIX = "source/"  # per-source metrics of an evaluation run: source/<name>/<metric>
 PAGE_TIMEOUT_ENV = "GROUNDING_OPS_PAGE_MLFLOW_TIMEOUT"
 PAGE_RETRIES_ENV = "GROUNDING_OPS_PAGE_MLFLOW_RETRIES"
@@ -86,7 +84,7 @@ class ModelRow:
 
     @property
     def champion(self) -> bool:
-        return "champion" in self.aliases
+        return CHAMPION_ALIAS in self.aliases
 
 
 @dataclass
@@ -190,15 +188,13 @@ def champion_sources(client: Any, name: str) -> dict[str, dict[str, float]]:
     """The champion's per-source metrics (``source/<name>/<metric>`` of its evaluation run)."""
     from mlflow.exceptions import MlflowException
 
-    from grounding_ops.registry.promotion import CHAMPION, EVALUATION_RUN_TAG
-
     try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
+        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return {}
         raise
-    run_id = (version.tags or {}).get(EVALUATION_RUN_TAG) or version.run_id
+    run_id = (version.tags or {}).get(Tag.EVALUATION_RUN_ID) or version.run_id
     if not run_id:
         return {}
     try:
@@ -231,7 +227,6 @@ def list_model_versions(
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import models
-    from grounding_ops.registry.promotion import DEFAULT_METRIC
 
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ValueError(f"model name {name!r} must match {MODEL_NAME_PATTERN}")
@@ -255,7 +250,7 @@ def list_model_versions(
         page.error = f"no versions of {name!r} registered yet: run grounding_train to create one"
     for row in listing.rows:
         tags = dict(row.tags or {})
-        airflow_url = airflow_run_url(airflow_base, tags.get(AIRFLOW_RUN_TAG, ""))
+        airflow_url = airflow_run_url(airflow_base, tags.get(Tag.AIRFLOW_RUN, ""))
         page.rows.append(
             ModelRow(
                 version=str(row.version),
@@ -263,7 +258,7 @@ def list_model_versions(
                 aliases=list(row.aliases),
                 metrics={key: finite(row.metrics.get(key)) for key, _ in METRIC_COLUMNS},
                 dataset_version=str(row.dataset_version or ""),
-                training_run=str(row.training_run_id or tags.get("grounding.training_output_uri") or ""),
+                training_run=str(row.training_output_uri or ""),
                 source=redact(str(row.source or "")),
                 mlflow_url=safe_url(row.mlflow_url),
                 wandb_url=safe_url(row.wandb_run),
@@ -513,7 +508,7 @@ def limit_mlflow_requests() -> None:
 
 
 def tracking_uri_from_env() -> str:
-    from grounding_ops.pipeline.train_tasks import mlflow_tracking_uri
+    from grounding_ops.pipeline.hooks import mlflow_tracking_uri
 
     return mlflow_tracking_uri()
 

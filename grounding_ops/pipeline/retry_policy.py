@@ -37,8 +37,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _data_error_types() -> tuple[type[BaseException], ...]:
-    from grounding_ops.pipeline.data_tasks import DataPipelineError
-    from grounding_ops.pipeline.train_tasks import PipelineError
+    from grounding_ops.pipeline.errors import DataPipelineError, PipelineError
     from grounding_ops.registry.promotion import PromotionError
 
     return (DataPipelineError, PipelineError, PromotionError, ValueError)

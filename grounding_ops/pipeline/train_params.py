@@ -16,11 +16,12 @@ from typing import Any, Mapping
 from grounding_ops.pipeline.form import airflow_params, with_sections
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.training.presets import PRESET_NAMES
+from grounding_ops.vocabulary import GENERATION_ENGINE_FOR, HARDWARE_CHOICES, TRAINING_ENGINE_FOR
 
-ENGINES: tuple[str, ...] = ("gpu", "cpu")
+ENGINES: tuple[str, ...] = HARDWARE_CHOICES
 # Engine names of the form -> `grounding-ops train --engine` values.
-TRAIN_ENGINE: dict[str, str] = {"gpu": "verl", "cpu": "cpu"}
-EVAL_ENGINE: dict[str, str] = {"gpu": "vllm", "cpu": "transformers"}
+TRAIN_ENGINE: Mapping[str, str] = TRAINING_ENGINE_FOR
+EVAL_ENGINE: Mapping[str, str] = GENERATION_ENGINE_FOR
 # Higher is better for all of these (see grounding_ops.evaluation.metrics).
 PROMOTION_METRICS: tuple[str, ...] = ("acc_at_0_5", "acc_at_0_75", "mean_iou", "mean_score")
 VERSION_PATTERN = r"^(?!.*\s)(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
@@ -68,13 +69,17 @@ def _number(kind: str, minimum: float, maximum: float) -> dict[str, Any]:
     return {"minimum": minimum, "maximum": maximum, **(NOT_NAN if kind == "number" else {})}
 
 
-def _nullable_number(title: str, description: str, kind: str, minimum: float, maximum: float) -> dict[str, Any]:
+def _knob_schema(spec_field: str) -> dict[str, Any]:
+    """The form field of a spec knob: its title, help and bounds come from the spec (one definition)."""
+    from grounding_ops.training.spec import knobs
+
+    k = knobs()[spec_field]
     return {
         "default": None,
-        "type": ["null", kind],
-        "title": title,
-        "description": description + " Leave empty to keep the preset's value.",
-        **_number(kind, minimum, maximum),
+        "type": ["null", k.kind],
+        "title": k.title,
+        "description": k.help + " Leave empty to keep the preset's value.",
+        **_number(k.kind, k.minimum, k.maximum),
     }
 
 
@@ -105,28 +110,7 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             "title": "Dataset version",
             "description": "'latest' = the version the grounding_data DAG published last; or an exact version id.",
         },
-        "learning_rate": _nullable_number(
-            "Learning rate", "Actor learning rate (typical 1e-6 for 3B-7B models).", "number", 1e-9, 1e-2
-        ),
-        "rollout_n": _nullable_number(
-            "Rollouts per prompt",
-            "GRPO group size n (>= 2; advantages are relative to the group).",
-            "integer",
-            2,
-            64,
-        ),
-        "kl_coef": _nullable_number(
-            "KL coefficient", "Weight of the KL loss to the reference model (0 disables it).", "number", 0, 10
-        ),
-        "total_steps": _nullable_number(
-            "Total steps", "Cap on training steps (otherwise the epochs decide).", "integer", 1, 1_000_000
-        ),
-        "epochs": _nullable_number("Epochs", "Passes over the training split.", "integer", 1, 1000),
-        "gpus_per_node": _nullable_number("GPUs per node", "GPUs used on each node (gpu engine).", "integer", 1, 16),
-        "nodes": _nullable_number(
-            "Nodes", "Number of nodes (more than 1 is submitted to the Ray cluster).", "integer", 1, 128
-        ),
-        "lora_rank": _nullable_number("LoRA rank", "0 = full fine-tuning; e.g. 64 for LoRA.", "integer", 0, 1024),
+        **{name: _knob_schema(SPEC_KEYS[name]) for name in SPEC_KEYS},
         "promotion_metric": {
             "default": "mean_iou",  # the product promotes the best-IoU model
             "type": "string",

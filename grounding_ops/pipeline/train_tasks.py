@@ -17,12 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from grounding_ops.pipeline.lineage import dataset_asset_uri, dataset_name, mlflow_model_ref, model_name
+from grounding_ops.evaluation.evaluation_record import EvaluationRecord
+from grounding_ops.evaluation.selection import SelectionError, best_checkpoint
+from grounding_ops.pipeline.assets import dataset_asset_uri, dataset_name, mlflow_model_ref, model_name
+from grounding_ops.pipeline.errors import NoDatasetYet, PipelineError
+from grounding_ops.pipeline.hooks import bucket, mlflow_tracking_uri, s3_client, s3_endpoint, s3_store
+from grounding_ops.pipeline.task_records import (
+    CheckpointEvaluation,
+    EvaluationCandidate,
+    EvaluationPlan,
+    TrainingPlan,
+    TrainingSummary,
+)
 from grounding_ops.pipeline.train_params import (
     EVAL_ENGINE,
     PROMOTION_METRICS,
@@ -32,32 +42,26 @@ from grounding_ops.pipeline.train_params import (
     training_values,
 )
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
+from grounding_ops.records import RecordError
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
-
-from grounding_ops.training.runner import RUN_JSON as RUN_FILE
+from grounding_ops.training.run_record import RunRecord
+from grounding_ops.vocabulary import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    DECISION_SPLIT,
+    MANIFEST_FILE,
+    S3_CONN_ID,
+    SELECTION_SPLIT,
+    Tag,
+)
 
 GPU_WORK_VOLUME = "grounding-ops-trainer-work"  # named volume at the GPU trainer's /work
+AIRFLOW_RUN_ENV = "GROUNDING_OPS_AIRFLOW_RUN"  # dag_id/run_id, in every container of a DAG run
 
 log = logging.getLogger(__name__)
 
-MLFLOW_CONN_ID = "grounding_mlflow"
-BUCKET_VARIABLE = "grounding_bucket"
-TAG_DATASET_VERSION = "grounding.dataset_version"
-TAG_FINGERPRINT = "grounding.train_fingerprint"
-TAG_AIRFLOW_RUN = "grounding.airflow_run"
-# Checkpoints are chosen on one split, the promotion is decided on another (held out from the choice).
-SELECTION_SPLIT = "val"
-DECISION_SPLIT = "test"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEP = re.compile(r"global_step_(\d+)")
-
-
-class PipelineError(RuntimeError):
-    """A pipeline step cannot go on; the message says what to fix."""
-
-
-class NoDatasetYet(PipelineError):
-    """No dataset version has been published yet (the first scheduled run after unpausing)."""
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -69,10 +73,6 @@ class DatasetRef:
     uri: str  # the version folder
     manifest_uri: str
     source: str  # "asset event", "param" or "latest.json"
-
-
-def default_bucket() -> str:
-    return os.environ.get("GROUNDING_OPS_BUCKET") or "grounding-ops"
 
 
 def datasets_root(bucket: str, name: str | None = None) -> str:
@@ -178,7 +178,7 @@ def decide_training(
         if state is None:
             continue
         if state.dataset_version == dataset_version and state.fingerprint == fingerprint:
-            what = "the champion" if state.alias == "champion" else "the last candidate (not promoted)"
+            what = "the champion" if state.alias == CHAMPION_ALIAS else "the last candidate (not promoted)"
             return Decision(
                 False,
                 f"nothing changed: {what}, version {state.version}, was trained on dataset {dataset_version} "
@@ -205,7 +205,7 @@ def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, Model
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     states: list[ModelState | None] = []
-    for alias in ("champion", "challenger"):
+    for alias in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
         try:
             version = client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
@@ -214,7 +214,7 @@ def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, Model
                 continue
             raise
         tags = dict(version.tags or {})
-        run_id = tags.get("grounding.evaluation_run_id") or version.run_id
+        run_id = tags.get(Tag.EVALUATION_RUN_ID) or version.run_id
         if run_id:
             try:
                 tags = {**client.get_run(run_id).data.tags, **tags}
@@ -224,8 +224,8 @@ def model_states(tracking_uri: str, name: str) -> tuple[ModelState | None, Model
             ModelState(
                 alias=alias,
                 version=str(version.version),
-                dataset_version=tags.get(TAG_DATASET_VERSION) or tags.get("dataset_version"),
-                fingerprint=tags.get(TAG_FINGERPRINT),
+                dataset_version=tags.get(Tag.DATASET_VERSION),
+                fingerprint=tags.get(Tag.TRAIN_FINGERPRINT),
             )
         )
     return states[0], states[1]
@@ -282,7 +282,7 @@ def plan_training(
     airflow_run: str,
     s3_endpoint: str | None = None,
     tracking_uri: str = "",
-) -> dict[str, Any]:
+) -> TrainingPlan:
     """The training container's plan: engine, argument-list command, lineage and links."""
     engine = params["engine"]
     if engine not in TRAIN_ENGINE:
@@ -300,82 +300,79 @@ def plan_training(
     ]
     for assignment in spec_overrides(params):
         command += ["--set", assignment]
-    return {
-        "engine": engine,
-        "command": command,
+    return TrainingPlan(
+        engine=engine,
+        command=command,
         # the GPUs the training container gets: the spec's gpus_per_node, never "all"
-        "gpus": training_gpus(params),
-        "work_volume": GPU_WORK_VOLUME,
-        "environment": {
-            "PYTHONUNBUFFERED": "1",
-            "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
-            "WANDB_RUN_GROUP": airflow_run,
-        },
-        "output_uri": output_uri,
-        "dataset_version": dataset.version,
-        "dataset_uri": dataset.uri,
-        "fingerprint": fingerprint,
-        "nodes": params.get("nodes") or 1,
-        "links": {
+        gpus=training_gpus(params),
+        work_volume=GPU_WORK_VOLUME,
+        environment=container_environment(airflow_run),
+        output_uri=output_uri,
+        dataset_version=dataset.version,
+        dataset_uri=dataset.uri,
+        fingerprint=fingerprint,
+        nodes=int(params.get("nodes") or 1),
+        links={
             "manifest": s3_http_url(dataset.manifest_uri, s3_endpoint),
             "mlflow": mlflow_model_url(tracking_uri, model_name()),
         },
-        "inputs": [dataset.uri],
-        "outputs": [output_uri],
-    }
+        inputs=[dataset.uri],
+        outputs=[output_uri],
+    )
 
 
-def read_training_result(store: ObjectStore, plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Summary of a finished training from its ``run.json`` (written last by the container)."""
+def container_environment(airflow_run: str) -> dict[str, str]:
+    """The environment every container of a DAG run gets (its W&B runs are grouped by DAG run)."""
+    return {"PYTHONUNBUFFERED": "1", AIRFLOW_RUN_ENV: airflow_run, "WANDB_RUN_GROUP": airflow_run}
+
+
+def read_training_result(store: ObjectStore, plan: TrainingPlan) -> TrainingSummary:
+    """Summary of a finished training from its :class:`RunRecord` (written last by the container)."""
     try:
-        run = json.loads(store.get_bytes(RUN_FILE))
-    except (StorageError, ValueError) as exc:
-        raise PipelineError(
-            f"the training container exited 0 but {store.url(RUN_FILE)} is missing or unreadable ({exc}); "
-            "see the container log above"
-        ) from exc
-    steps = int(run.get("steps_done") or 0)
-    if steps <= 0:
-        raise PipelineError(f"training at {store.uri} reports {steps} steps done: nothing was trained")
-    spec = run.get("spec") or {}
-    return {
-        "output_uri": store.uri,
-        "dataset_version": str(run.get("dataset_version") or plan.get("dataset_version") or ""),
-        "dataset_uri": str(run.get("dataset_uri") or plan.get("dataset_uri") or ""),
-        "steps_done": steps,
-        "final_metrics": run.get("final_metrics") or {},
-        "wandb_url": str(run.get("wandb_url") or ""),
-        "checkpoints": [str(c) for c in run.get("checkpoints") or []],
-        "base_model": str(run.get("base_model_uri") or run.get("base_model") or spec.get("model") or ""),
-        "engine": str(run.get("engine") or plan.get("engine") or ""),
-        "image": str(run.get("image") or ""),
-        "git_commit": str(run.get("git_commit") or ""),
-        "fingerprint": str(plan.get("fingerprint") or ""),
-    }
+        run = RunRecord.load(store)
+    except RecordError as exc:
+        raise PipelineError(f"the training container exited 0 but {exc}; see the container log above") from exc
+    if run.steps_done <= 0:
+        raise PipelineError(f"training at {store.uri} reports {run.steps_done} steps done: nothing was trained")
+    return TrainingSummary(
+        output_uri=store.uri,
+        dataset_version=run.dataset_version,
+        dataset_uri=run.dataset_uri,
+        steps_done=run.steps_done,
+        final_metrics=dict(run.final_metrics),
+        wandb_url=run.wandb_url or "",
+        checkpoints=list(run.checkpoints),
+        base_model=run.base_model_uri or run.start_model,
+        engine=plan.engine,
+        image=run.image or "",
+        git_commit=run.git_commit or "",
+        fingerprint=plan.fingerprint,
+    )
 
 
-def training_summary_line(summary: Mapping[str, Any]) -> str:
+def training_summary_line(summary: TrainingSummary) -> str:
     metrics = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
-        for k, v in sorted((summary.get("final_metrics") or {}).items())[:6]
+        for k, v in sorted(summary.final_metrics.items())[:6]
     )
     return (
-        f"trained {summary['steps_done']} steps on dataset {summary['dataset_version']} "
-        f"({summary['engine']} engine) -> {summary['output_uri']}" + (f"; {metrics}" if metrics else "")
+        f"trained {summary.steps_done} steps on dataset {summary.dataset_version} "
+        f"({summary.engine} engine) -> {summary.output_uri}" + (f"; {metrics}" if metrics else "")
     )
 
 
 def record_training(
-    store: ObjectStore, summary: Mapping[str, Any], plan: Mapping[str, Any], *, tracking_uri: str
-) -> dict[str, Any]:
+    store: ObjectStore, summary: TrainingSummary, plan: TrainingPlan, *, tracking_uri: str
+) -> TrainingSummary:
     """Log the finished training (its ``run.json``) as an MLflow run; the summary with its id and URL."""
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.registry import tracking
-    from grounding_ops.registry.training_run import dag_run_parent, log_training_run
+    from grounding_ops.registry.tracking import dag_run_parent
+    from grounding_ops.registry.training_run import log_training_run
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    airflow_run = str((plan.get("environment") or {}).get("GROUNDING_OPS_AIRFLOW_RUN") or "") or None
+    airflow_run = plan.environment.get(AIRFLOW_RUN_ENV) or None
     try:
         run_id = log_training_run(
             store.uri, client=client, airflow_run=airflow_run, s3_client=getattr(store, "client", None)
@@ -385,7 +382,7 @@ def record_training(
     except tracking.TrackingError as exc:
         raise PipelineError(str(exc)) from exc
     experiment_id = str(client.get_run(run_id).info.experiment_id)
-    return {**summary, "mlflow_run_id": run_id, "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id)}
+    return replace(summary, mlflow_run_id=run_id, mlflow_url=mlflow_run_url(tracking_uri, experiment_id, run_id))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -444,14 +441,14 @@ def list_checkpoints(store: ObjectStore, summary: Mapping[str, Any]) -> list[dic
 
 def plan_evaluations(
     params: Mapping[str, Any],
-    training: Mapping[str, Any],
-    candidates: Sequence[Mapping[str, Any]],
+    training: TrainingSummary,
+    candidates: Sequence[EvaluationCandidate],
     *,
     run_uri: str,
     airflow_run: str,
     s3_endpoint: str | None = None,
     split: str = SELECTION_SPLIT,
-) -> list[dict[str, Any]]:
+) -> list[EvaluationPlan]:
     """One evaluation-container plan per candidate on ``split`` (the list ``.expand`` maps over)."""
     if split not in (SELECTION_SPLIT, DECISION_SPLIT):
         raise PipelineError(
@@ -459,20 +456,17 @@ def plan_evaluations(
             f"decision split {DECISION_SPLIT!r}"
         )
     engine = params["engine"]
+    manifest = join_uri(training.dataset_uri, MANIFEST_FILE)
     plans = []
     for candidate in candidates:
-        folder = (
-            safe_segment(candidate["name"])
-            if split == SELECTION_SPLIT
-            else f"{split}-{safe_segment(candidate['name'])}"
-        )
+        folder = safe_segment(candidate.name) if split == SELECTION_SPLIT else f"{split}-{safe_segment(candidate.name)}"
         output_uri = join_uri(run_uri, "eval", folder)
         command = [
             "evaluate",  # arguments of the image ENTRYPOINT `grounding-ops`
             "--model",
-            candidate["uri"],
+            candidate.uri,
             "--dataset",
-            training["dataset_uri"],
+            training.dataset_uri,
             "--split",
             split,
             "--engine",
@@ -480,39 +474,34 @@ def plan_evaluations(
             "--output",
             output_uri,
             "--role",
-            candidate["role"],
+            candidate.role,
             "--no-mlflow",
             "--tag",
-            f"{TAG_DATASET_VERSION}={training['dataset_version']}",
+            f"{Tag.DATASET_VERSION}={training.dataset_version}",
             "--tag",
-            f"{TAG_FINGERPRINT}={training['fingerprint']}",
+            f"{Tag.TRAIN_FINGERPRINT}={training.fingerprint}",
             "--tag",
-            f"{TAG_AIRFLOW_RUN}={airflow_run}",
+            f"{Tag.AIRFLOW_RUN}={airflow_run}",
             "--tag",
-            f"grounding.checkpoint={candidate['name']}",
+            f"{Tag.PREFIX}checkpoint={candidate.name}",
         ]
         if params.get("max_eval_samples"):
             command += ["--max-samples", str(int(params["max_eval_samples"]))]
-        manifest = join_uri(training["dataset_uri"], "manifest.json")
         plans.append(
-            {
-                "engine": engine,
-                "command": command,
-                "gpus": 1,  # vLLM takes most of its GPU: one each, and the evaluations run one at a time
-                "environment": {
-                    "PYTHONUNBUFFERED": "1",
-                    "GROUNDING_OPS_AIRFLOW_RUN": airflow_run,
-                    "WANDB_RUN_GROUP": airflow_run,
-                },
-                "output_uri": output_uri,
-                "candidate": dict(candidate),
-                "split": split,
-                "dataset_version": training["dataset_version"],
-                "fingerprint": training["fingerprint"],
-                "links": {"wandb": training.get("wandb_url") or "", "manifest": s3_http_url(manifest, s3_endpoint)},
-                "inputs": [training["dataset_uri"], candidate["uri"]],
-                "outputs": [output_uri],
-            }
+            EvaluationPlan(
+                engine=engine,
+                command=command,
+                gpus=1,  # vLLM takes most of its GPU: one each, and the evaluations run one at a time
+                environment=container_environment(airflow_run),
+                output_uri=output_uri,
+                candidate=candidate,
+                split=split,
+                dataset_version=training.dataset_version,
+                fingerprint=training.fingerprint,
+                links={"wandb": training.wandb_url, "manifest": s3_http_url(manifest, s3_endpoint)},
+                inputs=[training.dataset_uri, candidate.uri],
+                outputs=[output_uri],
+            )
         )
     return plans
 
@@ -525,31 +514,26 @@ def _metric_summary(flat: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(flat[k]) for k in keys if isinstance(flat.get(k), (int, float))}
 
 
-def record_evaluation(store: ObjectStore, plan: Mapping[str, Any], *, tracking_uri: str) -> dict[str, Any]:
-    """Log a finished evaluation (its ``metrics.json``) as an MLflow run; the result for ``pick_best``."""
-    from grounding_ops.evaluation.evaluate import METRICS_FILE
-
+def record_evaluation(store: ObjectStore, plan: EvaluationPlan, *, tracking_uri: str) -> CheckpointEvaluation:
+    """Log a finished evaluation (its :class:`EvaluationRecord`) as an MLflow run; the result for ``pick_best``."""
     try:
-        document = json.loads(store.get_bytes(METRICS_FILE))
-    except (StorageError, ValueError) as exc:
-        raise PipelineError(
-            f"the evaluation container exited 0 but {store.url(METRICS_FILE)} is missing "
-            f"({exc}); see the container log above"
-        ) from exc
+        record = EvaluationRecord.load(store)
+    except RecordError as exc:
+        raise PipelineError(f"the evaluation container exited 0 but {exc}; see the container log above") from exc
     run_id, experiment_id = log_to_mlflow(store.uri, tracking_uri, s3_client=getattr(store, "client", None))
-    candidate = dict(plan["candidate"])
-    return {
-        "candidate": candidate["name"],
-        "role": candidate["role"],
-        "step": candidate.get("step", -1),
-        "model_uri": candidate["uri"],
-        "eval_uri": store.uri,
-        "dataset_version": str(document.get("dataset_version") or plan.get("dataset_version") or ""),
-        "split": str(document.get("split") or plan.get("split") or ""),
-        "metrics": _metric_summary(document.get("flat_metrics") or {}),
-        "mlflow_run_id": run_id,
-        "mlflow_url": mlflow_run_url(tracking_uri, experiment_id, run_id),
-    }
+    candidate = plan.candidate
+    return CheckpointEvaluation(
+        candidate=candidate.name,
+        role=candidate.role,
+        step=candidate.step,
+        model_uri=candidate.uri,
+        eval_uri=store.uri,
+        dataset_version=record.dataset_version,
+        split=record.split,
+        metrics=_metric_summary(record.flat_metrics),
+        mlflow_run_id=run_id,
+        mlflow_url=mlflow_run_url(tracking_uri, experiment_id, run_id),
+    )
 
 
 def log_to_mlflow(output_uri: str, tracking_uri: str, *, s3_client: Any | None = None) -> tuple[str, str]:
@@ -566,40 +550,52 @@ def log_to_mlflow(output_uri: str, tracking_uri: str, *, s3_client: Any | None =
     return run_id, str(client.get_run(run_id).info.experiment_id)
 
 
-def evaluation_summary_line(result: Mapping[str, Any]) -> str:
-    metrics = result.get("metrics") or {}
-    shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in PROMOTION_METRICS if k in metrics)
+def evaluation_summary_line(result: CheckpointEvaluation) -> str:
+    shown = ", ".join(f"{k}={result.metrics[k]:.4f}" for k in PROMOTION_METRICS if k in result.metrics)
     return (
-        f"evaluated {result['role']} {result['candidate']} ({result['model_uri']}) on dataset "
-        f"{result['dataset_version']} ({result.get('split') or '?'}): {shown}; MLflow run {result['mlflow_run_id']}"
+        f"evaluated {result.role} {result.candidate} ({result.model_uri}) on dataset "
+        f"{result.dataset_version} ({result.split}): {shown}; MLflow run {result.mlflow_run_id}"
     )
 
 
-def pick_best(results: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
-    """The best candidate by ``metric`` on the selection split (ties: the later step), and the base
-    model's result if any."""
+def evaluation_results(results: Sequence[Mapping[str, Any] | None]) -> list[CheckpointEvaluation]:
+    """The evaluate tasks' XCom values as records (a skipped mapped task gives ``None``)."""
+    return [CheckpointEvaluation.from_dict(r, where="an evaluate task's result") for r in results if r]
+
+
+def pick_best(results: Sequence[Mapping[str, Any] | None], metric: str) -> dict[str, Any]:
+    """The best candidate by ``metric`` on the selection split (see
+    :func:`~grounding_ops.evaluation.selection.best_checkpoint`), and the base model's result if any."""
     if metric not in PROMOTION_METRICS:
         raise PipelineError(f"promotion metric {metric!r} is unknown: use one of {', '.join(PROMOTION_METRICS)}")
-    results = [dict(r) for r in results if r]
-    _check_split(results, SELECTION_SPLIT, "pick the best checkpoint")
-    candidates = [r for r in results if r.get("role") != "base" and metric in (r.get("metrics") or {})]
-    if not candidates:
-        raise PipelineError(f"no evaluated checkpoint has the metric {metric!r}: see the evaluate tasks")
-    best = max(candidates, key=lambda r: (r["metrics"][metric], r.get("step", -1)))
-    base = next((r for r in results if r.get("role") == "base"), None)
+    evaluations = evaluation_results(results)
+    _check_split(evaluations, SELECTION_SPLIT, "pick the best checkpoint")
+    candidates = [r for r in evaluations if r.role != "base" and metric in r.metrics]
+    try:
+        best = best_checkpoint(candidates, metric, value=lambda r: r.metrics[metric], step=lambda r: r.step)
+    except SelectionError as exc:
+        raise PipelineError(
+            f"{exc}: no evaluated checkpoint has the metric {metric!r}; see the evaluate tasks"
+        ) from exc
+    base = next((r for r in evaluations if r.role == "base"), None)
     table = "; ".join(
-        f"{r['candidate']}={r['metrics'].get(metric, float('nan')):.4f}"
-        for r in sorted(results, key=lambda r: r.get("step", -1))
+        f"{r.candidate}={r.metrics.get(metric, float('nan')):.4f}" for r in sorted(evaluations, key=lambda r: r.step)
     )
     summary = (
-        f"best by {metric} on {SELECTION_SPLIT}: {best['candidate']} = {best['metrics'][metric]:.4f} "
-        f"(MLflow run {best['mlflow_run_id']}); all: {table}"
+        f"best by {metric} on {SELECTION_SPLIT}: {best.candidate} = {best.metrics[metric]:.4f} "
+        f"(MLflow run {best.mlflow_run_id}); all: {table}"
     )
-    return {"best": best, "base": base, "metric": metric, "split": SELECTION_SPLIT, "summary": summary}
+    return {
+        "best": best.to_dict(),
+        "base": base.to_dict() if base else None,
+        "metric": metric,
+        "split": SELECTION_SPLIT,
+        "summary": summary,
+    }
 
 
-def _check_split(results: Sequence[Mapping[str, Any]], split: str, what: str) -> None:
-    wrong = sorted({str(r.get("split")) for r in results if r.get("split") and r.get("split") != split})
+def _check_split(results: Sequence[CheckpointEvaluation], split: str, what: str) -> None:
+    wrong = sorted({r.split for r in results if r.split and r.split != split})
     if wrong:
         raise PipelineError(
             f"evaluations on {', '.join(wrong)} were given to {what}, which uses {split!r} only: "
@@ -620,7 +616,7 @@ def current_champion(tracking_uri: str, name: str) -> Champion | None:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        version = client.get_model_version_by_alias(name, "champion")
+        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -644,29 +640,27 @@ def decision_candidates(
     *,
     champion_evaluation: str | None,
     base_evaluation: str | None,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[EvaluationCandidate], str]:
     """What to evaluate on the decision split: the chosen candidate, and the bar unless an evaluation of
     it on this dataset version and split exists already (the champion, or the base model when there is
     no champion yet). Returns the candidates and a line saying what is reused."""
-    best = choice["best"]
-    models = [{"name": best["candidate"], "uri": best["model_uri"], "step": best.get("step", -1), "role": "candidate"}]
+    best = CheckpointEvaluation.from_dict(choice["best"], where="the chosen checkpoint")
+    models = [EvaluationCandidate(best.candidate, best.model_uri, best.step, "candidate")]
     if champion is not None:
         if champion_evaluation:
             return models, (
                 f"champion v{champion.version} already evaluated on {DECISION_SPLIT} "
                 f"(MLflow run {champion_evaluation}): reused"
             )
-        models.append(
-            {"name": f"champion-v{champion.version}", "uri": champion.model_uri, "step": -2, "role": "champion"}
-        )
+        models.append(EvaluationCandidate(f"champion-v{champion.version}", champion.model_uri, -2, "champion"))
         return models, f"champion v{champion.version} ({champion.model_uri}) is evaluated on {DECISION_SPLIT} too"
-    base = choice.get("base")
-    if not base:
+    if not choice.get("base"):
         return models, "no champion and no base model evaluation: the gate will say what is missing"
+    base = CheckpointEvaluation.from_dict(choice["base"], where="the base model's evaluation")
     if base_evaluation:
         return models, f"base model already evaluated on {DECISION_SPLIT} (MLflow run {base_evaluation}): reused"
-    models.append({"name": "base", "uri": base["model_uri"], "step": -1, "role": "base"})
-    return models, f"no champion yet: the base model ({base['model_uri']}) is the bar, evaluated on {DECISION_SPLIT}"
+    models.append(EvaluationCandidate("base", base.model_uri, -1, "base"))
+    return models, f"no champion yet: the base model ({base.model_uri}) is the bar, evaluated on {DECISION_SPLIT}"
 
 
 def check_test_split(manifest: Mapping[str, Any], dataset: DatasetRef) -> None:
@@ -685,14 +679,14 @@ def check_test_split(manifest: Mapping[str, Any], dataset: DatasetRef) -> None:
 
 def decided_on(choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The chosen candidate's evaluation on the decision split (never the one that chose it)."""
-    results = [dict(r) for r in decision_results if r]
+    results = evaluation_results(decision_results)
     _check_split(results, DECISION_SPLIT, "decide the promotion")
     if choice.get("split", SELECTION_SPLIT) == DECISION_SPLIT:
         raise PipelineError(f"the checkpoint was chosen on {DECISION_SPLIT!r}: the decision must use another split")
     best = choice["best"]
     for result in results:
-        if result.get("role") == "candidate" and result.get("model_uri") == best["model_uri"]:
-            return result
+        if result.role == "candidate" and result.model_uri == best["model_uri"]:
+            return result.to_dict()
     raise PipelineError(
         f"no {DECISION_SPLIT} evaluation of the chosen candidate {best['candidate']} "
         f"({best['model_uri']}): see the evaluate_test tasks"
@@ -739,7 +733,7 @@ def promote_best(
     data = _as_dict(decision)
     version = str(data.get("version") or "")
     if version and airflow_run:
-        client.set_model_version_tag(name, version, TAG_AIRFLOW_RUN, airflow_run)
+        client.set_model_version_tag(name, version, Tag.AIRFLOW_RUN, airflow_run)
     summary = (
         f"{decision.summary()} [checkpoint {selection['candidate']} chosen on {SELECTION_SPLIT}: "
         f"{choice['metric']}={selection['metrics'].get(choice['metric'], float('nan')):.4f}]"
@@ -775,36 +769,6 @@ def _as_dict(value: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- Airflow glue
 
 
-def mlflow_tracking_uri() -> str:
-    """The MLflow tracking URI of ``grounding_mlflow`` (else ``MLFLOW_TRACKING_URI``), credentials configured."""
-    from grounding_ops.pipeline import mlflow_connection
-
-    try:
-        return mlflow_connection.tracking_uri(MLFLOW_CONN_ID)
-    except mlflow_connection.MlflowConfigError as exc:
-        raise PipelineError(str(exc)) from exc
-
-
-def bucket() -> str:
-    """The dataset Asset's bucket (``GROUNDING_OPS_BUCKET``); a differing ``grounding_bucket`` Variable fails."""
-    from grounding_ops.pipeline.lineage import run_bucket
-
-    try:
-        return run_bucket(dataset_asset_uri(default_bucket(), dataset_name()))
-    except ValueError as exc:
-        raise PipelineError(str(exc)) from None
-
-
-def s3_endpoint(s3_conn_id: str) -> str | None:
-    from airflow.sdk import BaseHook
-
-    try:
-        extra = BaseHook.get_connection(s3_conn_id).extra_dejson
-    except Exception:
-        return None
-    return extra.get("endpoint_url")
-
-
 def airflow_run_ref(context: Mapping[str, Any]) -> str:
     ti = context["ti"]
     return f"{ti.dag_id}/{ti.run_id}"
@@ -825,13 +789,6 @@ def asset_event_extras(context: Mapping[str, Any], asset: Any) -> list[dict[str,
     return extras
 
 
-def _s3_store(uri: str) -> ObjectStore:
-    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
-    from grounding_ops.storage import open_store
-
-    return open_store(uri, s3_client=s3_client(S3_CONN_ID) if uri.startswith("s3://") else None)
-
-
 def _emit(summary: str) -> str:
     log.info("%s", summary)
     print(summary, flush=True)  # the task log shows it even where logging is configured quietly
@@ -845,7 +802,7 @@ def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, An
     root = datasets_root(bucket())
     try:
         dataset = resolve_dataset(
-            str(params["dataset_version"]), store=_s3_store(root), asset_event_extras=asset_event_extras(context, asset)
+            str(params["dataset_version"]), store=s3_store(root), asset_event_extras=asset_event_extras(context, asset)
         )
     except NoDatasetYet as exc:
         # the first scheduled run after unpausing, before grounding_data published anything: not a failure
@@ -856,15 +813,13 @@ def resolve_dataset_task(context: Mapping[str, Any], asset: Any) -> dict[str, An
 
 def trainer_image_reference(engine: str) -> str:
     """The trainer image the run would use, pinned to its digest (part of the training fingerprint)."""
-    from grounding_ops.pipeline.docker_tasks import image_override, image_reference, resolve_image
+    from grounding_ops.pipeline.trainer_images import image_override, image_reference, resolve_image
 
     return image_reference(resolve_image(engine, image_override(engine)))
 
 
 def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
-
-    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
 
     params = dict(context["params"])
     ref = DatasetRef(**{k: dataset[k] for k in ("version", "uri", "manifest_uri", "source")})
@@ -876,7 +831,7 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
         _emit(f"SKIP training: {decision.reason}")
         raise AirflowSkipException(decision.reason)
     try:
-        manifest = json.loads(_s3_store(ref.uri).get_bytes("manifest.json"))
+        manifest = json.loads(s3_store(ref.uri).get_bytes(MANIFEST_FILE))
     except (StorageError, ValueError) as exc:
         raise PipelineError(f"cannot read {ref.manifest_uri}: {exc}") from exc
     check_test_split(manifest, ref)
@@ -890,32 +845,32 @@ def decide_task(context: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
         s3_endpoint=s3_endpoint(S3_CONN_ID),
         tracking_uri=tracking,
     )
-    plan["summary"] = _emit(
-        f"TRAIN: {decision.reason}; preset {params['preset']} on the {params['engine']} engine -> {plan['output_uri']}"
+    summary = _emit(
+        f"TRAIN: {decision.reason}; preset {params['preset']} on the {params['engine']} engine -> {plan.output_uri}"
     )
-    plan["lineage"] = {"inputs": [ref.uri], "outputs": []}
-    return plan
+    return replace(plan, summary=summary, lineage={"inputs": [ref.uri], "outputs": []}).to_dict()
 
 
 def list_checkpoints_task(context: Mapping[str, Any], training: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
 
     params = dict(context["params"])
-    store = _s3_store(training["output_uri"])
-    candidates = list_checkpoints(store, training)
+    summary = TrainingSummary.from_dict(training, where="the train task's result")
+    store = s3_store(summary.output_uri)
+    candidates = [EvaluationCandidate(**c) for c in list_checkpoints(store, training)]
     ti = context["ti"]
     plans = plan_evaluations(
         params,
-        training,
+        summary,
         candidates,
         run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
         airflow_run=airflow_run_ref(context),
         s3_endpoint=s3_endpoint(S3_CONN_ID),
     )
-    _emit(f"{len(plans)} models to evaluate: " + ", ".join(f"{c['name']} ({c['role']})" for c in candidates))
-    for plan in plans:
-        plan["lineage"] = {"inputs": [training["output_uri"]], "outputs": [plan["candidate"]["uri"]]}
-    return plans
+    _emit(f"{len(plans)} models to evaluate: " + ", ".join(f"{c.name} ({c.role})" for c in candidates))
+    return [
+        replace(plan, lineage={"inputs": [summary.output_uri], "outputs": [plan.candidate.uri]}).to_dict()
+        for plan in plans
+    ]
 
 
 def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -928,11 +883,11 @@ def pick_best_task(context: Mapping[str, Any], results: Sequence[Mapping[str, An
 def plan_decision_task(
     context: Mapping[str, Any], choice: Mapping[str, Any], training: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID
 
     params = dict(context["params"])
+    summary = TrainingSummary.from_dict(training, where="the train task's result")
     tracking = mlflow_tracking_uri()
-    version = str(training["dataset_version"])
+    version = summary.dataset_version
     champion = current_champion(tracking, model_name())
     champion_evaluation = base_evaluation = None
     if champion is not None:
@@ -945,7 +900,7 @@ def plan_decision_task(
     ti = context["ti"]
     plans = plan_evaluations(
         params,
-        training,
+        summary,
         models,
         run_uri=run_root(bucket(), ti.dag_id, ti.run_id),
         airflow_run=airflow_run_ref(context),
@@ -954,19 +909,19 @@ def plan_decision_task(
     )
     _emit(
         f"{len(plans)} models to evaluate on {DECISION_SPLIT} of dataset {version}: "
-        + ", ".join(f"{m['name']} ({m['role']})" for m in models)
+        + ", ".join(f"{m.name} ({m.role})" for m in models)
         + f"; {note}"
     )
-    for plan in plans:
-        plan["lineage"] = {"inputs": [training["dataset_uri"]], "outputs": [plan["candidate"]["uri"]]}
-    return plans
+    return [
+        replace(plan, lineage={"inputs": [summary.dataset_uri], "outputs": [plan.candidate.uri]}).to_dict()
+        for plan in plans
+    ]
 
 
 def promote_task(
     context: Mapping[str, Any], choice: Mapping[str, Any], decision_results: Sequence[Mapping[str, Any]], asset: Any
 ) -> dict[str, Any]:
     params = context["params"]
-    from grounding_ops.pipeline.docker_tasks import S3_CONN_ID, s3_client
 
     result = promote_best(
         choice,

@@ -14,14 +14,10 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from grounding_ops.registry.promotion import (
-    CHAMPION,
-    DEFAULT_MODEL_NAME,
-    EVALUATION_RUN_TAG,
-    LISTED_METRICS,
-    METRIC_TAG_PREFIX,
-)
 from grounding_ops.registry.tracking import mlflow_client, quote_filter_value
+from grounding_ops.vocabulary import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, METRICS, Tag
+
+LISTED_METRICS = tuple(METRICS)
 
 MAX_PAGE_SIZE = 200
 
@@ -38,7 +34,7 @@ class ModelVersionRow:
     is_champion: bool
     metrics: dict[str, float | None]
     dataset_version: str | None
-    training_run_id: str | None
+    training_output_uri: str | None
     evaluation_run_id: str | None
     wandb_run: str | None
     git_commit: str | None
@@ -117,18 +113,18 @@ def list_model_versions(
     )
     base = ui_base_url or _ui_base(str(client.tracking_uri))
     rows = [_row(client, model_name, v, aliases_by_version, base) for v in versions]
-    return ModelVersionPage(rows, versions.token or None, model_name, alias_map.get(CHAMPION))
+    return ModelVersionPage(rows, versions.token or None, model_name, alias_map.get(CHAMPION_ALIAS))
 
 
 def _row(client: Any, name: str, version: Any, aliases: dict[str, list[str]], base: str | None) -> ModelVersionRow:
     tags = dict(version.tags or {})
-    metrics = {m: _float(tags.get(METRIC_TAG_PREFIX + m)) for m in LISTED_METRICS}
-    evaluation_run_id = tags.get(EVALUATION_RUN_TAG) or version.run_id or None
+    metrics = {m: _float(tags.get(Tag.METRIC_PREFIX + m)) for m in LISTED_METRICS}
+    evaluation_run_id = tags.get(Tag.EVALUATION_RUN_ID) or version.run_id or None
     if evaluation_run_id and all(v is None for v in metrics.values()):
         try:
             run = client.get_run(evaluation_run_id)
             metrics = {m: _float(run.data.metrics.get(m)) for m in LISTED_METRICS}
-            tags.setdefault("grounding.dataset_version", run.data.params.get("dataset_version", ""))
+            tags.setdefault(Tag.DATASET_VERSION, run.data.params.get("dataset_version", ""))
         except Exception:  # a deleted run leaves the metrics empty, not the page broken
             pass
     number = str(version.version)
@@ -140,14 +136,14 @@ def _row(client: Any, name: str, version: Any, aliases: dict[str, list[str]], ba
         source=version.source,
         created_at=created.isoformat(timespec="seconds"),
         aliases=version_aliases,
-        is_champion=CHAMPION in version_aliases,
+        is_champion=CHAMPION_ALIAS in version_aliases,
         metrics=metrics,
-        dataset_version=tags.get("grounding.dataset_version") or None,
-        training_run_id=tags.get("grounding.training_run_id") or None,
+        dataset_version=tags.get(Tag.DATASET_VERSION) or None,
+        training_output_uri=tags.get(Tag.TRAINING_OUTPUT_URI) or None,
         evaluation_run_id=evaluation_run_id,
-        wandb_run=tags.get("grounding.wandb_run") or None,
-        git_commit=tags.get("grounding.git_commit") or None,
-        image_digest=tags.get("grounding.image_digest") or None,
+        wandb_run=tags.get(Tag.WANDB_RUN) or None,
+        git_commit=tags.get(Tag.GIT_COMMIT) or None,
+        image_digest=tags.get(Tag.IMAGE_DIGEST) or None,
         mlflow_url=f"{base}/#/models/{quote(name, safe='')}/versions/{number}" if base else None,
         tags=tags,
     )

@@ -43,37 +43,32 @@ from grounding_ops.registry.gate import (
     decide,
 )
 
-from grounding_ops.registry.tracking import (
-    OUTPUT_TAG,
-    ROLE_TAG,
-    TAG_PREFIX,
-    mlflow_client,
-    quote_filter_value,
+from grounding_ops.registry.tracking import mlflow_client, quote_filter_value
+from grounding_ops.vocabulary import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    DEFAULT_METRIC,
+    DEFAULT_MODEL_NAME,
+    METRICS,
+    Tag,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "grounding-model"
-DEFAULT_METRIC = "acc_at_0_5"
 DEFAULT_MIN_DELTA = 0.01
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-DECISION_PREFIX = "grounding.promotion."
-EVALUATION_RUN_TAG = "grounding.evaluation_run_id"
 # Metrics copied onto each version so listings need no extra run lookups.
-LISTED_METRICS = ("acc_at_0_5", "acc_at_0_75", "mean_iou", "mean_score", "parse_failure_rate")
-METRIC_TAG_PREFIX = "grounding.metric."
+LISTED_METRICS = tuple(METRICS)
+# Evaluation-run tags copied onto the registered version.
 LINEAGE_TAGS = (
-    "grounding.dataset_version",
-    "grounding.dataset_uri",
-    "grounding.training_run_id",
-    "grounding.training_output_uri",
-    "grounding.image_digest",
-    "grounding.git_commit",
-    "grounding.wandb_run",
-    "grounding.wandb_eval_run",
-    "grounding.protocol",
-    "grounding.base_model_uri",
+    Tag.DATASET_VERSION,
+    Tag.DATASET_URI,
+    Tag.TRAINING_OUTPUT_URI,
+    Tag.IMAGE_DIGEST,
+    Tag.GIT_COMMIT,
+    Tag.WANDB_RUN,
+    Tag.WANDB_EVAL_RUN,
+    Tag.PROTOCOL,
+    Tag.BASE_MODEL_URI,
 )
 PREDICTIONS_ARTIFACT = "predictions.parquet"
 
@@ -177,9 +172,9 @@ def _ensure_registered_model(client: Any, name: str) -> Any:
 def _find_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
     """The version registered before for this evaluation run, else for the same model URI."""
     base = f"name = {quote_filter_value(name)}"
-    from grounding_ops.registry.pyfunc_model import MODEL_URI_TAG, weights_uri
+    from grounding_ops.registry.pyfunc_model import weights_uri
 
-    for clause in (f"run_id = {quote_filter_value(run_id)}", f"tags.`{MODEL_URI_TAG}` = {quote_filter_value(source)}"):
+    for clause in (f"run_id = {quote_filter_value(run_id)}", f"tags.`{Tag.MODEL_URI}` = {quote_filter_value(source)}"):
         found = client.search_model_versions(f"{base} and {clause}", max_results=50)
         found = [v for v in found if (weights_uri(v) == source if "tags." in clause else v.run_id == run_id)]
         if found:
@@ -197,12 +192,12 @@ def _recorded(
 ) -> dict[str, str] | None:
     tags = dict(version.tags or {})
     if (
-        tags.get(DECISION_PREFIX + "eval_run_id") == run_id
-        and tags.get(DECISION_PREFIX + "metric") == metric
-        and tags.get(DECISION_PREFIX + "min_delta") == repr(float(min_delta))
-        and tags.get(DECISION_PREFIX + "confidence") == repr(float(confidence))
-        and tags.get(DECISION_PREFIX + "min_samples") == str(int(min_samples))
-        and DECISION_PREFIX + "promoted" in tags
+        tags.get(Tag.PROMOTION_PREFIX + "eval_run_id") == run_id
+        and tags.get(Tag.PROMOTION_PREFIX + "metric") == metric
+        and tags.get(Tag.PROMOTION_PREFIX + "min_delta") == repr(float(min_delta))
+        and tags.get(Tag.PROMOTION_PREFIX + "confidence") == repr(float(confidence))
+        and tags.get(Tag.PROMOTION_PREFIX + "min_samples") == str(int(min_samples))
+        and Tag.PROMOTION_PREFIX + "promoted" in tags
     ):
         return tags
     return None
@@ -256,9 +251,8 @@ def _same_evaluation_set(run: Any, dataset_version: str, split: str) -> bool:
 
 
 def _lower_is_better(metric: str) -> bool:
-    from grounding_ops.evaluation.metrics import LOWER_IS_BETTER
-
-    return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+    known = METRICS.get(metric.rsplit("/", 1)[-1])
+    return known is not None and not known.higher_is_better
 
 
 def promote(
@@ -314,15 +308,13 @@ def register_candidate(
 
     run_id, run_tags = run.info.run_id, run.data.tags
     lineage = {key: run_tags[key] for key in LINEAGE_TAGS if run_tags.get(key)}
-    lineage.update(
-        {"grounding.model_uri": source, "grounding.dataset_version": dataset_version, EVALUATION_RUN_TAG: run_id}
-    )
-    if run_tags.get(OUTPUT_TAG):
-        lineage["grounding.evaluation_uri"] = run_tags[OUTPUT_TAG]
+    lineage.update({Tag.MODEL_URI: source, Tag.DATASET_VERSION: dataset_version, Tag.EVALUATION_RUN_ID: run_id})
+    if run_tags.get(Tag.OUTPUT_URI):
+        lineage[Tag.EVALUATION_URI] = run_tags[Tag.OUTPUT_URI]
     for name in LISTED_METRICS:
         value = _metric_of(run, name)
         if value is not None:
-            lineage[METRIC_TAG_PREFIX + name] = repr(value)
+            lineage[Tag.METRIC_PREFIX + name] = repr(value)
     version = register_grounding_model(
         client,
         model_name,
@@ -357,7 +349,7 @@ def find_bar(
     experiments = [run.info.experiment_id]
     if champion_before is not None:
         champion = client.get_model_version(model_name, champion_before)
-        champion_run_id = (champion.tags or {}).get(EVALUATION_RUN_TAG) or champion.run_id
+        champion_run_id = (champion.tags or {}).get(Tag.EVALUATION_RUN_ID) or champion.run_id
         champion_run = None
         if champion_run_id:
             try:
@@ -370,7 +362,7 @@ def find_bar(
             return Bar("champion", champion_run, f"champion v{champion_before}, evaluation run {champion_run_id}")
         champion_dataset = (champion_run.data.params.get("dataset_version") if champion_run is not None else None) or (
             champion.tags or {}
-        ).get("grounding.dataset_version", "unknown")
+        ).get(Tag.DATASET_VERSION, "unknown")
         bar_run = _search_evaluations(
             client,
             experiments,
@@ -395,12 +387,12 @@ def find_bar(
             f"champion v{champion_before} (trained on {champion_dataset}) re-evaluated in run {bar_run.info.run_id}",
         )
     clauses = [
-        f"tags.`{ROLE_TAG}` = 'base'",
+        f"tags.`{Tag.ROLE}` = 'base'",
         f"params.dataset_version = {quote_filter_value(dataset_version)}",
         f"params.split = {quote_filter_value(split)}",
     ]
     bar_run = None
-    base_model = run.data.tags.get("grounding.base_model_uri")
+    base_model = run.data.tags.get(Tag.BASE_MODEL_URI)
     if base_model:
         # prefer the evaluation of the very model the candidate was trained from
         bar_run = _search_evaluations(
@@ -475,14 +467,14 @@ def _promote(
 ) -> PromotionDecision:
     run = _get_run(client, run_id)
     params, run_tags = run.data.params, run.data.tags
-    if run_tags.get(ROLE_TAG) == "base":
-        raise PromotionError(f"run {run_id} evaluates the base model (tag {ROLE_TAG}=base): promote a candidate's run")
+    if run_tags.get(Tag.ROLE) == "base":
+        raise PromotionError(f"run {run_id} evaluates the base model (tag {Tag.ROLE}=base): promote a candidate's run")
     candidate_value = _metric_of(run, metric)
     if candidate_value is None:
         known = ", ".join(sorted(k for k in run.data.metrics if "/" not in k and "_ci_" not in k))
         raise PromotionError(f"run {run_id} has no metric {metric!r}; it has: {known or 'no metrics'}")
-    source = params.get("model_uri") or run_tags.get("grounding.model_uri")
-    dataset_version = params.get("dataset_version") or run_tags.get("grounding.dataset_version")
+    source = params.get("model_uri")
+    dataset_version = params.get("dataset_version")
     split = params.get("split") or "val"
     if not source or not dataset_version:
         raise PromotionError(
@@ -499,14 +491,14 @@ def _promote(
     else:
         recorded = _recorded(version, run_id, metric, min_delta, gate["confidence"], gate["min_samples"])
         if recorded is not None:
-            decision = _decision_from_tags(recorded, model_name, version.version, aliases.get(CHAMPION))
+            decision = _decision_from_tags(recorded, model_name, version.version, aliases.get(CHAMPION_ALIAS))
             log.info("already decided, nothing changed: %s", decision.summary())
             return decision
     number = str(version.version)
 
-    if aliases.get(CHALLENGER) != number:
-        client.set_registered_model_alias(model_name, CHALLENGER, number)
-    champion_before = aliases.get(CHAMPION)
+    if aliases.get(CHALLENGER_ALIAS) != number:
+        client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, number)
+    champion_before = aliases.get(CHAMPION_ALIAS)
     common = dict(
         model_name=model_name,
         metric=metric,
@@ -584,7 +576,7 @@ def decision_of(result: GateResult, bar: Bar, common: dict[str, Any]) -> Promoti
 def record_decision(client: Any, decision: PromotionDecision, run: Any) -> None:
     """Store the decision as tags (version and evaluation run), then move ``champion`` if promoted."""
     if decision.promoted:
-        client.set_registered_model_alias(decision.model_name, CHAMPION, decision.version)
+        client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, decision.version)
         if not decision.created_version:
             # a version registered before for the same weights: its evaluation is now this run
             _retag_evaluation(client, decision.model_name, decision.version, run, decision.dataset_version)
@@ -593,12 +585,12 @@ def record_decision(client: Any, decision: PromotionDecision, run: Any) -> None:
 
 
 def _retag_evaluation(client: Any, model_name: str, number: str, run: Any, dataset_version: str) -> None:
-    client.set_model_version_tag(model_name, number, EVALUATION_RUN_TAG, run.info.run_id)
-    client.set_model_version_tag(model_name, number, "grounding.dataset_version", dataset_version)
+    client.set_model_version_tag(model_name, number, Tag.EVALUATION_RUN_ID, run.info.run_id)
+    client.set_model_version_tag(model_name, number, Tag.DATASET_VERSION, dataset_version)
     for name in LISTED_METRICS:
         value = _metric_of(run, name)
         if value is not None:
-            client.set_model_version_tag(model_name, number, METRIC_TAG_PREFIX + name, repr(value))
+            client.set_model_version_tag(model_name, number, Tag.METRIC_PREFIX + name, repr(value))
 
 
 def _refuse(client: Any, reason: str, common: dict[str, Any]) -> PromotionDecision:
@@ -614,87 +606,72 @@ def _refuse(client: Any, reason: str, common: dict[str, Any]) -> PromotionDecisi
         changed=common["created_version"],
         **common,
     )
-    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "reason", reason[:5000])
+    client.set_tag(decision.candidate_run_id, Tag.PROMOTION_PREFIX + "reason", reason[:5000])
     log.info(decision.summary())
     return decision
 
 
 def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
     return {
-        DECISION_PREFIX + "eval_run_id": decision.candidate_run_id,
-        DECISION_PREFIX + "metric": decision.metric,
-        DECISION_PREFIX + "min_delta": repr(float(decision.min_delta)),
-        DECISION_PREFIX + "confidence": repr(float(decision.confidence)),
-        DECISION_PREFIX + "min_samples": str(int(decision.min_samples)),
-        DECISION_PREFIX + "split": decision.split,
-        DECISION_PREFIX + "n": str(int(decision.n)),
-        DECISION_PREFIX + "candidate_value": repr(decision.candidate_value),
-        DECISION_PREFIX + "baseline": decision.baseline,
-        DECISION_PREFIX + "baseline_value": repr(decision.baseline_value),
-        DECISION_PREFIX + "difference": repr(decision.difference),
-        DECISION_PREFIX + "ci_low": repr(decision.ci_low),
-        DECISION_PREFIX + "ci_high": repr(decision.ci_high),
-        DECISION_PREFIX + "baseline_run_id": decision.baseline_run_id or "",
-        DECISION_PREFIX + "champion_before": decision.champion_before or "",
-        DECISION_PREFIX + "reason": decision.reason[:5000],
-        DECISION_PREFIX + "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        Tag.PROMOTION_PREFIX + "eval_run_id": decision.candidate_run_id,
+        Tag.PROMOTION_PREFIX + "metric": decision.metric,
+        Tag.PROMOTION_PREFIX + "min_delta": repr(float(decision.min_delta)),
+        Tag.PROMOTION_PREFIX + "confidence": repr(float(decision.confidence)),
+        Tag.PROMOTION_PREFIX + "min_samples": str(int(decision.min_samples)),
+        Tag.PROMOTION_PREFIX + "split": decision.split,
+        Tag.PROMOTION_PREFIX + "n": str(int(decision.n)),
+        Tag.PROMOTION_PREFIX + "candidate_value": repr(decision.candidate_value),
+        Tag.PROMOTION_PREFIX + "baseline": decision.baseline,
+        Tag.PROMOTION_PREFIX + "baseline_value": repr(decision.baseline_value),
+        Tag.PROMOTION_PREFIX + "difference": repr(decision.difference),
+        Tag.PROMOTION_PREFIX + "ci_low": repr(decision.ci_low),
+        Tag.PROMOTION_PREFIX + "ci_high": repr(decision.ci_high),
+        Tag.PROMOTION_PREFIX + "baseline_run_id": decision.baseline_run_id or "",
+        Tag.PROMOTION_PREFIX + "champion_before": decision.champion_before or "",
+        Tag.PROMOTION_PREFIX + "reason": decision.reason[:5000],
+        Tag.PROMOTION_PREFIX + "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # written last: its presence marks a complete record
-        DECISION_PREFIX + "promoted": "true" if decision.promoted else "false",
+        Tag.PROMOTION_PREFIX + "promoted": "true" if decision.promoted else "false",
     }
 
 
 def _record(client: Any, decision: PromotionDecision) -> None:
     for key, value in _decision_tags(decision).items():
-        if key != DECISION_PREFIX + "promoted":
+        if key != Tag.PROMOTION_PREFIX + "promoted":
             client.set_tag(decision.candidate_run_id, key, value)
         client.set_model_version_tag(decision.model_name, decision.version, key, value)
-    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "promoted", "true" if decision.promoted else "false")
-    client.set_tag(decision.candidate_run_id, DECISION_PREFIX + "version", str(decision.version))
+    client.set_tag(
+        decision.candidate_run_id, Tag.PROMOTION_PREFIX + "promoted", "true" if decision.promoted else "false"
+    )
+    client.set_tag(decision.candidate_run_id, Tag.PROMOTION_PREFIX + "version", str(decision.version))
 
 
 def _decision_from_tags(tags: dict[str, str], model_name: str, version: str, champion: str | None) -> PromotionDecision:
     return PromotionDecision(
-        promoted=tags[DECISION_PREFIX + "promoted"] == "true",
-        reason="already decided: " + tags.get(DECISION_PREFIX + "reason", ""),
+        promoted=tags[Tag.PROMOTION_PREFIX + "promoted"] == "true",
+        reason="already decided: " + tags.get(Tag.PROMOTION_PREFIX + "reason", ""),
         model_name=model_name,
-        metric=tags[DECISION_PREFIX + "metric"],
-        min_delta=float(tags[DECISION_PREFIX + "min_delta"]),
-        candidate_run_id=tags[DECISION_PREFIX + "eval_run_id"],
-        candidate_value=float(tags[DECISION_PREFIX + "candidate_value"]),
-        baseline=tags.get(DECISION_PREFIX + "baseline", "none"),
-        baseline_value=_float_or_none(tags.get(DECISION_PREFIX + "baseline_value")),
-        baseline_run_id=tags.get(DECISION_PREFIX + "baseline_run_id") or None,
-        champion_before=tags.get(DECISION_PREFIX + "champion_before") or None,
+        metric=tags[Tag.PROMOTION_PREFIX + "metric"],
+        min_delta=float(tags[Tag.PROMOTION_PREFIX + "min_delta"]),
+        candidate_run_id=tags[Tag.PROMOTION_PREFIX + "eval_run_id"],
+        candidate_value=float(tags[Tag.PROMOTION_PREFIX + "candidate_value"]),
+        baseline=tags.get(Tag.PROMOTION_PREFIX + "baseline", "none"),
+        baseline_value=_float_or_none(tags.get(Tag.PROMOTION_PREFIX + "baseline_value")),
+        baseline_run_id=tags.get(Tag.PROMOTION_PREFIX + "baseline_run_id") or None,
+        champion_before=tags.get(Tag.PROMOTION_PREFIX + "champion_before") or None,
         champion_after=champion,
         version=str(version),
-        dataset_version=tags.get("grounding.dataset_version", ""),
+        dataset_version=tags.get(Tag.DATASET_VERSION, ""),
         created_version=False,
         changed=False,
-        split=tags.get(DECISION_PREFIX + "split", ""),
-        n=int(tags.get(DECISION_PREFIX + "n") or 0),
-        difference=_float_or_none(tags.get(DECISION_PREFIX + "difference")),
-        ci_low=_float_or_none(tags.get(DECISION_PREFIX + "ci_low")),
-        ci_high=_float_or_none(tags.get(DECISION_PREFIX + "ci_high")),
-        confidence=float(tags.get(DECISION_PREFIX + "confidence") or DEFAULT_CONFIDENCE),
-        min_samples=int(tags.get(DECISION_PREFIX + "min_samples") or DEFAULT_MIN_SAMPLES),
+        split=tags.get(Tag.PROMOTION_PREFIX + "split", ""),
+        n=int(tags.get(Tag.PROMOTION_PREFIX + "n") or 0),
+        difference=_float_or_none(tags.get(Tag.PROMOTION_PREFIX + "difference")),
+        ci_low=_float_or_none(tags.get(Tag.PROMOTION_PREFIX + "ci_low")),
+        ci_high=_float_or_none(tags.get(Tag.PROMOTION_PREFIX + "ci_high")),
+        confidence=float(tags.get(Tag.PROMOTION_PREFIX + "confidence") or DEFAULT_CONFIDENCE),
+        min_samples=int(tags.get(Tag.PROMOTION_PREFIX + "min_samples") or DEFAULT_MIN_SAMPLES),
     )
-
-
-def select_best(run_ids: list[str], *, metric: str = DEFAULT_METRIC, client: Any | None = None) -> str:
-    """The evaluation run with the best ``metric`` (ties: the first in ``run_ids``).
-
-    The training DAG evaluates every checkpoint and promotes only the best one.
-    """
-    if not run_ids:
-        raise PromotionError("no evaluation runs to choose from")
-    client = client if client is not None else mlflow_client()
-    scored = []
-    for position, run_id in enumerate(run_ids):
-        value = _metric_of(_get_run(client, run_id), metric)
-        if value is None:
-            raise PromotionError(f"evaluation run {run_id} has no metric {metric!r}")
-        scored.append((-value if not _lower_is_better(metric) else value, position, run_id))
-    return min(scored)[2]
 
 
 __all__ = [
@@ -707,8 +684,4 @@ __all__ = [
     "promote",
     "record_decision",
     "register_candidate",
-    "select_best",
-    "CHAMPION",
-    "CHALLENGER",
-    "TAG_PREFIX",
 ]

@@ -29,13 +29,12 @@ from typing import Any, Mapping
 
 import mlflow.pyfunc
 
+from grounding_ops.vocabulary import DEFAULT_MODEL_NAME, Tag
+
 log = logging.getLogger(__name__)
 
 HF_ARTIFACT = "hf_model"
-LOGGED_MODEL_NAME = "grounding-model"
-MODEL_URI_TAG = "grounding.model_uri"
-LOGGED_MODEL_TAG = "grounding.logged_model_id"
-TRAINING_MLFLOW_RUN_TAG = "grounding.training_mlflow_run_id"
+LOGGED_MODEL_NAME = DEFAULT_MODEL_NAME
 INPUT_COLUMNS = ("image", "phrase")
 OUTPUT_COLUMNS = ("boxes", "response", "format_ok")
 # Packages the model needs at inference, pinned as in the trainer environment.
@@ -215,7 +214,7 @@ def training_mlflow_run(client: Any, training_output_uri: str | None) -> str | N
     """The MLflow training run logged for the training output ``training_output_uri``, if any."""
     if not training_output_uri:
         return None
-    from grounding_ops.registry.tracking import OUTPUT_TAG, quote_filter_value
+    from grounding_ops.registry.tracking import quote_filter_value
     from grounding_ops.registry.training_run import TRAINING_EXPERIMENT
 
     experiment = client.get_experiment_by_name(TRAINING_EXPERIMENT)
@@ -223,7 +222,7 @@ def training_mlflow_run(client: Any, training_output_uri: str | None) -> str | N
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{OUTPUT_TAG}` = {quote_filter_value(training_output_uri.rstrip('/'))}",
+        filter_string=f"tags.`{Tag.OUTPUT_URI}` = {quote_filter_value(training_output_uri.rstrip('/'))}",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -232,7 +231,7 @@ def training_mlflow_run(client: Any, training_output_uri: str | None) -> str | N
 
 def weights_uri(version: Any) -> str:
     """Where the Hugging Face weights of a registered version came from (its evaluated model URI)."""
-    return (version.tags or {}).get(MODEL_URI_TAG) or version.source
+    return (version.tags or {}).get(Tag.MODEL_URI) or version.source
 
 
 def register_grounding_model(
@@ -255,12 +254,12 @@ def register_grounding_model(
     from mlflow.entities import LoggedModelStatus
 
     run = client.get_run(run_id)
-    protocol = run.data.params.get("protocol") or tags.get("grounding.protocol") or "qwen2.5-vl"
+    protocol = run.data.params.get("protocol") or tags.get(Tag.PROTOCOL) or "qwen2.5-vl"
     max_new_tokens = int(run.data.params.get("max_new_tokens") or 128)
-    training_run_id = training_mlflow_run(client, tags.get("grounding.training_output_uri"))
-    version_tags = {**tags, MODEL_URI_TAG: source}
+    training_run_id = training_mlflow_run(client, tags.get(Tag.TRAINING_OUTPUT_URI))
+    version_tags = {**tags, Tag.MODEL_URI: source}
     if training_run_id:
-        version_tags[TRAINING_MLFLOW_RUN_TAG] = training_run_id
+        version_tags[Tag.TRAINING_MLFLOW_RUN_ID] = training_run_id
     with tempfile.TemporaryDirectory(prefix="grounding-pyfunc-") as tmp:
         model_dir = _copy_model_folder(source, Path(tmp) / "hf", s3_client)
         local = save_grounding_model(Path(tmp) / "pyfunc", model_dir, protocol=protocol, max_new_tokens=max_new_tokens)
@@ -268,7 +267,7 @@ def register_grounding_model(
             run.info.experiment_id,
             name=LOGGED_MODEL_NAME,
             source_run_id=training_run_id or run_id,
-            tags={MODEL_URI_TAG: source, "grounding.evaluation_run_id": run_id},
+            tags={Tag.MODEL_URI: source, Tag.EVALUATION_RUN_ID: run_id},
             params={"protocol": protocol, "max_new_tokens": str(max_new_tokens)},
             model_type="grounding-pyfunc",
         )
@@ -278,7 +277,7 @@ def register_grounding_model(
             client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
             raise
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    version_tags[LOGGED_MODEL_TAG] = logged.model_id
+    version_tags[Tag.LOGGED_MODEL_ID] = logged.model_id
     version = client.create_model_version(
         model_name,
         source=f"models:/{logged.model_id}",

@@ -18,44 +18,20 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
+
+from grounding_ops.vocabulary import Tag
+
+if TYPE_CHECKING:
+    from grounding_ops.evaluation.evaluation_record import EvaluationRecord
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 EVALUATION_EXPERIMENT = "grounding-evaluation"
-TAG_PREFIX = "grounding."
-ROLE_TAG = "grounding.role"
-OUTPUT_TAG = "grounding.output_uri"
-DIGEST_TAG = "grounding.metrics_sha256"
-WANDB_TAG = "grounding.wandb_run"
-EVAL_WANDB_TAG = "grounding.wandb_eval_run"
-AIRFLOW_RUN_TAG = "grounding.airflow_run"
+DIGEST_TAG = Tag.PREFIX + "metrics_sha256"  # the logged record's digest: logging it again finds the run
+PARENT_TAG = "mlflow.parentRunId"
 WANDB_TABLE_ROWS = 32  # predictions shown with their boxes in the W&B table
-# Params every evaluation run carries (promotion reads them back).
-PARAM_KEYS = (
-    "model_uri",
-    "dataset_uri",
-    "dataset_version",
-    "split",
-    "protocol",
-    "engine",
-    "batch_size",
-    "max_new_tokens",
-    "max_samples",
-    "role",
-)
-# Lineage keys copied to tags (from the training run.json next to the model).
-LINEAGE_KEYS = (
-    "training_run_id",
-    "training_output_uri",
-    "training_dataset_version",
-    "training_dataset_uri",
-    "image_digest",
-    "git_commit",
-    "wandb_run",
-    "base_model_uri",
-)
 _MAX_METRICS_PER_BATCH = 1000
 
 
@@ -103,39 +79,46 @@ def ensure_experiment(client: Any, name: str) -> str:
         return experiment.experiment_id
 
 
-def _params(document: Mapping[str, Any]) -> dict[str, str]:
-    params = {}
-    for key in PARAM_KEYS:
-        value = document.get(key)
-        params[key] = "" if value is None else str(value)
-    return params
-
-
-def _tags(document: Mapping[str, Any], output_uri: str, digest: str) -> dict[str, str]:
-    lineage = dict(document.get("lineage") or {})
+def evaluation_tags(record: "EvaluationRecord", output_uri: str, digest: str) -> dict[str, str]:
+    """The MLflow tags of an evaluation run: what was evaluated, on what, and the model's lineage."""
     tags = {
-        ROLE_TAG: str(document.get("role") or "candidate"),
-        OUTPUT_TAG: output_uri,
+        Tag.ROLE: record.role,
+        Tag.OUTPUT_URI: output_uri,
         DIGEST_TAG: digest,
-        "grounding.model_uri": str(document.get("model_uri") or ""),
-        "grounding.dataset_version": str(document.get("dataset_version") or ""),
-        "grounding.dataset_uri": str(document.get("dataset_uri") or ""),
-        "grounding.protocol": str(document.get("protocol") or ""),
-        "grounding.kind": "evaluation",
+        Tag.MODEL_URI: record.model_uri,
+        Tag.DATASET_VERSION: record.dataset_version,
+        Tag.DATASET_URI: record.dataset_uri,
+        Tag.PROTOCOL: record.protocol,
+        Tag.KIND: "evaluation",
+        **record.lineage.tags(),
     }
-    for key in LINEAGE_KEYS:
-        if lineage.get(key):
-            tags[f"{TAG_PREFIX}{key}"] = str(lineage[key])
-    for key, value in dict(document.get("tags") or {}).items():
-        tags[key if key.startswith(TAG_PREFIX) or "." in key else f"{TAG_PREFIX}{key}"] = str(value)
+    for key, value in record.tags.items():
+        tags[key if key.startswith(Tag.PREFIX) or "." in key else f"{Tag.PREFIX}{key}"] = str(value)
     return {k: v for k, v in tags.items() if v != ""}
+
+
+def dag_run_parent(client: Any, experiment_id: str, airflow_run: str) -> str:
+    """The parent run of the DAG run ``airflow_run`` in ``experiment_id``, created when missing."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.AIRFLOW_RUN}` = {quote_filter_value(airflow_run)} and tags.`{Tag.KIND}` = 'dag-run'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=f"dag-run {airflow_run}", tags={Tag.AIRFLOW_RUN: airflow_run, Tag.KIND: "dag-run"}
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def _find_logged_run(client: Any, experiment_id: str, output_uri: str, digest: str) -> str | None:
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.`{OUTPUT_TAG}` = {quote_filter_value(output_uri)} "
+            f"tags.`{Tag.OUTPUT_URI}` = {quote_filter_value(output_uri)} "
             f"and tags.`{DIGEST_TAG}` = {quote_filter_value(digest)} and attributes.status = 'FINISHED'"
         ),
         max_results=1,
@@ -177,19 +160,19 @@ def log_evaluation(
         OUTPUT_FILES,
         PLOTS_PREFIX,
         EvaluationError,
-        read_metrics_document,
+        read_evaluation_record,
     )
     from grounding_ops.evaluation.plots import EVALUATION_PLOTS
     from grounding_ops.tracking_wandb import wandb_mode
     from grounding_ops.storage import StorageError, open_store
 
     try:
-        document = read_metrics_document(output_uri, s3_client=s3_client)
+        record = read_evaluation_record(output_uri, s3_client=s3_client)
     except (EvaluationError, StorageError) as exc:
         raise TrackingError(str(exc)) from exc
     store = open_store(output_uri, s3_client=s3_client)
     output = store.uri
-    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(json.dumps(record.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
     client = client if client is not None else mlflow_client()
 
     try:
@@ -198,22 +181,20 @@ def log_evaluation(
         if existing:
             log.info("evaluation %s is already logged as MLflow run %s", output, existing)
             return existing
-        tags = _tags(document, output, digest)
-        airflow_run = tags.get(AIRFLOW_RUN_TAG)
+        tags = evaluation_tags(record, output, digest)
+        airflow_run = tags.get(Tag.AIRFLOW_RUN)
         if airflow_run:  # the evaluations of one DAG run are nested under one parent run
-            from grounding_ops.registry.training_run import PARENT_TAG, dag_run_parent
-
             tags[PARENT_TAG] = dag_run_parent(client, experiment_id, airflow_run)
-        model_name = str(document.get("model_uri", "model")).rstrip("/").rsplit("/", 1)[-1]
-        run_name = f"eval-{model_name}-{document.get('dataset_version') or 'dataset'}"
+        model_name = (record.model_uri or "model").rstrip("/").rsplit("/", 1)[-1]
+        run_name = f"eval-{model_name}-{record.dataset_version or 'dataset'}"
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     except MlflowException as exc:
         raise TrackingError(f"cannot create an MLflow run at {client.tracking_uri}: {exc.message}") from exc
 
     run_id = run.info.run_id
     try:
-        flat = {k: float(v) for k, v in dict(document.get("flat_metrics") or {}).items()}
-        params = [Param(k, v) for k, v in _params(document).items()]
+        flat = {k: float(v) for k, v in record.flat_metrics.items()}
+        params = [Param(k, v) for k, v in record.params().items()]
         client.log_batch(run_id, params=params)
         now_ms = int(time.time() * 1000)
         metrics = [Metric(k, v, now_ms, 0) for k, v in sorted(flat.items())]
@@ -236,16 +217,16 @@ def log_evaluation(
 
         wandb_run = log_run(
             name=run_name,
-            config={**_params(document), "mlflow_run_id": run_id, "output_uri": output},
+            config={**record.params(), "mlflow_run_id": run_id, "output_uri": output},
             metrics=flat,
             job_type="evaluation",
-            tags=(str(document.get("role") or "candidate"),),
+            tags=(record.role,),
             directory=wandb_dir,
             group=airflow_run,
             predictions=table,
         )
         if wandb_run is not None:
-            client.set_tag(run_id, EVAL_WANDB_TAG, wandb_run.reference)
+            client.set_tag(run_id, Tag.WANDB_EVAL_RUN, wandb_run.reference)
         client.set_terminated(run_id, "FINISHED")
     except Exception as exc:
         try:

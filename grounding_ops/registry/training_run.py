@@ -25,21 +25,20 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from grounding_ops.records import RecordError
 from grounding_ops.registry.tracking import (
     DIGEST_TAG,
-    OUTPUT_TAG,
     TrackingError,
     ensure_experiment,
     mlflow_client,
     quote_filter_value,
 )
+from grounding_ops.training.run_record import RunRecord
+from grounding_ops.vocabulary import RUN_RECORD_FILE, Tag
 
 log = logging.getLogger(__name__)
 
 TRAINING_EXPERIMENT = "grounding-training"
-AIRFLOW_RUN_TAG = "grounding.airflow_run"
-KIND_TAG = "grounding.kind"
-PARENT_TAG = "mlflow.parentRunId"
 HISTORY_METRICS = (
     "reward_mean",
     "iou",
@@ -65,13 +64,19 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     out[prefix] = text[:_MAX_PARAM_CHARS]
 
 
-def training_params(record: Mapping[str, Any]) -> dict[str, str]:
+def training_params(record: RunRecord) -> dict[str, str]:
     """The spec of ``run.json`` as flat MLflow params (``spec.<field>``), plus engine and steps."""
     params: dict[str, str] = {}
-    _flatten("spec", dict(record.get("spec") or {}), params)
-    for key in ("engine", "target_steps", "dataset_version", "dataset_uri", "base_model_uri"):
-        if record.get(key) is not None:
-            params[key] = str(record[key])[:_MAX_PARAM_CHARS]
+    _flatten("spec", record.spec, params)
+    for key, value in (
+        ("engine", record.engine),
+        ("target_steps", record.target_steps),
+        ("dataset_version", record.dataset_version),
+        ("dataset_uri", record.dataset_uri),
+        ("base_model_uri", record.base_model_uri),
+    ):
+        if value is not None:
+            params[key] = str(value)[:_MAX_PARAM_CHARS]
     return params
 
 
@@ -101,12 +106,12 @@ def history_metrics(history: list[Mapping[str, Any]], fallback_ms: int) -> list[
     return metrics
 
 
-def dataset_input(record: Mapping[str, Any]) -> Any:
+def dataset_input(record: RunRecord) -> Any:
     """The training dataset as an MLflow ``DatasetInput`` (name, version as digest, source URI)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    uri = str(record.get("dataset_uri") or "").rstrip("/")
-    version = str(record.get("dataset_version") or "")
+    uri = (record.dataset_uri or "").rstrip("/")
+    version = record.dataset_version or ""
     name = uri.rsplit("/", 2)[-2] if uri.count("/") >= 3 else (uri or "dataset")
     dataset = Dataset(
         name=name,
@@ -115,23 +120,6 @@ def dataset_input(record: Mapping[str, Any]) -> Any:
         source=json.dumps({"uri": uri}),
     )
     return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="train")])
-
-
-def dag_run_parent(client: Any, experiment_id: str, airflow_run: str) -> str:
-    """The parent run of the DAG run ``airflow_run`` in ``experiment_id``, created when missing."""
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{AIRFLOW_RUN_TAG}` = {quote_filter_value(airflow_run)} and tags.`{KIND_TAG}` = 'dag-run'",
-        max_results=1,
-        order_by=["attributes.start_time ASC"],
-    )
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=f"dag-run {airflow_run}", tags={AIRFLOW_RUN_TAG: airflow_run, KIND_TAG: "dag-run"}
-    )
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
 
 
 def log_training_run(
@@ -148,16 +136,14 @@ def log_training_run(
 
     from grounding_ops.evaluation.plots import TRAINING_CURVES, training_curves
     from grounding_ops.storage import StorageError, open_store
-    from grounding_ops.training.runner import RUN_JSON
 
     store = open_store(output_uri, s3_client=s3_client)
     try:
-        raw = store.get_bytes(RUN_JSON)
-        record = json.loads(raw)
+        raw = store.get_bytes(RUN_RECORD_FILE)
+        record = RunRecord.from_dict(json.loads(raw), where=store.url(RUN_RECORD_FILE))
     except (StorageError, ValueError) as exc:
-        raise TrackingError(
-            f"no readable {RUN_JSON} under {output_uri}: the training has not finished ({exc})"
-        ) from exc
+        detail = str(exc) if isinstance(exc, RecordError) else f"the training has not finished ({exc})"
+        raise TrackingError(f"no readable {RUN_RECORD_FILE} under {output_uri}: {detail}") from exc
     digest = hashlib.sha256(raw).hexdigest()
     client = client if client is not None else mlflow_client()
     output = store.uri.rstrip("/")
@@ -165,31 +151,29 @@ def log_training_run(
         experiment_id = ensure_experiment(client, experiment)
         existing = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{OUTPUT_TAG}` = {quote_filter_value(output)} and tags.`{DIGEST_TAG}` = "
+            filter_string=f"tags.`{Tag.OUTPUT_URI}` = {quote_filter_value(output)} and tags.`{DIGEST_TAG}` = "
             f"{quote_filter_value(digest)} and attributes.status = 'FINISHED'",
             max_results=1,
         )
         if existing:
             return existing[0].info.run_id
         tags = {
-            KIND_TAG: "training",
-            OUTPUT_TAG: output,
+            Tag.KIND: "training",
+            Tag.OUTPUT_URI: output,
             DIGEST_TAG: digest,
-            "grounding.dataset_version": str(record.get("dataset_version") or ""),
-            "grounding.dataset_uri": str(record.get("dataset_uri") or ""),
-            "grounding.image_digest": str(record.get("image") or ""),
-            "grounding.git_commit": str(record.get("git_commit") or ""),
-            "grounding.wandb_run": str(record.get("wandb_url") or ""),
-            "grounding.engine": str(record.get("engine") or ""),
+            Tag.DATASET_VERSION: record.dataset_version,
+            Tag.DATASET_URI: record.dataset_uri,
+            Tag.IMAGE_DIGEST: record.image or "",
+            Tag.GIT_COMMIT: record.git_commit or "",
+            Tag.WANDB_RUN: record.wandb_url or "",
+            Tag.ENGINE: record.engine,
         }
         if airflow_run:
-            tags[AIRFLOW_RUN_TAG] = airflow_run
-        if record.get("git_commit"):
-            tags["mlflow.source.git.commit"] = str(record["git_commit"])
+            tags[Tag.AIRFLOW_RUN] = airflow_run
+        if record.git_commit:
+            tags["mlflow.source.git.commit"] = record.git_commit
         tags = {k: v for k, v in tags.items() if v}
-        run = client.create_run(
-            experiment_id, tags=tags, run_name=f"train-{record.get('dataset_version') or 'dataset'}"
-        )
+        run = client.create_run(experiment_id, tags=tags, run_name=f"train-{record.dataset_version or 'dataset'}")
     except MlflowException as exc:
         raise TrackingError(f"cannot create an MLflow training run at {client.tracking_uri}: {exc.message}") from exc
 
@@ -199,14 +183,14 @@ def log_training_run(
         params = [Param(k, v) for k, v in sorted(training_params(record).items())]
         for start in range(0, len(params), 100):
             client.log_batch(run_id, params=params[start : start + 100])
-        history = [dict(h) for h in record.get("history") or []]
+        history = [dict(h) for h in record.history]
         metrics = history_metrics(history, now_ms)
         for start in range(0, len(metrics), _MAX_BATCH):
             client.log_batch(run_id, metrics=metrics[start : start + _MAX_BATCH])
         client.log_inputs(run_id, datasets=[dataset_input(record)])
         with tempfile.TemporaryDirectory(prefix="grounding-train-log-") as tmp:
-            (Path(tmp) / RUN_JSON).write_bytes(raw)
-            client.log_artifact(run_id, str(Path(tmp) / RUN_JSON))
+            (Path(tmp) / RUN_RECORD_FILE).write_bytes(raw)
+            client.log_artifact(run_id, str(Path(tmp) / RUN_RECORD_FILE))
             (Path(tmp) / TRAINING_CURVES).write_bytes(training_curves(history))
             client.log_artifact(run_id, str(Path(tmp) / TRAINING_CURVES), "plots")
         client.set_terminated(run_id, "FINISHED")

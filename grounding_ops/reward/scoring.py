@@ -162,7 +162,7 @@ def score_response(
 
     Only the final answer is read: reasoning up to the last ``</think>`` is ignored, and
     the last complete ``<answer>…</answer>`` after it is the answer (see
-    :func:`grounding_ops.reward.parsing.extract_answer`).
+    :func:`grounding_ops.answer_parsing.extract_answer`).
 
     Returns ``score`` (in [0, 1]), ``iou`` (mean IoU of matched pairs),
     ``acc`` (1.0 when predictions and ground truth match one-to-one with every

@@ -16,12 +16,14 @@ DEFAULT_WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from grounding_ops.training.presets import PRESET_NAMES
-    from grounding_ops.training.spec import ENGINES
+    from grounding_ops.training.spec import ENGINES, knobs_help
 
     parser = subparsers.add_parser(
         "train",
         help="train a grounding model with GRPO (VeRL on GPUs, or the CPU engine)",
         description="Train a grounding model with GRPO on an exported dataset.",
+        epilog="knobs (--set NAME=VALUE; every other spec field can be set too):\n" + knobs_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", required=True, choices=PRESET_NAMES, help="training preset")
     parser.add_argument(

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from grounding_ops.data.vision import RESIZE_FACTORS, family_protocol_problem
+from grounding_ops.vocabulary import TRAINING_ENGINES
 
 MODEL_FAMILIES: tuple[str, ...] = ("qwen2.5-vl", "qwen2-vl", "qwen3-vl")
-ENGINES: tuple[str, ...] = ("verl", "cpu")
+ENGINES: tuple[str, ...] = TRAINING_ENGINES
 # KL estimators verl 0.9.1's core_algos.kl_penalty computes ("full" is listed there but raises
 # NotImplementedError on the first update step, so it is not offered).
 KL_TYPES: tuple[str, ...] = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2", "k3+", "low_var_kl+")
@@ -48,6 +49,48 @@ def protocol_names() -> tuple[str, ...]:
     return tuple(PROTOCOL_NAMES)
 
 
+KNOB = "knob"  # the dataclass field metadata key of a knob
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A spec field people set by hand (the trigger form, ``--set``): its help and its bounds.
+
+    Defined once, on the field (:func:`knob`); the form's Param schemas and the CLI's help are
+    generated from it.
+    """
+
+    name: str
+    title: str
+    help: str
+    minimum: float
+    maximum: float
+    kind: str  # "integer" or "number" (JSON Schema)
+
+
+def knob(default: Any, title: str, help: str, minimum: float, maximum: float) -> Any:
+    """A :class:`TrainingSpec` field that is a knob (``name`` and ``kind`` come from the field)."""
+    return field(default=default, metadata={KNOB: (title, help, minimum, maximum)})
+
+
+def knobs() -> dict[str, Knob]:
+    """The spec's knobs by field name, in field order."""
+    hints = typing.get_type_hints(TrainingSpec)
+    found = {}
+    for f in dataclasses.fields(TrainingSpec):
+        if KNOB not in f.metadata:
+            continue
+        title, text, minimum, maximum = f.metadata[KNOB]
+        kind = "number" if float in typing.get_args(hints[f.name]) or hints[f.name] is float else "integer"
+        found[f.name] = Knob(f.name, title, text, minimum, maximum, kind)
+    return found
+
+
+def knobs_help() -> str:
+    """The knobs as lines for ``--help``: name, range and what it does."""
+    return "\n".join(f"  {k.name} ({k.minimum:g}..{k.maximum:g}): {k.help}" for k in knobs().values())
+
+
 @dataclass
 class TrainingSpec:
     """Everything that defines a training run except the dataset and the output location."""
@@ -57,9 +100,15 @@ class TrainingSpec:
     protocol: str = "qwen2.5-vl"
     engine: str = "verl"  # default engine of the preset; `--engine` on the command line wins
     # GRPO
-    rollout_n: int = 5
-    learning_rate: float = 1e-6
-    kl_coef: float = 0.01  # 0 disables the KL loss (and the reference model)
+    rollout_n: int = knob(
+        5, "Rollouts per prompt", "GRPO group size n (>= 2; advantages are relative to the group).", 2, 64
+    )
+    learning_rate: float = knob(
+        1e-6, "Learning rate", "Actor learning rate (typical 1e-6 for 3B-7B models).", 1e-9, 1e-2
+    )
+    kl_coef: float = knob(  # 0 disables the KL loss (and the reference model)
+        0.01, "KL coefficient", "Weight of the KL loss to the reference model (0 disables it).", 0, 10
+    )
     kl_type: str = "low_var_kl"
     entropy_coef: float = 0.0
     temperature: float = 1.0
@@ -70,8 +119,10 @@ class TrainingSpec:
     max_prompt_length: int = 2048
     max_response_length: int = 256
     # schedule
-    total_epochs: int = 1
-    total_steps: int | None = None  # caps the run; None = total_epochs over the dataset
+    total_epochs: int = knob(1, "Epochs", "Passes over the training split.", 1, 1000)
+    total_steps: int | None = knob(  # caps the run; None = total_epochs over the dataset
+        None, "Total steps", "Cap on training steps (otherwise the epochs decide).", 1, 1_000_000
+    )
     # steps between checkpoints; -1 = only at the end (VeRL gets a frequency past the last step,
     # because verl saves only when save_freq > 0, and always at its last step then)
     save_freq: int = 20
@@ -79,8 +130,8 @@ class TrainingSpec:
     max_checkpoints_to_keep: int = 2  # local checkpoints the engine keeps (older ones are uploaded first)
     val_max_samples: int = 512  # validation rows VeRL reads (validation runs every test_freq steps)
     # hardware
-    gpus_per_node: int = 8
-    nnodes: int = 1
+    gpus_per_node: int = knob(8, "GPUs per node", "GPUs used on each node (gpu engine).", 1, 16)
+    nnodes: int = knob(1, "Nodes", "Number of nodes (more than 1 is submitted to the Ray cluster).", 1, 128)
     # A folder mounted at the same path on every node (NFS, Lustre, ...): required when nnodes > 1,
     # because each node writes its FSDP shards to its own disk and the merge needs all of them.
     shared_dir: str = ""
@@ -91,7 +142,7 @@ class TrainingSpec:
     gradient_checkpointing: bool = True
     # LoRA (0 = full fine-tuning). With LoRA only the language model is adapted; full fine-tuning
     # trains every weight, the vision tower included (verl 0.9.1 reads actor.freeze_vision_tower nowhere).
-    lora_rank: int = 0
+    lora_rank: int = knob(0, "LoRA rank", "0 = full fine-tuning; e.g. 64 for LoRA.", 0, 1024)
     lora_alpha: int = 16
     # image processor
     min_pixels: int = 3136

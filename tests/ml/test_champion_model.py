@@ -44,7 +44,8 @@ def _png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
 def champion(tmp_path_factory, s3_service, mlflow_service):
     """Train (run_training, CPU engine), log the training, evaluate base and final, promote."""
     from grounding_ops.evaluation.evaluate import evaluate
-    from grounding_ops.registry.promotion import CHAMPION, promote
+    from grounding_ops.registry.promotion import promote
+    from grounding_ops.vocabulary import CHAMPION_ALIAS as CHAMPION
     from grounding_ops.registry.tracking import log_evaluation, mlflow_client
     from grounding_ops.registry.training_run import log_training_run
     from grounding_ops.training.presets import get_preset

@@ -1,4 +1,8 @@
-"""``grounding-ops evaluate``: evaluate a checkpoint on a dataset version."""
+"""``grounding-ops evaluate``: evaluate a checkpoint on a dataset version, then log it as an MLflow run.
+
+It composes two steps (the evaluation writes files only; the registry turns them into an MLflow
+run), so it lives above both rather than in either.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ from typing import Any
 
 from grounding_ops.cli import POSITIVE_INT
 from grounding_ops.evaluation.evaluate import ROLES
-
-ENGINE_CHOICES = ("transformers", "vllm")
+from grounding_ops.vocabulary import GENERATION_ENGINES
 
 
 def _tag(text: str) -> tuple[str, str]:
@@ -34,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument(
         "--engine",
-        choices=ENGINE_CHOICES,
+        choices=GENERATION_ENGINES,
         default="transformers",
         help="vllm on GPU nodes, transformers on CPU (default: transformers)",
     )

@@ -1,4 +1,7 @@
-"""Airflow plugin: the "Grounding models" page and the extra links of the grounding_train tasks.
+"""The Airflow plugin: the "Grounding models" page and the extra links of the grounding_train tasks.
+
+Airflow loads it through the ``airflow.plugins`` entry point of the package (``pyproject.toml``),
+so an installed grounding-ops needs no file in the plugins folder.
 
 Mounts a FastAPI app in the api-server under ``/grounding`` (``/grounding/models`` HTML,
 ``/grounding/api/models`` JSON; authenticated Airflow users only) and adds a "Grounding models"
