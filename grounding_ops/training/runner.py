@@ -1,17 +1,22 @@
 """The training container contract: ``grounding-ops train --engine verl|cpu`` end to end.
 
-:func:`run_training`:
+:func:`run_training` is one recipe for every engine; each stage is a function here, and what
+differs per engine is asked of a :class:`~grounding_ops.training.engines.TrainingEngine`:
 
-1. fetches the dataset version by its manifest and verifies every checksum;
-2. downloads the latest complete checkpoint from ``OUTPUT/checkpoints/`` if there is one
-   (resume; see :mod:`grounding_ops.training.checkpoints` for what "complete" means);
-3. runs the engine as a subprocess, streaming its log lines (the CPU engine prints one
-   readable line per step; VeRL's metric lines are followed by a readable summary);
-4. uploads each checkpoint the engine finishes to ``OUTPUT/checkpoints/global_step_N/`` from a
-   background thread, file by file and then a completion marker, while training goes on;
-5. produces the final Hugging Face folder (CPU: the last checkpoint's model and processor;
-   VeRL: ``verl.model_merger`` on the last FSDP checkpoint) and uploads it to ``OUTPUT/final/``;
-6. writes ``OUTPUT/run.json`` last.
+1. :func:`fetch_inputs`: the dataset version by its manifest, every checksum verified, and the
+   step the run must reach (``engine.target_steps``);
+2. :func:`resume`: the latest complete checkpoint of ``OUTPUT/checkpoints/``, if there is one
+   (see :mod:`grounding_ops.training.checkpoints` for what "complete" means); then
+   :func:`fetch_model` (after the resume check, so a refused run downloads no model);
+3. :func:`train`: ``engine.run`` as a subprocess, streaming its log lines (the CPU engine prints
+   one readable line per step; VeRL's metric lines are followed by a readable summary), while a
+   background thread uploads each checkpoint it finishes to ``OUTPUT/checkpoints/global_step_N/``,
+   file by file and then a completion marker (``engine.checkpoints`` says when a step is
+   complete and what to do around its upload);
+4. finalize: :func:`publish_final_model` (``engine.final_model``: CPU the last checkpoint's model
+   and processor, VeRL ``verl.model_merger`` on the last FSDP checkpoint) to ``OUTPUT/final/``,
+   :func:`upload_offline_wandb` to ``OUTPUT/wandb/`` and ``engine.base_model_uri``;
+5. the :class:`~grounding_ops.training.run_record.RunRecord`, saved as ``OUTPUT/run.json`` last.
 
 Exit codes: 0 success; 1 the engine, the merge or an upload failed; 2 an input problem (the
 message says what to fix); 143 terminated by SIGTERM (the engine is stopped and the finished
@@ -61,8 +66,6 @@ RUN_JSON = RUN_RECORD_FILE  # read by pipeline.train_tasks and registry.training
 WANDB_PREFIX = "wandb"  # offline W&B runs of the engine, kept next to the run outputs
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
 
-__all__ = ["RunError", "fetch_dataset", "resolve_model", "run_training", "upload_offline_wandb"]
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -105,7 +108,9 @@ def _run(
     trainer = engine_named(engine, spec)
     out = open_store(output_uri, s3_client=s3_client)
     with _work_folder(work_dir) as work:
+        # 1. inputs
         inputs = fetch_inputs(trainer, dataset_uri, work, s3_client, timings)
+        # 2. resume (before the model: a run with nothing to train downloads none)
         checkpoint_dir = trainer.checkpoint_dir(work, output_uri)
         start = resume(out, checkpoint_dir, inputs.total, timings)
         model_dir = fetch_model(spec, trainer, work / "model", s3_client, timings)
@@ -119,18 +124,22 @@ def _run(
             out=out,
         )
         with Terminator() as terminator:
+            # 3. train, uploading checkpoints as they appear
             trained = train(trainer, job, start, terminator, timings)
+            # 4. finalize: the final model, ...
             final_uri = publish_final_model(trainer, trained.last_dir, work / "final", out, terminator, timings)
-        # offline W&B runs would die with the container: keep them (`wandb sync` them later)
+        # ... the offline W&B runs, which would die with the container: keep them (`wandb sync` them later)
         wandb_offline = upload_offline_wandb(out, work / "wandb")
-        # the base model the run started from (what promotion must beat when there is no champion)
+        # ... and the base model the run started from (what promotion must beat when there is no champion)
         base_model_uri = trainer.base_model_uri(out, checkpoint_dir)
 
+        # 5. the record, last
         timings["total_s"] = time.perf_counter() - started
         record = RunRecord(
             dataset_version=str(inputs.manifest.get("version") or ""),
             dataset_uri=dataset_uri,
             spec=spec.to_dict(),
+            engine=trainer.name,
             overrides=trained.outcome.overrides,
             image=os.environ.get(IMAGE_ENV),
             git_commit=os.environ.get(GIT_COMMIT_ENV),
@@ -143,7 +152,6 @@ def _run(
             seconds_per_step=trained.outcome.seconds_per_step,
             wandb_url=trained.outcome.wandb_url,
             wandb_offline_uri=wandb_offline,
-            engine=trainer.name,
             checkpoints=[ckpt.checkpoint_uri(out, s) for s in ckpt.remote_complete_steps(out)],
             final_uri=final_uri,
             base_model_uri=base_model_uri,
