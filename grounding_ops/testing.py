@@ -212,7 +212,9 @@ def write_verl_step(
     """A ``global_step_N`` folder laid out as verl 0.9.1's FSDP checkpoint manager writes it
     (``actor/`` shards of ``ranks``, ``fsdp_config.json``, ``huggingface/config.json``, ``data.pt``),
     with placeholder bytes; the tracker file is moved to ``step`` when ``tracker``."""
-    folder = Path(root) / f"global_step_{step}"
+    from grounding_ops.training import checkpoints as ckpt
+
+    folder = ckpt.step_dir(root, step)
     actor = folder / "actor"
     (actor / "huggingface").mkdir(parents=True, exist_ok=True)
     (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": world_size}))
@@ -221,9 +223,7 @@ def write_verl_step(
         (actor / f"model_world_size_{world_size}_rank_{rank}.pt").write_bytes(b"shard")
     (folder / "data.pt").write_bytes(b"dataloader state")
     if tracker:
-        marker = Path(root) / "latest_checkpointed_iteration.txt"
-        current = int(marker.read_text()) if marker.is_file() else 0
-        marker.write_text(str(max(step, current)))
+        ckpt.write_tracker(root, max(step, ckpt.read_tracker(root) or 0))
     return folder
 
 

@@ -654,9 +654,12 @@ def test_list_checkpoints_and_pick_best(tmp_path):
         "checkpoints/global_step_10/config.json",
         "checkpoints/global_step_2/huggingface/config.json",
         "checkpoints/global_step_5/actor/model_world_size_1_rank_0.pt",
+        "checkpoints/global_step_12/config.json",  # an upload cut short: no completion marker
         "final/config.json",
     ):
         store.put_bytes(key, b"{}")
+    for step in (2, 5, 10):
+        store.put_bytes(f"checkpoints/global_step_{step}/checkpoint.complete.json", b"{}")
     base = tmp_path / "base"
     found = list_checkpoints(store, {"steps_done": 10, "base_model": str(base)})
     assert [c["name"] for c in found] == ["global_step_2", "global_step_10", "final", "base"]

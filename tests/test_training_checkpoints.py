@@ -158,3 +158,38 @@ def test_marker_names_outside_the_checkpoint_are_refused(rel: str, tmp_path: Pat
     with pytest.raises(StorageError, match="tampered"):
         ckpt.download_checkpoint(store, 1, tmp_path / "work" / "ckpt")
     assert not (tmp_path / "work").exists()  # refused before writing anything
+
+
+def test_step_names_and_folders(tmp_path: Path) -> None:
+    assert ckpt.step_name(7) == "global_step_7" and ckpt.step_of("global_step_7") == 7
+    assert ckpt.step_of("global_step_7x") is None and ckpt.step_of("step_7") is None
+    assert ckpt.step_dir(tmp_path, 3) == tmp_path / "global_step_3"
+    for step in (10, 2):
+        _write_checkpoint(tmp_path, step, track=False)
+    (tmp_path / "global_step_5").write_text("a file, not a checkpoint folder")
+    (tmp_path / "global_step_y").mkdir()
+    assert ckpt.step_dirs(tmp_path) == [(2, tmp_path / "global_step_2"), (10, tmp_path / "global_step_10")]
+    assert ckpt.step_dirs(tmp_path / "missing") == []
+
+
+def test_evaluable_checkpoints_are_complete_hugging_face_folders(store, tmp_path: Path) -> None:
+    assert ckpt.evaluable_checkpoints(store) == []
+    local = tmp_path / "ckpt"
+    cpu_style = _write_checkpoint(local, 2)
+    (cpu_style / "config.json").write_text("{}")  # the step folder is a Hugging Face folder
+    verl_style = _write_checkpoint(local, 4)
+    (verl_style / ckpt.HF_DIR).mkdir()
+    (verl_style / ckpt.HF_DIR / "config.json").write_text("{}")  # merged into huggingface/ before upload
+    _write_checkpoint(local, 6)  # FSDP shards only: complete, but no model to evaluate
+    for step in (2, 4, 6):
+        ckpt.upload_checkpoint(store, local, step)
+    store.put_bytes("checkpoints/global_step_8/config.json", b"{}")  # an upload cut short: no marker
+    found = ckpt.evaluable_checkpoints(store)
+    assert [(c.name, c.step) for c in found] == [("global_step_2", 2), ("global_step_4", 4)]
+    assert found[0].uri == ckpt.checkpoint_uri(store, 2)
+    assert found[1].uri == store.url("checkpoints/global_step_4/huggingface")
+
+    store.put_bytes(f"{ckpt.FINAL_PREFIX}/config.json", b"{}")
+    final = ckpt.evaluable_checkpoints(store, steps_done=6)[-1]
+    assert (final.name, final.step, final.uri) == ("final", 7, store.url("final"))  # sorts after every step
+    assert ckpt.evaluable_checkpoints(store)[-1].step == 5  # without steps_done: after the last evaluable one

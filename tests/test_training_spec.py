@@ -15,9 +15,9 @@ from grounding_ops.cli import main as cli_main
 from grounding_ops.testing import write_verl_step
 from grounding_ops.training.presets import PRESET_NAMES, get_preset
 from grounding_ops.training.spec import TrainingSpec
+from grounding_ops.training import checkpoints as ckpt
 from grounding_ops.training.verl_engine import (
-    checkpoint_steps,
-    latest_checkpoint_step,
+    actor_has_model,
     merge_command,
     parse_log_line,
     trainer_command,
@@ -330,7 +330,7 @@ def test_verl_commands_and_checkpoint_discovery(tmp_path) -> None:
         "--exclude-modules",
         ".*visual.*",
     ]
-    assert latest_checkpoint_step(tmp_path / "absent") is None
+    assert ckpt.latest_local_checkpoint(tmp_path / "absent", actor_has_model) is None
     for step in (2, 10, 4):
         write_verl_step(tmp_path, step)
     (tmp_path / "global_step_12").mkdir()  # incomplete: no actor folder
@@ -338,10 +338,10 @@ def test_verl_commands_and_checkpoint_discovery(tmp_path) -> None:
     rotated = write_verl_step(tmp_path, 1)
     for shard in (rotated / "actor").glob("model_world_size_*"):  # verl's rotation: actor/ emptied, data.pt kept
         shard.unlink()
-    assert checkpoint_steps(tmp_path) == [2, 4, 10]
-    assert latest_checkpoint_step(tmp_path) == 10
-    (tmp_path / "latest_checkpointed_iteration.txt").write_text("4\n")
-    assert latest_checkpoint_step(tmp_path) == 4
+    assert ckpt.local_complete_steps(tmp_path, actor_has_model) == [2, 4, 10]
+    assert ckpt.latest_local_checkpoint(tmp_path, actor_has_model) == (10, tmp_path / "global_step_10")
+    (tmp_path / ckpt.TRACKER_FILE).write_text("4\n")  # VeRL resumes from the step its tracker names
+    assert ckpt.latest_local_checkpoint(tmp_path, actor_has_model) == (4, tmp_path / "global_step_4")
 
 
 def test_parse_verl_console_lines() -> None:

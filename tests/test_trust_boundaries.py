@@ -72,6 +72,7 @@ def test_download_tree_refuses_keys_that_leave_the_destination(
 
 
 def test_runner_model_download_refuses_hostile_keys(s3_service, run_prefix: str, tmp_path: Path) -> None:
+    from grounding_ops.training.engines import CpuEngine
     from grounding_ops.training.runner import RunError, resolve_model
 
     _put(s3_service, f"{run_prefix}/base/config.json")
@@ -82,7 +83,7 @@ def test_runner_model_download_refuses_hostile_keys(s3_service, run_prefix: str,
         model_family = "qwen2.5-vl"
 
     with pytest.raises(RunError, match="refusing object key"):
-        resolve_model(Spec(), "cpu", tmp_path / "m", s3_service.client())
+        resolve_model(Spec(), CpuEngine(Spec()), tmp_path / "m", s3_service.client())
 
 
 def test_local_path_for_key_accepts_plain_nested_keys(tmp_path: Path) -> None:

@@ -160,14 +160,13 @@ def test_uploader_skips_rotated_and_partial_verl_steps(tmp_path: Path) -> None:
 
 
 def test_latest_verl_checkpoint_ignores_a_newer_rotated_or_partial_step(tmp_path: Path) -> None:
-    from grounding_ops.training.runner import _incomplete_verl_steps
-    from grounding_ops.training.verl_engine import actor_has_model
+    from grounding_ops.training.verl_engine import actor_has_model, incomplete_steps
 
     write_verl_step(tmp_path, 2)
     write_verl_step(tmp_path, 4, world_size=2, ranks=(0,))
     assert ckpt.latest_local_checkpoint(tmp_path, actor_has_model) == (2, tmp_path / "global_step_2")
-    assert "global_step_4 lacks actor/model_world_size_2_rank_1.pt" in _incomplete_verl_steps(tmp_path)
-    assert "shared_dir" in _incomplete_verl_steps(tmp_path)
+    assert "global_step_4 lacks actor/model_world_size_2_rank_1.pt" in incomplete_steps(tmp_path)
+    assert "shared_dir" in incomplete_steps(tmp_path)
 
 
 # --------------------------------------------------------------------------- export

@@ -61,7 +61,6 @@ AIRFLOW_RUN_ENV = "GROUNDING_OPS_AIRFLOW_RUN"  # dag_id/run_id, in every contain
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_STEP = re.compile(r"global_step_(\d+)")
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -388,49 +387,24 @@ def record_training(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _is_model_folder(store: ObjectStore, prefix: str) -> bool:
-    return store.exists(f"{prefix.strip('/')}/config.json")
-
-
-def _step_of(name: str) -> int:
-    match = _STEP.search(name)
-    return int(match.group(1)) if match else -1
-
-
 def list_checkpoints(store: ObjectStore, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Evaluable models of a training run: each Hugging Face checkpoint, ``final``, and the base model.
 
-    ``store`` is the training output. A checkpoint is evaluable when its folder (or its
-    ``huggingface/`` sub-folder) holds ``config.json``; FSDP-only shards are skipped with a log line.
+    ``store`` is the training output; which checkpoints are evaluable is
+    :func:`grounding_ops.training.checkpoints.evaluable_checkpoints`'s answer.
     """
-    found: dict[str, dict[str, Any]] = {}
-    names = sorted(
-        {
-            obj.key.split("/")[1]
-            for obj in store.list("checkpoints/")
-            if obj.key.count("/") >= 2 and _STEP.fullmatch(obj.key.split("/")[1])
-        },
-        key=_step_of,
-    )
-    for name in names:
-        for sub in (f"checkpoints/{name}", f"checkpoints/{name}/huggingface"):
-            if _is_model_folder(store, sub):
-                found[name] = {"name": name, "uri": store.url(sub), "step": _step_of(name), "role": "candidate"}
-                break
-        else:
-            log.info(
-                "checkpoint %s has no Hugging Face folder (config.json); not evaluated",
-                store.url(f"checkpoints/{name}"),
-            )
-    if _is_model_folder(store, "final"):
-        last = max([int(summary.get("steps_done") or 0), *(c["step"] for c in found.values())])
-        found["final"] = {"name": "final", "uri": store.url("final"), "step": last + 1, "role": "candidate"}
+    from grounding_ops.training.checkpoints import evaluable_checkpoints
+
+    found = [
+        {"name": c.name, "uri": c.uri, "step": c.step, "role": "candidate"}
+        for c in evaluable_checkpoints(store, steps_done=int(summary.get("steps_done") or 0))
+    ]
     if not found:
         raise PipelineError(
             f"no evaluable checkpoint under {store.uri} (expected final/ or checkpoints/*/ "
             "with config.json): see the train task's log"
         )
-    candidates = sorted(found.values(), key=lambda c: c["step"])
+    candidates = sorted(found, key=lambda c: c["step"])
     base = str(summary.get("base_model") or "")
     if base.startswith("s3://") or base.startswith("/") or base.startswith("file://"):
         candidates.append({"name": "base", "uri": base, "step": -1, "role": "base"})

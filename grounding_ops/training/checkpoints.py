@@ -1,8 +1,11 @@
-"""Checkpoint discovery and synchronisation between a local folder and the run's output store.
+"""The checkpoint layout, in one place: local step folders, the output store, and what "complete" means.
+
+Every module that names a step folder, the tracker file, the completion marker or the output's
+model folders (the engines, the runner, the DAG's checkpoint listing) asks this module.
 
 Local layout (both engines; VeRL's own convention)::
 
-    <local>/global_step_N/...                 one checkpoint per saved step
+    <local>/global_step_N/...                 one checkpoint per saved step (:func:`step_dir`)
     <local>/latest_checkpointed_iteration.txt the last step whose checkpoint is fully written
 
 A local ``global_step_N`` counts as complete once the tracker file says N or more: engines
@@ -10,21 +13,28 @@ write the tracker after the checkpoint, so a folder still being written is never
 An engine can add its own test (``is_complete``): VeRL's counts only when ``actor/`` holds every
 rank's model shard, since its rotation deletes ``actor/`` and leaves ``data.pt`` behind.
 
-Remote layout::
+Remote layout (the run's output store)::
 
     <output>/checkpoints/global_step_N/...                   the files, uploaded one by one
     <output>/checkpoints/global_step_N/checkpoint.complete.json   written LAST
+    <output>/checkpoints/global_step_N/huggingface/          VeRL: the step merged into a HF folder
+    <output>/final/                                          the final Hugging Face model
+    <output>/base/                                           the model GRPO started from (CPU engine)
 
 Only a checkpoint with its marker is a checkpoint: an upload cut short leaves files without a
 marker, which discovery ignores (and the next upload of that step overwrites). The marker lists
 every file with its size and the sha256 the trainer computed before uploading it; a download
 (before any resume: VeRL unpickles resumed checkpoints) checks both and refuses markers without
 checksums. The checkpoint prefix must be writable by the trainer only (docs/reliability.md).
+
+A checkpoint is *evaluable* (:func:`evaluable_checkpoints`) when it is complete and its folder,
+or its ``huggingface/`` sub-folder, holds a Hugging Face ``config.json``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -39,12 +49,37 @@ STEP_PREFIX = "global_step_"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 MARKER_FILE = "checkpoint.complete.json"
 CHECKPOINTS_PREFIX = "checkpoints"
-_STEP_RE = re.compile(r"^global_step_(\d+)$")
+HF_DIR = "huggingface"  # a step's merged Hugging Face model, when the step folder is not one itself (VeRL)
+FINAL_PREFIX = "final"  # the output's final Hugging Face model
+BASE_PREFIX = "base"  # the output's copy of the model GRPO started from, where the engine made one
+_STEP_RE = re.compile(rf"^{STEP_PREFIX}(\d+)$")
+
+log = logging.getLogger(__name__)
+
+
+def step_name(step: int) -> str:
+    """The folder name of a step's checkpoint: ``global_step_<step>``."""
+    return f"{STEP_PREFIX}{int(step)}"
 
 
 def step_of(name: str) -> int | None:
+    """The step of a checkpoint folder name, or ``None`` when ``name`` is not one."""
     match = _STEP_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def step_dir(local_dir: str | Path, step: int) -> Path:
+    """The local folder of a step's checkpoint under ``local_dir``."""
+    return Path(local_dir) / step_name(step)
+
+
+def step_dirs(local_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``global_step_N`` folder under ``local_dir`` (complete or not), by ascending step."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        return []
+    found = [(step, child) for child in root.iterdir() if (step := step_of(child.name)) is not None and child.is_dir()]
+    return sorted(found)
 
 
 def read_tracker(local_dir: str | Path) -> int | None:
@@ -67,27 +102,25 @@ StepTest = Callable[[Path], bool]
 
 def local_complete_steps(local_dir: str | Path, is_complete: StepTest | None = None) -> list[int]:
     """Steps of the fully written ``global_step_N`` folders under ``local_dir``, ascending."""
-    root = Path(local_dir)
-    tracked = read_tracker(root)
-    if tracked is None or not root.is_dir():
+    tracked = read_tracker(local_dir)
+    if tracked is None:
         return []
-    steps = []
-    for child in root.iterdir():
-        step = step_of(child.name)
-        if step is not None and child.is_dir() and step <= tracked and (is_complete is None or is_complete(child)):
-            steps.append(step)
-    return sorted(steps)
+    return [
+        step
+        for step, folder in step_dirs(local_dir)
+        if step <= tracked and (is_complete is None or is_complete(folder))
+    ]
 
 
 def latest_local_checkpoint(local_dir: str | Path, is_complete: StepTest | None = None) -> tuple[int, Path] | None:
     steps = local_complete_steps(local_dir, is_complete)
     if not steps:
         return None
-    return steps[-1], Path(local_dir) / f"{STEP_PREFIX}{steps[-1]}"
+    return steps[-1], step_dir(local_dir, steps[-1])
 
 
 def _remote_dir(step: int) -> str:
-    return join_key(CHECKPOINTS_PREFIX, f"{STEP_PREFIX}{step}")
+    return join_key(CHECKPOINTS_PREFIX, step_name(step))
 
 
 def remote_complete_steps(store: ObjectStore) -> list[int]:
@@ -108,7 +141,7 @@ def checkpoint_uri(store: ObjectStore, step: int) -> str:
 
 def upload_checkpoint(store: ObjectStore, local_dir: str | Path, step: int) -> str:
     """Upload ``global_step_<step>`` file by file, then its marker; return its URI."""
-    folder = Path(local_dir) / f"{STEP_PREFIX}{step}"
+    folder = step_dir(local_dir, step)
     if not folder.is_dir():
         raise StorageError(f"no checkpoint folder {folder}")
     files: dict[str, dict[str, Any]] = {}
@@ -147,7 +180,7 @@ def download_checkpoint(store: ObjectStore, step: int, local_dir: str | Path) ->
         marker = json.loads(store.get_bytes(join_key(remote, MARKER_FILE)))
     except (StorageError, ValueError) as exc:
         raise StorageError(f"checkpoint {store.url(remote)} has no readable completion marker: {exc}") from exc
-    folder = Path(local_dir) / f"{STEP_PREFIX}{step}"
+    folder = step_dir(local_dir, step)
     files = marker.get("files") if isinstance(marker, dict) else None
     if not isinstance(files, dict):
         raise StorageError(f"the completion marker of {store.url(remote)} lists no files: the checkpoint is damaged")
@@ -222,12 +255,12 @@ class CheckpointUploader:
             self._upload(step)
 
     def _still_there(self, step: int) -> bool:
-        folder = Path(self.local_dir) / f"{STEP_PREFIX}{step}"
+        folder = step_dir(self.local_dir, step)
         return folder.is_dir() and (self.is_complete is None or self.is_complete(folder))
 
     def _upload(self, step: int) -> None:
         last_error = ""
-        folder = Path(self.local_dir) / f"{STEP_PREFIX}{step}"
+        folder = step_dir(self.local_dir, step)
         for attempt in range(1, self.retries + 1):
             started = time.perf_counter()
             try:
@@ -264,14 +297,56 @@ class CheckpointUploader:
             raise StorageError("could not upload " + "; ".join(self.errors))
         return dict(self.uploaded)
 
-    def stop(self) -> None:
-        """Stop without a last pass (used when the run fails)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+
+@dataclass(frozen=True)
+class EvaluableCheckpoint:
+    """A model of a training output that an evaluation can load.
+
+    :param name: ``global_step_N``, or ``final`` for the final model.
+    :param step: the checkpoint's step; ``final`` sorts after every checkpoint (the last step + 1).
+    :param uri: the Hugging Face folder (the step folder, its ``huggingface/`` sub-folder, or ``final/``).
+    """
+
+    name: str
+    step: int
+    uri: str
 
 
-def describe(store: ObjectStore) -> dict[str, Any]:
-    """What the output holds: complete checkpoint steps and their URIs."""
-    steps = remote_complete_steps(store)
-    return {"steps": steps, "uris": [checkpoint_uri(store, s) for s in steps]}
+def _holds_model(store: ObjectStore, prefix: str) -> bool:
+    return store.exists(join_key(prefix, "config.json"))
+
+
+def evaluable_checkpoints(store: ObjectStore, *, steps_done: int = 0) -> list[EvaluableCheckpoint]:
+    """The evaluable models of the training output ``store``, by ascending step, ``final`` last.
+
+    A checkpoint counts when it is complete (its marker is there, see :func:`remote_complete_steps`)
+    and its folder or its ``huggingface/`` sub-folder holds ``config.json``; a complete one without
+    (FSDP shards only) is skipped with a log line. ``final/`` counts when it holds ``config.json``;
+    its step is one past the last of ``steps_done`` and the checkpoints'.
+    """
+    found: list[EvaluableCheckpoint] = []
+    for step in remote_complete_steps(store):
+        remote = _remote_dir(step)
+        model = next((p for p in (remote, join_key(remote, HF_DIR)) if _holds_model(store, p)), None)
+        if model is None:
+            log.info("checkpoint %s has no Hugging Face folder (config.json); not evaluated", store.url(remote))
+            continue
+        found.append(EvaluableCheckpoint(name=step_name(step), step=step, uri=store.url(model)))
+    if _holds_model(store, FINAL_PREFIX):
+        last = max([int(steps_done or 0), *(c.step for c in found)])
+        found.append(EvaluableCheckpoint(name=FINAL_PREFIX, step=last + 1, uri=store.url(FINAL_PREFIX)))
+    return found
+
+
+def upload_folder(store: ObjectStore, prefix: str, folder: Path) -> list[str]:
+    """Upload ``folder`` under ``prefix`` and delete objects there that the folder does not have."""
+    names = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        store.upload_file(join_key(prefix, rel), path)
+        names.append(rel)
+    keep = {join_key(prefix, n) for n in names}
+    for info in list(store.list(prefix + "/")):
+        if info.key not in keep:
+            store.delete(info.key)
+    return names

@@ -10,10 +10,10 @@ sync; this module only says *what* to run and *how to read* what VeRL prints:
 - ``actor_has_model(step_dir) -> bool``: whether ``global_step_N/actor/`` holds the model shard of
   every rank (``fsdp_config.json``'s world size). verl's rotation (``max_actor_ckpt_to_keep``)
   deletes ``actor/`` and leaves ``data.pt``; a node writing to its own disk leaves other ranks'
-  shards elsewhere: neither is a checkpoint.
-- ``checkpoint_steps(checkpoint_dir) -> list[int]`` / ``latest_checkpoint_step(checkpoint_dir)``:
-  the ``global_step_N`` folders VeRL wrote under ``trainer.default_local_dir`` (and its
-  ``latest_checkpointed_iteration.txt`` marker) that hold a model.
+  shards elsewhere: neither is a checkpoint. It is the VeRL engine's ``is_complete`` on top of
+  the layout of :mod:`grounding_ops.training.checkpoints` (folder names, tracker file).
+- ``incomplete_steps(checkpoint_dir) -> str``: what the step folders that are not checkpoints lack,
+  for the runner's error message.
 - ``merge_command(step_dir, target_dir, python=sys.executable, exclude_modules=None) -> list[str]``:
   ``python -m grounding_ops.training.verl_merge --step-dir <step_dir> --target <target_dir>``:
   verl's model merger plus the LoRA merge (see :mod:`grounding_ops.training.verl_merge`).
@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-CHECKPOINT_MARKER = "latest_checkpointed_iteration.txt"
-_STEP_DIR = re.compile(r"^global_step_(\d+)$")
+from grounding_ops.training import checkpoints as ckpt
 
 
 def trainer_command(overrides: Sequence[str], python: str | None = None) -> list[str]:
@@ -80,36 +79,19 @@ def actor_has_model(step_dir: str | Path) -> bool:
     return not missing_shards(step_dir)
 
 
-def checkpoint_steps(checkpoint_dir: str | Path) -> list[int]:
-    """Steps of the ``global_step_N`` folders whose ``actor`` holds every rank's model shard, ascending."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return []
-    steps = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and actor_has_model(child):
-            steps.append(int(match.group(1)))
-    return sorted(steps)
-
-
-def latest_checkpoint_step(checkpoint_dir: str | Path) -> int | None:
-    """The step VeRL resumes from: its marker file if present and valid, else the newest folder."""
-    root = Path(checkpoint_dir)
-    steps = checkpoint_steps(root)
-    marker = root / CHECKPOINT_MARKER
-    if marker.is_file():
-        try:
-            step = int(marker.read_text().strip())
-        except ValueError:
-            step = None
-        if step is not None and step in steps:
-            return step
-    return steps[-1] if steps else None
-
-
-def step_dir(checkpoint_dir: str | Path, step: int) -> Path:
-    return Path(checkpoint_dir) / f"global_step_{step}"
+def incomplete_steps(checkpoint_dir: str | Path) -> str:
+    """A sentence on the step folders under ``checkpoint_dir`` that lack shards ("" when none do)."""
+    found = []
+    for _, folder in ckpt.step_dirs(checkpoint_dir):
+        missing = missing_shards(folder)
+        if missing:
+            found.append(f"{folder.name} lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if not found:
+        return ""
+    return (
+        ". Incomplete checkpoints: " + "; ".join(found) + " (on several nodes, every node must write to "
+        "the same shared_dir)"
+    )
 
 
 def merge_command(
