@@ -649,7 +649,7 @@ def test_list_checkpoints_and_pick_best(tmp_path):
 
     store = open_store(tmp_path / "train")
     with pytest.raises(PipelineError, match="no evaluable checkpoint"):
-        list_checkpoints(store, {})
+        list_checkpoints(store, _training_summary(steps_done=0))
     for key in (
         "checkpoints/global_step_10/config.json",
         "checkpoints/global_step_2/huggingface/config.json",
@@ -661,10 +661,12 @@ def test_list_checkpoints_and_pick_best(tmp_path):
     for step in (2, 5, 10):
         store.put_bytes(f"checkpoints/global_step_{step}/checkpoint.complete.json", b"{}")
     base = tmp_path / "base"
-    found = list_checkpoints(store, {"steps_done": 10, "base_model": str(base)})
-    assert [c["name"] for c in found] == ["global_step_2", "global_step_10", "final", "base"]
-    assert found[0]["uri"].endswith("global_step_2/huggingface") and found[-1]["role"] == "base"
-    assert [c["name"] for c in list_checkpoints(store, {"base_model": "tiny:qwen2-vl"})][-1] == "final"
+    found = list_checkpoints(store, _training_summary(steps_done=10, base_model=str(base)))
+    assert [c.name for c in found] == ["global_step_2", "global_step_10", "final", "base"]
+    assert found[0].uri.endswith("global_step_2/huggingface") and found[-1].role == "base"
+    assert [c.name for c in list_checkpoints(store, _training_summary(steps_done=0, base_model="tiny:qwen2-vl"))][
+        -1
+    ] == "final"
 
     results = [
         _result(

@@ -79,3 +79,14 @@ def test_the_grep_finds_a_repeated_name(tmp_path):
 def test_every_metric_has_a_direction():
     assert vocabulary.DEFAULT_METRIC in vocabulary.METRICS
     assert {m.name for m in vocabulary.METRICS.values() if not m.higher_is_better} == {"parse_failure_rate"}
+
+
+def test_the_training_engines_are_the_vocabulary_s():
+    from grounding_ops.training.engines import CpuEngine, VerlEngine
+
+    assert {CpuEngine.name, VerlEngine.name} == set(vocabulary.TRAINING_ENGINES)
+    assert set(vocabulary.TRAINING_ENGINE_FOR.values()) == set(vocabulary.TRAINING_ENGINES)
+    assert set(vocabulary.GENERATION_ENGINE_FOR.values()) == set(vocabulary.GENERATION_ENGINES)
+    assert (
+        set(vocabulary.TRAINING_ENGINE_FOR) == set(vocabulary.HARDWARE_CHOICES) == set(vocabulary.GENERATION_ENGINE_FOR)
+    )

@@ -44,6 +44,7 @@ from grounding_ops.pipeline.train_params import (
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.records import RecordError
 from grounding_ops.storage import ObjectStore, StorageError, join_uri, split_s3_uri
+from grounding_ops.training.checkpoints import evaluable_checkpoints
 from grounding_ops.training.run_record import RunRecord
 from grounding_ops.vocabulary import (
     CHALLENGER_ALIAS,
@@ -387,27 +388,25 @@ def record_training(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def list_checkpoints(store: ObjectStore, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def list_checkpoints(store: ObjectStore, summary: TrainingSummary) -> list[EvaluationCandidate]:
     """Evaluable models of a training run: each Hugging Face checkpoint, ``final``, and the base model.
 
     ``store`` is the training output; which checkpoints are evaluable is
     :func:`grounding_ops.training.checkpoints.evaluable_checkpoints`'s answer.
     """
-    from grounding_ops.training.checkpoints import evaluable_checkpoints
-
     found = [
-        {"name": c.name, "uri": c.uri, "step": c.step, "role": "candidate"}
-        for c in evaluable_checkpoints(store, steps_done=int(summary.get("steps_done") or 0))
+        EvaluationCandidate(c.name, c.uri, c.step, "candidate")
+        for c in evaluable_checkpoints(store, steps_done=summary.steps_done)
     ]
     if not found:
         raise PipelineError(
             f"no evaluable checkpoint under {store.uri} (expected final/ or checkpoints/*/ "
             "with config.json): see the train task's log"
         )
-    candidates = sorted(found, key=lambda c: c["step"])
-    base = str(summary.get("base_model") or "")
+    candidates = sorted(found, key=lambda c: c.step)
+    base = summary.base_model
     if base.startswith("s3://") or base.startswith("/") or base.startswith("file://"):
-        candidates.append({"name": "base", "uri": base, "step": -1, "role": "base"})
+        candidates.append(EvaluationCandidate("base", base, -1, "base"))
     else:
         log.info("base model %r is not a folder or s3:// URI; it is not evaluated (the champion is the bar)", base)
     return candidates
@@ -830,7 +829,7 @@ def list_checkpoints_task(context: Mapping[str, Any], training: Mapping[str, Any
     params = dict(context["params"])
     summary = TrainingSummary.from_dict(training, where="the train task's result")
     store = s3_store(summary.output_uri)
-    candidates = [EvaluationCandidate(**c) for c in list_checkpoints(store, training)]
+    candidates = list_checkpoints(store, summary)
     ti = context["ti"]
     plans = plan_evaluations(
         params,

@@ -455,6 +455,37 @@ def paired_values(client: Any, candidate_run: Any, bar_run: Any, metric: str) ->
     return [candidate[i] for i in shared], [bar[i] for i in shared], note
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """The evaluation run a promotion is asked for, with what the decision needs from it."""
+
+    run: Any
+    value: float  # its value of the promotion metric
+    source: str  # the evaluated model
+    dataset_version: str
+    split: str
+
+
+def read_candidate(client: Any, run_id: str, metric: str) -> Candidate:
+    """The candidate's evaluation run; :class:`PromotionError` when it cannot be promoted."""
+    run = _get_run(client, run_id)
+    params, run_tags = run.data.params, run.data.tags
+    if run_tags.get(Tag.ROLE) == "base":
+        raise PromotionError(f"run {run_id} evaluates the base model (tag {Tag.ROLE}=base): promote a candidate's run")
+    value = _metric_of(run, metric)
+    if value is None:
+        known = ", ".join(sorted(k for k in run.data.metrics if "/" not in k and "_ci_" not in k))
+        raise PromotionError(f"run {run_id} has no metric {metric!r}; it has: {known or 'no metrics'}")
+    source = params.get("model_uri")
+    dataset_version = params.get("dataset_version")
+    if not source or not dataset_version:
+        raise PromotionError(
+            f"run {run_id} lacks the model_uri/dataset_version params of an evaluation run "
+            "(log evaluations with `grounding-ops evaluate` or `grounding-ops log-evaluation`)"
+        )
+    return Candidate(run, value, source, dataset_version, params.get("split") or "val")
+
+
 def _promote(
     client: Any,
     run_id: str,
@@ -465,29 +496,19 @@ def _promote(
     *,
     s3_client: Any | None = None,
 ) -> PromotionDecision:
-    run = _get_run(client, run_id)
-    params, run_tags = run.data.params, run.data.tags
-    if run_tags.get(Tag.ROLE) == "base":
-        raise PromotionError(f"run {run_id} evaluates the base model (tag {Tag.ROLE}=base): promote a candidate's run")
-    candidate_value = _metric_of(run, metric)
-    if candidate_value is None:
-        known = ", ".join(sorted(k for k in run.data.metrics if "/" not in k and "_ci_" not in k))
-        raise PromotionError(f"run {run_id} has no metric {metric!r}; it has: {known or 'no metrics'}")
-    source = params.get("model_uri")
-    dataset_version = params.get("dataset_version")
-    split = params.get("split") or "val"
-    if not source or not dataset_version:
-        raise PromotionError(
-            f"run {run_id} lacks the model_uri/dataset_version params of an evaluation run "
-            "(log evaluations with `grounding-ops evaluate` or `grounding-ops log-evaluation`)"
-        )
+    """Read the candidate -> register it (or find its version and an earlier decision) -> find the bar
+    -> pair the per-sample values -> let the gate decide -> record the decision."""
+    candidate = read_candidate(client, run_id, metric)
+    run = candidate.run
 
     registered = _ensure_registered_model(client, model_name)
     aliases = dict(registered.aliases or {})
-    version = _find_version(client, model_name, run_id, source)
+    version = _find_version(client, model_name, run_id, candidate.source)
     created = version is None
-    if created:
-        version = register_candidate(client, model_name, run, source, dataset_version, split, s3_client=s3_client)
+    if version is None:
+        version = register_candidate(
+            client, model_name, run, candidate.source, candidate.dataset_version, candidate.split, s3_client=s3_client
+        )
     else:
         recorded = _recorded(version, run_id, metric, min_delta, gate["confidence"], gate["min_samples"])
         if recorded is not None:
@@ -495,7 +516,6 @@ def _promote(
             log.info("already decided, nothing changed: %s", decision.summary())
             return decision
     number = str(version.version)
-
     if aliases.get(CHALLENGER_ALIAS) != number:
         client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, number)
     champion_before = aliases.get(CHAMPION_ALIAS)
@@ -504,12 +524,12 @@ def _promote(
         metric=metric,
         min_delta=min_delta,
         candidate_run_id=run_id,
-        candidate_value=candidate_value,
+        candidate_value=candidate.value,
         champion_before=champion_before,
         version=number,
-        dataset_version=dataset_version,
+        dataset_version=candidate.dataset_version,
         created_version=created,
-        split=split,
+        split=candidate.split,
         confidence=gate["confidence"],
         min_samples=gate["min_samples"],
     )
@@ -518,7 +538,7 @@ def _promote(
             promoted=True,
             reason=f"version {number} is already the champion",
             baseline="champion",
-            baseline_value=candidate_value,
+            baseline_value=candidate.value,
             baseline_run_id=run_id,
             champion_after=number,
             changed=created,
@@ -527,9 +547,18 @@ def _promote(
         log.info(decision.summary())
         return decision
 
-    bar = find_bar(client, run, model_name, champion_before, dataset_version, split)
+    bar = find_bar(client, run, model_name, champion_before, candidate.dataset_version, candidate.split)
     if isinstance(bar, str):
         return _refuse(client, bar, common)
+    decision = gate_decision(client, run, bar, metric=metric, min_delta=min_delta, gate=gate, common=common)
+    record_decision(client, decision, run)
+    return decision
+
+
+def gate_decision(
+    client: Any, run: Any, bar: Bar, *, metric: str, min_delta: float, gate: dict[str, Any], common: dict[str, Any]
+) -> PromotionDecision:
+    """The paired comparison of the candidate's run with the bar's on the same samples, decided by the gate."""
     candidate_values, bar_values, pairing = paired_values(client, run, bar.run, metric)
     try:
         result = decide(
@@ -543,11 +572,9 @@ def _promote(
             seed=gate["seed"],
         )
     except GateError as exc:
-        raise PromotionError(f"{exc} (candidate run {run_id}, bar run {bar.run.info.run_id})") from exc
+        raise PromotionError(f"{exc} (candidate run {run.info.run_id}, bar run {bar.run.info.run_id})") from exc
     decision = decision_of(result, bar, common)
-    decision = PromotionDecision(**{**decision.to_dict(), "reason": decision.reason + pairing})
-    record_decision(client, decision, run)
-    return decision
+    return PromotionDecision(**{**decision.to_dict(), "reason": decision.reason + pairing})
 
 
 def decision_of(result: GateResult, bar: Bar, common: dict[str, Any]) -> PromotionDecision:

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-DEFAULT_WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
+from grounding_ops.vocabulary import WORK_DIR_ENV
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--work-dir",
         default=None,
-        help=f"local working folder shown in --print-overrides paths (default: ${DEFAULT_WORK_DIR_ENV} or ./work)",
+        help=f"local working folder shown in --print-overrides paths (default: ${WORK_DIR_ENV} or ./work)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_overrides:
         from grounding_ops.training.verl_overrides import RunPaths, render_overrides
 
-        work_dir = args.work_dir or os.environ.get(DEFAULT_WORK_DIR_ENV) or "work"
+        work_dir = args.work_dir or os.environ.get(WORK_DIR_ENV) or "work"
         try:
             overrides = render_overrides(spec, RunPaths.for_work_dir(Path(work_dir).resolve(), spec))
         except (ValueError, FileNotFoundError) as exc:

@@ -60,11 +60,9 @@ from grounding_ops.training.engines import (
 from grounding_ops.training.presets import TINY_MODEL_SCHEME
 from grounding_ops.training.processes import Terminator, log
 from grounding_ops.training.run_record import RunRecord
-from grounding_ops.vocabulary import GIT_COMMIT_ENV, IMAGE_ENV, RUN_RECORD_FILE
+from grounding_ops.vocabulary import GIT_COMMIT_ENV, IMAGE_ENV, RUN_RECORD_FILE, WORK_DIR_ENV
 
-RUN_JSON = RUN_RECORD_FILE  # read by pipeline.train_tasks and registry.training_run until they load RunRecord
 WANDB_PREFIX = "wandb"  # offline W&B runs of the engine, kept next to the run outputs
-WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"
 
 
 def _now() -> str:
