@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(VENV)/bin/pip install $(PIP_QUIET) -r requirements.txt -c constraints.txt
 	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
 	$(VENV)/bin/pip install $(PIP_QUIET) --no-build-isolation -e ".[test,test-platform,lint]" -c constraints.txt
+	@# the editable install leaves package metadata in the checkout too: with the checkout on sys.path
+	@# Airflow would find the airflow.plugins entry point twice (and refuse the second as an import error)
+	rm -rf grounding_ops.egg-info
 	@touch $@
 
 $(VENV_ML)/.installed: docker/trainer/requirements.txt docker/trainer/constraints.txt pyproject.toml
@@ -31,6 +34,7 @@ $(VENV_ML)/.installed: docker/trainer/requirements.txt docker/trainer/constraint
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) -r docker/trainer/requirements.txt -c docker/trainer/constraints.txt
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
 	$(VENV_ML)/bin/pip install $(PIP_QUIET) --no-build-isolation -e ".[test]" -c docker/trainer/constraints.txt
+	rm -rf grounding_ops.egg-info
 	@touch $@
 
 services: setup-platform ## start S3 (moto), MLflow, Airflow and Docker on 127.0.0.1

@@ -13,7 +13,6 @@ environment; started with another Python it re-runs itself with ``.venv-ml/bin/p
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -56,6 +55,8 @@ def main() -> int:
     args = parser.parse_args()
     ensure_ml_python()
     from grounding_ops.training.presets import get_preset
+    from grounding_ops.storage import open_store
+    from grounding_ops.training.run_record import RunRecord
     from grounding_ops.training.runner import run_training
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -71,12 +72,12 @@ def main() -> int:
         if code != 0:
             print(f"training failed with exit code {code}", file=sys.stderr)
             return code
-        run = json.loads((base / "out" / "run.json").read_text())
+        run = RunRecord.load(open_store(str(base / "out")))
     container = _container_start_seconds()
-    timings = run["timings"]
+    timings = run.timings
     total = wall + (container or 0.0)
-    per_step = run["seconds_per_step"]
-    grpo = per_step * run["steps_trained"]
+    per_step = run.seconds_per_step or 0.0
+    grpo = per_step * run.steps_trained
     rows = [
         ("GRPO steps (engine)", grpo),
         ("engine start + warm-up + saves", timings["engine_s"] - grpo),
@@ -90,7 +91,7 @@ def main() -> int:
         rows.append(("container start (docker run --version)", container))
     print(
         f"CPU engine: {per_step:.3f} s per GRPO step ({spec.train_batch_size} prompts x {spec.rollout_n} rollouts, "
-        f"max {spec.max_response_length} new tokens), {run['steps_trained']} steps"
+        f"max {spec.max_response_length} new tokens), {run.steps_trained} steps"
     )
     print(f"{'phase':42s} {'seconds':>8s} {'fraction':>9s}")
     for name, seconds in rows:

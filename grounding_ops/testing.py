@@ -283,3 +283,20 @@ def write_stand_in_evaluation(
     )
     write_outputs(output_uri, info=settings, samples=samples, predictions=predictions, seconds=1.0, s3_client=s3_client)
     return output_uri
+
+
+def marked_records(output: str, marker: str) -> list[Any]:
+    """The JSON values a child process printed after ``marker`` (e.g. ``"STATES "``), in order.
+
+    A log line another thread writes can land on the same line as the printed value, before or
+    after it; each value is decoded on its own from right after its marker, whatever follows it.
+    """
+    decoder = json.JSONDecoder()
+    found = []
+    for chunk in output.split(marker)[1:]:
+        try:
+            value, _ = decoder.raw_decode(chunk)
+        except ValueError:
+            continue
+        found.append(value)
+    return found

@@ -75,6 +75,9 @@ def _plan() -> dict:
         "command": ["grounding-ops", "train"],
         "environment": {"PYTHONUNBUFFERED": "1"},
         "output_uri": "s3://b/runs/x/train",
+        "dataset_version": "v1",
+        "dataset_uri": "s3://b/datasets/grounding/v1",
+        "fingerprint": "fp",
     }
 
 

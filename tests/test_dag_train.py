@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from grounding_ops.testing import marked_records
+
 REPO = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO / "dags" / "grounding_train.py"
 HEAVY = ("torch", "verl", "vllm", "transformers", "great_expectations", "mlflow")
@@ -379,9 +381,9 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     out = subprocess.run(
         [sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True, timeout=600, env=env
     )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    lines = marked_records(out.stdout, "STATES ")
     assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
-    states = json.loads(lines[-1][len("STATES ") :])
+    states = lines[-1]
     assert states["resolve_dataset"] == "success", states
     assert states["decide"] == "skipped", states
     for task_id in ("train", "list_checkpoints", "pick_best", "plan_decision", "promote"):
@@ -913,7 +915,7 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
 
     # night 2: new dataset version; the champion is re-evaluated on its test split in the same run
     choice, models, tested = night("v8", {"global_step_1": 30, "final": 90, "base": 20}, {"final": 85, "champion": 80})
-    assert [m["role"] for m in models] == ["candidate", "champion"]
+    assert [m.role for m in models] == ["candidate", "champion"]
     second = promote_best(choice, tested, min_delta=0.01, tracking_uri=mlflow_service.uri, name=name, s3_client=s3)
     champion_test = next(r for r in tested if r["role"] == "champion")
     assert second["decision"]["baseline"] == "champion"
@@ -1096,9 +1098,9 @@ def _run_dag(env, conf):
         timeout=2400,
         env=env,
     )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    lines = marked_records(out.stdout, "STATES ")
     assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
-    return json.loads(lines[-1][len("STATES ") :]), out.stdout + out.stderr
+    return lines[-1], out.stdout + out.stderr
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from grounding_ops.testing import marked_records
+
 REPO = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO / "dags" / "grounding_data.py"
 
@@ -64,7 +66,7 @@ def test_grounding_data_dag_publishes_demo_dataset(airflow_db, s3_service, tmp_p
         [sys.executable, "-c", _RUN_DAG, str(DAG_FILE)], capture_output=True, text=True, timeout=900, env=env
     )
     logs = out.stdout + out.stderr
-    states = [json.loads(line[len("STATES ") :]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    states = marked_records(out.stdout, "STATES ")
     assert out.returncode == 0 and len(states) == 2, (out.stdout[-4000:], out.stderr[-4000:])
     demo, strict = states
     assert demo["run"] == "success" and all(demo[t] == "success" for t in ("locate", "validate", "export", "publish"))
@@ -73,7 +75,7 @@ def test_grounding_data_dag_publishes_demo_dataset(airflow_db, s3_service, tmp_p
     assert strict["run"] == "failed" and strict["export"] == "failed" and strict["publish"] != "success", strict
     assert "quarantine.jsonl — fix those rows or raise max_quarantine_fraction" in logs
 
-    events = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("EVENTS "))[len("EVENTS ") :])
+    (events,) = marked_records(out.stdout, "EVENTS ")
     asset_uri = f"s3://{s3_service.bucket}/datasets/{name}"
     extras = [extra for uri, extra in events if uri == asset_uri]
     assert len(extras) == 1, events

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from grounding_ops.testing import marked_records
+
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_PASSWORD = "mlflow-conn-password-Zk7q"
 
@@ -110,7 +112,7 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(
         timeout=1500,
         env=env,
     )
-    states = [json.loads(line[len("STATES ") :]) for line in out.stdout.splitlines() if line.startswith("STATES ")]
+    states = marked_records(out.stdout, "STATES ")
     (tmp_path / "run.log").write_text(out.stdout + out.stderr)
     errors = "\n".join(
         line for line in (out.stdout + out.stderr).splitlines() if "ERROR" in line or "Error" in line or "error" in line

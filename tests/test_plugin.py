@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 XSS = '<script>alert("x")</script>'
 
@@ -117,6 +121,35 @@ def test_plugin_is_registered_with_nav_entry_and_links(api):
     links = " ".join(plugin["operator_extra_links"])
     for cls in ("WandbRunLink", "MlflowRunLink", "DatasetManifestLink"):
         assert cls in links
+
+
+def test_the_plugin_loads_once_through_its_entry_point(tmp_path):
+    """Airflow finds the plugin through the package's ``airflow.plugins`` entry point, once, with the
+    checkout on ``sys.path`` as the services and tests put it (a second copy of the package metadata in
+    the checkout makes Airflow refuse the plugin a second time and, with that import error, drop the
+    OpenLineage task events)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json; from airflow import plugins_manager as pm; plugins, errors = pm._get_plugins(); "
+        "print(json.dumps({'names': [p.name for p in plugins], 'errors': errors}))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+    }
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["names"].count("grounding_models") == 1, found
+    assert not found["errors"], (
+        f"{found['errors']}: remove grounding_ops.egg-info from the checkout (`pip install -e .` leaves it; "
+        "`make setup` removes it)"
+    )
+    assert not (REPO / "plugins" / "grounding_models.py").exists(), "the plugin is the package's, not a folder file"
 
 
 def test_unauthenticated_requests_are_refused(api):

@@ -21,6 +21,7 @@ from grounding_ops.registry.promotion import PromotionError, promote
 from grounding_ops.vocabulary import CHALLENGER_ALIAS as CHALLENGER, CHAMPION_ALIAS as CHAMPION
 from grounding_ops.registry.tracking import log_evaluation, mlflow_client
 from grounding_ops.storage import open_store
+from grounding_ops.training.run_record import RunRecord
 
 N = 200  # samples per evaluation: Acc@0.5 moves in steps of 0.005
 
@@ -205,16 +206,20 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     s3 = registry["s3"]
     client = s3.client()
     train_prefix = f"{registry['prefix']}/train/lineage"
-    run_json = {
-        "dataset_version": "v1",
-        "dataset_uri": s3.uri(registry["prefix"], "datasets", "v1"),
-        "image": "sha256:" + "ab" * 32,
-        "git_commit": "0123456789abcdef",
-        "steps_done": 4,
-        "wandb_url": "https://wandb.ai/team/grounding/runs/xyz",
-        "checkpoints": [],
-    }
-    client.put_object(Bucket=s3.bucket, Key=f"{train_prefix}/run.json", Body=json.dumps(run_json).encode())
+    run_json = RunRecord(
+        dataset_version="v1",
+        dataset_uri=s3.uri(registry["prefix"], "datasets", "v1"),
+        spec={"model": s3.uri("base-models", "tiny")},
+        engine="cpu",
+        image="sha256:" + "ab" * 32,
+        git_commit="0123456789abcdef",
+        steps_done=4,
+        steps_trained=4,
+        target_steps=4,
+        final_uri=s3.uri(train_prefix, "final"),
+        wandb_url="https://wandb.ai/team/grounding/runs/xyz",
+    )
+    run_json.save(open_store(s3.uri(train_prefix)))
     model_uri = s3.uri(train_prefix, "final")
     _evaluate(registry, "base", acc=0.1, role="base", model_uri=s3.uri("base-models", "tiny"))
     run_id = _evaluate(registry, "lineage", acc=0.7, model_uri=model_uri)
@@ -231,9 +236,9 @@ def test_lineage_tags_source_and_artifacts_in_s3(registry):
     assert tags["grounding.dataset_version"] == "v1"
     assert tags["grounding.dataset_uri"] == s3.uri(registry["prefix"], "datasets", "v1")
     assert tags["grounding.training_output_uri"] == s3.uri(train_prefix)
-    assert tags["grounding.image_digest"] == run_json["image"]
-    assert tags["grounding.git_commit"] == run_json["git_commit"]
-    assert tags["grounding.wandb_run"] == run_json["wandb_url"]
+    assert tags["grounding.image_digest"] == run_json.image
+    assert tags["grounding.git_commit"] == run_json.git_commit
+    assert tags["grounding.wandb_run"] == run_json.wandb_url
     assert tags["grounding.evaluation_run_id"] == run_id
     assert float(tags["grounding.metric.acc_at_0_5"]) == pytest.approx(0.7)
 
