@@ -371,7 +371,7 @@ def test_container_on_a_remote_daemon_is_named_killed_and_removed_there(tls_dock
 @pytest.mark.docker
 @pytest.mark.heavy
 def test_training_container_runs_through_a_docker_connection_to_a_tls_daemon(
-    tls_docker_daemon, trainer_cpu_image, s3_service, tmp_path, monkeypatch
+    tls_docker_daemon, trainer_cpu_image, s3_service, mlflow_env, tmp_path, monkeypatch
 ):
     import uuid
 
@@ -406,9 +406,13 @@ def test_training_container_runs_through_a_docker_connection_to_a_tls_daemon(
             }
         ),
     )
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     plan = {
         "engine": "cpu",
         "output_uri": output,
+        "dataset_version": dataset.version,
+        "dataset_uri": dataset.dataset_uri,
+        "fingerprint": "remote-daemon",
         "environment": {"WANDB_MODE": "disabled"},
         "command": [
             "train",

@@ -357,11 +357,16 @@ def test_base_gate_prefers_the_model_the_candidate_was_trained_from(registry):
     s3 = registry["s3"]
     base_a, base_b = s3.uri("base-models", "a"), s3.uri("base-models", "b")
     train_prefix = f"{registry['prefix']}/train/from-a"
-    s3.client().put_object(
-        Bucket=s3.bucket,
-        Key=f"{train_prefix}/run.json",
-        Body=json.dumps({"dataset_version": "v1", "spec": {"model": base_a}}).encode(),
-    )
+    RunRecord(
+        dataset_version="v1",
+        dataset_uri=s3.uri(registry["prefix"], "datasets", "v1"),
+        spec={"model": base_a},
+        engine="cpu",
+        steps_done=2,
+        steps_trained=2,
+        target_steps=2,
+        final_uri=s3.uri(train_prefix, "final"),
+    ).save(open_store(s3.uri(train_prefix)))
     _evaluate(registry, "base-a", acc=0.10, role="base", model_uri=base_a)
     _evaluate(registry, "base-b", acc=0.50, role="base", model_uri=base_b)  # logged later, not our base
     decision = _promote(registry, _evaluate(registry, "cand", acc=0.30, model_uri=s3.uri(train_prefix, "final")))

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from grounding_ops.storage import open_store
+from grounding_ops.training.run_record import RunRecord
+
 from grounding_ops.training import ray_jobs
 
 ray = pytest.importorskip("ray")
@@ -254,7 +257,16 @@ def test_multi_node_train_task_defers_until_the_job_ends(
     output = tmp_path / "train"
     output.mkdir()
     # What the trainer writes last; this job only prints its overrides, so the result is staged here.
-    (output / "run.json").write_text(json.dumps({"steps_done": 4, "engine": "gpu", "dataset_version": "v1"}))
+    RunRecord(
+        dataset_version="v1",
+        dataset_uri="s3://b/datasets/demo/v1",
+        spec={"model": "Qwen/Qwen2.5-VL-7B-Instruct"},
+        engine="verl",
+        steps_done=4,
+        steps_trained=4,
+        target_steps=4,
+        final_uri=str(output / "final"),
+    ).save(open_store(str(output)))
     command = ray_jobs.train_argv(
         preset="qwen2.5-vl-7b-2node",
         dataset_uri="s3://b/datasets/demo",
@@ -267,6 +279,9 @@ def test_multi_node_train_task_defers_until_the_job_ends(
         "gpus": 8,
         "command": command,
         "output_uri": str(output),
+        "dataset_version": "v1",
+        "dataset_uri": "s3://b/datasets/demo/v1",
+        "fingerprint": "ray-probe",
         "environment": {"GROUNDING_OPS_WORK_DIR": "/srv/run"},
     }
     bundle = tmp_path / "dags"

@@ -190,7 +190,8 @@ def celery_services():
 @pytest.mark.heavy
 def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_services, trainer_cpu_image, tmp_path):
     """grounding_train end to end (CPU engine) with CeleryExecutor, Postgres and Redis: the task
-    instances say train and the evaluations ran on the gpu-queue worker, everything else elsewhere."""
+    instances say train and the evaluations (val and test) ran on the gpu-queue worker, everything else
+    elsewhere."""
     from grounding_ops.data.prepare import PrepareSettings, prepare
     from grounding_ops.data.synthetic import generate_synthetic
     from grounding_ops.demo import AirflowRestClient
@@ -217,8 +218,9 @@ def test_grounding_train_under_celery_runs_gpu_tasks_on_the_gpu_worker(celery_se
     tis = client._request("GET", path)["task_instances"]
     summary = {(t["task_id"], t["map_index"]): (t["state"], t["queue"], t["hostname"]) for t in tis}
     assert state == "success", summary
-    gpu = {k: v for k, v in summary.items() if k[0] in ("train", "evaluate")}
-    rest = {k: v for k, v in summary.items() if k[0] not in ("train", "evaluate")}
+    gpu_tasks = ("train", "evaluate", "evaluate_test")  # the training and every evaluation (val and test)
+    gpu = {k: v for k, v in summary.items() if k[0] in gpu_tasks}
+    rest = {k: v for k, v in summary.items() if k[0] not in gpu_tasks}
     assert ("train", -1) in gpu and sum(k[0] == "evaluate" for k in gpu) >= 2, summary  # final + base at least
     assert all(q == "gpu" and host.startswith("celery-gpu.") for _, q, host in gpu.values()), gpu
     assert rest and all(q == "default" and host.startswith("celery-default.") for _, q, host in rest.values()), rest

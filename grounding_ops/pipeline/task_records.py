@@ -106,7 +106,7 @@ class TrainingPlan(ContainerPlan):
     dataset_version: str = field()
     fingerprint: str = field()
     dataset_uri: str
-    work_volume: str = ""
+    work_volume: str | None = None  # the named volume at the GPU trainer's work folder
     nodes: int = 1
 
 
