@@ -29,7 +29,7 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 INF = float("inf")
 # name -> (bin edges, axis label); a value v falls in bin i when edges[i] <= v < edges[i+1]
@@ -266,13 +266,6 @@ def run_acceptance(
         if not item.success
     ]
     return Acceptance(bool(result.success), failures, result.to_json_dict())
-
-
-def gather(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[str, Any]:
-    stats = DatasetStats()
-    for row, split in rows:
-        stats.add(row, split)
-    return stats.finish().to_json()
 
 
 # --------------------------------------------------------------------------- report
