@@ -331,6 +331,8 @@ def test_the_batch_frame_is_the_frame_of_the_row_features(tmp_path: Path) -> Non
     records = [r for r in read_records(tmp_path / "ann.jsonl") if isinstance(r, CanonicalRecord)]
     records.append(CanonicalRecord("norm", "ok.png", "p", [[0.1, 0.2, 0.5, 0.9], "x"], "lab", box_units="normalized"))
     records.append(CanonicalRecord("two", "ok.png", "p", [[1, 2, 5, 9], [0, 3, 7, 4]], "lab", width=W))
+    records.append(CanonicalRecord("bool", "ok.png", "p", [[True, 0, 5, 5]], "lab"))
+    records.append(CanonicalRecord("inf", "ok.png", "p", [[0, 0, float("inf"), 5]], "lab"))
     checked = ImageCheckCache(ImageResolver(root), 10**8).get_many({r.image for r in records})
     checks = [checked[r.image] for r in records]
     boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]

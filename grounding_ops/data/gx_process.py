@@ -95,6 +95,10 @@ class GXProcess:
         self._writer.start()
         self._reader.start()
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
         with self._lock:

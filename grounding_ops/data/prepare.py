@@ -91,7 +91,7 @@ class PrepareSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     split_salt: str = ""
-    batch_rows: int = 50_000
+    batch_rows: int = 10_000
     row_group_rows: int = 512
     image_workers: int = 0  # threads checking (and fetching) the distinct images of a batch; 0: by CPU count
     # table-level acceptance suite (grounding_ops.data.stats)

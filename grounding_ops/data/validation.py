@@ -236,14 +236,21 @@ def feature_frame(
         c_chars.append(float(len(phrase)) if isinstance(phrase, str) else nan)
         c_source.append(escape(str(record.source)))
         c_count.append(len(row_boxes))
-        valid = all(isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in row_boxes)
-        c_valid.append(valid)
-        if valid and row_boxes:
-            if len(row_boxes) == 1:
-                x1, y1, x2, y2 = (float(v) for v in row_boxes[0])
-                min_w, min_h = x2 - x1, y2 - y1
-                min_area = max(min_w, 0.0) * max(min_h, 0.0)
-            else:
+        box = row_boxes[0] if len(row_boxes) == 1 else None
+        if (
+            type(box) is list
+            and len(box) == 4
+            and all(type(v) is float or type(v) is int for v in box)
+            and all(math.isfinite(v) for v in box)
+        ):  # the common case, one box (bool is neither float nor int here, as in _is_number)
+            c_valid.append(True)
+            x1, y1, x2, y2 = float(box[0]), float(box[1]), float(box[2]), float(box[3])
+            min_w, min_h = x2 - x1, y2 - y1
+            min_area = max(min_w, 0.0) * max(min_h, 0.0)
+        else:
+            valid = all(isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in row_boxes)
+            c_valid.append(valid)
+            if valid and row_boxes:
                 x1 = min(float(b[0]) for b in row_boxes)
                 y1 = min(float(b[1]) for b in row_boxes)
                 x2 = max(float(b[2]) for b in row_boxes)
@@ -252,8 +259,8 @@ def feature_frame(
                 heights = [float(b[3]) - float(b[1]) for b in row_boxes]
                 min_w, min_h = min(widths), min(heights)
                 min_area = min(max(w, 0.0) * max(h, 0.0) for w, h in zip(widths, heights))
-        else:
-            x1 = y1 = x2 = y2 = min_w = min_h = min_area = nan
+            else:
+                x1 = y1 = x2 = y2 = min_w = min_h = min_area = nan
         c_x1.append(x1)
         c_y1.append(y1)
         c_x2.append(x2)
