@@ -227,14 +227,31 @@ def throughput(rows: int, label: str, make) -> None:
         base = Path(tmp)
         annotations, root = make(base / "data", rows)
         s = settings()
+        from grounding_ops.data import gx_process
+
+        cpu_start = _cpu_seconds(resource.RUSAGE_SELF)
         validate_s, export_s, whole_s, valid = whole_prepare(annotations, root, base, s)
+        prepare_cpu = _cpu_seconds(resource.RUSAGE_SELF) - cpu_start
+        gx_process.close()  # waited for: its CPU time is counted in RUSAGE_CHILDREN
+        gx_cpu = _cpu_seconds(resource.RUSAGE_CHILDREN)
+        cpu_start = _cpu_seconds(resource.RUSAGE_SELF)
         baseline_s = baseline_write(base / "work", base, s)
+        baseline_cpu = _cpu_seconds(resource.RUSAGE_SELF) - cpu_start
     print(f"[{label}] rows: {valid}")
     print(f"  validate (read + image checks + GX):      {valid / validate_s:10.0f} rows/s  ({validate_s:.1f} s)")
     print(f"  export (stats, acceptance, parquet, publish): {valid / export_s:6.0f} rows/s  ({export_s:.1f} s)")
     print(f"  whole prepare:                            {valid / whole_s:10.0f} rows/s  ({whole_s:.1f} s)")
     print(f"  baseline pyarrow.parquet.write_table:     {valid / baseline_s:10.0f} rows/s  ({baseline_s:.1f} s)")
     print(f"  whole prepare / baseline throughput:      {baseline_s / whole_s:10.2f}x")
+    print(
+        f"  CPU seconds: whole prepare {prepare_cpu + gx_cpu:.1f} (this process {prepare_cpu:.1f} + Great "
+        f"Expectations process {gx_cpu:.1f}), baseline {baseline_cpu:.1f}: {baseline_cpu / (prepare_cpu + gx_cpu):.2f}x"
+    )
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def s3_fetch(objects: int) -> None:
