@@ -318,7 +318,11 @@ def s3_client_from_env(**overrides: Any) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    # 32 connections: as many as the threads that fetch images in parallel (botocore keeps 10,
+    # and opens and drops a connection per request beyond that)
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32
+    )
     kwargs: dict[str, Any] = {"config": config}
     kwargs.update(overrides)
     return boto3.client("s3", **kwargs)

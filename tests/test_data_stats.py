@@ -48,6 +48,51 @@ def test_stats_histograms_and_drift() -> None:
     assert changed["sources_added"] == ["s2"] and changed["sources_removed"] == ["s1"]
 
 
+def test_stats_of_many_rows_at_once_equal_the_rows_one_by_one() -> None:
+    import random
+
+    rng = random.Random(3)
+    rows = []
+    for i in range(300):
+        width, height = rng.choice([(0, 0), (64, 48), (2000, 3000), (5000, 10)]), None
+        width, height = width
+        boxes = [
+            [x, y, x + rng.choice([0.0, 0.5, 7.0, 300.0]), y + rng.choice([0.0, 0.1, 9.0, 2500.0])]
+            for x, y in [(rng.uniform(0, 50), rng.uniform(0, 50)) for _ in range(rng.randint(0, 4))]
+        ]
+        phrase = rng.choice([None, "", "a", "the " * rng.randint(1, 200)])
+        rows.append(
+            {
+                "id": f"r{i % 280}",
+                "phrase": phrase,
+                "source": f"s{i % 3}",
+                "width": width,
+                "height": height,
+                "boxes": boxes,
+            }
+        )
+    splits = [rng.choice(["train", "val", "test"]) for _ in rows]
+    one_by_one, at_once = DatasetStats(), DatasetStats()
+    for row, split in zip(rows, splits):
+        one_by_one.add(row, split)
+    for split in ("val", "train", "test"):
+        chosen = [row for row, s in zip(rows, splits) if s == split]
+        at_once.add_many(chosen[:100], split)
+        at_once.add_many(chosen[100:], split)
+    first, second = one_by_one.finish().to_json(), at_once.finish().to_json()
+    assert first["histograms"] == second["histograms"] and first["rows"] == second["rows"]
+    assert first == {**second, "rows": first["rows"]}
+    expected_area = sum(
+        (b[2] - b[0]) * (b[3] - b[1]) / (r["width"] * r["height"]) if r["width"] else 0.0
+        for r, s in zip(rows, splits)
+        if s == "val"
+        for b in r["boxes"]
+    )
+    assert first["mean_box_area_fraction"]["val"] == pytest.approx(expected_area / first["boxes"]["val"])
+    counts = first["histograms"]["box_aspect"]["counts"]
+    assert sum(counts) == first["boxes"]["all"] and counts[-1] > 0  # zero heights: aspect infinite, last bin
+
+
 def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) -> None:
     output = str(tmp_path / "out")
     first_data = generate_synthetic(tmp_path / "a", n_images=12, seed=1)

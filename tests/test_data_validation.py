@@ -73,9 +73,8 @@ FAILING = {
 }
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("validation")
+def _write_inputs(base: Path) -> Path:
+    """The images and ``ann.jsonl`` (good rows, one failing row per expectation, parse errors)."""
     root = base / "images"
     root.mkdir()
     Image.new("RGB", (W, H), (200, 10, 10)).save(root / "ok.png")
@@ -88,6 +87,13 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     lines += ['{"id": "r-parse", "image": ', json.dumps(_row("r-type", boxes="1,2,3,4"))]
     lines += [json.dumps(_row("r-normalized-ok"))]
     (base / "ann.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("validation")
+    root = _write_inputs(base)
     settings = PrepareSettings(
         max_quarantine_fraction=1.0,
         suite=SuiteConfig(allowed_sources=("lab",)),
@@ -310,3 +316,50 @@ def test_no_file_descriptor_leak_on_missing_input(tmp_path: Path) -> None:
         prepare([str(tmp_path / "nope.jsonl")], images_root=str(tmp_path), output_uri=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_the_batch_frame_is_the_frame_of_the_row_features(tmp_path: Path) -> None:
+    import pandas as pd
+    from pandas.testing import assert_frame_equal
+
+    from grounding_ops.data.images import ImageCheckCache
+    from grounding_ops.data.readers import read_records
+    from grounding_ops.data.schema import CanonicalRecord
+    from grounding_ops.data.validation import feature_frame, pixel_boxes, row_features
+
+    root = _write_inputs(tmp_path)
+    records = [r for r in read_records(tmp_path / "ann.jsonl") if isinstance(r, CanonicalRecord)]
+    records.append(CanonicalRecord("norm", "ok.png", "p", [[0.1, 0.2, 0.5, 0.9], "x"], "lab", box_units="normalized"))
+    records.append(CanonicalRecord("two", "ok.png", "p", [[1, 2, 5, 9], [0, 3, 7, 4]], "lab", width=W))
+    records.append(CanonicalRecord("bool", "ok.png", "p", [[True, 0, 5, 5]], "lab"))
+    records.append(CanonicalRecord("inf", "ok.png", "p", [[0, 0, float("inf"), 5]], "lab"))
+    checked = ImageCheckCache(ImageResolver(root), 10**8).get_many({r.image for r in records})
+    checks = [checked[r.image] for r in records]
+    boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]
+    firsts = [i % 3 != 0 for i in range(len(records))]
+    expected = pd.DataFrame([row_features(*args, i) for i, args in enumerate(zip(records, boxes, checks, firsts))])
+    assert_frame_equal(feature_frame(records, boxes, checks, firsts), expected)
+
+
+def test_the_suite_in_its_own_process_gives_the_same_rows_and_reasons(tmp_path: Path, monkeypatch) -> None:
+    from grounding_ops.data import gx_process, validation
+    from grounding_ops.data.prepare import QUARANTINE, VALID, validate_inputs
+
+    root = _write_inputs(tmp_path)
+    settings = PrepareSettings(max_quarantine_fraction=1.0, suite=SuiteConfig(allowed_sources=("lab",)), batch_rows=7)
+    here = validate_inputs(
+        [str(tmp_path / "ann.jsonl")], images_root=str(root), settings=settings, work_dir=tmp_path / "a"
+    )
+    monkeypatch.setattr(validation, "GX_PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(gx_process, "imported_here", lambda: False)
+    try:
+        there = validate_inputs(
+            [str(tmp_path / "ann.jsonl")], images_root=str(root), settings=settings, work_dir=tmp_path / "b"
+        )
+        assert gx_process.running() is not None  # it ran in the other process
+    finally:
+        gx_process.close()
+    assert there.counts == here.counts and there.reasons == here.reasons and there.batches == 9
+    for name in (VALID, QUARANTINE):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    assert (tmp_path / "b" / "validation" / "docs" / "index.html").is_file()

@@ -19,6 +19,8 @@ import json
 import logging
 import tempfile
 from collections import Counter, OrderedDict
+from functools import lru_cache
+from itertools import islice
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,7 @@ from grounding_ops.data.images import (
 )
 from grounding_ops.data.manifest import LATEST, PublishReport, publish_version
 from grounding_ops.data.progress import Progress, count_lines
-from grounding_ops.data.stats import STATS_FILE, drift, render_report, run_acceptance
+from grounding_ops.data.stats import STATS_FILE, DatasetStats, drift, render_report, run_acceptance
 from grounding_ops.data.readers import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     DEFAULT_MAX_LINE_BYTES,
@@ -46,7 +48,8 @@ from grounding_ops.data.readers import (
 )
 from grounding_ops.data.schema import CanonicalRecord, ParseFailure, QuarantineEntry, strict_json
 from grounding_ops.data.split import SPLITS, SplitPlan, check_fractions, plan_small_splits
-from grounding_ops.data.validation import SuiteConfig
+from grounding_ops.data import gx_process
+from grounding_ops.data.validation import GX_PROCESS_MIN_BYTES, SuiteConfig
 from grounding_ops.data.vision import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -68,6 +71,7 @@ TRAIN = "train.parquet"
 VAL = "val.parquet"
 TEST = "test.parquet"
 SPLIT_FILES: dict[str, str] = {"train": TRAIN, "val": VAL, "test": TEST}
+EXPORT_CHUNK_ROWS = 256  # rows whose new images are read and resized together
 
 
 class PrepareError(ValueError):
@@ -88,7 +92,7 @@ class PrepareSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     split_salt: str = ""
-    batch_rows: int = 50_000
+    batch_rows: int = 20_000  # rows validated together; two batches are in flight (one read, one validated)
     row_group_rows: int = 512
     image_workers: int = 0  # threads checking (and fetching) the distinct images of a batch; 0: by CPU count
     # table-level acceptance suite (grounding_ops.data.stats)
@@ -384,6 +388,20 @@ class _Writers:
         self.quarantine.close()
 
 
+@dataclass
+class _PendingBatch:
+    """One batch read and checked, its row suite submitted, its verdicts not yet written."""
+
+    items: int
+    failures: list[ParseFailure] = field(default_factory=list)
+    skipped: int = 0
+    records: list[CanonicalRecord] = field(default_factory=list)
+    checks: list[ImageCheck] = field(default_factory=list)
+    boxes: list[list[Any]] = field(default_factory=list)
+    firsts: list[bool] = field(default_factory=list)
+    outcome: Any = None  # future of the batch's BatchValidation
+
+
 def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -404,9 +422,7 @@ def validate_inputs(
     s3_client: Any | None = None,
 ) -> ValidationSummary:
     """Read, check and validate ``inputs``; write valid rows, quarantine and GX results to ``work_dir``."""
-    import pandas as pd
-
-    from grounding_ops.data.validation import SuiteRunner, pixel_boxes, row_features
+    from grounding_ops.data.validation import RowSuite, feature_frame, pixel_boxes, row_features
 
     settings.check()
     work = Path(work_dir).resolve()
@@ -420,7 +436,7 @@ def validate_inputs(
     ]
     resolver = ImageResolver(images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
     images = ImageCheckCache(resolver, settings.max_image_pixels, max_image_bytes=settings.max_image_bytes)
-    runner = SuiteRunner(settings.suite)
+    runner = RowSuite(settings.suite, input_bytes=sum(path.stat().st_size for _, path in located))
     seen = SeenIds()
     writers = _Writers(work)
     gx_success = True
@@ -437,28 +453,18 @@ def validate_inputs(
             except ValueError as exc:
                 raise PrepareError(f"{path.name}: {exc}") from None
 
-    try:
-        for batch in _batches(stream(), settings.batch_rows):
-            records: list[CanonicalRecord] = []
-            for item in batch:
-                if isinstance(item, ParseFailure):
-                    writers.reject(QuarantineEntry(item.id, item.position, item.reason, item.detail, item.raw))
-                elif isinstance(item, SkippedRow):
-                    writers.counts["skipped"] += 1
-                else:
-                    records.append(item)
-            if not records:
-                continue
-            firsts = seen.first_occurrences([r.id for r in records])
-            checked = images.get_many({r.image for r in records}, workers=settings.image_workers)
-            checks = [checked[r.image] for r in records]
-            boxes = [pixel_boxes(r, c) for r, c in zip(records, checks)]
-            feats = [row_features(r, b, c, f, i) for i, (r, b, c, f) in enumerate(zip(records, boxes, checks, firsts))]
-            outcome = runner.validate(pd.DataFrame(feats))
+    def finish(pending: _PendingBatch) -> None:
+        """Write one batch's verdicts, in input order: its parse failures, then its records."""
+        nonlocal gx_success, batches
+        for item in pending.failures:
+            writers.reject(QuarantineEntry(item.id, item.position, item.reason, item.detail, item.raw))
+        writers.counts["skipped"] += pending.skipped
+        if pending.records:
+            outcome = pending.outcome.result()
             gx_success &= outcome.success
             (results_dir / f"batch-{batches:05d}.json").write_text(strict_json(outcome.result))
             batches += 1
-            for i, record in enumerate(records):
+            for i, record in enumerate(pending.records):
                 reasons = outcome.failures.get(i)
                 if reasons:
                     writers.reject(
@@ -466,20 +472,51 @@ def validate_inputs(
                             record.id,
                             record.position,
                             reasons[0],
-                            _detail(reasons[0], feats[i], checks[i]),
+                            _detail(
+                                reasons[0],
+                                row_features(record, pending.boxes[i], pending.checks[i], pending.firsts[i], i),
+                                pending.checks[i],
+                            ),
                             record.raw_row(),
                             reasons,
                         )
                     )
                     continue
-                writers.accept(valid_row(record, boxes[i], checks[i]))
-            progress.update(len(batch))
+                writers.accept(valid_row(record, pending.boxes[i], pending.checks[i]))
             log.info(
                 "validated batch %d: %d records, %d quarantined so far",
                 batches,
-                len(records),
+                len(pending.records),
                 writers.counts["quarantined"],
             )
+        progress.update(pending.items)
+
+    pending: _PendingBatch | None = None
+    try:
+        for batch in _batches(stream(), settings.batch_rows):
+            current = _PendingBatch(items=len(batch))
+            for item in batch:
+                if isinstance(item, ParseFailure):
+                    current.failures.append(item)
+                elif isinstance(item, SkippedRow):
+                    current.skipped += 1
+                else:
+                    current.records.append(item)
+            records = current.records
+            if records:
+                firsts = current.firsts = seen.first_occurrences([r.id for r in records])
+                checked = images.get_many({r.image for r in records}, workers=settings.image_workers)
+                current.checks = [checked[r.image] for r in records]
+                current.boxes = [pixel_boxes(r, c) for r, c in zip(records, current.checks)]
+                current.outcome = runner.submit(feature_frame(records, current.boxes, current.checks, firsts))
+            if pending is not None:  # the previous batch's suite ran while this one was read
+                finish(pending)
+            pending = current
+        if pending is not None:
+            finish(pending)
+    except BaseException:
+        runner.close()
+        raise
     finally:
         writers.close()
     progress.close()
@@ -488,7 +525,9 @@ def validate_inputs(
     for fingerprint, info in zip(fingerprints, infos):
         fingerprint["reader"] = info.to_json()
     if batches:
-        runner.build_docs(work / VALIDATION_DIR / "docs")
+        runner.build_docs(work / VALIDATION_DIR / "docs")  # and lets the suite go
+    else:
+        runner.close()
     summary = ValidationSummary(
         work_dir=work,
         counts=dict(writers.counts),
@@ -526,29 +565,78 @@ def validate_inputs(
 # --------------------------------------------------------------------------- stage 2: export + publish
 
 
-class _ImageBytes:
-    """Re-reads images for export with a small byte-bounded LRU, checking they did not change."""
+class _EmbeddedImages:
+    """The image bytes export embeds, per (image checksum, resized size): each distinct image
+    is read once, checked against the checksum validation recorded, and resized once while it
+    stays in a byte-bounded LRU. The resizes of a chunk's new images run in a thread pool
+    (Pillow's decode, resize and encode release the GIL)."""
 
-    def __init__(self, resolver: ImageResolver, budget: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, resolver: ImageResolver, workers: int = 0, budget: int = 256 * 1024 * 1024, chunk_bytes: int = 1 << 26
+    ) -> None:
+        import os
+
         self.resolver = resolver
+        self.workers = workers or (os.cpu_count() or 1)
         self.budget = budget
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self.chunk_bytes = chunk_bytes  # original bytes read before their resizes run
+        self._cache: OrderedDict[tuple[str, tuple[int, int]], bytes] = OrderedDict()
         self._size = 0
+        self._pool: Any = None
 
-    def get(self, ref: str, sha256: str) -> bytes:
-        data = self._cache.get(ref)
-        if data is None:
-            data = self.resolver.read(ref)
-            if data is None or hashlib.sha256(data).hexdigest() != sha256:
-                raise PrepareError(f"image {ref!r} changed or disappeared while preparing; run prepare again")
-            self._cache[ref] = data
-            self._size += len(data)
-            while self._size > self.budget and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._size -= len(old)
-        else:
-            self._cache.move_to_end(ref)
+    def _read(self, ref: str, sha256: str) -> bytes:
+        data = self.resolver.read(ref)
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            raise PrepareError(f"image {ref!r} changed or disappeared while preparing; run prepare again")
         return data
+
+    def _resize(self, jobs: list[tuple[tuple[str, tuple[int, int]], bytes, tuple[int, int]]]) -> dict[Any, bytes]:
+        from grounding_ops.data.export import resize_encoded
+
+        if len(jobs) > 1 and self.workers > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="resize")
+            resized = self._pool.map(lambda job: resize_encoded(job[1], job[2]), jobs)
+        else:
+            resized = (resize_encoded(data, size) for _, data, size in jobs)
+        return {key: out for (key, _, _), out in zip(jobs, resized)}
+
+    def get_many(self, wanted: dict[tuple[str, tuple[int, int]], tuple[str, tuple[int, int]]]) -> dict[Any, bytes]:
+        """``{(sha256, resized): bytes}`` for ``{(sha256, resized): (ref, original size)}``."""
+        found: dict[Any, bytes] = {}
+        jobs: list[Any] = []
+        pending = 0
+        for key, (ref, original) in wanted.items():
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+                found[key] = data
+                continue
+            data = self._read(ref, key[0])
+            if tuple(original) == key[1]:  # already the size the model sees: embedded as it is
+                found[key] = data
+                continue
+            jobs.append((key, data, key[1]))
+            pending += len(data)
+            if pending >= self.chunk_bytes:
+                found.update(self._resize(jobs))
+                jobs, pending = [], 0
+        found.update(self._resize(jobs))
+        for key, data in found.items():
+            if key not in self._cache:
+                self._cache[key] = data
+                self._size += len(data)
+        while self._size > self.budget and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._size -= len(old)
+        return found
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _content_version(work: Path, settings: PrepareSettings, summary: ValidationSummary, accepted: bool) -> str:
@@ -578,25 +666,6 @@ def plan_splits(work: Path, settings: PrepareSettings) -> SplitPlan:
         )
 
 
-def _split_of(row: dict[str, Any], plan: SplitPlan, settings: PrepareSettings) -> str:
-    return row.get("split") or plan.split_of(
-        row["group"], settings.val_fraction, settings.split_salt, settings.test_fraction
-    )
-
-
-def split_statistics(work: Path, settings: PrepareSettings, plan: SplitPlan) -> dict[str, Any]:
-    """Statistics of the valid rows with their splits (one pass, fixed memory)."""
-    from grounding_ops.data.stats import gather
-
-    def rows() -> Iterator[tuple[dict[str, Any], str]]:
-        with open(work / VALID, encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                yield row, _split_of(row, plan, settings)
-
-    return gather(rows())
-
-
 def write_parquet(
     work: Path,
     out_dir: Path,
@@ -604,61 +673,81 @@ def write_parquet(
     resolver: ImageResolver,
     notes: list[str] | None = None,
     plan: SplitPlan | None = None,
+    stats: Any | None = None,
 ) -> dict[str, int]:
     """Split ``valid.jsonl`` and write train/val/test parquet into ``out_dir``; return the row
-    counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``."""
+    counts. Notes on held-out splits a small dataset cannot fill are appended to ``notes``;
+    ``stats`` (a :class:`grounding_ops.data.stats.DatasetStats`), when given, gathers the
+    statistics of the rows with their splits in the same pass."""
     from contextlib import ExitStack
 
-    from grounding_ops.data.export import RowGroupWriter, build_row, resize_encoded
+    from grounding_ops.data.export import RowGroupWriter, build_table
     from grounding_ops.protocols import build_prompt
 
     factor = resize_factor(settings.model_family)
-    images = _ImageBytes(resolver)
-    resized_images: OrderedDict[tuple[str, tuple[int, int]], bytes] = OrderedDict()  # rows of one image reuse it
-    counts = {name: 0 for name in SPLITS}
     plan = plan if plan is not None else plan_splits(work, settings)
+
+    @lru_cache(maxsize=1 << 16)  # rows of a group (often one image) come together
+    def split_of(group: str) -> str:
+        return plan.split_of(group, settings.val_fraction, settings.split_salt, settings.test_fraction)
+
+    @lru_cache(maxsize=1 << 12)
+    def resized_size(width: int, height: int) -> tuple[int, int]:
+        return smart_resize(
+            width, height, factor=factor, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
+        )
+
+    images = _EmbeddedImages(resolver, workers=settings.image_workers, budget=64 * 1024 * 1024)
+    prompts: dict[str, list[dict[str, str]]] = {}  # phrase -> prompt, for the rows of a chunk
+    counts = {name: 0 for name in SPLITS}
     progress = Progress("export", count_lines([work / VALID]))
     if notes is not None:
         notes.extend(plan.notes)
     with ExitStack() as stack:
+        stack.callback(images.close)
         writers = {
             name: stack.enter_context(RowGroupWriter(out_dir / SPLIT_FILES[name], max_rows=settings.row_group_rows))
             for name in SPLITS
         }
         with open(work / VALID, encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                split = _split_of(row, plan, settings)
-                size = (int(row["width"]), int(row["height"]))
-                resized = smart_resize(
-                    size[0], size[1], factor=factor, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
-                )
-                key = (row["image_sha256"], resized)
-                image_bytes = resized_images.get(key)
-                if image_bytes is None:
-                    image_bytes = resize_encoded(images.get(row["image"], row["image_sha256"]), resized)
-                    resized_images[key] = image_bytes
-                    if len(resized_images) > 64:
-                        resized_images.popitem(last=False)
-                writers[split].add(
-                    build_row(
-                        record_id=row["id"],
-                        source=row["source"],
-                        phrase=row["phrase"],
-                        boxes=row["boxes"],
-                        image_bytes=image_bytes,
-                        image_size=size,
-                        resized_size=resized,
-                        prompt=build_prompt(row["phrase"], settings.protocol),
+            while True:
+                rows = [json.loads(line) for line in islice(handle, EXPORT_CHUNK_ROWS)]
+                if not rows:
+                    break
+                sizes = [(int(row["width"]), int(row["height"])) for row in rows]
+                resized = [resized_size(w, h) for w, h in sizes]
+                keys = [(row["image_sha256"], size) for row, size in zip(rows, resized)]
+                embedded = images.get_many({key: (row["image"], size) for key, row, size in zip(keys, rows, sizes)})
+                by_split: dict[str, list[int]] = {}
+                for i, row in enumerate(rows):
+                    by_split.setdefault(row.get("split") or split_of(row["group"]), []).append(i)
+                prompts.clear()
+                for split, picked in by_split.items():
+                    chosen = [rows[i] for i in picked]
+                    if stats is not None:
+                        stats.add_many(chosen, split)
+                    data = [embedded[keys[i]] for i in picked]
+                    for row in chosen:
+                        if row["phrase"] not in prompts:
+                            prompts[row["phrase"]] = build_prompt(row["phrase"], settings.protocol)
+                    table = build_table(
+                        record_ids=[row["id"] for row in chosen],
+                        sources=[row["source"] for row in chosen],
+                        phrases=[row["phrase"] for row in chosen],
+                        boxes=[row["boxes"] for row in chosen],
+                        image_bytes=data,
+                        image_sizes=[sizes[i] for i in picked],
+                        resized_sizes=[resized[i] for i in picked],
+                        prompts=[prompts[row["phrase"]] for row in chosen],
                         protocol=settings.protocol,
                         split=split,
-                        index=counts[split],
+                        first_index=counts[split],
                         min_pixels=settings.min_pixels,
                         max_pixels=settings.max_pixels,
                     )
-                )
-                counts[split] += 1
-                progress.update()
+                    writers[split].add_table(table, [len(d) for d in data])
+                    counts[split] += len(picked)
+                progress.update(len(rows))
     progress.close()
     return counts
 
@@ -725,18 +814,26 @@ def export_and_publish(
     settings = PrepareSettings.from_json(summary.settings)
     resolver = ImageResolver(summary.images_root, s3_client=s3_client, allowed_buckets=settings.allowed_buckets)
     store = store if store is not None else open_store(output_uri, s3_client=s3_client)
+    # the acceptance suite needs Great Expectations: imported elsewhere while the rows are written
+    gx_process.start_if((work / VALID).stat().st_size >= GX_PROCESS_MIN_BYTES)
     plan = plan_splits(work, settings)
-    stats = split_statistics(work, settings, plan)
+    out = work / "export"
+    out.mkdir(exist_ok=True)
+    split_notes: list[str] = []
+    gathered = DatasetStats()
+    split_counts = write_parquet(work, out, settings, resolver, split_notes, plan, gathered)
+    stats = gathered.finish().to_json()
     quarantine_ok = summary.quarantine_fraction <= settings.max_quarantine_fraction
     previous_version, previous = _previous_stats(store, _content_version(work, settings, summary, True))
     drift_info = drift(stats, previous)
-    acceptance = run_acceptance(
+    acceptance = gx_process.run_elsewhere(
+        run_acceptance,
         stats,
         drift_info,
         max_phrase_chars=settings.suite.max_phrase_chars,
         max_mean_boxes=settings.max_mean_boxes,
         max_drift=settings.max_drift,
-    )
+    ).result()
     accepted = quarantine_ok and acceptance.success
     rejection = (
         ""
@@ -747,10 +844,6 @@ def export_and_publish(
         f"({summary.quarantine_fraction:.1%} > {settings.max_quarantine_fraction:.1%})"
     )
     version = _content_version(work, settings, summary, accepted)
-    out = work / "export"
-    out.mkdir(exist_ok=True)
-    split_notes: list[str] = []
-    split_counts = write_parquet(work, out, settings, resolver, split_notes, plan)
     for note in split_notes:
         log.warning("%s", note)
     counts = {**summary.counts, **split_counts}

@@ -28,6 +28,8 @@ import json
 import math
 import pickle
 import re
+import sqlite3
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -728,17 +730,60 @@ def read_vindr_csv(path: Path, *, source: str, options: ReadOptions, info: ReadI
     reader_column = next((h for h in header if h.lower() in {c.lower() for c in VINDR_READER_COLUMNS}), None)
     stats = ReaderStats(options.multi_reader, options, reader_column or "")
     info.group_by, info.box_convention = group_key, "pixel [x_min, y_min, x_max, y_max]"
-    # (image, class) -> {reader: [boxes]}, line numbers; compact, not the CSV rows
-    grouped: dict[tuple[str, str], dict[str, Any]] = {}
-    first_reader: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="grounding-vindr-") as tmp:
+        # The rows wait on disk (SQLite), not in memory, until every reader of a finding is
+        # known: memory stays flat whatever the size of the CSV.
+        db = sqlite3.connect(Path(tmp) / "rows.db")
+        try:
+            yield from _vindr_read_rows(path, options, db, group_key, bool(reader_column))
+            for (image_id, class_name), entry in _vindr_findings(db):
+                position = f"{name}:{','.join(str(n) for n in entry['lines'])}"
+                stats.add(entry["readers"])
+                boxes = combine_readers(entry["readers"], options, entry["first_reader"])
+                if not boxes:
+                    yield SkippedRow(position, f"no box by reader {options.reader_id!r}")
+                    continue
+                try:
+                    yield CanonicalRecord(
+                        id=f"{path.stem}:{image_id}:{class_name}",
+                        image=_image_with_extension(image_id, options.image_extension),
+                        phrase=class_name,
+                        boxes=boxes,
+                        source=source,
+                        width=_optional_int(entry["width"], "width"),
+                        height=_optional_int(entry["height"], "height"),
+                        group=entry["group"],
+                        position=position,
+                        raw={"image_id": image_id, "class_name": class_name, "boxes_by_reader": entry["readers"]},
+                    )
+                except RowError as exc:
+                    yield ParseFailure(position, str(exc), {"image_id": image_id, "class_name": class_name})
+        finally:
+            db.close()
+    info.multi_reader = stats.to_json()
+
+
+def _vindr_read_rows(
+    path: Path, options: ReadOptions, db: Any, group_key: str, has_reader_column: bool
+) -> Iterator[ReadItem]:
+    """Pass 1 over a VinDr CSV: bad rows and "No finding" rows are yielded, the boxes go to ``db``
+    (in CSV order; ``grouped`` 0 for a row that only counts for the image's first reader)."""
+    name = path.name
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    # no column types: values keep the type they were stored with (the CSV's strings, or NULL)
+    db.execute("CREATE TABLE rows (image_id, class_name, reader, grouped, line, x1, y1, x2, y2, width, height, grp)")
+    insert = "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    pending: list[tuple[Any, ...]] = []
     for item in _open_csv(path, options):
         if isinstance(item, ParseFailure):
             yield item
             continue
         line, row = item
         position = f"{name}:{line}"
-        image_id = str(_column(row, "image_id") or "").strip()
-        class_name = str(_column(row, "class_name") or "").strip()
+        cells = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+        image_id = str(_cell(cells, "image_id") or "").strip()
+        class_name = str(_cell(cells, "class_name") or "").strip()
         if not image_id or not class_name:
             yield ParseFailure(
                 position,
@@ -753,52 +798,59 @@ def read_vindr_csv(path: Path, *, source: str, options: ReadOptions, info: ReadI
         if class_name.lower() == NO_FINDING:
             yield SkippedRow(position, "no finding (no box)")
             continue
-        reader = str(_column(row, "rad_id") or "consensus").strip() if reader_column else "consensus"
-        if reader < first_reader.get(image_id, "\U0010ffff"):
-            first_reader[image_id] = reader
+        reader = str(_cell(cells, "rad_id") or "consensus").strip() if has_reader_column else "consensus"
+        coordinates = [row.get(c) for c in ("x_min", "y_min", "x_max", "y_max")]
         try:
             group = _group_value(group_key, GroupKeys(image=image_id), row) if group_key != "image" else image_id
         except RowError as exc:
             yield ParseFailure(position, str(exc), row)
+            pending.append((image_id, None, reader, 0, line, None, None, None, None, None, None, None))
             continue
-        entry = grouped.setdefault(
-            (image_id, class_name),
-            {
-                "lines": [],
-                "readers": {},
-                "group": group,
-                "width": _column(row, "width"),
-                "height": _column(row, "height"),
-            },
-        )
-        if len(entry["lines"]) < 10:
-            entry["lines"].append(line)
-        entry["readers"].setdefault(reader, []).append(
-            [_number_or_raw(row.get(c)) for c in ("x_min", "y_min", "x_max", "y_max")]
-        )
-    for (image_id, class_name), entry in grouped.items():
-        position = f"{name}:{','.join(str(n) for n in entry['lines'])}"
-        stats.add(entry["readers"])
-        boxes = combine_readers(entry["readers"], options, first_reader.get(image_id))
-        if not boxes:
-            yield SkippedRow(position, f"no box by reader {options.reader_id!r}")
-            continue
-        try:
-            yield CanonicalRecord(
-                id=f"{path.stem}:{image_id}:{class_name}",
-                image=_image_with_extension(image_id, options.image_extension),
-                phrase=class_name,
-                boxes=boxes,
-                source=source,
-                width=_optional_int(entry["width"], "width"),
-                height=_optional_int(entry["height"], "height"),
-                group=entry["group"],
-                position=position,
-                raw={"image_id": image_id, "class_name": class_name, "boxes_by_reader": entry["readers"]},
-            )
-        except RowError as exc:
-            yield ParseFailure(position, str(exc), {"image_id": image_id, "class_name": class_name})
-    info.multi_reader = stats.to_json()
+        width, height = _cell(cells, "width"), _cell(cells, "height")
+        pending.append((image_id, class_name, reader, 1, line, *coordinates, width, height, group))
+        if len(pending) >= 10_000:
+            db.executemany(insert, pending)
+            pending.clear()
+    db.executemany(insert, pending)
+    db.commit()
+
+
+def _vindr_findings(db: Any) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """Pass 2: each (image, class) with its boxes per reader, in the order the findings first
+    appear in the CSV; per image the first reader id in sorted order (``--multi-reader one``)."""
+    from itertools import groupby
+
+    db.execute("CREATE INDEX finding ON rows (image_id, class_name)")
+    cursor = db.execute(
+        """
+        SELECT r.image_id, r.class_name, r.reader, r.line, r.x1, r.y1, r.x2, r.y2, r.width, r.height, r.grp,
+               f.first_reader
+        FROM rows r
+        JOIN (SELECT image_id, class_name, MIN(rowid) AS first FROM rows WHERE grouped = 1
+              GROUP BY image_id, class_name) g ON r.image_id = g.image_id AND r.class_name = g.class_name
+        JOIN (SELECT image_id, MIN(reader) AS first_reader FROM rows GROUP BY image_id) f ON f.image_id = r.image_id
+        WHERE r.grouped = 1
+        ORDER BY g.first, r.rowid
+        """
+    )
+    for key, rows in groupby(cursor, key=lambda r: (r[0], r[1])):
+        entry: dict[str, Any] = {"lines": [], "readers": {}}
+        for _, _, reader, line, x1, y1, x2, y2, width, height, group, first_reader in rows:
+            if not entry["lines"]:
+                entry.update(group=group, width=width, height=height, first_reader=first_reader)
+            if len(entry["lines"]) < 10:
+                entry["lines"].append(line)
+            entry["readers"].setdefault(reader, []).append([_number_or_raw(v) for v in (x1, y1, x2, y2)])
+        yield key, entry
+
+
+def _cell(cells: dict[str, Any], *names: str) -> Any:
+    """:func:`_column` on a row whose column names are already stripped and lowercased."""
+    for column in names:
+        value = cells.get(column)
+        if value not in (None, ""):
+            return value
+    return None
 
 
 def _first(row: dict[str, Any], *names: str) -> Any:

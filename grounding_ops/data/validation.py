@@ -138,6 +138,158 @@ def row_features(
     }
 
 
+FEATURE_COLUMNS = (
+    "_row",
+    "id",
+    "id_first_occurrence",
+    "phrase",
+    "phrase_chars",
+    "source",
+    "box_count",
+    "boxes_valid",
+    "box_min_x1",
+    "box_min_y1",
+    "box_max_x2",
+    "box_max_y2",
+    "box_min_width",
+    "box_min_height",
+    "box_min_area",
+    "image_inside_root",
+    "image_exists",
+    "image_decodes",
+    "image_within_pixel_limit",
+    "image_width",
+    "image_height",
+    "declared_width",
+    "declared_height",
+    "image_aspect_ratio",
+)
+
+
+def feature_frame(
+    records: list[CanonicalRecord], boxes: list[list[Any]], images: list[ImageCheck], firsts: list[bool]
+) -> Any:
+    """The batch the suite validates: :func:`row_features` of every record, built column by
+    column (the same frame as ``pandas.DataFrame`` of the row dicts, without the dicts). The
+    image columns are computed once per distinct image check."""
+    import pandas as pd
+
+    columns: dict[str, list[Any]] = {name: [] for name in FEATURE_COLUMNS}
+    by_image: dict[int, tuple[Any, ...]] = {}
+    escape = html.escape
+    nan = float("nan")
+    (
+        c_id,
+        c_first,
+        c_phrase,
+        c_chars,
+        c_source,
+        c_count,
+        c_valid,
+        c_x1,
+        c_y1,
+        c_x2,
+        c_y2,
+        c_w,
+        c_h,
+        c_area,
+        c_dw,
+        c_dh,
+    ) = (
+        columns[name]
+        for name in (
+            "id",
+            "id_first_occurrence",
+            "phrase",
+            "phrase_chars",
+            "source",
+            "box_count",
+            "boxes_valid",
+            "box_min_x1",
+            "box_min_y1",
+            "box_max_x2",
+            "box_max_y2",
+            "box_min_width",
+            "box_min_height",
+            "box_min_area",
+            "declared_width",
+            "declared_height",
+        )
+    )
+    image_columns = [
+        columns[name]
+        for name in (
+            "image_inside_root",
+            "image_exists",
+            "image_decodes",
+            "image_within_pixel_limit",
+            "image_width",
+            "image_height",
+            "image_aspect_ratio",
+        )
+    ]
+    for record, row_boxes, image, first in zip(records, boxes, images, firsts):
+        c_id.append(escape(record.id))
+        c_first.append(first)
+        phrase = record.phrase
+        c_phrase.append(None if phrase is None else escape(phrase))
+        c_chars.append(float(len(phrase)) if isinstance(phrase, str) else nan)
+        c_source.append(escape(str(record.source)))
+        c_count.append(len(row_boxes))
+        box = row_boxes[0] if len(row_boxes) == 1 else None
+        if (
+            type(box) is list
+            and len(box) == 4
+            and all(type(v) is float or type(v) is int for v in box)
+            and all(math.isfinite(v) for v in box)
+        ):  # the common case, one box (bool is neither float nor int here, as in _is_number)
+            c_valid.append(True)
+            x1, y1, x2, y2 = float(box[0]), float(box[1]), float(box[2]), float(box[3])
+            min_w, min_h = x2 - x1, y2 - y1
+            min_area = max(min_w, 0.0) * max(min_h, 0.0)
+        else:
+            valid = all(isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in row_boxes)
+            c_valid.append(valid)
+            if valid and row_boxes:
+                x1 = min(float(b[0]) for b in row_boxes)
+                y1 = min(float(b[1]) for b in row_boxes)
+                x2 = max(float(b[2]) for b in row_boxes)
+                y2 = max(float(b[3]) for b in row_boxes)
+                widths = [float(b[2]) - float(b[0]) for b in row_boxes]
+                heights = [float(b[3]) - float(b[1]) for b in row_boxes]
+                min_w, min_h = min(widths), min(heights)
+                min_area = min(max(w, 0.0) * max(h, 0.0) for w, h in zip(widths, heights))
+            else:
+                x1 = y1 = x2 = y2 = min_w = min_h = min_area = nan
+        c_x1.append(x1)
+        c_y1.append(y1)
+        c_x2.append(x2)
+        c_y2.append(y2)
+        c_w.append(min_w)
+        c_h.append(min_h)
+        c_area.append(min_area)
+        c_dw.append(float(record.width) if record.width is not None else nan)
+        c_dh.append(float(record.height) if record.height is not None else nan)
+        values = by_image.get(id(image))
+        if values is None:
+            width = float(image.width) if image.width else nan
+            height = float(image.height) if image.height else nan
+            aspect = max(width, height) / min(width, height) if image.width and image.height else nan
+            values = by_image[id(image)] = (
+                image.inside_root,
+                image.exists,
+                image.decodes,
+                image.within_pixel_limit,
+                width,
+                height,
+                aspect,
+            )
+        for column, value in zip(image_columns, values):
+            column.append(value)
+    columns["_row"] = list(range(len(records)))
+    return pd.DataFrame(columns)
+
+
 def _expectations(config: SuiteConfig) -> list[Any]:
     import great_expectations as gx
 
@@ -323,3 +475,61 @@ class SuiteRunner:
             else:
                 path.unlink()
         return kept
+
+
+# --------------------------------------------------------------------------- a process of its own
+
+# Inputs at least this large validate in the Great Expectations process
+# (grounding_ops.data.gx_process) when Great Expectations is not imported here yet.
+GX_PROCESS_MIN_BYTES = 1 << 20
+
+_RUNNERS: dict[str, SuiteRunner] = {}  # in the Great Expectations process
+
+
+def _remote_validate(token: str, config: SuiteConfig, frame: Any) -> BatchValidation:
+    runner = _RUNNERS.get(token)
+    if runner is None:
+        runner = _RUNNERS[token] = SuiteRunner(config)
+    return runner.validate(frame)
+
+
+def _remote_docs(token: str, out_dir: Path) -> list[Path]:
+    try:
+        return _RUNNERS[token].build_docs(out_dir)
+    finally:
+        _RUNNERS.pop(token, None)
+
+
+def _remote_close(token: str) -> None:
+    _RUNNERS.pop(token, None)
+
+
+class RowSuite:
+    """The row-level suite, run in this process or in the Great Expectations process.
+    ``submit(frame)`` returns a future of :class:`BatchValidation`."""
+
+    def __init__(self, config: SuiteConfig, input_bytes: int = 0) -> None:
+        import uuid
+
+        from grounding_ops.data import gx_process
+
+        self.process = gx_process.start_if(input_bytes >= GX_PROCESS_MIN_BYTES)
+        self.config = config
+        self.token = uuid.uuid4().hex
+        self.local = SuiteRunner(config) if self.process is None else None
+
+    def submit(self, frame: Any) -> Any:
+        from grounding_ops.data import gx_process
+
+        if self.local is not None:
+            return gx_process.done(self.local.validate, frame)
+        return self.process.submit(_remote_validate, self.token, self.config, frame)
+
+    def build_docs(self, out_dir: Path) -> list[Path]:
+        if self.local is not None:
+            return self.local.build_docs(out_dir)
+        return self.process.submit(_remote_docs, self.token, out_dir).result()
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.submit(_remote_close, self.token)
