@@ -24,6 +24,7 @@ DOCKER_CONN_VARIABLE = "grounding_docker_conn_id"
 BUCKET_ENV = "GROUNDING_OPS_BUCKET"
 IMAGE_ENV = "GROUNDING_OPS_IMAGE"  # the trainer image reference a container runs, set by the operator
 GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
+AIRFLOW_RUN_ENV = "GROUNDING_OPS_AIRFLOW_RUN"  # dag_id/run_id, in every container of a DAG run
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"  # the training container's work folder (the GPU image mounts a volume there)
 
 # --------------------------------------------------------------------------- default names

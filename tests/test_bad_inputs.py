@@ -251,7 +251,8 @@ def test_container_command_refuses_control_characters(arg: str) -> None:
 def test_hostile_values_stay_single_arguments() -> None:
     """Whatever passes the form is one argv element: no shell ever parses the command."""
     from grounding_ops.pipeline.train_params import spec_overrides
-    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_training
+    from grounding_ops.pipeline.datasets import DatasetRef
+    from grounding_ops.pipeline.plans import plan_training
 
     with pytest.raises(ValueError):
         spec_overrides({"learning_rate": "1e-6; rm -rf /"})

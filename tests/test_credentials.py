@@ -157,7 +157,7 @@ def test_container_gets_the_role_credentials_and_runs_locked_down(
 
 def test_mlflow_connection_credentials_reach_the_clients_and_never_the_uri(monkeypatch) -> None:
     from grounding_ops.pipeline import mlflow_connection
-    from grounding_ops.pipeline.train_tasks import mlflow_tracking_uri
+    from grounding_ops.pipeline.hooks import mlflow_tracking_uri
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_GROUNDING_MLFLOW",

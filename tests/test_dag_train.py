@@ -234,7 +234,8 @@ def test_form_refuses_bad_input(serialized, key, value):
 
 
 def test_resolve_dataset_prefers_newest_asset_event_then_latest_json(tmp_path):
-    from grounding_ops.pipeline.train_tasks import PipelineError, resolve_dataset
+    from grounding_ops.pipeline.datasets import resolve_dataset
+    from grounding_ops.pipeline.errors import PipelineError
     from grounding_ops.storage import open_store
 
     store = open_store(tmp_path)
@@ -258,7 +259,7 @@ def test_resolve_dataset_prefers_newest_asset_event_then_latest_json(tmp_path):
 
 
 def test_decide_training_cases():
-    from grounding_ops.pipeline.train_tasks import ModelState, decide_training
+    from grounding_ops.pipeline.model_state import ModelState, decide_training
 
     champ = ModelState("champion", "3", "v1", "fp1")
     assert decide_training("v1", "fp1", None).train
@@ -275,7 +276,7 @@ def test_decide_training_cases():
 
 
 def test_fingerprint_tracks_training_settings_only():
-    from grounding_ops.pipeline.train_tasks import training_fingerprint
+    from grounding_ops.pipeline.model_state import training_fingerprint
 
     base = dict(GOOD)
     assert training_fingerprint(base) == training_fingerprint(
@@ -304,7 +305,7 @@ def _register(client, name, dataset_version, fingerprint, alias, *, metric=0.5):
 def test_model_states_read_from_the_real_registry(mlflow_service):
     from mlflow.tracking import MlflowClient
 
-    from grounding_ops.pipeline.train_tasks import decide_training, model_states
+    from grounding_ops.pipeline.model_state import decide_training, model_states
 
     client = MlflowClient(mlflow_service.uri)
     name = f"states-{time.time_ns()}"
@@ -345,7 +346,7 @@ def test_dag_test_skips_everything_when_nothing_changed(airflow_db, s3_service, 
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.pipeline.train_params import param_schemas
-    from grounding_ops.pipeline.train_tasks import training_fingerprint
+    from grounding_ops.pipeline.model_state import training_fingerprint
 
     s3 = s3_service.client()
     version = f"v{time.time_ns()}"
@@ -602,7 +603,8 @@ def _training_summary(dataset_uri="s3://b/datasets/grounding/v1", **extra):
 
 def test_plans_are_argument_lists_with_no_credentials():
     from grounding_ops.pipeline.task_records import EvaluationCandidate
-    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_evaluations, plan_training
+    from grounding_ops.pipeline.datasets import DatasetRef
+    from grounding_ops.pipeline.plans import plan_evaluations, plan_training
 
     dataset = DatasetRef("v1", "s3://b/datasets/grounding/v1", "s3://b/datasets/grounding/v1/manifest.json", "param")
     params = {**GOOD, "engine": "gpu", "learning_rate": 1e-6, "epochs": None}
@@ -646,7 +648,9 @@ def _result(fields):
 
 
 def test_list_checkpoints_and_pick_best(tmp_path):
-    from grounding_ops.pipeline.train_tasks import PipelineError, list_checkpoints, pick_best
+    from grounding_ops.pipeline.errors import PipelineError
+    from grounding_ops.pipeline.plans import list_checkpoints
+    from grounding_ops.pipeline.results import pick_best
     from grounding_ops.storage import open_store
 
     store = open_store(tmp_path / "train")
@@ -819,18 +823,11 @@ def test_record_pick_and_promote_against_the_real_registry(s3_service, mlflow_se
     from mlflow.tracking import MlflowClient
 
     from grounding_ops.pipeline.task_records import EvaluationCandidate
-    from grounding_ops.pipeline.train_tasks import (
-        DECISION_SPLIT,
-        current_champion,
-        decide_training,
-        decision_candidates,
-        existing_evaluation,
-        model_states,
-        pick_best,
-        plan_evaluations,
-        promote_best,
-        record_evaluation,
-    )
+    from grounding_ops.pipeline.decision import promote_best
+    from grounding_ops.pipeline.model_state import current_champion, decide_training, existing_evaluation, model_states
+    from grounding_ops.pipeline.plans import decision_candidates, plan_evaluations
+    from grounding_ops.pipeline.results import pick_best, record_evaluation
+    from grounding_ops.vocabulary import DECISION_SPLIT
     from grounding_ops.storage import open_store
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -930,16 +927,12 @@ def test_selection_and_decision_splits_differ_in_every_path():
     """Every DAG path (first promotion against the base model, base evaluation reused, champion to
     re-evaluate, champion evaluation reused): checkpoints are chosen on val, the gate sees test only."""
     from grounding_ops.pipeline.task_records import EvaluationCandidate
-    from grounding_ops.pipeline.train_tasks import (
-        DECISION_SPLIT,
-        SELECTION_SPLIT,
-        Champion,
-        PipelineError,
-        decided_on,
-        decision_candidates,
-        pick_best,
-        plan_evaluations,
-    )
+    from grounding_ops.pipeline.decision import decided_on
+    from grounding_ops.pipeline.errors import PipelineError
+    from grounding_ops.pipeline.model_state import Champion
+    from grounding_ops.pipeline.plans import decision_candidates, plan_evaluations
+    from grounding_ops.pipeline.results import pick_best
+    from grounding_ops.vocabulary import DECISION_SPLIT, SELECTION_SPLIT
 
     assert SELECTION_SPLIT == "val" and DECISION_SPLIT == "test"
     training = _training_summary("s3://b/datasets/grounding/v2", dataset_version="v2")
@@ -999,7 +992,7 @@ def test_integral_numbers_reach_the_trainer_as_integers():
     """JSON's 2.0 is the integer 2: the form accepts it (JSON Schema cannot tell them apart), and the
     container gets `rollout_n=2`, not `2.0` (which its spec would refuse); the fingerprint is the same."""
     from grounding_ops.pipeline.train_params import spec_overrides, training_values
-    from grounding_ops.pipeline.train_tasks import training_fingerprint
+    from grounding_ops.pipeline.model_state import training_fingerprint
 
     as_float = {**GOOD, "rollout_n": 2.0, "total_steps": 10.0}
     assert "rollout_n=2" in spec_overrides(as_float) and "total_steps=10" in spec_overrides(as_float)
@@ -1014,7 +1007,8 @@ def test_integral_numbers_reach_the_trainer_as_integers():
 
 
 def test_old_dataset_versions_without_a_test_split_are_refused_clearly():
-    from grounding_ops.pipeline.train_tasks import DatasetRef, PipelineError, check_test_split
+    from grounding_ops.pipeline.datasets import DatasetRef, check_test_split
+    from grounding_ops.pipeline.errors import PipelineError
 
     ref = DatasetRef("v0", "s3://b/datasets/grounding/v0", "s3://b/datasets/grounding/v0/manifest.json", "param")
     check_test_split({"files": {"train.parquet": {}, "val.parquet": {}, "test.parquet": {}}}, ref)
@@ -1023,7 +1017,8 @@ def test_old_dataset_versions_without_a_test_split_are_refused_clearly():
 
 
 def test_read_training_result_refuses_missing_or_empty_runs(tmp_path):
-    from grounding_ops.pipeline.train_tasks import PipelineError, read_training_result, training_summary_line
+    from grounding_ops.pipeline.errors import PipelineError
+    from grounding_ops.pipeline.results import read_training_result, training_summary_line
     from grounding_ops.storage import open_store
 
     from grounding_ops.pipeline.task_records import TrainingPlan
@@ -1245,7 +1240,7 @@ def _second_night(s3_service, mlflow_service, s3, token, name, dataset, image, t
 
 def test_fingerprint_pins_the_trainer_image_digest(docker_daemon, base_image) -> None:
     from grounding_ops.pipeline.docker_tasks import image_reference
-    from grounding_ops.pipeline.train_tasks import training_fingerprint
+    from grounding_ops.pipeline.model_state import training_fingerprint
 
     ref = image_reference(base_image)
     assert ref.startswith(f"{base_image}@sha256:") or "@sha256:" in ref

@@ -523,7 +523,8 @@ def _entry_args(image: str, subcommand: str) -> list[str]:
 @pytest.mark.docker
 def test_train_task_command_matches_the_image_entrypoint(trainer_cpu_image) -> None:
     """The DAG's container command, appended to the image's ENTRYPOINT, must be a valid CLI call."""
-    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_training
+    from grounding_ops.pipeline.datasets import DatasetRef
+    from grounding_ops.pipeline.plans import plan_training
 
     ref = DatasetRef("v1", "s3://b/datasets/d/v1", "s3://b/datasets/d/v1/manifest.json", "param")
     plan = plan_training(

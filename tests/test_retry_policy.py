@@ -49,7 +49,7 @@ def test_transient_errors_are_retried_and_data_errors_are_not(monkeypatch) -> No
 
     from grounding_ops.pipeline.data_tasks import DataPipelineError
     from grounding_ops.pipeline.retry_policy import fail_fast, is_data_error, is_transient
-    from grounding_ops.pipeline.train_tasks import PipelineError
+    from grounding_ops.pipeline.errors import PipelineError
     from grounding_ops.registry.promotion import PromotionError
 
     s3_down, mlflow_down = _real_s3_connection_error(), _real_mlflow_connection_error(monkeypatch)
@@ -78,7 +78,7 @@ def test_a_python_task_fails_at_once_on_a_data_error() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     from grounding_ops.pipeline.lineage import lineage_task
-    from grounding_ops.pipeline.train_tasks import PipelineError
+    from grounding_ops.pipeline.errors import PipelineError
 
     def broken():
         raise PipelineError("dataset version 'x y' is not a version id")

@@ -206,7 +206,8 @@ def test_container_credentials_only_as_private_environment() -> None:
 def test_training_plan_and_lineage_carry_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan is rendered into the task's template fields, XCom and OpenLineage facets."""
     from grounding_ops.pipeline.lineage import operator_lineage
-    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_training
+    from grounding_ops.pipeline.datasets import DatasetRef
+    from grounding_ops.pipeline.plans import plan_training
 
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)

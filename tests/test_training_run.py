@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from grounding_ops.pipeline.task_records import TrainingPlan
-from grounding_ops.pipeline.train_tasks import read_training_result, record_training
+from grounding_ops.pipeline.results import read_training_result, record_training
 from grounding_ops.registry.tracking import EVALUATION_EXPERIMENT, mlflow_client
 from grounding_ops.registry.training_run import log_training_run
 from grounding_ops.training.run_record import RunRecord

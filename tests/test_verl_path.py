@@ -219,7 +219,7 @@ def test_prepare_refuses_a_family_protocol_pair_whose_frames_disagree() -> None:
 
 def test_gpu_containers_get_their_gpus_not_all_of_them() -> None:
     from grounding_ops.pipeline.docker_tasks import GPU_SHM_SIZE, docker_kwargs
-    from grounding_ops.pipeline.train_tasks import GPU_WORK_VOLUME, training_gpus
+    from grounding_ops.pipeline.plans import GPU_WORK_VOLUME, training_gpus
 
     with pytest.raises(ValueError, match="gpus >= 1"):
         docker_kwargs(engine="gpu", command=["x"], container_name="c", private_environment={})
@@ -238,7 +238,8 @@ def test_gpu_containers_get_their_gpus_not_all_of_them() -> None:
 
 def test_training_and_evaluation_plans_ask_for_their_gpus() -> None:
     from grounding_ops.pipeline.task_records import EvaluationCandidate, TrainingSummary
-    from grounding_ops.pipeline.train_tasks import DatasetRef, plan_evaluations, plan_training
+    from grounding_ops.pipeline.datasets import DatasetRef
+    from grounding_ops.pipeline.plans import plan_evaluations, plan_training
 
     params = {"engine": "gpu", "preset": "qwen2.5-vl-7b", "gpus_per_node": 4}
     dataset = DatasetRef(uri="s3://b/d/v1", version="v1", manifest_uri="s3://b/d/v1/manifest.json", source="param")

@@ -23,7 +23,7 @@ in the Airflow pool of :mod:`grounding_ops.pipeline.pools`, and the mapped evalu
 time.
 
 ``TrainContainerOperator`` and ``EvaluateContainerOperator`` are DockerOperators that receive a
-``plan`` (built by :mod:`grounding_ops.pipeline.train_tasks`) at run time, apply ``docker_kwargs``,
+``plan`` (built by :mod:`grounding_ops.pipeline.plans`) at run time, apply ``docker_kwargs``,
 run the container, then read what it wrote (``run.json`` / ``metrics.json``) and return a summary.
 They carry the W&B / MLflow / dataset manifest extra links and report OpenLineage inputs/outputs.
 ``on_kill`` is DockerOperator's: it stops the container (and removes it, auto_remove="force").
@@ -587,18 +587,18 @@ class TrainContainerOperator(GroundingContainerOperator):
         super().on_kill()
 
     def after_container(self, context: Any) -> Any:
-        from grounding_ops.pipeline import train_tasks
+        from grounding_ops.pipeline import results
         from grounding_ops.storage import open_store
 
         plan = self.container_plan()
         store = open_store(plan.output_uri, s3_client=s3_client(self.s3_conn_id))
-        summary = replace(train_tasks.read_training_result(store, plan), image=self.image_ref)
-        summary = train_tasks.record_training(store, summary, plan, tracking_uri=mlflow_tracking_uri())
+        summary = replace(results.read_training_result(store, plan), image=self.image_ref)
+        summary = results.record_training(store, summary, plan, tracking_uri=mlflow_tracking_uri())
         self.links["mlflow"] = summary.mlflow_url
         if summary.wandb_url:
             self.links["wandb"] = summary.wandb_url
         self.lineage_outputs = [plan.output_uri]
-        self.log.info(train_tasks.training_summary_line(summary))
+        self.log.info(results.training_summary_line(summary))
         return summary.to_dict()
 
 
@@ -608,14 +608,14 @@ class EvaluateContainerOperator(GroundingContainerOperator):
     plan_type = EvaluationPlan
 
     def after_container(self, context: Any) -> Any:
-        from grounding_ops.pipeline import train_tasks
+        from grounding_ops.pipeline import results
         from grounding_ops.storage import open_store
 
         plan = self.container_plan()
         store = open_store(plan.output_uri, s3_client=s3_client(self.s3_conn_id))
-        result = train_tasks.record_evaluation(store, plan, tracking_uri=mlflow_tracking_uri())
+        result = results.record_evaluation(store, plan, tracking_uri=mlflow_tracking_uri())
         if result.mlflow_url:
             self.links["mlflow"] = result.mlflow_url
         self.lineage_outputs = [plan.output_uri]
-        self.log.info(train_tasks.evaluation_summary_line(result))
+        self.log.info(results.evaluation_summary_line(result))
         return result.to_dict()
