@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -443,19 +443,7 @@ def write_outputs(
     store.put_bytes(REPORT_FILE, page.encode("utf-8"))
 
     record = EvaluationRecord(
-        model_uri=info.model_uri,
-        dataset_uri=info.dataset_uri,
-        dataset_version=info.dataset_version,
-        dataset_manifest_sha256=info.dataset_manifest_sha256,
-        split=info.split,
-        protocol=info.protocol,
-        engine=info.engine,
-        batch_size=info.batch_size,
-        max_new_tokens=info.max_new_tokens,
-        max_samples=info.max_samples,
-        role=info.role,
-        tags=dict(info.tags),
-        lineage=info.lineage,
+        **{f.name: getattr(info, f.name) for f in fields(info)},  # the settings, as evaluated
         n_samples=len(predictions),
         generation_seconds=seconds,
         samples_per_s=samples_per_s,
