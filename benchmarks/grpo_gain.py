@@ -142,10 +142,13 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=900, help="synthetic images (default 900)")
-    parser.add_argument("--val-fraction", type=float, default=0.4, help="held-out share (default 0.4)")
+    parser.add_argument("--images", type=int, default=2000, help="synthetic images (default 2000)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value (repeatable)"
+    )
     parser.add_argument("--skip-control", action="store_true", help="do not run the constant-reward control")
     parser.add_argument(
         "--platform-python",
@@ -195,7 +198,7 @@ def main() -> int:
             str(MAX_PIXELS),
         )
         dataset = str(work / "dataset")
-        sets = [f"total_steps={args.steps}"] if args.steps else []
+        sets = [*args.set, *([f"total_steps={args.steps}"] if args.steps else [])]
         runs = [_train_and_score("grpo", ml_python, dataset, work, sets)]
         if not args.skip_control:
             runs.append(_train_and_score("control", ml_python, dataset, work, [*sets, "reward_function=constant"]))

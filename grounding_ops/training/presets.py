@@ -120,16 +120,16 @@ def _presets() -> dict[str, TrainingSpec]:
         "tiny-cpu-grpo": replace(
             tiny_cpu,
             rollout_n=8,
-            learning_rate=2e-4,
+            learning_rate=5e-4,
             train_batch_size=8,
             ppo_mini_batch_size=8,
             micro_batch_size_per_gpu=16,
-            total_steps=100,
-            save_freq=50,
+            total_steps=300,
+            save_freq=100,
             experiment_name="tiny-cpu-grpo",
             # Deliberately partial. With the warm-up's rate and batch the loss left that plateau
             # after ~800 steps on single shapes (0.47 -> 0.20 by step 1400).
-            sft_warmup_steps=1200,
+            sft_warmup_steps=1500,
         ),
     }
 
