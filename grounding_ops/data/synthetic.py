@@ -33,7 +33,7 @@ BACKGROUND = (128, 128, 128)
 RAMP = 120
 SHAPE_OPACITY = 0.6
 # Sides of the shapes, as shares of the shorter image side.
-SIDE_SHARES = (1 / 3, 1 / 2)
+SIDE_SHARES = (0.3, 0.45)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def generate_synthetic(
 ) -> SyntheticDataset:
     """Write ``out_dir/images/*.png`` and ``out_dir/annotations.jsonl``.
 
-    Each image holds 1 to ``max_shapes`` shapes (sides a third to a half of the
+    Each image holds 1 to ``max_shapes`` shapes (sides 0.3 to 0.45 of the
     shorter image side) and gives one record per shape, its phrase picked at random among
     those that name it alone (colour and kind, colour, kind or position words; see
     :func:`phrase_candidates`). The default 112-pixel images are what the tiny models see

@@ -314,10 +314,16 @@ def sft_warmup(
 
 # --------------------------------------------------------------------------- reward
 CONSTANT_REWARD = 1.0
+# Share of the reward paid for an answer exactly in the protocol (score_response's format_weight).
+# Without it nothing asks a rollout to end after its answer, and the tiny model drifted into
+# running on to the length limit (answer, then digits and brackets) within 100-300 GRPO steps;
+# masking cut-off rollouts out of the loss instead made that state absorbing (no gradient left).
+FORMAT_WEIGHT = 0.1
 
 
 def make_reward_function(kind: str = "iou") -> Any:
-    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out).
+    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out), with
+    :data:`FORMAT_WEIGHT` of it for an answer exactly in the protocol.
 
     ``kind="constant"`` is the control: every rollout gets :data:`CONSTANT_REWARD` (so every
     GRPO advantage is zero), while the IoU it would have earned is still logged.
@@ -343,6 +349,7 @@ def make_reward_function(kind: str = "iou") -> Any:
                 image_size=truth["image_size"],
                 protocol=truth["protocol"],
                 resized_size=truth.get("resized_size"),
+                format_weight=FORMAT_WEIGHT,
             )
             scores.append(float(result["score"]))
             ious.append(float(result["iou"]))
@@ -544,10 +551,6 @@ def run(config: EngineConfig) -> dict[str, Any]:
         num_generations=spec.rollout_n,
         max_completion_length=spec.max_response_length,
         temperature=spec.temperature,
-        # A rollout cut off at max_response_length gets no gradient: with every token of a rollout
-        # sharing its advantage, the tiny model otherwise learned to run on past its answer (after
-        # 300 steps every rollout hit the limit, the answer followed by digits and brackets).
-        mask_truncated_completions=True,
         learning_rate=spec.learning_rate,
         lr_scheduler_type="constant",  # a resume with a higher total_steps continues the same schedule
         beta=spec.kl_coef,
