@@ -111,6 +111,36 @@ def _score(python: str, model: Path, dataset: str, out: Path, role: str) -> Scor
     return Score(iou["value"], iou["ci_low"], iou["ci_high"], int(overall["n"]))
 
 
+def best_fixed_box_iou(val_parquet: Path, grid: int = 28) -> float:
+    """Mean IoU of the best single box (on a grid of ``grid`` steps per side) given to every sample.
+
+    What a model that ignores the image can reach at most: the bar for "grounding, not a prior".
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(val_parquet, columns=["reward_model"]).column("reward_model").to_pylist()
+    truths = [r["ground_truth"] if isinstance(r["ground_truth"], dict) else json.loads(r["ground_truth"]) for r in rows]
+    boxes = np.array([t["boxes"][0] for t in truths], dtype=float)
+    sizes = np.array([t["image_size"] for t in truths], dtype=float)
+    g = boxes / np.concatenate([sizes, sizes], axis=1)  # normalized xyxy
+    ticks = np.linspace(0.0, 1.0, grid + 1)
+    pairs = np.array([(a, b) for i, a in enumerate(ticks) for b in ticks[i + 1 :]])
+
+    def overlap(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # pairs x samples
+        return np.clip(np.minimum(pairs[:, 1:2], hi[None]) - np.maximum(pairs[:, 0:1], lo[None]), 0.0, None)
+
+    ix, iy = overlap(g[:, 0], g[:, 2]), overlap(g[:, 1], g[:, 3])
+    widths, heights = pairs[:, 1] - pairs[:, 0], pairs[:, 1] - pairs[:, 0]
+    areas = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    best = 0.0
+    for a in range(len(pairs)):
+        inter = ix[a][None, :] * iy  # y-pairs x samples
+        union = widths[a] * heights[:, None] + areas[None, :] - inter
+        best = max(best, float((inter / union).mean(axis=1).max()))
+    return best
+
+
 def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: list[str]) -> Outcome:
     out = work / name
     overrides = [item for pair in (("--set", s) for s in sets) for item in pair]
@@ -142,10 +172,13 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=900, help="synthetic images (default 900)")
-    parser.add_argument("--val-fraction", type=float, default=0.4, help="held-out share (default 0.4)")
+    parser.add_argument("--images", type=int, default=2000, help="synthetic images (default 2000)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value (repeatable)"
+    )
     parser.add_argument("--skip-control", action="store_true", help="do not run the constant-reward control")
     parser.add_argument(
         "--platform-python",
@@ -195,7 +228,9 @@ def main() -> int:
             str(MAX_PIXELS),
         )
         dataset = str(work / "dataset")
-        sets = [f"total_steps={args.steps}"] if args.steps else []
+        sets = [*args.set, *([f"total_steps={args.steps}"] if args.steps else [])]
+        version = json.loads((work / "dataset" / "latest.json").read_text())["version"]
+        fixed_box = best_fixed_box_iou(work / "dataset" / version / "val.parquet")
         runs = [_train_and_score("grpo", ml_python, dataset, work, sets)]
         if not args.skip_control:
             runs.append(_train_and_score("control", ml_python, dataset, work, [*sets, "reward_function=constant"]))
@@ -208,6 +243,7 @@ def main() -> int:
         f"{'run':24s} {'base':>22s} {'final':>22s} {'gain':>7s} {'apart':>6s} {'train s':>8s} {'(GRPO)':>7s} "
         f"{'peak RSS':>9s}"
     )
+    print(f"{'best fixed box':24s} {fixed_box:>22.3f}   (one box for every sample: what ignoring the image reaches)")
     for run in runs:
         label = "GRPO, IoU reward" if run.name == "grpo" else "control, constant reward"
         print(

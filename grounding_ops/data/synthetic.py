@@ -24,14 +24,16 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle")
 SOURCE = "synthetic"
-BACKGROUND = (230, 230, 230)
-# A colour ramp across the background (red rises and blue falls left to right, green rises and
-# blue rises top to bottom), seen through translucent shapes: a position code in the pixels. The
-# tiny models' vision tower has no absolute position embedding and their language model's
-# rotary position frequencies hardly tell image columns apart, so without it a tiny model can
-# name a shape's colour but not say where it is.
-RAMP = 80
+BACKGROUND = (128, 128, 128)
+# A colour ramp across the background (red rises left to right, green top to bottom), seen through
+# translucent shapes: a position code in the pixels. The tiny models' vision tower has no absolute
+# position embedding and their language model's rotary position frequencies hardly tell image
+# columns apart, so without it a tiny model can name a shape's colour but not say where it is.
+# Mid-grey plus at most RAMP keeps every channel inside 0..255: a clipped ramp codes no position.
+RAMP = 120
 SHAPE_OPACITY = 0.6
+# Sides of the shapes, as shares of the shorter image side.
+SIDE_SHARES = (0.3, 0.45)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def render_image(
     import numpy as np
     from PIL import Image, ImageDraw
 
-    xs = np.linspace(-1.0, 1.0, width)[None, :, None] * np.array([1.0, 0.0, -1.0])
-    ys = np.linspace(-1.0, 1.0, height)[:, None, None] * np.array([0.0, 1.0, 1.0])
+    xs = np.linspace(-1.0, 1.0, width)[None, :, None] * np.array([1.0, 0.0, 0.0])
+    ys = np.linspace(-1.0, 1.0, height)[:, None, None] * np.array([0.0, 1.0, 0.0])
     pixels = np.asarray(BACKGROUND, dtype=float) + RAMP * (xs + ys)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype("uint8"), "RGB")
     kinds = rng.sample([(color, shape) for color in sorted(COLORS) for shape in SHAPES], n_shapes)
@@ -78,7 +80,7 @@ def render_image(
     short = min(width, height)
     for color, shape in kinds:
         for _attempt in range(20):
-            side = rng.randint(max(8, short // 4), max(9, short * 3 // 7))
+            side = rng.randint(max(8, int(short * SIDE_SHARES[0])), max(9, int(short * SIDE_SHARES[1])))
             x1, y1 = rng.randint(0, width - side), rng.randint(0, height - side)
             box = (x1, y1, x1 + side, y1 + side)
             if not _overlaps(box, placed):
@@ -140,7 +142,7 @@ def generate_synthetic(
 ) -> SyntheticDataset:
     """Write ``out_dir/images/*.png`` and ``out_dir/annotations.jsonl``.
 
-    Each image holds 1 to ``max_shapes`` shapes (sides a quarter to three sevenths of the
+    Each image holds 1 to ``max_shapes`` shapes (sides 0.3 to 0.45 of the
     shorter image side) and gives one record per shape, its phrase picked at random among
     those that name it alone (colour and kind, colour, kind or position words; see
     :func:`phrase_candidates`). The default 112-pixel images are what the tiny models see

@@ -17,7 +17,8 @@ What it does:
 2. a partial supervised warm-up (``spec.sft_warmup_steps`` steps of a plain torch loop) on the
    perfect answers of the protocol, so that a random model starts earning non-zero IoU and
    GRPO gets a signal; the warmed-up model is saved to ``<checkpoints>/warmup`` and is GRPO's
-   starting point and KL reference;
+   starting point and KL reference. Warm-up and GRPO train the language model only: the vision
+   tower stays as it is (see :func:`freeze_vision_tower`);
 3. GRPO with TRL's ``GRPOTrainer`` and our reward (:func:`grounding_ops.reward.score_response`;
    ``spec.reward_function=constant`` swaps in the control, see :func:`make_reward_function`)
    for ``spec.total_steps`` steps, one readable line per step, checkpoints every
@@ -52,8 +53,6 @@ from grounding_ops.training.checkpoints import STEP_PREFIX, latest_local_checkpo
 
 IMAGE_PLACEHOLDER = "<image>"
 WARMUP_DIR = "warmup"
-# Higher rates made the tiny model's vision features collapse into one answer per phrase; smaller
-# batches kept it on that plateau for longer.
 WARMUP_LEARNING_RATE = 2e-3
 WARMUP_BATCH_SIZE = 16
 # Intra-op threads of torch. Tiny models gain nothing from more, and on a busy machine
@@ -205,6 +204,26 @@ def perfect_answer(ex: Example) -> str:
     return get_protocol(ex.protocol).format_answer(ex.boxes, ex.image_size, ex.resized_size)
 
 
+def freeze_vision_tower(model: Any) -> int:
+    """Train the language model only: the vision tower (patch embedding, blocks, merger) stays fixed.
+
+    Trained together from random weights, the tiny models' language model learns the answers'
+    prior long before it reads the image, and the vision tower drifts meanwhile: on the earlier
+    (clipped-ramp) shapes it pulled every image token towards one constant vector (their spread fell
+    from 35% to 0.2% of their norm in 300 warm-up steps), and on the current ones swapping the
+    images of held-out prompts still moved the answer probabilities by < 0.001 after 1000 steps.
+    With the tower fixed (a fixed random projection of the pixels that keeps image tokens apart)
+    the same swap moved them by 0.04 and greedy IoU rose from 0.12 to 0.27. Returns the number of
+    frozen parameters.
+    """
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if ".visual." in f".{name}":
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
 def _encode_sft(processor: Any, ex: Example) -> dict[str, Any]:
     """Tokens of prompt + perfect answer, labels only on the answer (and its end token)."""
     from trl.data_utils import prepare_multimodal_messages
@@ -257,10 +276,12 @@ def sft_warmup(
     set_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     if steps > 0:
+        freeze_vision_tower(model)
         model.train()
         encoded = [_encode_sft(processor, ex) for ex in examples]
         pad_id = processor.tokenizer.pad_token_id
-        optimizer = torch.optim.AdamW(model.parameters(), lr=WARMUP_LEARNING_RATE, weight_decay=0.0)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=WARMUP_LEARNING_RATE, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(WARMUP_BATCH_SIZE, len(encoded))
         started = time.perf_counter()
@@ -273,7 +294,7 @@ def sft_warmup(
             loss = model(**_collate([encoded[i] for i in picked], pad_id)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             loss_value = float(loss.detach())
             if step == 1 or step % 10 == 0 or step == steps:
@@ -293,10 +314,16 @@ def sft_warmup(
 
 # --------------------------------------------------------------------------- reward
 CONSTANT_REWARD = 1.0
+# Share of the reward paid for an answer exactly in the protocol (score_response's format_weight).
+# Without it nothing asks a rollout to end after its answer, and the tiny model drifted into
+# running on to the length limit (answer, then digits and brackets) within 100-300 GRPO steps;
+# masking cut-off rollouts out of the loss instead made that state absorbing (no gradient left).
+FORMAT_WEIGHT = 0.1
 
 
 def make_reward_function(kind: str = "iou") -> Any:
-    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out).
+    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out), with
+    :data:`FORMAT_WEIGHT` of it for an answer exactly in the protocol.
 
     ``kind="constant"`` is the control: every rollout gets :data:`CONSTANT_REWARD` (so every
     GRPO advantage is zero), while the IoU it would have earned is still logged.
@@ -322,6 +349,7 @@ def make_reward_function(kind: str = "iou") -> Any:
                 image_size=truth["image_size"],
                 protocol=truth["protocol"],
                 resized_size=truth.get("resized_size"),
+                format_weight=FORMAT_WEIGHT,
             )
             scores.append(float(result["score"]))
             ious.append(float(result["iou"]))
@@ -542,8 +570,12 @@ def run(config: EngineConfig) -> dict[str, Any]:
     )
     callbacks = _callbacks(total_steps, updates_per_step, checkpoint_dir, spec.train_batch_size * spec.rollout_n)
     printer = callbacks[0]
+    from transformers import AutoModelForImageTextToText
+
+    policy = AutoModelForImageTextToText.from_pretrained(start_model, dtype=torch.float32)
+    freeze_vision_tower(policy)  # as in the warm-up: GRPO trains the language model
     trainer = _resumable_grpo_trainer(GRPOTrainer)(
-        model=start_model,
+        model=policy,
         reward_funcs=[make_reward_function(spec.reward_function)],
         args=args,
         train_dataset=dataset,
