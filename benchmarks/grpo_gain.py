@@ -106,7 +106,10 @@ def _score(python: str, model: Path, dataset: str, out: Path, role: str) -> Scor
         str(out),
         "--no-mlflow",
     )
-    overall = json.loads((out / "metrics.json").read_text())["metrics"]["overall"]
+    from grounding_ops.evaluation.evaluation_record import EvaluationRecord
+    from grounding_ops.storage import open_store
+
+    overall = EvaluationRecord.load(open_store(str(out))).metrics["overall"]
     iou = overall["mean_iou"]
     return Score(iou["value"], iou["ci_low"], iou["ci_high"], int(overall["n"]))
 
@@ -162,9 +165,12 @@ def _train_and_score(name: str, python: str, dataset: str, work: Path, sets: lis
         peak_rss=True,
     )
     seconds = time.perf_counter() - started
-    run = json.loads((out / "run" / "run.json").read_text())
-    train_seconds = float(run["timings"].get("engine_s") or seconds)
-    grpo_seconds = float(run["seconds_per_step"] or 0.0) * int(run["steps_trained"])
+    from grounding_ops.storage import open_store
+    from grounding_ops.training.run_record import RunRecord
+
+    run = RunRecord.load(open_store(str(out / "run")))
+    train_seconds = float(run.timings.get("engine_s") or seconds)
+    grpo_seconds = float(run.seconds_per_step or 0.0) * run.steps_trained
     base = _score(python, out / "run" / "base", dataset, out / "eval-base", "base")
     final = _score(python, out / "run" / "final", dataset, out / "eval-final", "candidate")
     return Outcome(name, base, final, train_seconds, grpo_seconds, rss or 0.0)
