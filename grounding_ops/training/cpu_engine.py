@@ -49,7 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from grounding_ops.training.checkpoints import STEP_PREFIX, latest_local_checkpoint, write_tracker
+from grounding_ops.records import Record
+from grounding_ops.training.checkpoints import latest_local_checkpoint
 
 IMAGE_PLACEHOLDER = "<image>"
 WARMUP_DIR = "warmup"
@@ -365,85 +366,6 @@ def make_reward_function(kind: str = "iou") -> Any:
 
 
 # --------------------------------------------------------------------------- training
-def _tokens_per_s(mean_length: Any, completions: int, seconds: float) -> float | None:
-    """Generated tokens per second of a step (mean completion length x completions / step time)."""
-    if mean_length is None or not seconds or seconds != seconds or seconds <= 0:
-        return None
-    return float(mean_length) * completions / seconds
-
-
-def _callbacks(total_steps: int, updates_per_step: int, checkpoint_dir: Path, batch_completions: int) -> list[Any]:
-    from transformers import TrainerCallback
-
-    class StepPrinter(TrainerCallback):
-        """One readable line per step: reward, IoU, KL, throughput."""
-
-        def __init__(self) -> None:
-            self.last = time.perf_counter()
-            self.step_seconds: list[float] = []
-            self.history: list[dict[str, Any]] = []
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.last = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            now = time.perf_counter()
-            self.step_seconds.append(now - self.last)
-            self.last = now
-
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-        ) -> None:
-            if not logs or "reward" not in logs or state.global_step % updates_per_step:
-                return
-            step = state.global_step // updates_per_step
-            seconds = sum(self.step_seconds[-updates_per_step:]) if self.step_seconds else float("nan")
-
-            def num(key: str, fmt: str = ".3f") -> str:
-                value = logs.get(key)
-                return "-" if value is None else format(float(value), fmt)
-
-            record = {
-                "step": step,
-                "reward_mean": logs.get("reward"),
-                "iou": logs.get("iou"),
-                "acc": logs.get("acc"),
-                "format_ok": logs.get("format_ok"),
-                "kl": logs.get("kl"),
-                "loss": logs.get("loss"),
-                "response_length": logs.get("completions/mean_length"),
-                "seconds_per_step": seconds,
-                "entropy": logs.get("entropy"),
-                "tokens_per_s": _tokens_per_s(logs.get("completions/mean_length"), batch_completions, seconds),
-                "timestamp": time.time(),
-            }
-            self.history.append(record)
-            print(
-                f"step {step}/{total_steps} reward_mean={num('reward')} iou={num('iou')} acc={num('acc')} "
-                f"format_ok={num('format_ok', '.2f')} kl={num('kl', '.4f')} loss={num('loss', '.4f')} "
-                f"response_len={num('completions/mean_length', '.1f')} "
-                f"step_time={seconds:.2f}s throughput={batch_completions / seconds if seconds > 0 else 0:.1f} seq/s",
-                flush=True,
-            )
-
-    class CheckpointNamer(TrainerCallback):
-        """Rename ``checkpoint-K`` to ``global_step_N`` and then write the tracker file."""
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if not source.is_dir() or state.global_step % updates_per_step:
-                return
-            step = state.global_step // updates_per_step
-            target = checkpoint_dir / f"{STEP_PREFIX}{step}"
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(source, target)
-            write_tracker(checkpoint_dir, step)
-            print(f"saved checkpoint {target.name}", flush=True)
-
-    return [StepPrinter(), CheckpointNamer()]
-
-
 def _resumable_grpo_trainer(base: type) -> type:
     """GRPOTrainer whose resume really loads the checkpoint's weights.
 
@@ -476,78 +398,91 @@ def cpu_threads() -> int:
         raise EngineError(f"{THREADS_ENV}={raw!r} must be a whole number of threads, e.g. 1") from None
 
 
-def run(config: EngineConfig) -> dict[str, Any]:
-    """Train; return the result (also written to ``config.result_path``)."""
-    import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, set_seed
-    from trl import GRPOConfig, GRPOTrainer
+@dataclass(frozen=True)
+class EngineResult(Record):
+    """What one CPU-engine run did (``config.result_path``; the runner's :class:`CpuEngine` reads it).
 
-    from grounding_ops.training.spec import TrainingSpec
+    :param start_step: the checkpoint step it started from (0: from the start).
+    :param end_step: the last checkpoint step it saved.
+    :param history: one entry per GRPO step (reward, IoU, KL, ..., timestamp).
+    :param warmup_steps: supervised warm-up steps it ran (0 on a resume that needed none).
+    """
 
-    spec = TrainingSpec.from_dict(config.spec)
-    spec.validate(engine="cpu")
-    checkpoint_dir = Path(config.checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    total_steps = int(config.total_steps)
-    updates_per_step = spec.train_batch_size // spec.ppo_mini_batch_size
-    completions_per_update = spec.ppo_mini_batch_size * spec.rollout_n
-    grad_accum = completions_per_update // spec.micro_batch_size_per_gpu
+    LEGACY_SCHEMA = 1
+    start_step: int
+    end_step: int
+    steps_done: int
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds_per_step: float | None = None
+    train_seconds: float = 0.0
+    wandb_url: str | None = None
+    warmup_steps: int = 0
 
-    latest = latest_local_checkpoint(checkpoint_dir)
-    start_step = latest[0] if latest else 0
-    if start_step >= total_steps:
-        raise EngineError(f"nothing to train: already at step {start_step} of {total_steps}; raise total_steps")
 
-    torch.set_num_threads(cpu_threads())
-    set_seed(spec.seed)
-    processor = load_processor(config.model_dir, spec)
-    examples = load_examples(config.train_files)
-    check_resized_sizes(examples, processor)
-    print(
-        f"cpu engine: {len(examples)} training rows, steps {start_step + 1}..{total_steps}, "
-        f"{spec.train_batch_size} prompts x {spec.rollout_n} rollouts per step, protocol {spec.protocol}",
-        flush=True,
-    )
+@dataclass(frozen=True)
+class Schedule:
+    """How the spec's steps map onto TRL's optimizer updates."""
 
-    # Warm-up (skipped on resume unless the KL reference needs it).
-    warmup_dir = checkpoint_dir / WARMUP_DIR
-    if latest and not spec.use_kl_loss and not config.need_warmup_model:
-        start_model = str(config.model_dir)
-    elif (warmup_dir / "config.json").is_file():
-        start_model = str(warmup_dir)
-    else:
-        start_model = str(
-            sft_warmup(config.model_dir, processor, examples, spec.sft_warmup_steps, spec.seed, warmup_dir)
+    total_steps: int
+    updates_per_step: int  # one GRPO step = one train batch; mini-batches make the updates
+    grad_accum: int
+
+    @classmethod
+    def of(cls, spec: Any, total_steps: int) -> "Schedule":
+        completions_per_update = spec.ppo_mini_batch_size * spec.rollout_n
+        return cls(
+            total_steps=int(total_steps),
+            updates_per_step=spec.train_batch_size // spec.ppo_mini_batch_size,
+            grad_accum=completions_per_update // spec.micro_batch_size_per_gpu,
         )
 
-    dataset = Dataset.from_list(
-        [
-            {
-                "prompt": ex.messages,
-                "images": ex.images,
-                "ground_truth": json.dumps(
-                    {
-                        "boxes": ex.boxes,
-                        "protocol": ex.protocol,
-                        "image_size": ex.image_size,
-                        "resized_size": ex.resized_size,
-                    }
-                ),
-            }
-            for ex in examples
-        ]
-    )
-    report_to = ["wandb"] if "wandb" in spec.logger else []
+
+def warm_start(
+    config: EngineConfig, spec: Any, processor: Any, examples: Sequence[Example], resuming: bool, warmup_dir: Path
+) -> str:
+    """GRPO's starting model: the warm-up's (made now unless saved), or the model itself on a resume
+    that needs no KL reference and no published base model."""
+    if resuming and not spec.use_kl_loss and not config.need_warmup_model:
+        return str(config.model_dir)
+    if (warmup_dir / "config.json").is_file():
+        return str(warmup_dir)
+    return str(sft_warmup(config.model_dir, processor, examples, spec.sft_warmup_steps, spec.seed, warmup_dir))
+
+
+def grpo_rows(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """The rows TRL's GRPO trainer reads: prompt, images, and the reward's ground truth."""
+    return [
+        {
+            "prompt": ex.messages,
+            "images": ex.images,
+            "ground_truth": json.dumps(
+                {
+                    "boxes": ex.boxes,
+                    "protocol": ex.protocol,
+                    "image_size": ex.image_size,
+                    "resized_size": ex.resized_size,
+                }
+            ),
+        }
+        for ex in examples
+    ]
+
+
+def grpo_config(spec: Any, schedule: Schedule, checkpoint_dir: Path) -> Any:
+    """TRL's ``GRPOConfig`` for the spec (CPU, float32, one save per ``save_freq`` steps)."""
+    from trl import GRPOConfig
+
+    updates = schedule.updates_per_step
     if "wandb" in spec.logger:
         os.environ.setdefault("WANDB_PROJECT", spec.project_name)
-    args = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(checkpoint_dir / "trainer"),
         run_name=spec.experiment_name,
-        max_steps=total_steps * updates_per_step,
+        max_steps=schedule.total_steps * updates,
         per_device_train_batch_size=spec.micro_batch_size_per_gpu,
-        gradient_accumulation_steps=grad_accum,
-        steps_per_generation=grad_accum * updates_per_step,
+        gradient_accumulation_steps=schedule.grad_accum,
+        steps_per_generation=schedule.grad_accum * updates,
         num_generations=spec.rollout_n,
         max_completion_length=spec.max_response_length,
         temperature=spec.temperature,
@@ -556,8 +491,8 @@ def run(config: EngineConfig) -> dict[str, Any]:
         beta=spec.kl_coef,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=(spec.save_freq if spec.save_freq > 0 else total_steps) * updates_per_step,
-        report_to=report_to,
+        save_steps=(spec.save_freq if spec.save_freq > 0 else schedule.total_steps) * updates,
+        report_to=["wandb"] if "wandb" in spec.logger else [],
         seed=spec.seed,
         data_seed=spec.seed,
         use_cpu=True,
@@ -568,64 +503,99 @@ def run(config: EngineConfig) -> dict[str, Any]:
         disable_tqdm=True,
         log_completions=False,
     )
-    callbacks = _callbacks(total_steps, updates_per_step, checkpoint_dir, spec.train_batch_size * spec.rollout_n)
-    printer = callbacks[0]
-    from transformers import AutoModelForImageTextToText
 
+
+def _wandb_url(finish: bool = False) -> str | None:
+    try:
+        import wandb
+    except ImportError:
+        return None
+    url = wandb.run.url if wandb.run is not None else None
+    if finish and wandb.run is not None:
+        wandb.finish()
+    return url
+
+
+def run(config: EngineConfig) -> EngineResult:
+    """Resume point -> inputs -> warm start -> GRPO -> result (also written to ``config.result_path``)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, PrinterCallback, set_seed
+    from trl import GRPOTrainer
+
+    from grounding_ops.training.cpu_callbacks import CheckpointNamer, StepPrinter
+    from grounding_ops.training.spec import TrainingSpec
+
+    spec = TrainingSpec.from_dict(config.spec)
+    spec.validate(engine="cpu")
+    checkpoint_dir = Path(config.checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    schedule = Schedule.of(spec, config.total_steps)
+
+    # resume point
+    latest = latest_local_checkpoint(checkpoint_dir)
+    start_step = latest[0] if latest else 0
+    if start_step >= schedule.total_steps:
+        raise EngineError(
+            f"nothing to train: already at step {start_step} of {schedule.total_steps}; raise total_steps"
+        )
+
+    # inputs
+    torch.set_num_threads(cpu_threads())
+    set_seed(spec.seed)
+    processor = load_processor(config.model_dir, spec)
+    examples = load_examples(config.train_files)
+    check_resized_sizes(examples, processor)
+    print(
+        f"cpu engine: {len(examples)} training rows, steps {start_step + 1}..{schedule.total_steps}, "
+        f"{spec.train_batch_size} prompts x {spec.rollout_n} rollouts per step, protocol {spec.protocol}",
+        flush=True,
+    )
+
+    # warm start (skipped on resume unless the KL reference or the base model needs it)
+    start_model = warm_start(config, spec, processor, examples, latest is not None, checkpoint_dir / WARMUP_DIR)
+
+    # GRPO
+    printer = StepPrinter(schedule.total_steps, schedule.updates_per_step, spec.train_batch_size * spec.rollout_n)
     policy = AutoModelForImageTextToText.from_pretrained(start_model, dtype=torch.float32)
     freeze_vision_tower(policy)  # as in the warm-up: GRPO trains the language model
     trainer = _resumable_grpo_trainer(GRPOTrainer)(
         model=policy,
         reward_funcs=[make_reward_function(spec.reward_function)],
-        args=args,
-        train_dataset=dataset,
+        args=grpo_config(spec, schedule, checkpoint_dir),
+        train_dataset=Dataset.from_list(grpo_rows(examples)),
         processing_class=processor,
-        callbacks=callbacks,
+        callbacks=[printer, CheckpointNamer(checkpoint_dir, schedule.updates_per_step)],
     )
     trainer.remove_callback(PrinterCallback)  # our line per step replaces its raw dict dumps
-    wandb_url = None
-    if "wandb" in spec.logger:
-        try:
-            import wandb
-
-            wandb_url = wandb.run.url if wandb.run is not None else None
-        except ImportError:
-            wandb_url = None
-    resume = str(latest[1]) if latest else None
-    if resume:
+    wandb_url = _wandb_url() if "wandb" in spec.logger else None
+    if latest:
         print(f"resuming from {latest[1].name}", flush=True)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(latest[1]) if latest else None)
     elapsed = time.perf_counter() - started
     if "wandb" in spec.logger:
-        try:
-            import wandb
+        wandb_url = _wandb_url(finish=True) or wandb_url
 
-            wandb_url = wandb_url or (wandb.run.url if wandb.run is not None else None)
-            if wandb.run is not None:
-                wandb.finish()
-        except ImportError:
-            pass
-
+    # result
     latest_after = latest_local_checkpoint(checkpoint_dir)
     end_step = latest_after[0] if latest_after else start_step
     history = printer.history
     step_seconds = [h["seconds_per_step"] for h in history if h.get("seconds_per_step") == h.get("seconds_per_step")]
-    final = {k: v for k, v in (history[-1] if history else {}).items() if k != "step" and v is not None}
-    result = {
-        "start_step": start_step,
-        "end_step": end_step,
-        "steps_done": end_step - start_step,
-        "final_metrics": final,
-        "history": history,
-        "seconds_per_step": (sum(step_seconds) / len(step_seconds)) if step_seconds else None,
-        "train_seconds": elapsed,
-        "wandb_url": wandb_url,
-        "warmup_steps": 0 if start_model == str(config.model_dir) else spec.sft_warmup_steps,
-    }
+    result = EngineResult(
+        start_step=start_step,
+        end_step=end_step,
+        steps_done=end_step - start_step,
+        final_metrics={k: v for k, v in (history[-1] if history else {}).items() if k != "step" and v is not None},
+        history=history,
+        seconds_per_step=(sum(step_seconds) / len(step_seconds)) if step_seconds else None,
+        train_seconds=elapsed,
+        wandb_url=wandb_url,
+        warmup_steps=0 if start_model == str(config.model_dir) else spec.sft_warmup_steps,
+    )
     shutil.rmtree(checkpoint_dir / "trainer", ignore_errors=True)
     if config.result_path:
-        Path(config.result_path).write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        Path(config.result_path).write_bytes(result.to_json())
     return result
 
 
@@ -640,13 +610,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    seconds = result["seconds_per_step"]
+    seconds = result.seconds_per_step
     print(
-        f"cpu engine finished: steps {result['start_step']}->{result['end_step']}"
+        f"cpu engine finished: steps {result.start_step}->{result.end_step}"
         + (f", {seconds:.2f}s per step" if seconds else ""),
         flush=True,
     )
-    return 0 if result["steps_done"] > 0 else 3
+    return 0 if result.steps_done > 0 else 3
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class CpuEngine:
         )
 
     def run(self, job: EngineJob, terminator: Terminator) -> EngineOutcome:
-        from grounding_ops.training.cpu_engine import EngineConfig
+        from grounding_ops.training.cpu_engine import EngineConfig, EngineResult
 
         assert job.model_dir is not None
         result_path = job.work / "engine-result.json"
@@ -180,11 +180,11 @@ class CpuEngine:
         rc = stream_process(command, env=env, on_line=echo, terminator=terminator)
         outcome = EngineOutcome(returncode=rc, terminated=terminator.signalled)
         if result_path.is_file():
-            result = json.loads(result_path.read_text())
-            outcome.final_metrics = result.get("final_metrics") or {}
-            outcome.wandb_url = result.get("wandb_url")
-            outcome.seconds_per_step = result.get("seconds_per_step")
-            outcome.history = list(result.get("history") or [])
+            result = EngineResult.from_dict(json.loads(result_path.read_text()), where=str(result_path))
+            outcome.final_metrics = dict(result.final_metrics)
+            outcome.wandb_url = result.wandb_url
+            outcome.seconds_per_step = result.seconds_per_step
+            outcome.history = list(result.history)
         return outcome
 
     def final_model(self, step_dir: Path, target: Path, terminator: Terminator) -> Path:
