@@ -137,9 +137,15 @@ def test_demo_run_lineage_walks_from_annotations_to_model_version(
     assert path, f"no lineage path; datasets: {sorted(names)}"
     jobs = [step[1] for step in path if step[0] == "job"]
     assert jobs[0] == "grounding_data.export" and jobs[-1] == "grounding_train.promote", path
+    # the model version's lineage goes through the training: annotations -> ... -> train -> ... -> version
+    to_train = path_between(edges, (bucket, "incoming/demo/annotations.jsonl"), ("job", "grounding_train.train"))
+    from_train = path_between(edges, ("job", "grounding_train.train"), versions[0])
+    assert to_train and from_train, (to_train, from_train, sorted(names))
+    assert "grounding_train.list_checkpoints" in [step[1] for step in from_train if step[0] == "job"], from_train
     # the promotion is decided on the test evaluation of the checkpoint the val evaluations chose
-    assert "grounding_train.train" in jobs and "grounding_train.evaluate_test" in jobs, path
-    print("lineage path: " + " -> ".join(step[1] for step in path))
+    assert path_between(edges, ("job", "grounding_train.evaluate_test"), versions[0]), sorted(names)
+    assert path_between(edges, ("job", "grounding_train.evaluate"), ("job", "grounding_train.pick_best")), sorted(names)
+    print("lineage path: " + " -> ".join(step[1] for step in [*to_train, *from_train[1:]]))
 
     # what export wrote, with its facets
     written = {d["name"]: d for d in _datasets(events, "grounding_data.export", "outputs")}
