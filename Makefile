@@ -54,11 +54,11 @@ image-base: setup-platform
 image-trainer-cpu: setup-platform
 	$(VENV)/bin/grounding-ops images build trainer-cpu
 
-test: setup ## the whole suite: platform tests, then ML-stack tests (slow ones included; heavy ones: test-heavy)
-	$(VENV)/bin/python -m pytest -m "not heavy" $(PYTEST_ARGS)
-	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml -m "not heavy" $(PYTEST_ARGS)
+test: setup ## the whole suite: platform tests, then ML-stack tests (slow and heavy ones included)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV_ML)/bin/python -m pytest -c tests/ml/pytest.ini tests/ml $(PYTEST_ARGS)
 
-test-heavy: setup ## whole-deployment end-to-end runs (lineage walk, Celery profile, remote TLS daemon): a quiet machine
+test-heavy: setup ## only the whole-deployment end-to-end runs (lineage walk, Celery profile, remote TLS daemon; ~3 min each)
 	$(VENV)/bin/python -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: setup ## skip the slow end-to-end tests
