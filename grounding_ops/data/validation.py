@@ -138,8 +138,9 @@ def row_features(
     }
 
 
-FEATURE_COLUMNS = (
-    "_row",
+# The suite's columns, in the frame's order: what a record says, what its image check found, what the
+# record declared about its image, and the aspect ratio derived from the image.
+RECORD_FEATURES = (
     "id",
     "id_first_occurrence",
     "phrase",
@@ -154,16 +155,17 @@ FEATURE_COLUMNS = (
     "box_min_width",
     "box_min_height",
     "box_min_area",
+)
+IMAGE_FEATURES = (
     "image_inside_root",
     "image_exists",
     "image_decodes",
     "image_within_pixel_limit",
     "image_width",
     "image_height",
-    "declared_width",
-    "declared_height",
-    "image_aspect_ratio",
 )
+DECLARED_FEATURES = ("declared_width", "declared_height")
+FEATURE_COLUMNS = ("_row", *RECORD_FEATURES, *IMAGE_FEATURES, *DECLARED_FEATURES, "image_aspect_ratio")
 
 
 def feature_frame(
@@ -195,39 +197,8 @@ def feature_frame(
         c_area,
         c_dw,
         c_dh,
-    ) = (
-        columns[name]
-        for name in (
-            "id",
-            "id_first_occurrence",
-            "phrase",
-            "phrase_chars",
-            "source",
-            "box_count",
-            "boxes_valid",
-            "box_min_x1",
-            "box_min_y1",
-            "box_max_x2",
-            "box_max_y2",
-            "box_min_width",
-            "box_min_height",
-            "box_min_area",
-            "declared_width",
-            "declared_height",
-        )
-    )
-    image_columns = [
-        columns[name]
-        for name in (
-            "image_inside_root",
-            "image_exists",
-            "image_decodes",
-            "image_within_pixel_limit",
-            "image_width",
-            "image_height",
-            "image_aspect_ratio",
-        )
-    ]
+    ) = (columns[name] for name in (*RECORD_FEATURES, *DECLARED_FEATURES))
+    image_columns = [columns[name] for name in (*IMAGE_FEATURES, "image_aspect_ratio")]
     for record, row_boxes, image, first in zip(records, boxes, images, firsts):
         c_id.append(escape(record.id))
         c_first.append(first)
