@@ -14,10 +14,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from grounding_ops.registry.promotion import LISTED_METRICS
 from grounding_ops.registry.tracking import mlflow_client, quote_filter_value
-from grounding_ops.vocabulary import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, METRICS, Tag
-
-LISTED_METRICS = tuple(METRICS)
+from grounding_ops.vocabulary import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, Tag
 
 MAX_PAGE_SIZE = 200
 
