@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from grounding_ops.storage import open_store
+from grounding_ops.testing import marked_records
 from grounding_ops.training.run_record import RunRecord
 
 from grounding_ops.training import ray_jobs
@@ -303,9 +304,9 @@ def test_multi_node_train_task_defers_until_the_job_ends(
     out = subprocess.run(
         [sys.executable, "-c", _DEFERRED_RUN, str(dag_file)], capture_output=True, text=True, timeout=400, env=env
     )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    lines = marked_records(out.stdout, "RESULT ")
     assert out.returncode == 0 and lines, (out.stdout[-3000:], out.stderr[-3000:])
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = lines[-1]
     assert [e["status"] for e in result["events"]] == ["SUCCEEDED"], (result, out.stdout[-3000:], out.stderr[-3000:])
     assert result["state"] == "success", result
     job_id = result["events"][0]["job_id"]
