@@ -7,7 +7,7 @@ import json
 import pytest
 
 from grounding_ops.protocols import get_protocol
-from grounding_ops.training.cpu_engine import CONSTANT_REWARD, EngineError, make_reward_function
+from grounding_ops.training.cpu_engine import CONSTANT_REWARD, FORMAT_WEIGHT, EngineError, make_reward_function
 from grounding_ops.training.presets import get_preset
 
 TRUTH = json.dumps(
@@ -47,3 +47,17 @@ def test_spec_validates_the_reward_choice() -> None:
         tiny.with_overrides(["reward_function=random"]).validate()
     with pytest.raises(ValueError, match="use reward_function=iou with VeRL"):
         get_preset("qwen2.5-vl-3b").with_overrides(["reward_function=constant"]).validate()
+
+
+def test_a_completion_that_runs_to_the_length_limit_earns_no_format_share() -> None:
+    """The same perfect answer twice: once ended by the end token, once cut off at the length limit
+    (TRL passes the token ids up to and including the first end token)."""
+    end = 7
+    logged: dict[str, float] = {}
+    reward = make_reward_function("iou", end_token_ids=[end])
+    both = [COMPLETIONS[0], COMPLETIONS[0]]
+    rewards = reward(both, [TRUTH, TRUTH], log_metric=logged.__setitem__, completion_ids=[[1, 2, end], [1, 2, 3]])
+    assert rewards == [pytest.approx(1.0), pytest.approx(1.0 - FORMAT_WEIGHT)]
+    assert logged["ended"] == pytest.approx(0.5) and logged["iou"] == pytest.approx(1.0)
+    # without token ids (or end tokens) every completion counts as ended
+    assert make_reward_function("iou")(both, [TRUTH, TRUTH]) == [pytest.approx(1.0)] * 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -110,12 +111,15 @@ def test_versions_have_a_report_and_compare_with_the_previous(tmp_path: Path) ->
         "results": "validation/acceptance.json",
     }
     report = Path(first.dataset_uri) / "report"
-    assert {p.name for p in report.iterdir()} == {"index.html", "stats.png", "stats.json"}
-    assert (report / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in report.iterdir()} == {"index.html", "stats.svg", "stats.json"}
+    chart = ElementTree.fromstring((report / "stats.svg").read_text())  # well-formed SVG
+    assert chart.tag == "{http://www.w3.org/2000/svg}svg"
+    titles = {t.text for t in chart.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"boxes per phrase", "rows per split and source"} <= titles
     assert "no previous version" in (report / "index.html").read_text()
     acceptance = json.loads((Path(first.dataset_uri) / "validation" / "acceptance.json").read_text())
     assert acceptance["success"] is True and len(acceptance["results"]) == 7
-    assert set(manifest["files"]) >= {"report/index.html", "report/stats.png", "report/stats.json"}
+    assert set(manifest["files"]) >= {"report/index.html", "report/stats.svg", "report/stats.json"}
 
     second_data = generate_synthetic(tmp_path / "b", n_images=20, seed=2)
     second = prepare(

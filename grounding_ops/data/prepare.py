@@ -72,6 +72,7 @@ VAL = "val.parquet"
 TEST = "test.parquet"
 SPLIT_FILES: dict[str, str] = {"train": TRAIN, "val": VAL, "test": TEST}
 EXPORT_CHUNK_ROWS = 256  # rows whose new images are read and resized together
+VALID_BLOCK_BYTES = 16 << 20  # blocks of valid.jsonl Arrow's JSON reader parses at a time
 
 
 class PrepareError(ValueError):
@@ -365,6 +366,27 @@ def valid_row(record: CanonicalRecord, boxes: list[Any], image: ImageCheck) -> d
     }
 
 
+def _json_line_encoder() -> Any:
+    """``json.dumps(row, sort_keys=True, ensure_ascii=False)``, the same bytes, about twice as fast
+    for the small rows of ``valid.jsonl``: CPython's C encoder called directly, without the
+    Python-level wrappers around it (``json.dumps`` itself where there is no C encoder)."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:
+        return lambda row: json.dumps(row, sort_keys=True, ensure_ascii=False)
+
+    def unsupported(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    # markers, default, encoder, indent, key separator, item separator, sort_keys, skipkeys, allow_nan
+    chunks = make(None, unsupported, encoder.encode_basestring, None, ": ", ", ", True, False, True)
+    return lambda row: "".join(chunks(row, 0))
+
+
+valid_line = _json_line_encoder()
+
+
 class _Writers:
     def __init__(self, work_dir: Path) -> None:
         self.valid = open(work_dir / VALID, "w", encoding="utf-8")
@@ -379,7 +401,7 @@ class _Writers:
         self.counts["quarantined"] += 1
 
     def accept(self, row: dict[str, Any]) -> None:
-        self.valid.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        self.valid.write(valid_line(row) + "\n")
         self.counts["received"] += 1
         self.counts["valid"] += 1
 
@@ -656,14 +678,34 @@ def _content_version(work: Path, settings: PrepareSettings, summary: ValidationS
     return digest.hexdigest()[:16]
 
 
+def _arrow_groups(path: Path) -> Iterator[str | None]:
+    """The ``group`` of every line of ``valid.jsonl``, in order, parsed by Arrow's JSON reader (its
+    C++ parser, in threads, a block at a time) instead of a ``json.loads`` per line."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    reader = pa_json.open_json(
+        path,
+        read_options=pa_json.ReadOptions(block_size=VALID_BLOCK_BYTES),
+        parse_options=pa_json.ParseOptions(
+            explicit_schema=pa.schema([("group", pa.string())]), unexpected_field_behavior="ignore"
+        ),
+    )
+    for batch in reader:
+        yield from batch.column(0).to_pylist()
+
+
 def plan_splits(work: Path, settings: PrepareSettings) -> SplitPlan:
-    with open(work / VALID, encoding="utf-8") as handle:
-        return plan_small_splits(
-            (json.loads(line)["group"] for line in handle),
-            settings.val_fraction,
-            settings.split_salt,
-            settings.test_fraction,
-        )
+    import pyarrow as pa
+
+    def plan(groups: Iterator[str | None]) -> SplitPlan:
+        return plan_small_splits(groups, settings.val_fraction, settings.split_salt, settings.test_fraction)
+
+    try:
+        return plan(_arrow_groups(work / VALID))
+    except pa.ArrowInvalid:  # a line longer than a block (a row with very many boxes): line by line
+        with open(work / VALID, encoding="utf-8") as handle:
+            return plan(json.loads(line)["group"] for line in handle)
 
 
 def write_parquet(

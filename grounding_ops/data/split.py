@@ -13,6 +13,7 @@ model that is promoted was neither trained on nor selected with the samples that
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -22,6 +23,7 @@ TEST = "test"
 SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
 # The held-out splits in the order a small dataset fills them.
 HELD_OUT: tuple[str, ...] = (VAL, TEST)
+RECENT_GROUPS = 1 << 16  # groups the split planner remembers, to skip the rows of a group after its first
 
 
 def group_fraction(group: str, salt: str = "") -> float:
@@ -41,14 +43,18 @@ def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
         )
 
 
-def assign_split(group: str, val_fraction: float, salt: str = "", test_fraction: float = 0.0) -> str:
-    check_fractions(val_fraction, test_fraction)
-    fraction = group_fraction(group, salt)
+def split_of_fraction(fraction: float, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """The split of a group whose hash is ``fraction`` (see :func:`group_fraction`)."""
     if fraction < val_fraction:
         return VAL
     if fraction < val_fraction + test_fraction:
         return TEST
     return TRAIN
+
+
+def assign_split(group: str, val_fraction: float, salt: str = "", test_fraction: float = 0.0) -> str:
+    check_fractions(val_fraction, test_fraction)
+    return split_of_fraction(group_fraction(group, salt), val_fraction, test_fraction)
 
 
 @dataclass
@@ -77,9 +83,15 @@ def plan_small_splits(
     check_fractions(val_fraction, test_fraction)
     wanted = [TRAIN] + [name for name, fraction in ((VAL, val_fraction), (TEST, test_fraction)) if fraction > 0]
     samples: dict[str, list[tuple[float, str]]] = {name: [] for name in SPLITS}  # highest hashes first
+    recent: OrderedDict[str, None] = OrderedDict()  # groups just seen: their rows often come together
     for group in groups:
+        if group in recent:
+            continue
+        recent[group] = None
+        if len(recent) > RECENT_GROUPS:
+            recent.popitem(last=False)
         fraction = group_fraction(group, salt)
-        split = assign_split(group, val_fraction, salt, test_fraction)
+        split = split_of_fraction(fraction, val_fraction, test_fraction)
         sample = samples[split]
         if (fraction, group) in sample or (len(sample) == 3 and (fraction, group) < sample[-1]):
             continue

@@ -15,8 +15,8 @@ limit, and (when ``max_drift`` < 1) no histogram drifted more than ``max_drift``
 previous version. The row-level suite (grounding_ops.data.validation) keeps feeding the
 quarantine; this one decides, with the quarantine share, whether the version is accepted.
 
-``render_report`` writes ``report/index.html`` with the plots (matplotlib, Agg backend) and
-the comparison with the previous version.
+``render_report`` writes ``report/index.html`` with the plots (SVG, see
+:mod:`grounding_ops.data.charts`) and the comparison with the previous version.
 """
 
 from __future__ import annotations
@@ -295,46 +295,48 @@ def run_acceptance(
 # --------------------------------------------------------------------------- report
 
 
+def bin_label(edge: Any) -> str:
+    """A histogram bin's lower edge as a tick label: 1024, 0.001, 0.667; ∞ for the open end."""
+    if not isinstance(edge, (int, float)) or not math.isfinite(edge):
+        return "∞"
+    return f"{edge:g}" if float(edge).is_integer() else f"{edge:.3g}"
+
+
 def _plot(stats: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> Path:
-    import matplotlib
+    """``stats.svg``: each histogram as shares of its rows (beside the previous version's, when
+    its bins are the same), and the rows per split stacked by source (the 12 largest)."""
+    from grounding_ops.data.charts import PREVIOUS_COLOUR, STACK_COLOURS, THIS_COLOUR, Panel, Series, grid_svg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(HISTOGRAMS)
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    flat = axes.ravel()
-    for ax, name in zip(flat, names):
+    panels: list[Panel] = []
+    for name, (_, title) in HISTOGRAMS.items():
         hist = stats["histograms"][name]
-        labels = [f"{e:.3g}" if isinstance(e, (int, float)) else "∞" for e in hist["edges"][:-1]]
+        labels = [bin_label(e) for e in hist["edges"][:-1]]
         total = sum(hist["counts"]) or 1
-        xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], [c / total for c in hist["counts"]], width=0.4, label="this version")
+        series = [Series("this version", [c / total for c in hist["counts"]], THIS_COLOUR)]
         old = (previous or {}).get("histograms", {}).get(name)
         if old and old.get("edges") == hist["edges"]:
             old_total = sum(old["counts"]) or 1
-            ax.bar([x + 0.2 for x in xs], [c / old_total for c in old["counts"]], width=0.4, label="previous")
-        ax.set_xticks(list(xs), labels, rotation=45, fontsize=7)
-        ax.set_title(HISTOGRAMS[name][1], fontsize=9)
-        ax.set_ylabel("share", fontsize=8)
-    ax = flat[len(names)]
+            series.append(Series("previous", [c / old_total for c in old["counts"]], PREVIOUS_COLOUR))
+        panels.append(Panel(title, labels, series, y_label="share"))
     splits = [s for s in ("train", "val", "test") if s in stats["rows_by_source"]]
-    sources = sorted({src for c in stats["rows_by_source"].values() for src in c})
-    bottom = [0.0] * len(splits)
-    for source in sources[:12]:
-        values = [stats["rows_by_source"][s].get(source, 0) for s in splits]
-        ax.bar(splits, values, bottom=bottom, label=source[:20])
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_title("rows per split and source", fontsize=9)
-    if sources:
-        ax.legend(fontsize=6)
-    flat[0].legend(fontsize=7)
-    for extra in flat[len(names) + 1 :]:
-        extra.axis("off")
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.95, wspace=0.25, hspace=0.45)  # tight_layout: seconds
-    path = out / "stats.png"
-    fig.savefig(path, dpi=80, metadata={"Software": None})  # same data, same bytes
-    plt.close(fig)
+    totals: Counter[str] = Counter()
+    for c in stats["rows_by_source"].values():
+        totals.update(c)
+    sources = sorted(src for src, _ in totals.most_common(len(STACK_COLOURS)))
+    panels.append(
+        Panel(
+            "rows per split and source",
+            splits,
+            [
+                Series(src, [stats["rows_by_source"][s].get(src, 0) for s in splits], colour)
+                for src, colour in zip(sources, STACK_COLOURS)
+            ],
+            y_label="rows",
+            stacked=True,
+        )
+    )
+    path = out / "stats.svg"
+    path.write_text(grid_svg(panels), encoding="utf-8")
     return path
 
 
@@ -347,7 +349,7 @@ def render_report(
     version: str,
     previous: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``stats.json``, ``stats.png`` and ``index.html`` into ``out``; return them."""
+    """Write ``stats.json``, ``stats.svg`` and ``index.html`` into ``out``; return them."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "version": version,

@@ -66,6 +66,7 @@ class StepPrinter(TrainerCallback):
                 "iou": logs.get("iou"),
                 "acc": logs.get("acc"),
                 "format_ok": logs.get("format_ok"),
+                "ended": logs.get("ended"),
                 "kl": logs.get("kl"),
                 "loss": logs.get("loss"),
                 "response_length": logs.get("completions/mean_length"),
@@ -77,7 +78,7 @@ class StepPrinter(TrainerCallback):
         )
         print(
             f"step {step}/{self.total_steps} reward_mean={num('reward')} iou={num('iou')} acc={num('acc')} "
-            f"format_ok={num('format_ok', '.2f')} kl={num('kl', '.4f')} loss={num('loss', '.4f')} "
+            f"format_ok={num('format_ok', '.2f')} ended={num('ended', '.2f')} kl={num('kl', '.4f')} loss={num('loss', '.4f')} "
             f"response_len={num('completions/mean_length', '.1f')} "
             f"step_time={seconds:.2f}s throughput={completions / seconds if seconds > 0 else 0:.1f} seq/s",
             flush=True,

@@ -315,16 +315,23 @@ def sft_warmup(
 
 # --------------------------------------------------------------------------- reward
 CONSTANT_REWARD = 1.0
-# Share of the reward paid for an answer exactly in the protocol (score_response's format_weight).
-# Without it nothing asks a rollout to end after its answer, and the tiny model drifted into
-# running on to the length limit (answer, then digits and brackets) within 100-300 GRPO steps;
-# masking cut-off rollouts out of the loss instead made that state absorbing (no gradient left).
+# Share of the reward paid for an answer exactly in the protocol that then ends (the model's end
+# token within max_response_length). Without it nothing asks a rollout to end after its answer,
+# and the tiny model drifted into running on to the length limit (answer, then digits and
+# brackets) within 100-300 GRPO steps; masking cut-off rollouts out of the loss instead made that
+# state absorbing (no gradient left). Paying the share for a parseable answer alone was not enough:
+# the parser reads the answer before the run-on text, so a run-on rollout earned it too, and from
+# step ~140 every rollout ran to the limit (and trained on its run-on tokens).
 FORMAT_WEIGHT = 0.1
 
 
-def make_reward_function(kind: str = "iou") -> Any:
-    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out), with
-    :data:`FORMAT_WEIGHT` of it for an answer exactly in the protocol.
+def make_reward_function(kind: str = "iou", end_token_ids: Sequence[int] = ()) -> Any:
+    """Our IoU reward as a TRL reward function (completions + dataset columns in, floats out):
+    ``(1 - FORMAT_WEIGHT) * match + FORMAT_WEIGHT * [answer exactly in the protocol and ended]``.
+
+    ``end_token_ids``: the tokens that end a completion (TRL cuts each completion after the first
+    one); a completion whose last token is none of them ran to the length limit and earns no format
+    share. Empty: every completion counts as ended (when TRL passes no token ids).
 
     ``kind="constant"`` is the control: every rollout gets :data:`CONSTANT_REWARD` (so every
     GRPO advantage is zero), while the IoU it would have earned is still logged.
@@ -333,13 +340,21 @@ def make_reward_function(kind: str = "iou") -> Any:
 
     if kind not in ("iou", "constant"):
         raise EngineError(f"reward_function {kind!r} is unknown: use iou or constant")
+    ends = frozenset(int(t) for t in end_token_ids)
 
-    def grounding_iou(completions: list[Any], ground_truth: list[str], log_metric: Any = None, **_: Any) -> list[float]:
+    def grounding_iou(
+        completions: list[Any],
+        ground_truth: list[str],
+        log_metric: Any = None,
+        completion_ids: list[list[int]] | None = None,
+        **_: Any,
+    ) -> list[float]:
         scores: list[float] = []
         ious: list[float] = []
         accs: list[float] = []
         formats: list[float] = []
-        for completion, truth_json in zip(completions, ground_truth, strict=True):
+        ended: list[float] = []
+        for index, (completion, truth_json) in enumerate(zip(completions, ground_truth, strict=True)):
             text = completion[-1]["content"] if isinstance(completion, list) else str(completion)
             if isinstance(text, list):  # structured content blocks
                 text = "".join(part.get("text") or "" for part in text)
@@ -350,16 +365,20 @@ def make_reward_function(kind: str = "iou") -> Any:
                 image_size=truth["image_size"],
                 protocol=truth["protocol"],
                 resized_size=truth.get("resized_size"),
-                format_weight=FORMAT_WEIGHT,
             )
-            scores.append(float(result["score"]))
+            ids = completion_ids[index] if completion_ids is not None and ends else None
+            did_end = ids is None or (bool(ids) and int(ids[-1]) in ends)
+            exact = bool(result["format_ok"]) and did_end
+            scores.append((1.0 - FORMAT_WEIGHT) * float(result["score"]) + FORMAT_WEIGHT * (1.0 if exact else 0.0))
             ious.append(float(result["iou"]))
             accs.append(float(result["acc"]))
             formats.append(1.0 if result["format_ok"] else 0.0)
+            ended.append(1.0 if did_end else 0.0)
         if log_metric is not None and scores:
             log_metric("iou", sum(ious) / len(ious))
             log_metric("acc", sum(accs) / len(accs))
             log_metric("format_ok", sum(formats) / len(formats))
+            log_metric("ended", sum(ended) / len(ended))
         return [CONSTANT_REWARD] * len(scores) if kind == "constant" else scores
 
     return grounding_iou
@@ -388,6 +407,14 @@ def _resumable_grpo_trainer(base: type) -> type:
             del loaded
 
     return ResumableGRPOTrainer
+
+
+def end_token_ids(model: Any, processor: Any) -> list[int]:
+    """The tokens that end a completion, as TRL's GRPO trainer reads them (the tokenizer's end
+    token and the model's generation ``eos_token_id``s)."""
+    configured = model.generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return sorted({int(processor.tokenizer.eos_token_id), *(int(t) for t in configured)})
 
 
 def cpu_threads() -> int:
@@ -561,7 +588,7 @@ def run(config: EngineConfig) -> EngineResult:
     freeze_vision_tower(policy)  # as in the warm-up: GRPO trains the language model
     trainer = _resumable_grpo_trainer(GRPOTrainer)(
         model=policy,
-        reward_funcs=[make_reward_function(spec.reward_function)],
+        reward_funcs=[make_reward_function(spec.reward_function, end_token_ids=end_token_ids(policy, processor))],
         args=grpo_config(spec, schedule, checkpoint_dir),
         train_dataset=Dataset.from_list(grpo_rows(examples)),
         processing_class=processor,
