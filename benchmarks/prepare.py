@@ -206,7 +206,9 @@ def whole_prepare(annotations: Path, root: Path, base: Path, s) -> tuple[float, 
     from grounding_ops.data.prepare import export_and_publish, validate_inputs
 
     start = time.perf_counter()
-    summary = validate_inputs([str(annotations)], images_root=str(root), settings=s, work_dir=base / "work")
+    summary = validate_inputs(  # as prepare runs it: the Data Docs render while the export runs
+        [str(annotations)], images_root=str(root), settings=s, work_dir=base / "work", wait_for_docs=False
+    )
     validate_s = time.perf_counter() - start
     mid = time.perf_counter()
     result = export_and_publish(base / "work", output_uri=str(base / "out"))

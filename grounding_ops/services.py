@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from grounding_ops.settings import PROFILES, REPO_ROOT, ServiceSettings
+from grounding_ops.vocabulary import DEFAULT_TRAIN_PRESET, TRAIN_PRESET_ENV
 
 SERVICE_NAMES = ("s3", "mlflow", "airflow", "docker")
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -408,6 +409,7 @@ def airflow_env(settings: ServiceSettings) -> dict[str, str]:
         {
             "AIRFLOW_HOME": str(home),
             "GROUNDING_OPS_INPUT_ROOTS": settings.input_roots,
+            TRAIN_PRESET_ENV: settings.train_preset,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if settings.profile == "celery" else "LocalExecutor",
@@ -1050,8 +1052,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     images_parser.set_defaults(func=_cmd_images)
 
 
-def isolated_settings(state_dir: Path, bucket: str = "grounding-ops", profile: str = "local") -> ServiceSettings:
-    """Settings on free ports with their own state directory (for tests)."""
+def isolated_settings(
+    state_dir: Path, bucket: str = "grounding-ops", profile: str = "local", train_preset: str = DEFAULT_TRAIN_PRESET
+) -> ServiceSettings:
+    """Settings on free ports with their own state directory (for tests: the form trains the cheap
+    ``tiny-cpu`` preset unless told otherwise)."""
     return ServiceSettings(
         state_dir=state_dir,
         s3_port=free_port(),
@@ -1059,6 +1064,7 @@ def isolated_settings(state_dir: Path, bucket: str = "grounding-ops", profile: s
         airflow_port=_free_port_pair(),
         bucket=bucket,
         profile=profile,
+        train_preset=train_preset,
     )
 
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grounding_ops.vocabulary import BUCKET_ENV, DEFAULT_BUCKET
+from grounding_ops.vocabulary import BUCKET_ENV, DEFAULT_BUCKET, DEMO_TRAIN_PRESET, TRAIN_PRESET_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,9 @@ class ServiceSettings:
     airflow_admin: str = "admin"
     # "local": SQLite + LocalExecutor (make demo); "celery": Postgres + Redis + CeleryExecutor.
     profile: str = "local"
+    # The training form's default preset in this deployment (the asset-triggered and nightly runs
+    # train it): the CPU twin's learning recipe, so that the demo's first night learns for real.
+    train_preset: str = DEMO_TRAIN_PRESET
 
     @classmethod
     def from_env(cls) -> "ServiceSettings":
@@ -66,6 +69,7 @@ class ServiceSettings:
             airflow_port=_port("GROUNDING_OPS_AIRFLOW_PORT", 8310),
             bucket=_env(BUCKET_ENV, DEFAULT_BUCKET),
             profile=_profile(_env("GROUNDING_OPS_PROFILE", "local")),
+            train_preset=_env(TRAIN_PRESET_ENV, DEMO_TRAIN_PRESET),
         )
 
     @property

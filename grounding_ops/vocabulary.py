@@ -25,11 +25,16 @@ BUCKET_ENV = "GROUNDING_OPS_BUCKET"
 IMAGE_ENV = "GROUNDING_OPS_IMAGE"  # the trainer image reference a container runs, set by the operator
 GIT_COMMIT_ENV = "GROUNDING_OPS_GIT_COMMIT"
 AIRFLOW_RUN_ENV = "GROUNDING_OPS_AIRFLOW_RUN"  # dag_id/run_id, in every container of a DAG run
+TRAIN_PRESET_ENV = "GROUNDING_OPS_TRAIN_PRESET"  # the training form's default preset (read at DAG parse)
 WORK_DIR_ENV = "GROUNDING_OPS_WORK_DIR"  # the training container's work folder (the GPU image mounts a volume there)
 
 # --------------------------------------------------------------------------- default names
 DEFAULT_BUCKET = "grounding-ops"
 DEFAULT_DATASET_NAME = "grounding"
+# The form's default preset: the tiny CPU model, cheap enough for every test that trains.
+DEFAULT_TRAIN_PRESET = "tiny-cpu"
+# The embedded local services' default preset (make demo): the CPU twin's learning recipe, short.
+DEMO_TRAIN_PRESET = "tiny-cpu-demo"
 DEFAULT_MODEL_NAME = "grounding-model"  # the registered model, and the name of its logged pyfunc model
 
 # --------------------------------------------------------------------------- MLflow registry aliases

@@ -53,6 +53,30 @@ def test_airflow_rest_api_lists_the_dags(airflow_service):
     assert {"grounding_data", "grounding_train"} <= dag_ids
 
 
+def test_the_training_forms_default_preset_is_the_deployments(airflow_service):
+    """The services hand their train preset to Airflow (the DAG file reads it at parse time), and the
+    demo reads it back through the REST API to refuse services started with another one."""
+    from grounding_ops.demo import AirflowRestClient
+    from grounding_ops.vocabulary import DEFAULT_TRAIN_PRESET, TRAIN_PRESET_ENV
+
+    settings = airflow_service.settings
+    assert settings.train_preset == DEFAULT_TRAIN_PRESET  # the tests' deployments train the cheap preset
+    assert services.airflow_env(settings)[TRAIN_PRESET_ENV] == DEFAULT_TRAIN_PRESET
+    client = AirflowRestClient(settings)
+    client.wait_for_dag("grounding_train", timeout=180)
+    assert client.form_default("grounding_train", "preset") == DEFAULT_TRAIN_PRESET
+
+
+def test_the_local_services_train_the_learning_recipe_unless_told_otherwise(monkeypatch):
+    from grounding_ops.training.presets import PRESET_NAMES
+    from grounding_ops.vocabulary import DEMO_TRAIN_PRESET, TRAIN_PRESET_ENV
+
+    monkeypatch.delenv(TRAIN_PRESET_ENV, raising=False)
+    assert services.ServiceSettings.from_env().train_preset == DEMO_TRAIN_PRESET in PRESET_NAMES
+    monkeypatch.setenv(TRAIN_PRESET_ENV, "tiny-cpu")
+    assert services.ServiceSettings.from_env().train_preset == "tiny-cpu"
+
+
 @pytest.mark.docker
 def test_container_runs_python_in_the_base_image(base_image):
     result = subprocess.run(

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from functools import lru_cache
 from itertools import islice
 from dataclasses import asdict, dataclass, field
@@ -93,7 +93,9 @@ class PrepareSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     split_salt: str = ""
-    batch_rows: int = 20_000  # rows validated together; two batches are in flight (one read, one validated)
+    batch_rows: int = 20_000  # rows validated together
+    # batches read ahead of the suite's verdicts (bounds memory: up to 1 + this many batches in flight)
+    read_ahead_batches: int = 4
     row_group_rows: int = 512
     image_workers: int = 0  # threads checking (and fetching) the distinct images of a batch; 0: by CPU count
     # table-level acceptance suite (grounding_ops.data.stats)
@@ -157,6 +159,8 @@ class PrepareSettings:
             raise PrepareError(f"need 0 < --min-pixels <= --max-pixels, got {self.min_pixels} and {self.max_pixels}")
         if self.max_image_pixels <= 0 or self.batch_rows <= 0 or self.row_group_rows <= 0:
             raise PrepareError("--max-image-pixels, the batch size and the row group size must be positive")
+        if self.read_ahead_batches < 0:
+            raise PrepareError(f"the batches read ahead must be 0 or more, got {self.read_ahead_batches}")
         if self.max_image_bytes <= 0:
             raise PrepareError(f"--max-image-bytes must be positive, got {self.max_image_bytes}")
         try:
@@ -173,7 +177,7 @@ class PrepareSettings:
     def content_json(self) -> dict[str, Any]:
         """The settings that change the dataset's content (part of the version)."""
         data = self.to_json()
-        for key in ("batch_rows", "row_group_rows", "max_quarantine_fraction", "image_workers"):
+        for key in ("batch_rows", "read_ahead_batches", "row_group_rows", "max_quarantine_fraction", "image_workers"):
             data.pop(key)
         return data
 
@@ -442,8 +446,13 @@ def validate_inputs(
     settings: PrepareSettings,
     work_dir: str | Path,
     s3_client: Any | None = None,
+    wait_for_docs: bool = True,
 ) -> ValidationSummary:
-    """Read, check and validate ``inputs``; write valid rows, quarantine and GX results to ``work_dir``."""
+    """Read, check and validate ``inputs``; write valid rows, quarantine and GX results to ``work_dir``.
+
+    ``wait_for_docs=False`` returns while the Great Expectations process still renders the Data
+    Docs into ``work_dir``; :func:`export_and_publish` of that folder in this process waits for them
+    before it publishes (``prepare`` overlaps them with the export)."""
     from grounding_ops.data.validation import RowSuite, feature_frame, pixel_boxes, row_features
 
     settings.check()
@@ -513,7 +522,10 @@ def validate_inputs(
             )
         progress.update(pending.items)
 
-    pending: _PendingBatch | None = None
+    # Batches read and submitted, verdicts not yet written (in input order). Reading runs ahead
+    # while the suite is busy (above all while the Great Expectations process still imports, ~3 s),
+    # at most settings.read_ahead_batches batches; a batch whose suite is done is written at once.
+    pending: deque[_PendingBatch] = deque()
     try:
         for batch in _batches(stream(), settings.batch_rows):
             current = _PendingBatch(items=len(batch))
@@ -531,11 +543,13 @@ def validate_inputs(
                 current.checks = [checked[r.image] for r in records]
                 current.boxes = [pixel_boxes(r, c) for r, c in zip(records, current.checks)]
                 current.outcome = runner.submit(feature_frame(records, current.boxes, current.checks, firsts))
-            if pending is not None:  # the previous batch's suite ran while this one was read
-                finish(pending)
-            pending = current
-        if pending is not None:
-            finish(pending)
+            pending.append(current)
+            while pending and (
+                len(pending) > settings.read_ahead_batches or pending[0].outcome is None or pending[0].outcome.done()
+            ):
+                finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
     except BaseException:
         runner.close()
         raise
@@ -547,7 +561,11 @@ def validate_inputs(
     for fingerprint, info in zip(fingerprints, infos):
         fingerprint["reader"] = info.to_json()
     if batches:
-        runner.build_docs(work / VALIDATION_DIR / "docs")  # and lets the suite go
+        docs = runner.build_docs(work / VALIDATION_DIR / "docs")  # and lets the suite go
+        if wait_for_docs:
+            docs.result()
+        else:
+            _PENDING_DOCS[work] = docs
     else:
         runner.close()
     summary = ValidationSummary(
@@ -659,6 +677,10 @@ class _EmbeddedImages:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+# Data Docs still being rendered into a work folder (validate_inputs(wait_for_docs=False)).
+_PENDING_DOCS: dict[Path, Any] = {}
 
 
 def _content_version(work: Path, settings: PrepareSettings, summary: ValidationSummary, accepted: bool) -> str:
@@ -891,6 +913,9 @@ def export_and_publish(
     counts = {**summary.counts, **split_counts}
     (work / VALIDATION_DIR / ACCEPTANCE_RESULT).write_text(strict_json(acceptance.result))
     report_files = render_report(work / REPORT_DIR, stats, drift_info, acceptance, previous_version, version, previous)
+    docs = _PENDING_DOCS.pop(work.resolve(), None)
+    if docs is not None:  # validated in this process without waiting for its Data Docs
+        docs.result()
     local_files = {**{name: out / name for name in SPLIT_FILES.values()}, QUARANTINE: work / QUARANTINE}
     local_files.update({f"{REPORT_DIR}/{path.name}": path for path in report_files})
     validation_root = work / VALIDATION_DIR
@@ -978,8 +1003,15 @@ def prepare(
     settings = settings or PrepareSettings()
     with tempfile.TemporaryDirectory(prefix="grounding-prepare-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
-        validate_inputs(inputs, images_root=images_root, settings=settings, work_dir=work, s3_client=s3_client)
-        return export_and_publish(work, output_uri=output_uri, s3_client=s3_client)
+        validate_inputs(
+            inputs, images_root=images_root, settings=settings, work_dir=work, s3_client=s3_client, wait_for_docs=False
+        )
+        try:
+            return export_and_publish(work, output_uri=output_uri, s3_client=s3_client)
+        finally:
+            docs = _PENDING_DOCS.pop(work.resolve(), None)
+            if docs is not None:  # the export failed before it waited: do not leave them writing
+                docs.exception()
 
 
 __all__ = [

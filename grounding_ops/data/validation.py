@@ -496,10 +496,13 @@ class RowSuite:
             return gx_process.done(self.local.validate, frame)
         return self.process.submit(_remote_validate, self.token, self.config, frame)
 
-    def build_docs(self, out_dir: Path) -> list[Path]:
+    def build_docs(self, out_dir: Path) -> Any:
+        """Render the Data Docs into ``out_dir`` (and let the suite go); a future of their files."""
+        from grounding_ops.data import gx_process
+
         if self.local is not None:
-            return self.local.build_docs(out_dir)
-        return self.process.submit(_remote_docs, self.token, out_dir).result()
+            return gx_process.done(self.local.build_docs, out_dir)
+        return self.process.submit(_remote_docs, self.token, out_dir)
 
     def close(self) -> None:
         if self.process is not None:

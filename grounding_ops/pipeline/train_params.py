@@ -16,7 +16,13 @@ from typing import Any, Mapping
 from grounding_ops.pipeline.form import airflow_params, with_sections
 from grounding_ops.registry.gate import DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES
 from grounding_ops.training.presets import PRESET_NAMES
-from grounding_ops.vocabulary import GENERATION_ENGINE_FOR, HARDWARE_CHOICES, TRAINING_ENGINE_FOR
+from grounding_ops.vocabulary import (
+    DEFAULT_TRAIN_PRESET,
+    GENERATION_ENGINE_FOR,
+    HARDWARE_CHOICES,
+    TRAIN_PRESET_ENV,
+    TRAINING_ENGINE_FOR,
+)
 
 ENGINES: tuple[str, ...] = HARDWARE_CHOICES
 # Engine names of the form -> `grounding-ops train --engine` values.
@@ -87,7 +93,7 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     """The form's fields as ``{name: {"default": ..., <JSON schema keywords>}}``."""
     return {
         "preset": {
-            "default": _default("GROUNDING_OPS_TRAIN_PRESET", "tiny-cpu", PRESET_NAMES),
+            "default": _default(TRAIN_PRESET_ENV, DEFAULT_TRAIN_PRESET, PRESET_NAMES),
             "type": "string",
             "enum": list(PRESET_NAMES),
             "title": "Model preset",

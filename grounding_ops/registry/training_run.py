@@ -44,6 +44,7 @@ HISTORY_METRICS = (
     "iou",
     "acc",
     "format_ok",
+    "ended",  # CPU engine: share of rollouts that ended before the length limit
     "kl",
     "entropy",
     "loss",
