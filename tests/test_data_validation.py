@@ -8,6 +8,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -357,9 +358,22 @@ def test_the_suite_in_its_own_process_gives_the_same_rows_and_reasons(tmp_path: 
             [str(tmp_path / "ann.jsonl")], images_root=str(root), settings=settings, work_dir=tmp_path / "b"
         )
         assert gx_process.running() is not None  # it ran in the other process
+        # no read-ahead (each batch's verdicts before the next is read): the same files again
+        lockstep = validate_inputs(
+            [str(tmp_path / "ann.jsonl")],
+            images_root=str(root),
+            settings=replace(settings, read_ahead_batches=0),
+            work_dir=tmp_path / "c",
+        )
+        # prepare renders the Data Docs there while it exports, and publishes them
+        published = prepare(
+            [str(tmp_path / "ann.jsonl")], images_root=str(root), output_uri=str(tmp_path / "out"), settings=settings
+        )
     finally:
         gx_process.close()
-    assert there.counts == here.counts and there.reasons == here.reasons and there.batches == 9
+    assert there.counts == here.counts == lockstep.counts and there.reasons == here.reasons and there.batches == 9
     for name in (VALID, QUARANTINE):
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
     assert (tmp_path / "b" / "validation" / "docs" / "index.html").is_file()
+    assert (Path(published.dataset_uri) / "validation" / "docs" / "index.html").is_file()
