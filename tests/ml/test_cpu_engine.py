@@ -24,7 +24,7 @@ from grounding_ops.training.runner import run_training
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 STEP_LINE = re.compile(
-    r"^step (\d+)/(\d+) reward_mean=([\d.]+) iou=([\d.]+) acc=\S+ format_ok=\S+ kl=\S+ loss=\S+ "
+    r"^step (\d+)/(\d+) reward_mean=([\d.]+) iou=([\d.]+) acc=\S+ format_ok=\S+ ended=\S+ kl=\S+ loss=\S+ "
     r"response_len=\S+ step_time=([\d.]+)s throughput=[\d.]+ seq/s$",
     re.M,
 )

@@ -26,7 +26,7 @@ IMAGES = 700
 VAL_FRACTION = 0.25  # ~240 held-out samples
 # The recipe, shortened: a warm-up that teaches the answer format and the boxes' prior but not
 # yet where the shapes are, and fewer GRPO steps.
-OVERRIDES = ["sft_warmup_steps=500", "total_steps=80", "save_freq=-1"]
+OVERRIDES = ["sft_warmup_steps=500", "total_steps=120", "save_freq=-1"]
 
 
 def _mean_iou(model: Path, dataset: str, out: Path, role: str):
