@@ -91,10 +91,13 @@ class AirflowRestClient:
         )
 
     def form_default(self, dag_id: str, param: str) -> Any:
-        """The default of one of the DAG's Params, as the running Airflow parsed it."""
+        """The default of one of the DAG's Params, as the running Airflow parsed it (the details'
+        ``params`` hold each Param's spec: ``value``, ``schema``, ``description``, ``source``)."""
         params = (self._request("GET", f"/dags/{dag_id}/details") or {}).get("params") or {}
         entry = params.get(param)
-        return entry.get("value", entry.get("default")) if isinstance(entry, dict) else entry
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise RuntimeError(f"the running Airflow's {dag_id} has no Param {param!r}: is it this checkout's DAG?")
+        return entry["value"]
 
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/dags/{dag_id}", {"is_paused": False})

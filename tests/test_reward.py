@@ -236,6 +236,16 @@ def test_format_weight():
         score_response("", [G], image_size=IMAGE, protocol="qwen3-vl", format_weight=2)
 
 
+def test_a_response_cut_at_the_length_limit_earns_no_format_share():
+    cut = score_response(
+        answer("qwen3-vl", "shift"), [G], image_size=IMAGE, protocol="qwen3-vl", format_weight=0.1, ended=False
+    )
+    assert cut["score"] == pytest.approx(0.9 / 3) and cut["format_ok"] is True
+    # the match part is the same whether it ended or not, and without a format share nothing changes
+    plain = score_response(answer("qwen3-vl", "shift"), [G], image_size=IMAGE, protocol="qwen3-vl", ended=False)
+    assert plain["score"] == pytest.approx(1 / 3)
+
+
 def test_answer_longer_than_the_limit_scores_zero():
     long_answer = answer("click-xywh", "G") + " " * 70_000
     r = score_response(long_answer, [G], image_size=IMAGE, protocol="click-xywh")

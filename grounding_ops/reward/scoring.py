@@ -85,6 +85,7 @@ def _score(
     format_weight: float,
     max_answer_chars: int | None,
     fast: bool = True,
+    ended: bool = True,
 ) -> dict[str, Any]:
     boxes, n_pred, format_ok, reason, too_many = proto.read(response, frame, max_boxes, max_answer_chars, fast)
     n_gt = len(gt)
@@ -135,7 +136,7 @@ def _score(
         ok = n_pred == n_gt == len(ious) and all(v >= ACC_IOU_THRESHOLD for v in ious)
         acc = 1.0 if ok else 0.0
     if format_weight:
-        match_score = (1.0 - format_weight) * match_score + format_weight * (1.0 if format_ok else 0.0)
+        match_score = (1.0 - format_weight) * match_score + format_weight * (1.0 if format_ok and ended else 0.0)
     return {
         "score": min(max(round(match_score, SCORE_DECIMALS), 0.0), 1.0),
         "iou": iou,
@@ -157,6 +158,7 @@ def score_response(
     max_boxes: int = _protocols.DEFAULT_MAX_BOXES,
     format_weight: float = 0.0,
     max_answer_chars: int | None = _protocols.DEFAULT_MAX_ANSWER_CHARS,
+    ended: bool = True,
 ) -> dict[str, Any]:
     """Score one response against pixel-xyxy ground-truth boxes of the original image.
 
@@ -171,7 +173,9 @@ def score_response(
     the first problem found in the answer, including recovered forms).
 
     ``score = sum of matched IoUs / max(n_gt, n_pred)``: every entry must pay for itself.
-    With ``format_weight`` w > 0, ``score = (1 - w) * match + w * format_ok``.
+    With ``format_weight`` w > 0, ``score = (1 - w) * match + w * (format_ok and ended)``:
+    ``ended=False`` says the response was cut at the generation's length limit (it ran on past
+    its answer), which earns no format share.
     More than ``max_boxes`` entries score 0 (reason ``too_many_boxes``),
     so does an answer longer than ``max_answer_chars`` (``answer_too_long``).
     Never raises on the response; raises ValueError for invalid ground truth,
@@ -187,6 +191,7 @@ def score_response(
         max(int(max_boxes), 0),
         _format_weight(format_weight),
         max_answer_chars,
+        ended=bool(ended),
     )
 
 

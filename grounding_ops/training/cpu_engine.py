@@ -359,17 +359,18 @@ def make_reward_function(kind: str = "iou", end_token_ids: Sequence[int] = ()) -
             if isinstance(text, list):  # structured content blocks
                 text = "".join(part.get("text") or "" for part in text)
             truth = json.loads(truth_json)
+            ids = completion_ids[index] if completion_ids is not None and ends else None
+            did_end = ids is None or (bool(ids) and int(ids[-1]) in ends)
             result = score_response(
                 text,
                 truth["boxes"],
                 image_size=truth["image_size"],
                 protocol=truth["protocol"],
                 resized_size=truth.get("resized_size"),
+                format_weight=FORMAT_WEIGHT,
+                ended=did_end,
             )
-            ids = completion_ids[index] if completion_ids is not None and ends else None
-            did_end = ids is None or (bool(ids) and int(ids[-1]) in ends)
-            exact = bool(result["format_ok"]) and did_end
-            scores.append((1.0 - FORMAT_WEIGHT) * float(result["score"]) + FORMAT_WEIGHT * (1.0 if exact else 0.0))
+            scores.append(float(result["score"]))
             ious.append(float(result["iou"]))
             accs.append(float(result["acc"]))
             formats.append(1.0 if result["format_ok"] else 0.0)

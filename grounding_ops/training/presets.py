@@ -135,7 +135,7 @@ def _presets() -> dict[str, TrainingSpec]:
         # Too slow for the test suite; tests/ml/test_grpo_gain.py runs a shortened version.
         "tiny-cpu-grpo": learning,
         # The same recipe, a third of the GRPO steps: the embedded services' default (make demo), whose
-        # first night then promotes a real gain in about 3 minutes of training.
+        # first night then promotes a real gain in about 4 minutes of training.
         DEMO_TRAIN_PRESET: replace(learning, total_steps=150, save_freq=75, experiment_name=DEMO_TRAIN_PRESET),
     }
 
